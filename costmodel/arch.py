@@ -187,64 +187,65 @@ def _propagate(arch: Architecture) -> list[LayerSizes]:
 
 # -- loading ---------------------------------------------------------------------------------
 
-def _loc_to_place(loc: tuple, data: object) -> str:
-    """('layers', 2, 'conv', 'kernel') -> 'layers[2] (conv): kernel'."""
+def _loc_to_place(loc: tuple) -> str:
+    """('layers', 2, 'conv', 'kernel') -> 'layers[2] (conv): kernel: '; () -> ''."""
     parts: list[str] = []
     i = 0
     while i < len(loc):
         item = loc[i]
         if isinstance(item, int):
             parts[-1] = f"{parts[-1]}[{item}]" if parts else f"[{item}]"
-            # a discriminated union adds the tag as the next element
+            # a discriminated union adds the layer's tag as the next element
             if i + 1 < len(loc) and loc[i + 1] in ("conv", "full"):
                 parts[-1] += f" ({loc[i + 1]})"
                 i += 1
         else:
             parts.append(str(item))
         i += 1
-    if not parts:
-        return "the file"
-    head, *rest = parts
-    # "layers[2] (conv)" + "kernel" -> "layers[2] (conv): kernel"
-    if rest:
-        return f"{head}: {'.'.join(rest)}"
-    return head
+    return "".join(f"{p}: " for p in parts)
 
 
-def _message(err: dict, data: object) -> str:
+def _message(err: dict) -> str:
     loc = tuple(err.get("loc", ()))
     kind = err.get("type", "")
-    place = _loc_to_place(loc, data)
     inp = err.get("input")
+    place = _loc_to_place(loc)
+    parent = _loc_to_place(loc[:-1])
     if kind == "extra_forbidden":
-        parent = _loc_to_place(loc[:-1], data) if len(loc) > 1 else "the file"
-        return f"{parent}: unknown key {loc[-1]!r}"
+        return f"{parent}unknown key {loc[-1]!r}"
     if kind == "missing":
-        parent = _loc_to_place(loc[:-1], data) if len(loc) > 1 else "the file"
-        return f"{parent}: missing required key {loc[-1]!r}"
-    if kind == "union_tag_invalid" or kind == "union_tag_not_found":
-        return f"{place}: layer type must be 'conv' or 'full' (got {inp.get('type') if isinstance(inp, dict) else inp!r})"
+        return f"{parent}missing required key {loc[-1]!r}"
+    if kind == "union_tag_not_found":
+        return f"{place}missing required key 'type' (conv or full)"
+    if kind == "union_tag_invalid":
+        got = inp.get("type") if isinstance(inp, dict) else inp
+        return f"{place}layer type must be 'conv' or 'full' (got {got!r})"
     if kind == "literal_error":
-        return f"{place}: {inp!r} is not allowed ({err['msg'].replace('Input should be ', 'expected ')})"
+        return f"{place}{inp!r} is not allowed ({err['msg'].replace('Input should be ', 'expected ')})"
     if kind in ("greater_than", "greater_than_equal"):
-        what = "a positive integer" if kind == "greater_than" else "a non-negative number"
-        return f"{place}: {inp!r} is not {what}"
+        what = "integer" if isinstance(inp, int) else "number"
+        sign = "positive" if kind == "greater_than" else "non-negative"
+        return f"{place}{inp!r} is not a {sign} {what}"
+    if kind in ("model_type", "dict_type", "model_attributes_type"):
+        return f"{place}expected a mapping, got {type(inp).__name__} {inp!r}"
     if kind.endswith("_type") or kind.endswith("_parsing"):
-        return f"{place}: {inp!r} has the wrong type ({err['msg'].replace('Input should be ', 'expected ')})"
+        return f"{place}{inp!r} has the wrong type ({err['msg'].replace('Input should be ', 'expected ')})"
     if kind == "too_short":
-        return f"{place}: must not be empty"
-    return f"{place}: {err['msg']}"
+        return f"{place}must not be empty"
+    return f"{place}{err['msg']}"
 
 
 def parse_arch(data: object, source: str = "<arch>") -> Architecture:
     """Validate already-loaded YAML data as an Architecture; raise ArchError naming the place."""
+    if data is None:
+        raise ArchError(f"{source}: the file is empty")
     if not isinstance(data, dict):
         raise ArchError(f"{source}: the file must be a YAML mapping, not {type(data).__name__}")
     try:
         arch = Architecture.model_validate(data)
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
-        raise ArchError(f"{source}: {_message(first, data)}") from None
+        raise ArchError(f"{source}: {_message(first)}") from None
     try:
         arch.sizes()
     except ArchError as exc:
@@ -263,6 +264,10 @@ def load_arch(path: str | Path) -> Architecture:
         raise ArchError(f"{path}: cannot read: {exc.__class__.__name__}") from None
     try:
         data = yaml.safe_load(text)
+    except yaml.constructor.ConstructorError as exc:
+        mark = exc.problem_mark
+        raise ArchError(f"{path}: line {mark.line + 1}: YAML tag refused: {exc.problem} "
+                        "(the file is read as data; no tag may construct an object)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

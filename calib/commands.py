@@ -1,0 +1,67 @@
+"""The machine-side commands (measure, train): load, check, run, render. Called by cli.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from costmodel.arch import load_arch
+from costmodel.report import fmt_fraction, fmt_seconds, human, render, to_csv, to_json, render_table
+
+MEASURE_COLUMNS = [
+    ("layer", "layer", str), ("type", "layer_type", str), ("op", "op", str), ("phase", "phase", str),
+    ("time", "seconds", fmt_seconds), ("fraction", "fraction", fmt_fraction),
+    ("FLOPs", "flops", human), ("bytes", "bytes", lambda b: human(b, "B")),
+]
+MEASURE_CSV = ["layer", "layer_type", "op", "phase", "seconds", "fraction", "flops", "bytes"]
+
+
+def _with_costs(result: dict, arch, impl: str) -> dict:
+    """Add the symbolic model's FLOPs and bytes to each measured op."""
+    from costmodel.evaluate import costs
+
+    table = costs(arch, impl=impl).set_index(["layer", "op", "phase"])
+    for row in result["ops"]:
+        c = table.loc[(row["layer"], row["op"], row["phase"])]
+        row["flops"] = int(c["flops"])
+        row["bytes"] = int(c["bytes"])
+    return result
+
+
+def measure_command(arch_path: Path, *, batch, steps, warmup, threads, impl, fmt, progress=None) -> str:
+    arch = load_arch(arch_path).with_batch(batch)
+    from calib.measure import measure
+    from calib.memory import check_memory
+
+    check_memory(arch, impl)
+    result = _with_costs(measure(arch, steps=steps, warmup=warmup, threads=threads, impl=impl,
+                                 progress=progress), arch, impl)
+    footer = [
+        f"step: {fmt_seconds(result['step_seconds'])} (median of {steps} whole steps); "
+        f"sum of ops: {fmt_seconds(result['total_seconds'])}; coverage {result['coverage']:.3f}",
+        f"{arch.name}: batch I={arch.batch}, {arch.dtype}, impl={impl}, threads={result['threads']}",
+    ]
+    return render(result, fmt, MEASURE_COLUMNS, f"Measured SG step: {arch.name}", footer, MEASURE_CSV)
+
+
+def train_command(arch_path: Path, *, data, epochs, batch, impl, seed, fmt, progress=None) -> str:
+    import sys
+
+    arch = load_arch(arch_path).with_batch(batch)
+    from calib.memory import check_memory
+    from calib.train import train
+
+    check_memory(arch, impl)
+
+    def report(epoch: int, loss: float, test_acc: float) -> None:
+        print(f"epoch {epoch}/{epochs}: loss {loss:.4f}, test accuracy {test_acc:.4f}", file=sys.stderr)
+
+    result = train(arch, data, epochs=epochs, batch=batch, impl=impl, seed=seed, progress=progress or report)
+    if fmt == "json":
+        return to_json(result)
+    rows = [{"epoch": i + 1, "loss": loss} for i, loss in enumerate(result["loss"])]
+    if fmt == "csv":
+        return to_csv(rows, ["epoch", "loss"])
+    return render_table(f"SG training: {arch.name} on {data}",
+                        [("epoch", "epoch", str), ("loss", "loss", lambda v: f"{v:.4f}")], rows,
+                        [f"train accuracy {result['train_accuracy']:.4f}, "
+                         f"test accuracy {result['test_accuracy']:.4f}"])

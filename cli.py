@@ -1,0 +1,152 @@
+"""The `costmodel` command line: thin. Each command parses, calls one function, and prints.
+
+Tables, JSON and CSV go to stdout; progress and warnings to stderr. A domain error
+(CostModelError) becomes one line on stderr and its exit status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+import costmodel
+from costmodel.errors import CostModelError
+
+app = typer.Typer(
+    name="costmodel",
+    help="Predict and explain where the time of a CNN's SG step goes on a CPU (simpleNN notation).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+class Impl(str, Enum):
+    index = "index"
+    strided = "strided"
+
+
+def _err(msg: str) -> None:
+    typer.echo(f"costmodel: error: {msg}", err=True)
+
+
+def domain_errors(fn):
+    """Turn CostModelError into one line on stderr and its exit status; ^C into status 130."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except CostModelError as exc:
+            _err(str(exc))
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            _err("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"costmodel {costmodel.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
+                                                    help="Print the version and exit.")] = None,
+) -> None:
+    """Predict and explain where the time of a CNN's SG step goes on a CPU."""
+
+
+ArchArg = Annotated[Path, typer.Argument(help="Architecture file (arch.yaml).", show_default=False)]
+BatchOpt = Annotated[Optional[int], typer.Option("--batch", min=1, help="Mini-batch size I (overrides the file).")]
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", min=1, help="BLAS threads (default: all).")]
+ImplOpt = Annotated[Impl, typer.Option("--impl", help="Implementation of the index-heavy ops.")]
+FormatOpt = Annotated[Format, typer.Option("--format", help="Output format.")]
+
+
+def _progress(label: str):
+    """A progress callback writing one updating line to stderr (silent when stderr is not a tty)."""
+    interactive = sys.stderr.isatty()
+
+    def report(i: int, n: int) -> None:
+        if interactive:
+            end = "\n" if i >= n else ""
+            sys.stderr.write(f"\r{label}: {i}/{n}{end}")
+            sys.stderr.flush()
+
+    return report
+
+
+@app.command()
+@domain_errors
+def measure(
+    arch: ArchArg,
+    batch: BatchOpt = None,
+    steps: Annotated[int, typer.Option(min=1, help="Timed SG steps.")] = 10,
+    warmup: Annotated[int, typer.Option(min=0, help="Untimed steps first.")] = 2,
+    threads: ThreadsOpt = None,
+    impl: ImplOpt = Impl.index,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Run real SG steps of the reference NumPy CNN and report the time of every op."""
+    from calib.commands import measure_command
+
+    typer.echo(measure_command(arch, batch=batch, steps=steps, warmup=warmup, threads=threads,
+                               impl=impl.value, fmt=fmt.value, progress=_progress("measure")), nl=False)
+
+
+@app.command()
+@domain_errors
+def train(
+    arch: ArchArg,
+    data: Annotated[str, typer.Option(help="'digits' (scikit-learn's 8x8 digits) or an .npz with X (N,H,W,C) and y.")],
+    epochs: Annotated[int, typer.Option(min=1)] = 10,
+    batch: BatchOpt = None,
+    impl: ImplOpt = Impl.index,
+    seed: Annotated[int, typer.Option(help="Seed of the weights and the shuffling.")] = 0,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Train the reference CNN with simpleNN's SG with momentum; report loss and test accuracy."""
+    from calib.commands import train_command
+
+    typer.echo(train_command(arch, data=data, epochs=epochs, batch=batch, impl=impl.value, seed=seed,
+                             fmt=fmt.value), nl=False)
+
+
+@app.command()
+@domain_errors
+def costs(
+    arch: ArchArg,
+    batch: BatchOpt = None,
+    impl: ImplOpt = Impl.index,
+    fmt: FormatOpt = Format.table,
+    symbolic: Annotated[bool, typer.Option("--symbolic", help="Print the expressions and their leading-order terms.")] = False,
+) -> None:
+    """FLOPs, bytes, arithmetic intensity and memory kept of every op (symbolic cost model)."""
+    from costmodel.commands import costs_command
+
+    typer.echo(costs_command(arch, batch=batch, impl=impl.value, fmt=fmt.value, symbolic=symbolic), nl=False)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()
