@@ -1,0 +1,79 @@
+"""Fit of the per-op time models over the symbolic features (scikit-learn conventions).
+
+One `OpTimeModel` per op kind: a non-negative linear model over costmodel.features.FEATURES,
+weighted for relative error (each sample weighs 1/t^2, so a 10 us op counts as much as a
+10 ms one), with grouped cross-validation (the groups are the sweep's architectures, so an
+architecture is never both in the training and in the validation folds) and prediction
+intervals from the cross-validated residual ratios.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from costmodel.features import FEATURES
+
+MODEL_NAME = "nnls-linear"
+
+
+class OpTimeModel:
+    """t = X @ coef_, coef_ >= 0, fitted by weighted least squares on relative error."""
+
+    def __init__(self, features: tuple[str, ...] = FEATURES):
+        self.features = features
+
+    def fit(self, X: np.ndarray, t: np.ndarray) -> "OpTimeModel":
+        from sklearn.linear_model import LinearRegression
+
+        X = np.asarray(X, dtype=float)
+        t = np.asarray(t, dtype=float)
+        scale = np.abs(X).max(axis=0)
+        scale[scale == 0] = 1.0
+        reg = LinearRegression(fit_intercept=False, positive=True)
+        # dividing every row by t makes the least-squares residual the relative error
+        reg.fit(X / scale, t, sample_weight=1.0 / t**2)
+        self.coef_ = reg.coef_ / scale
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return np.asarray(X, dtype=float) @ self.coef_
+
+
+@dataclass
+class FitResult:
+    coef: list[float]
+    cv_error: float  # median |predicted/measured - 1| over grouped CV folds
+    interval: tuple[float, float]  # 5 % and 95 % quantiles of measured/predicted
+    n_samples: int
+    n_groups: int
+
+    def as_profile_entry(self) -> dict:
+        return {"model": MODEL_NAME, "features": list(FEATURES), "coef": self.coef,
+                "cv_error": self.cv_error, "interval": list(self.interval),
+                "n_samples": self.n_samples}
+
+
+def fit_op(X: np.ndarray, t: np.ndarray, groups: np.ndarray, n_splits: int = 5) -> FitResult:
+    """Fit one op kind and estimate its error by grouped cross-validation."""
+    from sklearn.model_selection import GroupKFold
+
+    X, t, groups = np.asarray(X, float), np.asarray(t, float), np.asarray(groups)
+    n_groups = len(np.unique(groups))
+    model = OpTimeModel().fit(X, t)
+    if n_groups >= 2:
+        cv_pred = np.empty_like(t)
+        for train, test in GroupKFold(n_splits=min(n_splits, n_groups)).split(X, t, groups):
+            cv_pred[test] = OpTimeModel().fit(X[train], t[train]).predict(X[test])
+    else:  # one group: in-sample residuals are all there is
+        cv_pred = model.predict(X)
+    cv_pred = np.maximum(cv_pred, 1e-12)
+    ratio = t / cv_pred
+    return FitResult(
+        coef=[float(c) for c in model.coef_],
+        cv_error=float(np.median(np.abs(1.0 / ratio - 1.0))),
+        interval=(float(np.quantile(ratio, 0.05)), float(np.quantile(ratio, 0.95))),
+        n_samples=int(len(t)),
+        n_groups=n_groups,
+    )
