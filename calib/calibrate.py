@@ -1,0 +1,159 @@
+"""`costmodel calibrate`: time the reference CNN's op kernels over the sweep, fit, write a profile.
+
+Timing: every sweep network runs one untimed warm-up step, then `rounds` timed steps; the
+networks of a chunk are visited in a new random order each round, so slow drift of the
+machine (frequency, other load) spreads over all ops instead of biasing some. Garbage
+collection is off while timing and BLAS threads are fixed with threadpoolctl. A sample is
+the median over the rounds of one op of one network.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import numpy as np
+
+from costmodel.arch import Architecture
+from costmodel.features import FEATURES, feature_rows, model_key
+
+from .sweep import QUICK_LIMITS, SweepLimits, design
+
+IMPLS = ("index", "strided")
+DTYPES = ("float32", "float64")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one calibration measures: the (dtype, impl) pairs and the sweep of each."""
+
+    dtypes: tuple[str, ...]
+    impls: tuple[str, ...]
+    points: int  # sweep architectures per (dtype, impl)
+    rounds: int = 3
+    chunk: int = 8
+    limits: SweepLimits = SweepLimits()
+    seed: int = 0
+
+    @classmethod
+    def make(cls, *, quick: bool, dtypes: Iterable[str] | None, impls: Iterable[str] | None,
+             points: int | None = None) -> "Plan":
+        if quick:
+            return cls(tuple(dtypes or ("float32",)), tuple(impls or ("index",)),
+                       points or 36, rounds=3, limits=QUICK_LIMITS)
+        return cls(tuple(dtypes or DTYPES), tuple(impls or IMPLS), points or 44)
+
+
+def time_sweep(archs: list[Architecture], impl: str, *, rounds: int, chunk: int, seed: int,
+               progress: Callable[[int], None] | None = None) -> list[dict]:
+    """Samples {"point", "layer", "op", "phase", "key", "seconds"} of every op of every sweep
+    network (median over `rounds` steps)."""
+    from .cnn import ReferenceCNN, one_hot
+    from .timer import OpTimer
+
+    rng = np.random.default_rng(seed)
+    samples: list[dict] = []
+    for start in range(0, len(archs), chunk):
+        group = list(enumerate(archs[start:start + chunk], start=start))
+        nets = []
+        for i, arch in group:
+            cnn = ReferenceCNN(arch, impl=impl, seed=i)
+            X, Y = _synthetic_batch(arch, rng)
+            cnn.step(X, Y)  # warm-up: first touches of every buffer, lazily built index arrays
+            nets.append((i, arch, cnn, X, Y, []))
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            for _ in range(rounds):
+                for j in rng.permutation(len(nets)):
+                    i, arch, cnn, X, Y, laps = nets[j]
+                    timer = OpTimer()
+                    cnn.step(X, Y, timer)
+                    laps.append(timer.seconds())
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+        for i, arch, cnn, X, Y, laps in nets:
+            for key in laps[0]:
+                samples.append({"point": i, "layer": key.layer, "op": key.op, "phase": key.phase,
+                                "key": model_key(key.op, arch.loss),
+                                "seconds": float(np.median([lap[key] for lap in laps]))})
+            if progress:
+                progress(1)
+        del nets
+        gc.collect()
+    return samples
+
+
+def _synthetic_batch(arch: Architecture, rng: np.random.Generator):
+    from .cnn import one_hot
+
+    dtype = np.dtype(arch.dtype)
+    first = arch.sizes()[0]
+    shape = (first.d, arch.batch, first.a, first.b) if first.kind == "conv" else (first.n_in, arch.batch)
+    X = rng.standard_normal(shape).astype(dtype)
+    Y = one_hot(rng.integers(0, arch.n_classes, arch.batch), arch.n_classes, dtype)
+    return X, Y
+
+
+def sample_features(archs: list[Architecture], samples: list[dict], impl: str, caches: dict) -> np.ndarray:
+    """The feature matrix of the samples, in their order, from the symbolic cost model."""
+    from costmodel.evaluate import costs
+
+    rows: dict[tuple, np.ndarray] = {}
+    for i, arch in enumerate(archs):
+        table = costs(arch, impl=impl)
+        feats = feature_rows(table, caches)
+        for (layer, op, phase), f in zip(zip(table["layer"], table["op"], table["phase"]), feats):
+            rows[(i, layer, op, phase)] = f
+    return np.array([rows[(s["point"], s["layer"], s["op"], s["phase"])] for s in samples])
+
+
+def fit_entry(archs, samples, impl: str, caches: dict) -> dict:
+    """Fit one (dtype, impl) entry: a model per op kind."""
+    from .fit import fit_op
+
+    X = sample_features(archs, samples, impl, caches)
+    t = np.array([s["seconds"] for s in samples])
+    keys = np.array([s["key"] for s in samples])
+    groups = np.array([s["point"] for s in samples])
+    ops = {}
+    for key in sorted(set(keys)):
+        sel = keys == key
+        ops[key] = fit_op(X[sel], t[sel], groups[sel]).as_profile_entry()
+    return ops
+
+
+def calibrate(plan: Plan, *, threads: int | None = None, progress=None, log=None) -> dict:
+    """Run the whole calibration and return the profile (a dict in costmodel.profile's format)."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from .machine import ceilings, fingerprint
+
+    started = time.perf_counter()
+    with threadpool_limits(limits=threads, user_api="blas"):
+        used_threads = threads or max([i["num_threads"] for i in threadpool_info()
+                                       if i.get("user_api") == "blas"] or [1])
+        fp = fingerprint(used_threads)
+        caches = fp["caches"]
+        ceil = ceilings(dtypes=plan.dtypes, threads=used_threads)
+        entries = []
+        for dtype in plan.dtypes:
+            archs = design(plan.points, dtype=dtype, seed=plan.seed, limits=plan.limits)
+            for impl in plan.impls:
+                t0 = time.perf_counter()
+                samples = time_sweep(archs, impl, rounds=plan.rounds, chunk=plan.chunk,
+                                     seed=plan.seed, progress=progress)
+                ops = fit_entry(archs, samples, impl, caches)
+                entries.append({"backend": "numpy", "dtype": dtype, "impl": impl,
+                                "threads": used_threads, "ops": ops,
+                                "sweep": {"points": plan.points, "rounds": plan.rounds,
+                                          "samples": len(samples), "seed": plan.seed,
+                                          "seconds": round(time.perf_counter() - t0, 2)}})
+                if log:
+                    log(f"{dtype}/{impl}: {len(samples)} samples from {plan.points} networks "
+                        f"in {time.perf_counter() - t0:.1f} s")
+    return {"fingerprint": fp, "ceilings": ceil, "entries": entries,
+            "calibration_seconds": round(time.perf_counter() - started, 2)}

@@ -1,0 +1,105 @@
+"""The microbenchmark sweep: small architectures whose SG steps time every op kernel.
+
+Each point of the sweep is a small network, built so that its second layer is the conv layer
+under study (the first, a 1x1 convolution, gives it the wanted channels and makes it a layer
+with an input gradient), followed by a hidden and an output full layer; a fifth of the points
+are MLPs. The kernels timed are therefore the reference CNN's own, called exactly as a
+training step calls them, in the same buffers and layouts.
+
+The shapes are drawn log-uniformly over the ranges real layers span (channels 1-512, kernels
+1-11, strides 1 and 2, spatial sizes 4-128, batches 1-512, full layers up to 4096 units), and
+points whose largest array or FLOP count would not fit the time budget are redrawn.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from costmodel.arch import Architecture, parse_arch
+from costmodel.errors import ArchError
+
+KERNELS = (1, 3, 3, 5, 5, 7, 9, 11)
+
+
+@dataclass(frozen=True)
+class SweepLimits:
+    max_elements: float = 6e6  # largest array of a step (phi, usually), in elements
+    max_flops: float = 1.5e9  # FLOPs of one step's matrix products
+    max_weights: float = 4e6  # elements of one full layer's W
+
+
+QUICK_LIMITS = SweepLimits(max_elements=3e6, max_flops=6e8, max_weights=2e6)
+
+
+def _log_uniform_int(rng: np.random.Generator, lo: int, hi: int) -> int:
+    return int(round(math.exp(rng.uniform(math.log(lo), math.log(hi)))))
+
+
+def _conv_point(rng: np.random.Generator, dtype: str, loss: str, name: str) -> dict:
+    h = int(rng.choice(KERNELS))
+    s = int(rng.choice((1, 1, 2)))
+    p = int(rng.integers(0, h // 2 + 1))
+    a = _log_uniform_int(rng, max(4, h), 128)
+    b = a if rng.random() < 0.7 else _log_uniform_int(rng, max(4, h), 128)
+    pool = int(rng.choice((1, 2, 2, 3)))
+    return {
+        "name": name, "dtype": dtype, "loss": loss,
+        "input": {"height": a, "width": b, "channels": int(rng.choice((1, 3)))},
+        "batch": _log_uniform_int(rng, 1, 512),
+        "layers": [
+            {"type": "conv", "filters": _log_uniform_int(rng, 1, 512), "kernel": 1},
+            {"type": "conv", "filters": _log_uniform_int(rng, 1, 512), "kernel": h, "padding": p,
+             "stride": s, "pool": pool},
+            {"type": "full", "units": _log_uniform_int(rng, 8, 4096)},
+            {"type": "full", "units": 10},
+        ],
+    }
+
+
+def _mlp_point(rng: np.random.Generator, dtype: str, loss: str, name: str) -> dict:
+    side = _log_uniform_int(rng, 4, 64)
+    hidden = [{"type": "full", "units": _log_uniform_int(rng, 8, 4096)}
+              for _ in range(int(rng.integers(1, 3)))]
+    return {
+        "name": name, "dtype": dtype, "loss": loss,
+        "input": {"height": side, "width": side, "channels": int(rng.choice((1, 3)))},
+        "batch": _log_uniform_int(rng, 1, 512),
+        "layers": hidden + [{"type": "full", "units": 10}],
+    }
+
+
+def _within(arch: Architecture, limits: SweepLimits) -> bool:
+    largest = 0.0
+    flops = 0.0
+    for sz in arch.sizes():
+        if sz.kind == "conv":
+            K, N = sz.h * sz.h * sz.d, arch.batch * sz.a_conv * sz.b_conv
+            largest = max(largest, K * N, sz.d_next * N, sz.d * arch.batch * sz.a_pad * sz.b_pad)
+            flops += 3 * 2 * sz.d_next * K * N
+        else:
+            if sz.n_in * sz.n_out > limits.max_weights:
+                return False
+            largest = max(largest, sz.n_in * arch.batch)
+            flops += 3 * 2 * sz.n_in * sz.n_out * arch.batch
+    return largest <= limits.max_elements and flops <= limits.max_flops
+
+
+def design(n: int, *, dtype: str, seed: int = 0, limits: SweepLimits = SweepLimits()) -> list[Architecture]:
+    """`n` sweep architectures in `dtype`, reproducible from `seed`, all within `limits`."""
+    rng = np.random.default_rng(seed)
+    points: list[Architecture] = []
+    while len(points) < n:
+        i = len(points)
+        loss = ("mse", "softmax_ce")[i % 2]
+        make = _mlp_point if i % 5 == 4 else _conv_point
+        data = make(rng, dtype, loss, f"sweep-{i}")
+        try:
+            arch = parse_arch(data)
+        except ArchError:  # a drawn shape that breaks a rule (kernel larger than the input ...)
+            continue
+        if _within(arch, limits):
+            points.append(arch)
+    return points
