@@ -1,0 +1,84 @@
+"""The analytical commands (costs, and later predict, latex ...): load, compute, render.
+
+Pure: no clock and no kernel; cli.py calls these and prints what they return.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .arch import load_arch
+from .report import fmt_fraction, human, render, render_table, to_csv, to_json
+
+COSTS_COLUMNS = [
+    ("layer", "layer", str), ("type", "layer_type", str), ("op", "op", str), ("phase", "phase", str),
+    ("FLOPs", "flops", human), ("read", "bytes_read", lambda v: human(v, "B")),
+    ("written", "bytes_written", lambda v: human(v, "B")), ("bytes", "bytes", lambda v: human(v, "B")),
+    ("FLOP/byte", "intensity", lambda v: f"{v:.2f}"), ("kept", "memory_kept_bytes", lambda v: human(v, "B")),
+]
+COSTS_CSV = ["layer", "layer_type", "op", "phase", "flops", "bytes_read", "bytes_written", "bytes",
+             "intensity", "memory_kept_bytes"]
+
+
+def _share_rows(totals: dict, label: str, grand: dict) -> list[dict]:
+    return [{label: str(key), "flops": t["flops"], "bytes": t["bytes"],
+             "flop_share": t["flops"] / grand["flops"] if grand["flops"] else 0.0,
+             "byte_share": t["bytes"] / grand["bytes"] if grand["bytes"] else 0.0,
+             "memory_kept_bytes": t["memory_kept_bytes"]} for key, t in totals.items()]
+
+
+def costs_command(arch_path: Path, *, batch, impl, fmt, symbolic=False) -> str:
+    from .evaluate import costs_report, symbolic_report
+
+    arch = load_arch(arch_path).with_batch(batch)
+    if symbolic:
+        return _symbolic(symbolic_report(arch, impl), fmt)
+    report = costs_report(arch, impl, None)
+    if fmt != "table":
+        return render(report, fmt, COSTS_COLUMNS, "", csv_columns=COSTS_CSV)
+    grand = report["totals"]["total"]
+    share_cols = [("", "group", str), ("FLOPs", "flops", human), ("bytes", "bytes", lambda v: human(v, "B")),
+                  ("FLOP share", "flop_share", fmt_fraction), ("byte share", "byte_share", fmt_fraction),
+                  ("kept", "memory_kept_bytes", lambda v: human(v, "B"))]
+    by_phase = _share_rows(report["totals"]["by_phase"], "group", grand)
+    by_layer = _share_rows({f"layer {k}": v for k, v in report["totals"]["by_layer"].items()}, "group", grand)
+    total = _share_rows({"step": grand}, "group", grand)
+    return "".join([
+        render_table(f"Costs of one SG step: {arch.name} (batch I={arch.batch}, {arch.dtype}, impl={impl})",
+                     COSTS_COLUMNS, report["ops"]),
+        "\n",
+        render_table("Totals", share_cols, by_phase + by_layer + total,
+                     [report["flop_convention"], report["byte_convention"], report["memory_convention"]]),
+    ])
+
+
+def _symbolic(report: dict, fmt: str) -> str:
+    """One row per distinct op formula (layer kind, op, phase), in the course's notation."""
+    seen: dict[tuple, dict] = {}
+    for op in report["ops"]:
+        key = (op["layer_type"], op["op"], op["phase"], op["flops"]["text"], op["bytes"]["text"])
+        if key not in seen:
+            seen[key] = {
+                "layer_type": op["layer_type"], "op": op["op"], "phase": op["phase"],
+                "layers": [op["layer"]],
+                "flops": op["flops"]["text"], "flops_order": op["flops"]["order_text"],
+                "bytes": op["bytes"]["text"], "bytes_order": op["bytes"]["order_text"],
+                "memory_kept": op["memory_kept"]["text"],
+                "flops_latex": op["flops"]["latex"], "bytes_latex": op["bytes"]["latex"],
+            }
+        else:
+            seen[key]["layers"].append(op["layer"])
+    rows = list(seen.values())
+    if fmt == "json":
+        return to_json({k: v for k, v in report.items() if k != "ops"} | {"ops": rows})
+    for row in rows:
+        row["layers"] = " ".join(map(str, row["layers"]))
+    columns = ["layers", "layer_type", "op", "phase", "flops", "flops_order", "bytes", "bytes_order", "memory_kept"]
+    if fmt == "csv":
+        return to_csv(rows, columns)
+    cols = [("m", "layers", str), ("type", "layer_type", str), ("op", "op", str), ("phase", "phase", str),
+            ("FLOPs", "flops", str), ("leading order", "flops_order", str), ("bytes", "bytes", str),
+            ("leading order ", "bytes_order", str)]
+    legend = "symbols: " + ", ".join(report["symbols"])
+    return render_table(f"Symbolic costs: {report['arch']} ({report['dtype']}, impl={report['impl']})",
+                        cols, rows, [legend, report["flop_convention"], report["byte_convention"]])
