@@ -143,6 +143,66 @@ def costs(
     typer.echo(costs_command(arch, batch=batch, impl=impl.value, fmt=fmt.value, symbolic=symbolic), nl=False)
 
 
+class By(str, Enum):
+    op = "op"
+    layer = "layer"
+    phase = "phase"
+    kind = "kind"
+
+
+ProfileOpt = Annotated[Optional[Path], typer.Option("--profile", help="Machine profile (default: yours, else the shipped reference).")]
+
+
+@app.command()
+@domain_errors
+def predict(
+    arch: ArchArg,
+    profile: ProfileOpt = None,
+    batch: BatchOpt = None,
+    threads: ThreadsOpt = None,
+    impl: ImplOpt = Impl.index,
+    fmt: FormatOpt = Format.table,
+    by: Annotated[By, typer.Option("--by", help="Group the ops.")] = By.op,
+) -> None:
+    """Predict the time of every op of an SG step, and its share of the step, from a machine profile."""
+    from costmodel.commands import predict_command
+
+    typer.echo(predict_command(arch, profile=profile, batch=batch, threads=threads, impl=impl.value,
+                               fmt=fmt.value, by=by.value), nl=False)
+
+
+@app.command()
+@domain_errors
+def calibrate(
+    quick: Annotated[bool, typer.Option("--quick", help="float32 and the default implementation, a smaller sweep.")] = False,
+    threads: ThreadsOpt = None,
+    dtype: Annotated[Optional[list[str]], typer.Option("--dtype", help="float32 and/or float64 (default: both).")] = None,
+    impl: Annotated[Optional[list[Impl]], typer.Option("--impl", help="index and/or strided (default: both).")] = None,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Profile file (default: your cache directory).")] = None,
+) -> None:
+    """Time the reference CNN's op kernels on this CPU, fit the cost model, write a machine profile."""
+    from calib.commands import calibrate_command
+
+    typer.echo(calibrate_command(quick=quick, threads=threads, dtypes=dtype,
+                                 impls=[i.value for i in impl] if impl else None, output=output), nl=False)
+
+
+profile_app = typer.Typer(help="Machine profiles.", no_args_is_help=True)
+app.add_typer(profile_app, name="profile")
+
+
+@profile_app.command("show")
+@domain_errors
+def profile_show(
+    file: Annotated[Optional[Path], typer.Argument(help="Profile file (default: yours, else the shipped reference).")] = None,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Show a machine profile: fingerprint, ceilings, fitted parameters and their CV errors."""
+    from costmodel.profile import find_profile, render_profile
+
+    typer.echo(render_profile(find_profile(file), fmt.value), nl=False)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

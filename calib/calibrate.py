@@ -50,7 +50,8 @@ def time_sweep(archs: list[Architecture], impl: str, *, rounds: int, chunk: int,
                progress: Callable[[int], None] | None = None) -> list[dict]:
     """Samples {"point", "layer", "op", "phase", "key", "seconds"} of every op of every sweep
     network (median over `rounds` steps)."""
-    from .cnn import ReferenceCNN, one_hot
+    from .cnn import ReferenceCNN
+    from .measure import synthetic_batch
     from .timer import OpTimer
 
     rng = np.random.default_rng(seed)
@@ -60,22 +61,26 @@ def time_sweep(archs: list[Architecture], impl: str, *, rounds: int, chunk: int,
         nets = []
         for i, arch in group:
             cnn = ReferenceCNN(arch, impl=impl, seed=i)
-            X, Y = _synthetic_batch(arch, rng)
+            X, Y = synthetic_batch(arch, seed=i)
+            start = [w.copy() for w in cnn.W + cnn.b + cnn.vW + cnn.vb]
             cnn.step(X, Y)  # warm-up: first touches of every buffer, lazily built index arrays
-            nets.append((i, arch, cnn, X, Y, []))
+            nets.append((i, arch, cnn, X, Y, [], start))
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
             for _ in range(rounds):
                 for j in rng.permutation(len(nets)):
-                    i, arch, cnn, X, Y, laps = nets[j]
+                    i, arch, cnn, X, Y, laps, start = nets[j]
+                    # every step starts from the same weights, so no sweep network diverges
+                    for w, w0 in zip(cnn.W + cnn.b + cnn.vW + cnn.vb, start):
+                        np.copyto(w, w0)
                     timer = OpTimer()
                     cnn.step(X, Y, timer)
                     laps.append(timer.seconds())
         finally:
             if gc_was_enabled:
                 gc.enable()
-        for i, arch, cnn, X, Y, laps in nets:
+        for i, arch, cnn, X, Y, laps, start in nets:
             for key in laps[0]:
                 samples.append({"point": i, "layer": key.layer, "op": key.op, "phase": key.phase,
                                 "key": model_key(key.op, arch.loss),
@@ -85,17 +90,6 @@ def time_sweep(archs: list[Architecture], impl: str, *, rounds: int, chunk: int,
         del nets
         gc.collect()
     return samples
-
-
-def _synthetic_batch(arch: Architecture, rng: np.random.Generator):
-    from .cnn import one_hot
-
-    dtype = np.dtype(arch.dtype)
-    first = arch.sizes()[0]
-    shape = (first.d, arch.batch, first.a, first.b) if first.kind == "conv" else (first.n_in, arch.batch)
-    X = rng.standard_normal(shape).astype(dtype)
-    Y = one_hot(rng.integers(0, arch.n_classes, arch.batch), arch.n_classes, dtype)
-    return X, Y
 
 
 def sample_features(archs: list[Architecture], samples: list[dict], impl: str, caches: dict) -> np.ndarray:
@@ -138,7 +132,7 @@ def calibrate(plan: Plan, *, threads: int | None = None, progress=None, log=None
                                        if i.get("user_api") == "blas"] or [1])
         fp = fingerprint(used_threads)
         caches = fp["caches"]
-        ceil = ceilings(dtypes=plan.dtypes, threads=used_threads)
+        ceil = ceilings(dtype_list=plan.dtypes, threads=used_threads)
         entries = []
         for dtype in plan.dtypes:
             archs = design(plan.points, dtype=dtype, seed=plan.seed, limits=plan.limits)
@@ -157,3 +151,19 @@ def calibrate(plan: Plan, *, threads: int | None = None, progress=None, log=None
                         f"in {time.perf_counter() - t0:.1f} s")
     return {"fingerprint": fp, "ceilings": ceil, "entries": entries,
             "calibration_seconds": round(time.perf_counter() - started, 2)}
+
+
+def to_profile(result: dict, merge_into: "Profile | None" = None) -> "Profile":
+    """The calibration as a Profile; entries of `merge_into` made on the same machine for other
+    settings are kept (calibrating 1 thread after 2 adds to the profile instead of replacing it)."""
+    from datetime import datetime, timezone
+
+    from costmodel.profile import Profile
+
+    entries = list(result["entries"])
+    if merge_into is not None and merge_into.fingerprint.model_dump() == result["fingerprint"] | {}:
+        fresh = {(e["dtype"], e["impl"], e["threads"], e["backend"]) for e in entries}
+        entries = [e.model_dump() for e in merge_into.entries if e.key not in fresh] + entries
+    return Profile(created=datetime.now(timezone.utc), fingerprint=result["fingerprint"],
+                   ceilings=result["ceilings"], entries=entries,
+                   calibration_seconds=result["calibration_seconds"])

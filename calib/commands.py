@@ -65,3 +65,54 @@ def train_command(arch_path: Path, *, data, epochs, batch, impl, seed, fmt, prog
                         [("epoch", "epoch", str), ("loss", "loss", lambda v: f"{v:.4f}")], rows,
                         [f"train accuracy {result['train_accuracy']:.4f}, "
                          f"test accuracy {result['test_accuracy']:.4f}"])
+
+
+def calibrate_command(*, quick, threads, dtypes, impls, output, progress=None) -> str:
+    """Calibrate, write the profile atomically, and summarise the fitted parameters."""
+    import sys
+
+    from costmodel.errors import UsageError
+    from costmodel.profile import default_profile_path, load_profile, render_profile, save_profile
+
+    from .calibrate import DTYPES, IMPLS, Plan, calibrate, to_profile
+
+    for d in dtypes or ():
+        if d not in DTYPES:
+            raise UsageError(f"--dtype: {d!r} is not one of {', '.join(DTYPES)}")
+    plan = Plan.make(quick=quick, dtypes=dtypes, impls=impls)
+    path = Path(output) if output else default_profile_path()
+    previous = None
+    if path.exists():
+        try:
+            previous = load_profile(path)
+        except Exception:  # a corrupt old profile is replaced, not merged
+            previous = None
+    total = plan.points * len(plan.dtypes) * len(plan.impls)
+    with _progress_bar(total) as advance:
+        result = calibrate(plan, threads=threads, progress=progress or advance,
+                           log=lambda line: print(line, file=sys.stderr))
+    profile = to_profile(result, merge_into=previous)
+    save_profile(profile, path)
+    print(f"profile written to {path} ({result['calibration_seconds']:.1f} s)", file=sys.stderr)
+    return render_profile(profile, "table")
+
+
+class _progress_bar:
+    """A rich progress bar on stderr, advanced once per sweep network."""
+
+    def __init__(self, total: int):
+        self.total = total
+
+    def __enter__(self):
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+        self.progress = Progress("calibrating", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                 console=Console(stderr=True), transient=True)
+        self.progress.start()
+        task = self.progress.add_task("sweep", total=self.total)
+        return lambda n=1: self.progress.advance(task, n)
+
+    def __exit__(self, *exc):
+        self.progress.stop()
+        return False

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .arch import load_arch
-from .report import fmt_fraction, human, render, render_table, to_csv, to_json
+from .report import fmt_fraction, fmt_seconds, human, render, render_table, to_csv, to_json
 
 COSTS_COLUMNS = [
     ("layer", "layer", str), ("type", "layer_type", str), ("op", "op", str), ("phase", "phase", str),
@@ -82,3 +82,47 @@ def _symbolic(report: dict, fmt: str) -> str:
     legend = "symbols: " + ", ".join(report["symbols"])
     return render_table(f"Symbolic costs: {report['arch']} ({report['dtype']}, impl={report['impl']})",
                         cols, rows, [legend, report["flop_convention"], report["byte_convention"]])
+
+
+PREDICT_COLUMNS = [
+    ("layer", "layer", str), ("type", "layer_type", str), ("op", "op", str), ("phase", "phase", str),
+    ("time", "seconds", fmt_seconds), ("interval", "interval", str), ("fraction", "fraction", fmt_fraction),
+    ("FLOPs", "flops", human), ("bytes", "bytes", lambda v: human(v, "B")),
+]
+PREDICT_CSV = ["layer", "layer_type", "op", "phase", "kind", "seconds", "seconds_low", "seconds_high",
+               "fraction", "flops", "bytes"]
+
+
+def _interval(row: dict) -> str:
+    return f"{fmt_seconds(row['seconds_low'])} - {fmt_seconds(row['seconds_high'])}"
+
+
+def predict_command(arch_path: Path, *, profile, batch, threads, impl, fmt, by="op") -> str:
+    from .predict import group, predict
+    from .profile import find_profile
+
+    arch = load_arch(arch_path).with_batch(batch)
+    result = predict(arch, find_profile(profile), impl=impl, threads=threads)
+    rows = group(result, by)
+    for row in rows:
+        row["interval"] = _interval(row)
+    if by != "op":
+        result = {k: v for k, v in result.items() if k != "ops"} | {"by": by, "groups": rows}
+        columns = [(by, by, str), ("ops", "ops", str), ("time", "seconds", fmt_seconds),
+                   ("interval", "interval", str), ("fraction", "fraction", fmt_fraction),
+                   ("FLOPs", "flops", human), ("bytes", "bytes", lambda v: human(v, "B"))]
+        csv_columns = [by, "ops", "seconds", "seconds_low", "seconds_high", "fraction", "flops", "bytes"]
+    else:
+        columns, csv_columns = PREDICT_COLUMNS, PREDICT_CSV
+    if fmt == "json":
+        return to_json(result)
+    if fmt == "csv":
+        return to_csv(rows, csv_columns)
+    footer = [
+        f"step: {fmt_seconds(result['total_seconds'])} predicted "
+        f"(interval {fmt_seconds(result['total_seconds_low'])} - {fmt_seconds(result['total_seconds_high'])}, "
+        "5-95 % of cross-validated measured/predicted, summed over the ops)",
+        f"{arch.name}: batch I={arch.batch}, {arch.dtype}, impl={impl}, threads={result['threads']}; "
+        f"profile made on {result['profile']['cpu_model']} ({result['profile']['created'][:10]})",
+    ]
+    return render_table(f"Predicted SG step: {arch.name}", columns, rows, footer)

@@ -32,15 +32,16 @@ def model_key(op: str, loss: str) -> str:
 
 
 def feature_rows(costs, caches: dict) -> "np.ndarray":
-    """The (n_ops, len(FEATURES)) feature matrix of a costs DataFrame (costmodel.evaluate.costs).
+    """The (n_ops, len(FEATURES)) feature matrix of per-op costs: a DataFrame of
+    costmodel.evaluate.costs, or any mapping with "flops" and "bytes" sequences.
 
     `caches` holds the cache sizes in bytes ({"L2": ..., "L3": ...}) of the machine whose
     profile is used; a missing level counts as infinitely large.
     """
     import numpy as np
 
-    flops = costs["flops"].to_numpy(dtype=float)
-    nbytes = costs["bytes"].to_numpy(dtype=float)
+    flops = np.asarray(costs["flops"], dtype=float)
+    nbytes = np.asarray(costs["bytes"], dtype=float)
     working_set = nbytes  # every array the op touches, once
     inf = float("inf")
     l2 = float(caches.get("L2") or inf)

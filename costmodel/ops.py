@@ -35,6 +35,18 @@ MATMUL_OPS = frozenset({"conv_matmul", "conv_grad_W", "conv_grad_input",
                         "full_matmul", "full_grad_W", "full_grad_input"})
 
 
+#: op kinds, for grouping (--by kind) and explanations: the slides' "matrix products" against
+#: the "index manipulation" of phi(pad(Z)), pooling and their backward twins
+OP_KIND: dict[str, str] = {
+    **{op: "matrix product" for op in MATMUL_OPS},
+    **{op: "index manipulation" for op in ("pad", "phi", "pool", "flatten", "pool_grad", "phi_grad",
+                                           "pad_grad", "flatten_grad")},
+    **{op: "elementwise" for op in ("bias", "activation", "activation_grad", "bias_grad")},
+    "loss": "loss", "loss_grad": "loss",
+    "update": "update",
+}
+
+
 class OpKey(NamedTuple):
     layer: int
     layer_type: str  # conv | full | loss

@@ -1,0 +1,89 @@
+"""Measure where the time of real SG steps of the reference CNN goes, op by op."""
+
+from __future__ import annotations
+
+from time import perf_counter_ns
+from typing import Callable
+
+import numpy as np
+
+from costmodel.arch import Architecture
+
+from .cnn import ReferenceCNN, one_hot, to_layout
+from .memory import check_memory
+from .timer import OpTimer
+
+
+def synthetic_batch(arch: Architecture, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded mini-batch of arch.batch images with values in [0, 1) and random labels, in
+    the network's layout: (X, Y one-hot)."""
+    rng = np.random.default_rng(seed)
+    I = arch.batch
+    images = rng.random((I, arch.input.height, arch.input.width, arch.input.channels))
+    return to_layout(images, arch), one_hot(rng.integers(0, arch.n_classes, I), arch.n_classes, arch.dtype)
+
+
+def blas_threads() -> int:
+    """The number of threads the BLAS that numpy uses runs with now."""
+    from threadpoolctl import threadpool_info
+
+    counts = [info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"]
+    return max(counts, default=1)
+
+
+def measure(arch: Architecture, *, steps: int = 10, warmup: int = 2, threads: int | None = None,
+            impl: str = "index", seed: int = 0,
+            progress: Callable[[int, int], None] | None = None) -> dict:
+    """Run warmup + steps SG steps of the reference CNN on a synthetic batch and return the
+    median seconds of every op (DESIGN.md's per-op JSON, without flops and bytes).
+
+    Every step starts from the same seeded parameters (restored outside the timed region), so
+    the times do not depend on whether the optimizer's settings make training diverge on
+    synthetic data. ``step_seconds`` is the median wall-clock of whole steps, timed outside
+    the op timers; ``coverage`` is the sum of the ops' medians over it. ``threads`` limits
+    the BLAS (and OpenMP) pools with threadpoolctl; None keeps the current setting.
+    """
+    from threadpoolctl import threadpool_limits
+
+    if steps < 1 or warmup < 0:
+        raise ValueError("steps must be >= 1 and warmup >= 0")
+    check_memory(arch, impl)
+    with threadpool_limits(limits=threads):
+        used_threads = blas_threads()
+        cnn = ReferenceCNN(arch, impl=impl, seed=seed)
+        X, Y = synthetic_batch(arch, seed)
+        start = [a.copy() for a in cnn.W + cnn.b + cnn.vW + cnn.vb]
+        timer = OpTimer()
+        op_seconds: list[dict] = []
+        step_seconds: list[float] = []
+        total = warmup + steps
+        for i in range(total):
+            for a, a0 in zip(cnn.W + cnn.b + cnn.vW + cnn.vb, start):
+                np.copyto(a, a0)
+            timer.reset()
+            t0 = perf_counter_ns()
+            cnn.step(X, Y, timer)
+            t1 = perf_counter_ns()
+            if i >= warmup:
+                op_seconds.append(timer.seconds())
+                step_seconds.append((t1 - t0) * 1e-9)
+            if progress is not None:
+                progress(i + 1, total)
+
+    medians = {key: float(np.median([s[key] for s in op_seconds])) for key in op_seconds[0]}
+    total_seconds = sum(medians.values())
+    step_median = float(np.median(step_seconds))
+    return {
+        "arch": arch.name,
+        "batch": arch.batch,
+        "dtype": arch.dtype,
+        "threads": used_threads,
+        "impl": impl,
+        "total_seconds": total_seconds,
+        "step_seconds": step_median,
+        "coverage": total_seconds / step_median,
+        "ops": [{"layer": key.layer, "layer_type": key.layer_type, "op": key.op,
+                 "phase": key.phase, "seconds": seconds,
+                 "fraction": seconds / total_seconds if total_seconds > 0 else 0.0}
+                for key, seconds in medians.items()],
+    }

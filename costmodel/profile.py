@@ -1,0 +1,411 @@
+"""The machine profile: one versioned JSON file describing a CPU to the cost model.
+
+It holds the machine's fingerprint, its measured ceilings (peak matrix-product FLOP/s,
+bandwidth by working-set size) and, per (dtype, impl, threads, backend), one fitted model
+per op. This module is the format only: load, save, locate, check and render. It reads no
+clock and runs no kernel; `calib` measures and fits, then builds a `Profile` and saves it.
+
+An op model is generic: ``features`` name the quantities it is linear in and ``coef`` are
+seconds per unit of each. The features this module reads as machine facts are ``flops``
+(a coefficient of s/FLOP is shown as FLOP/s), ``bytes`` and ``bytes_<qualifier>`` such as
+``bytes_beyond_L2`` (shown as B/s), and ``calls`` (one per call of the op, shown as time per
+call); any other feature is shown as seconds each.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Callable, Literal, Mapping
+
+from pydantic import (AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
+
+from . import __version__
+from .arch import DTYPES, _message
+from .errors import CostModelError, UsageError
+from .ops import OP_NAMES
+from .report import FORMATS, atomic_write, fmt_seconds, human, render_table, to_csv, to_json
+
+__all__ = ["SCHEMA_VERSION", "BandwidthPoint", "BlasInfo", "Ceilings", "Entry", "Fingerprint", "OpModel",
+           "Profile", "check_machine", "default_profile_path", "embedded_profile_path", "fact",
+           "find_profile", "load_profile", "render_profile", "save_profile"]
+
+SCHEMA_VERSION = 1
+PROFILE_NAME = "profile.json"
+REFERENCE_NAME = "reference_profile.json"
+
+#: features whose coefficient (seconds per unit) reads as a rate: feature -> (rate, unit);
+#: a qualified name such as bytes_beyond_L2 reads as the same rate, qualified
+RATE_FEATURES = {"flops": ("FLOP/s", "FLOP"), "bytes": ("B/s", "byte")}
+CALL_FEATURE = "calls"
+#: CPU flags shown in the fingerprint summary when present (x86 and Arm vector units)
+SIMD_FLAGS = ("avx512f", "avx2", "fma", "avx", "sse4_2", "asimd", "sve", "sve2")
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class BlasInfo(_Model):
+    """One BLAS library loaded by NumPy, as threadpoolctl reports it (filepath: basename only)."""
+
+    internal_api: str
+    version: str | None = None
+    threading_layer: str | None = None
+    architecture: str | None = None
+    num_threads: PositiveInt
+    filepath: str
+
+
+class Fingerprint(_Model):
+    """What identifies the machine and software a profile was made on."""
+
+    cpu_model: str
+    cpu_flags: list[str] = []
+    caches: dict[str, PositiveInt] = Field(description="L1d, L1i, L2, L3 -> bytes, as the OS reports them")
+    cores: PositiveInt = Field(description="logical CPUs")
+    physical_cores: PositiveInt | None = None
+    numpy_version: str
+    blas: list[BlasInfo] = []
+    threads: PositiveInt = Field(description="BLAS threads in effect when the fingerprint was taken")
+    python: str
+    platform: str
+    machine: str
+
+
+class BandwidthPoint(_Model):
+    working_set_bytes: PositiveInt
+    bytes_per_second: PositiveFloat
+
+
+class Ceilings(_Model):
+    """Measured ceilings. Matrix products ran with `threads` BLAS threads; the bandwidth probe
+    is a NumPy ufunc (single-threaded), counting every array it reads and writes once.
+    machine_balance is peak FLOP/s over the bandwidth of the largest working set (memory)."""
+
+    threads: PositiveInt
+    matmul_flops_per_second: dict[str, PositiveFloat]
+    bandwidth: list[BandwidthPoint] = Field(min_length=1)
+    machine_balance: dict[str, PositiveFloat]
+
+
+class OpModel(_Model):
+    """A fitted model of one op's time: seconds from named features (see the module docstring)."""
+
+    model: str
+    features: list[str] = Field(min_length=1)
+    coef: list[float]
+    cv_error: Annotated[float, Field(ge=0)] | None = Field(
+        None, description="median relative error of grouped cross-validation")
+    interval: tuple[PositiveFloat, PositiveFloat] = Field(
+        description="low and high quantiles of measured/predicted time")
+    n_samples: PositiveInt
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "OpModel":
+        if len(self.coef) != len(self.features):
+            raise ValueError(f"{len(self.features)} features but {len(self.coef)} coefficients")
+        if len(set(self.features)) != len(self.features):
+            raise ValueError(f"a feature is listed twice in {self.features}")
+        if self.interval[0] > self.interval[1]:
+            raise ValueError(f"interval {list(self.interval)} is not increasing")
+        return self
+
+
+class Entry(_Model):
+    """The op models calibrated for one (dtype, impl, threads, backend)."""
+
+    dtype: Literal[DTYPES]
+    impl: str = Field(min_length=1)
+    threads: PositiveInt
+    backend: str = "numpy"
+    ops: dict[str, OpModel] = Field(min_length=1, description="op name, or 'op:variant' (e.g. loss:mse) -> model")
+    sweep: dict[str, int | float] = Field({}, description="how the samples were taken (points, rounds, ...)")
+
+    @model_validator(mode="after")
+    def _known_ops(self) -> "Entry":
+        unknown = sorted(key for key in self.ops if key.partition(":")[0] not in OP_NAMES)
+        if unknown:
+            raise ValueError(f"unknown op {unknown[0]!r} (not in the op contract)")
+        return self
+
+    @property
+    def key(self) -> tuple[str, str, int, str]:
+        return (self.dtype, self.impl, self.threads, self.backend)
+
+    def describe(self) -> str:
+        return _setting(*self.key)
+
+
+class Profile(_Model):
+    """One machine profile (schema version 1)."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    tool_version: str = __version__
+    created: AwareDatetime = Field(description="ISO 8601, stored in UTC")
+    fingerprint: Fingerprint
+    ceilings: Ceilings
+    entries: list[Entry] = []
+    calibration_seconds: Annotated[float, Field(ge=0)] | None = None
+
+    @field_validator("created")
+    @classmethod
+    def _utc(cls, created: datetime) -> datetime:
+        return created.astimezone(timezone.utc)
+
+    @model_validator(mode="after")
+    def _unique_entries(self) -> "Profile":
+        seen = set()
+        for entry in self.entries:
+            if entry.key in seen:
+                raise ValueError(f"two entries for {entry.describe()}")
+            seen.add(entry.key)
+        return self
+
+    def entry(self, dtype: str, impl: str, threads: int, backend: str = "numpy") -> Entry:
+        """The entry calibrated for these settings, or an error naming the command that makes it."""
+        for entry in self.entries:
+            if entry.key == (dtype, impl, threads, backend):
+                return entry
+        command = f"costmodel calibrate --dtype {dtype} --impl {impl} --threads {threads}"
+        if backend != "numpy":
+            command += f" --backend {backend}"
+        has = "; ".join(e.describe() for e in self.entries) or "nothing"
+        raise CostModelError(f"the profile has no entry for {_setting(dtype, impl, threads, backend)}: "
+                             f"run `{command}` "
+                             f"(it has: {has})")
+
+
+# -- files -----------------------------------------------------------------------------------
+
+def default_profile_path() -> Path:
+    """$XDG_CACHE_HOME/costmodel/profile.json, by default ~/.cache/costmodel/profile.json."""
+    cache = os.environ.get("XDG_CACHE_HOME", "")
+    base = Path(cache) if os.path.isabs(cache) else Path.home() / ".cache"  # XDG: ignore relative
+    return base / "costmodel" / PROFILE_NAME
+
+
+def embedded_profile_path() -> Path:
+    """The reference profile shipped inside the package (costmodel/data/reference_profile.json)."""
+    return Path(str(resources.files("costmodel") / "data" / REFERENCE_NAME))
+
+
+def save_profile(profile: Profile, path: str | Path) -> None:
+    """Write the profile atomically: a reader sees the old file or the new one, never a part."""
+    try:
+        atomic_write(path, profile.model_dump_json(indent=2) + "\n")
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot write the profile: {exc.strerror or exc}") from None
+
+
+def load_profile(path: str | Path) -> Profile:
+    """Read and validate a profile; every problem is one UsageError line naming the file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such profile: run `costmodel calibrate` to make one") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: cannot read the profile: {exc.__class__.__name__}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
+                         "the file is damaged: run `costmodel calibrate` again") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: not a costmodel profile (a JSON {type(data).__name__}, not an object)")
+    if "schema_version" not in data:
+        raise UsageError(f"{path}: not a costmodel profile (no schema_version)")
+    version = data["schema_version"]
+    if version != SCHEMA_VERSION or not isinstance(version, int) or isinstance(version, bool):
+        raise UsageError(f"{path}: schema version {version!r}, this costmodel reads version "
+                         f"{SCHEMA_VERSION}: run `costmodel calibrate` again")
+    try:
+        return Profile.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        if first["type"] == "value_error":  # our validators' messages, without pydantic's prefix
+            first = {**first, "msg": str(first["ctx"]["error"])}
+        raise UsageError(f"{path}: {_message(first)}") from None
+
+
+def _stderr_warning(message: str) -> None:
+    print(f"costmodel: warning: {message}", file=sys.stderr)
+
+
+def find_profile(path: str | Path | None = None,
+                 warn: Callable[[str], None] = _stderr_warning) -> Profile:
+    """The profile at `path`; else the user's default if it exists; else the reference one,
+    with a one-line warning."""
+    if path is not None:
+        return load_profile(path)
+    user = default_profile_path()
+    if user.exists():
+        return load_profile(user)
+    reference = embedded_profile_path()
+    if not reference.exists():
+        raise CostModelError(f"no profile: {user} does not exist and this costmodel ships no reference "
+                             "profile: run `costmodel calibrate`")
+    profile = load_profile(reference)
+    warn("no profile for this machine: using the reference profile shipped with costmodel "
+         f"(made on {profile.fingerprint.cpu_model}); run `costmodel calibrate` for yours")
+    return profile
+
+
+# -- checks ----------------------------------------------------------------------------------
+
+def _blas_summary(blas: list[BlasInfo]) -> str:
+    return ", ".join(f"{b.internal_api} {b.version}" + (f" ({b.threading_layer})" if b.threading_layer else "")
+                     for b in blas) or "none"
+
+
+def check_machine(profile: Profile, current: Fingerprint | Mapping, threads: int | None = None,
+                  warn: Callable[[str], None] = _stderr_warning) -> bool:
+    """Warn in one line when the profile was made on another CPU, caches, BLAS or NumPy, or has
+    no calibration for `threads` (default: the current fingerprint's). True when all match."""
+    made, here = profile.fingerprint, Fingerprint.model_validate(current)
+    threads = threads or here.threads
+    diffs = []
+    if made.cpu_model != here.cpu_model:
+        diffs.append(f"CPU {made.cpu_model!r}, here {here.cpu_model!r}")
+    for level in sorted(set(made.caches) | set(here.caches)):
+        if made.caches.get(level) != here.caches.get(level):
+            diffs.append(f"{level} {_iec(made.caches.get(level))}, here {_iec(here.caches.get(level))}")
+    if _blas_summary(made.blas) != _blas_summary(here.blas):
+        diffs.append(f"BLAS {_blas_summary(made.blas)}, here {_blas_summary(here.blas)}")
+    if made.numpy_version != here.numpy_version:
+        diffs.append(f"NumPy {made.numpy_version}, here {here.numpy_version}")
+    calibrated = sorted({e.threads for e in profile.entries} or {profile.ceilings.threads})
+    parts = [f"the profile was made on another machine ({'; '.join(diffs)})"] if diffs else []
+    command = "costmodel calibrate"
+    if threads not in calibrated:
+        parts.append(f"it has calibrations for threads={','.join(map(str, calibrated))}, this run uses "
+                     f"threads={threads}")
+        command += f" --threads {threads}"
+    if parts:
+        warn(f"{'; '.join(parts)}: predictions may not hold here; run `{command}`")
+    return not parts
+
+
+# -- rendering -------------------------------------------------------------------------------
+
+def _threads(n: int) -> str:
+    return f"{n} thread" if n == 1 else f"{n} threads"
+
+
+def _setting(dtype: str, impl: str, threads: int, backend: str) -> str:
+    """'float32, impl index, 2 threads' (and the backend when it is not NumPy)."""
+    text = f"{dtype}, impl {impl}, {_threads(threads)}"
+    return text if backend == "numpy" else f"{text}, backend {backend}"
+
+
+def _iec(n: int | None) -> str:
+    """32768 -> '32 KiB'; None -> 'none'."""
+    if n is None:
+        return "none"
+    for factor, unit in ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
+        if n >= factor:
+            return f"{n / factor:.3g} {unit}"
+    return f"{n} B"
+
+
+def _caches(caches: Mapping[str, int]) -> str:
+    return ", ".join(f"{name} {_iec(size)}" for name, size in sorted(caches.items())) or "unknown"
+
+
+def fact(feature: str, coef: float) -> str:
+    """One coefficient read as a machine fact: ('flops', 1.35e-11) -> '74 GFLOP/s',
+    ('bytes_beyond_L3', 5e-11) -> '20 GB/s beyond L3', ('calls', 1.2e-5) -> '12.0 us per call'."""
+    if feature == CALL_FEATURE:
+        return f"{fmt_seconds(coef)} per call"
+    quantity, _, qualifier = feature.partition("_")
+    if quantity in RATE_FEATURES:
+        rate, unit = RATE_FEATURES[quantity]
+        text = human(1 / coef, rate) if coef > 0 else f"no cost per {unit}"
+        return f"{text} {qualifier.replace('_', ' ')}".rstrip()
+    return f"{feature}: {coef:.3g} s each"
+
+
+def _level(working_set: int, caches: Mapping[str, int]) -> str:
+    """The smallest data cache a working set fits in, or 'memory'."""
+    for name in ("L1d", "L2", "L3"):
+        if name in caches and working_set <= caches[name]:
+            return name
+    return "memory" if caches else "-"
+
+
+def _blas_line(b: BlasInfo) -> str:
+    details = [d for d in (b.threading_layer, b.architecture and f"{b.architecture} kernels",
+                           _threads(b.num_threads)) if d]
+    return f"{b.internal_api} {b.version} ({', '.join(details)}) {b.filepath}"
+
+
+def _fingerprint_lines(fp: Fingerprint) -> list[str]:
+    physical = f", {fp.physical_cores} physical" if fp.physical_cores else ""
+    return [
+        f"CPU: {fp.cpu_model} ({fp.cores} logical cores{physical}); "
+        f"SIMD: {' '.join(f for f in SIMD_FLAGS if f in fp.cpu_flags) or '-'}",
+        f"caches: {_caches(fp.caches)}",
+        f"BLAS: {'; '.join(_blas_line(b) for b in fp.blas) or 'none found'}",
+        f"NumPy {fp.numpy_version}, Python {fp.python}, {fp.platform} ({fp.machine}), "
+        f"fingerprint taken with {_threads(fp.threads)}",
+    ]
+
+
+def _op_rows(entry: Entry) -> list[dict]:
+    return [{"op": op, "model": m.model, "features": m.features, "coef": m.coef,
+             "name": ", ".join(fact(f, c) for f, c in zip(m.features, m.coef)),  # "name": left-justified
+             "cv_error": m.cv_error, "interval": m.interval, "n_samples": m.n_samples}
+            for op, m in sorted(entry.ops.items())]
+
+
+def _csv_rows(profile: Profile) -> list[dict]:
+    return [{"dtype": entry.dtype, "impl": entry.impl, "threads": entry.threads, "backend": entry.backend,
+             "op": row["op"], "model": row["model"], "feature": f, "coef_seconds_per_unit": c,
+             "cv_error": row["cv_error"], "interval_lo": row["interval"][0], "interval_hi": row["interval"][1],
+             "n_samples": row["n_samples"]}
+            for entry in profile.entries for row in _op_rows(entry) for f, c in zip(row["features"], row["coef"])]
+
+
+CSV_COLUMNS = ["dtype", "impl", "threads", "backend", "op", "model", "feature", "coef_seconds_per_unit",
+               "cv_error", "interval_lo", "interval_hi", "n_samples"]
+
+
+def render_profile(profile: Profile, fmt: str = "table") -> str:
+    """The profile as text tables, as JSON (the file's content) or as CSV (one row per op and
+    feature, coefficients in seconds per unit)."""
+    if fmt == "json":
+        return to_json(profile.model_dump(mode="json"))
+    if fmt == "csv":
+        return to_csv(_csv_rows(profile), CSV_COLUMNS)
+    if fmt != "table":
+        raise UsageError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
+    fp, ceil = profile.fingerprint, profile.ceilings
+    created = profile.created.isoformat(timespec="seconds")
+    parts = [f"Machine profile (schema {profile.schema_version}, costmodel {profile.tool_version}, "
+             f"created {created})\n" + "".join(f"  {line}\n" for line in _fingerprint_lines(fp))]
+    parts.append(render_table(
+        f"Peak matrix product ({_threads(ceil.threads)})",
+        [("dtype", "name", str), ("peak", "flops", lambda v: human(v, "FLOP/s")),
+         ("machine balance", "balance", lambda v: "-" if v is None else f"{v:.3g} FLOP/B")],
+        [{"name": dt, "flops": v, "balance": ceil.machine_balance.get(dt)}
+         for dt, v in ceil.matmul_flops_per_second.items()]))
+    parts.append(render_table(
+        "Bandwidth by working set",
+        [("working set", "ws", _iec), ("fits in", "group", str), ("bandwidth", "bw", lambda v: human(v, "B/s"))],
+        [{"ws": p.working_set_bytes, "group": _level(p.working_set_bytes, fp.caches), "bw": p.bytes_per_second}
+         for p in ceil.bandwidth],
+        ["np.add(a, b, out=c), 1 thread: bytes of a, b and c per second"]))
+    columns = [("op", "op", str), ("model", "model", str), ("parameters", "name", str),
+               ("CV error", "cv_error", lambda v: "-" if v is None else f"{100 * v:.1f} %"),
+               ("measured/predicted", "interval", lambda v: f"{v[0]:.2f} .. {v[1]:.2f}"),
+               ("samples", "n_samples", str)]
+    parts += [render_table(f"Op models: {entry.describe()}", columns, _op_rows(entry)) for entry in profile.entries]
+    return "\n".join(parts)
