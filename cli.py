@@ -187,6 +187,25 @@ def calibrate(
                                  impls=[i.value for i in impl] if impl else None, output=output), nl=False)
 
 
+@app.command()
+@domain_errors
+def compare(
+    arch: ArchArg,
+    profile: ProfileOpt = None,
+    batch: BatchOpt = None,
+    threads: ThreadsOpt = None,
+    impl: ImplOpt = Impl.index,
+    steps: Annotated[int, typer.Option(min=1, help="Timed SG steps.")] = 10,
+    warmup: Annotated[int, typer.Option(min=0, help="Untimed steps first.")] = 2,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Measure real steps and predict them: per op, measured and predicted fractions beside FLOP and byte shares."""
+    from calib.commands import compare_command
+
+    typer.echo(compare_command(arch, profile=profile, batch=batch, threads=threads, impl=impl.value,
+                               steps=steps, warmup=warmup, fmt=fmt.value, progress=_progress("measure")), nl=False)
+
+
 profile_app = typer.Typer(help="Machine profiles.", no_args_is_help=True)
 app.add_typer(profile_app, name="profile")
 

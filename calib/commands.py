@@ -116,3 +116,69 @@ class _progress_bar:
     def __exit__(self, *exc):
         self.progress.stop()
         return False
+
+
+COMPARE_COLUMNS = [
+    ("layer", "layer", str), ("op", "op", str), ("phase", "phase", str),
+    ("measured", "measured_seconds", fmt_seconds), ("predicted", "predicted_seconds", fmt_seconds),
+    ("measured %", "measured_fraction", fmt_fraction), ("predicted %", "predicted_fraction", fmt_fraction),
+    ("FLOP share", "flop_share", fmt_fraction), ("byte share", "byte_share", fmt_fraction),
+    ("error (pp)", "fraction_error_pp", lambda v: f"{v:+.2f}"),
+]
+COMPARE_CSV = ["layer", "layer_type", "op", "phase", "kind", "measured_seconds", "predicted_seconds",
+               "measured_fraction", "predicted_fraction", "flop_share", "byte_share", "fraction_error_pp",
+               "flops", "bytes"]
+
+
+def compare(arch, profile, *, impl: str, threads, steps: int, warmup: int, progress=None) -> dict:
+    """Measure real steps and predict them; per op the measured and predicted fractions beside
+    the FLOP and byte shares (the slides' practical time against theoretical complexity)."""
+    from costmodel.predict import predict
+
+    from .measure import measure
+
+    measured = measure(arch, steps=steps, warmup=warmup, threads=threads, impl=impl, progress=progress)
+    predicted = predict(arch, profile, impl=impl, threads=measured["threads"])
+    flops = sum(o["flops"] for o in predicted["ops"])
+    nbytes = sum(o["bytes"] for o in predicted["ops"])
+    rows = []
+    for m, p in zip(measured["ops"], predicted["ops"], strict=True):
+        assert (m["layer"], m["op"], m["phase"]) == (p["layer"], p["op"], p["phase"])
+        rows.append({
+            "layer": m["layer"], "layer_type": m["layer_type"], "op": m["op"], "phase": m["phase"],
+            "kind": p["kind"], "flops": p["flops"], "bytes": p["bytes"],
+            "measured_seconds": m["seconds"], "predicted_seconds": p["seconds"],
+            "measured_fraction": m["fraction"], "predicted_fraction": p["fraction"],
+            "flop_share": p["flops"] / flops if flops else 0.0,
+            "byte_share": p["bytes"] / nbytes if nbytes else 0.0,
+            "fraction_error_pp": 100 * (p["fraction"] - m["fraction"]),
+        })
+    step_error = predicted["total_seconds"] / measured["step_seconds"] - 1
+    return {
+        "arch": arch.name, "batch": arch.batch, "dtype": arch.dtype, "threads": measured["threads"],
+        "impl": impl, "measured_step_seconds": measured["step_seconds"], "coverage": measured["coverage"],
+        "predicted_seconds": predicted["total_seconds"],
+        "step_error_percent": 100 * step_error,
+        "mean_fraction_error_pp": sum(abs(r["fraction_error_pp"]) for r in rows) / len(rows),
+        "max_fraction_error_pp": max(abs(r["fraction_error_pp"]) for r in rows),
+        "ops": rows,
+    }
+
+
+def compare_command(arch_path: Path, *, profile, batch, threads, impl, steps, warmup, fmt, progress=None) -> str:
+    from costmodel.profile import find_profile
+
+    arch = load_arch(arch_path).with_batch(batch)
+    prof = find_profile(profile)
+    from calib.memory import check_memory
+
+    check_memory(arch, impl)
+    result = compare(arch, prof, impl=impl, threads=threads, steps=steps, warmup=warmup, progress=progress)
+    footer = [
+        f"step: measured {fmt_seconds(result['measured_step_seconds'])}, predicted "
+        f"{fmt_seconds(result['predicted_seconds'])}: error {result['step_error_percent']:+.1f} %",
+        f"fraction error: mean {result['mean_fraction_error_pp']:.2f} pp, largest "
+        f"{result['max_fraction_error_pp']:.2f} pp (percentage points of the step)",
+        f"{arch.name}: batch I={arch.batch}, {arch.dtype}, impl={impl}, threads={result['threads']}",
+    ]
+    return render(result, fmt, COMPARE_COLUMNS, f"Predicted against measured: {arch.name}", footer, COMPARE_CSV)
