@@ -36,6 +36,7 @@ class Plan:
     chunk: int = 8
     limits: SweepLimits = SweepLimits()
     seed: int = 0
+    ceilings_seconds: float = 4.0
 
     @classmethod
     def make(cls, *, quick: bool, dtypes: Iterable[str] | None, impls: Iterable[str] | None,
@@ -132,7 +133,7 @@ def calibrate(plan: Plan, *, threads: int | None = None, progress=None, log=None
                                        if i.get("user_api") == "blas"] or [1])
         fp = fingerprint(used_threads)
         caches = fp["caches"]
-        ceil = ceilings(dtype_list=plan.dtypes, threads=used_threads)
+        ceil = ceilings(dtype_list=plan.dtypes, threads=used_threads, budget_seconds=plan.ceilings_seconds)
         entries = []
         for dtype in plan.dtypes:
             archs = design(plan.points, dtype=dtype, seed=plan.seed, limits=plan.limits)

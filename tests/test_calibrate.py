@@ -1,0 +1,79 @@
+"""Calibration on a tiny sweep: real kernels, a valid profile, every op kind fitted; an
+interrupted or killed calibration leaves no partial profile."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from calib.calibrate import Plan, calibrate, to_profile
+from calib.sweep import SweepLimits, design
+from costmodel.features import model_key
+from costmodel.ops import op_keys
+from costmodel.predict import predict
+from costmodel.profile import load_profile, save_profile
+
+from .conftest import ROOT
+
+TINY = SweepLimits(max_elements=2e5, max_flops=2e7, max_weights=2e5)
+
+
+def test_sweep_design_is_reproducible_and_within_limits():
+    first = design(12, dtype="float64", seed=3, limits=TINY)
+    again = design(12, dtype="float64", seed=3, limits=TINY)
+    assert [a.model_dump() for a in first] == [a.model_dump() for a in again]
+    assert all(a.dtype == "float64" for a in first)
+    assert any(a.n_conv == 0 for a in first) and any(a.n_conv == 2 for a in first)
+
+
+@pytest.fixture(scope="module")
+def tiny_profile(tmp_path_factory):
+    plan = Plan(dtypes=("float32",), impls=("index", "strided"), points=10, rounds=2, chunk=5,
+                limits=TINY, ceilings_seconds=0.5)
+    profile = to_profile(calibrate(plan, threads=1))
+    path = tmp_path_factory.mktemp("profile") / "profile.json"
+    save_profile(profile, path)
+    return path, plan
+
+
+def test_tiny_calibration_fits_every_op_kind_of_the_sweep(tiny_profile):
+    path, plan = tiny_profile
+    profile = load_profile(path)
+    archs = design(plan.points, dtype="float32", seed=plan.seed, limits=plan.limits)
+    kinds = {model_key(k.op, a.loss) for a in archs for k in op_keys(a)}
+    for impl in plan.impls:
+        entry = profile.entry("float32", impl, 1)
+        assert set(entry.ops) == kinds
+        for model in entry.ops.values():
+            assert model.n_samples >= 1 and all(c >= 0 for c in model.coef)
+            assert model.cv_error is not None and model.cv_error >= 0
+
+
+def test_profile_predicts_an_architecture_it_never_saw(tiny_profile):
+    path, _ = tiny_profile
+    from costmodel.arch import load_arch
+
+    arch = load_arch(ROOT / "examples" / "digits-small.yaml")
+    result = predict(arch, load_profile(path), impl="strided", threads=1)
+    assert result["total_seconds"] > 0
+    assert abs(sum(o["fraction"] for o in result["ops"]) - 1) < 1e-9
+    assert all(o["seconds_low"] <= o["seconds"] <= o["seconds_high"] or o["seconds"] == 0 for o in result["ops"])
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+def test_killed_calibration_leaves_no_profile(tmp_path, sig):
+    out = tmp_path / "profile.json"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "calibrate", "--quick", "-o", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3.0)  # inside the sweep: importing, ceilings, timing
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert not out.exists()
+    assert os.listdir(tmp_path) == []  # no temporary file either
+    if sig == signal.SIGINT:
+        assert "Traceback" not in err and "interrupted" in err
