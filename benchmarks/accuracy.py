@@ -1,0 +1,100 @@
+"""Accuracy of `costmodel predict` against `costmodel measure`, calibrated and measured in one run.
+
+Calibrates this machine (unless --profile is given), then for every example and the varied
+architectures of benchmarks/archs/ measures real SG steps and predicts them, and prints per
+architecture the step-time error (%) and the mean per-op fraction error (percentage points).
+It also measures the floor: the run-to-run spread of `measure` on the same architecture
+(two measurements compared with each other, the same way as prediction against measurement).
+
+Targets (issue 5): step-time error median <= 10 %, worst <= 25 %; mean fraction error <= 2 pp.
+
+    python benchmarks/accuracy.py [--impl index strided] [--profile FILE] [--steps 5] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from calib.calibrate import Plan, calibrate, to_profile  # noqa: E402
+from calib.measure import measure  # noqa: E402
+from costmodel.arch import load_arch  # noqa: E402
+from costmodel.predict import predict  # noqa: E402
+from costmodel.profile import load_profile, save_profile  # noqa: E402
+
+ARCHS = sorted((ROOT / "examples").glob("*.yaml")) + sorted((ROOT / "benchmarks" / "archs").glob("*.yaml"))
+
+
+def fraction_error_pp(a: list[dict], b: list[dict]) -> float:
+    """Mean over the ops of |fraction_a - fraction_b|, in percentage points."""
+    return 100 * statistics.fmean(abs(x["fraction"] - y["fraction"]) for x, y in zip(a, b, strict=True))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--impl", nargs="+", default=["index", "strided"])
+    parser.add_argument("--profile", type=Path, help="use this profile instead of calibrating now")
+    parser.add_argument("--save-profile", type=Path, help="write the profile calibrated now here")
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+
+    if args.profile:
+        profile = load_profile(args.profile)
+    else:
+        t0 = time.perf_counter()
+        dtypes = sorted({load_arch(p).dtype for p in ARCHS})
+        profile = to_profile(calibrate(Plan.make(quick=False, dtypes=dtypes, impls=args.impl),
+                                       threads=args.threads))
+        print(f"calibrated {dtypes} x {args.impl} in {time.perf_counter() - t0:.1f} s", flush=True)
+        if args.save_profile:
+            save_profile(profile, args.save_profile)
+
+    rows = []
+    header = (f"{'architecture':30s} {'impl':8s} {'measured':>10s} {'predicted':>10s} {'step err':>9s} "
+              f"{'frac err':>9s} {'floor step':>10s} {'floor frac':>10s}")
+    print(header)
+    print("-" * len(header))
+    for path in ARCHS:
+        arch = load_arch(path)
+        for impl in args.impl:
+            m1 = measure(arch, steps=args.steps, warmup=2, threads=args.threads, impl=impl)
+            p = predict(arch, profile, impl=impl, threads=m1["threads"])
+            m2 = measure(arch, steps=args.steps, warmup=1, threads=args.threads, impl=impl)
+            row = {
+                "arch": arch.name, "impl": impl,
+                "measured": m1["step_seconds"], "predicted": p["total_seconds"],
+                "step_error": 100 * (p["total_seconds"] / m1["step_seconds"] - 1),
+                "fraction_error": fraction_error_pp(p["ops"], m1["ops"]),
+                "floor_step": 100 * abs(m2["step_seconds"] / m1["step_seconds"] - 1),
+                "floor_fraction": fraction_error_pp(m2["ops"], m1["ops"]),
+            }
+            rows.append(row)
+            print(f"{row['arch']:30s} {impl:8s} {row['measured'] * 1e3:8.2f}ms {row['predicted'] * 1e3:8.2f}ms "
+                  f"{row['step_error']:+8.1f}% {row['fraction_error']:7.2f}pp {row['floor_step']:9.1f}% "
+                  f"{row['floor_fraction']:8.2f}pp", flush=True)
+
+    step_errors = [abs(r["step_error"]) for r in rows]
+    frac_errors = [r["fraction_error"] for r in rows]
+    print()
+    print(f"step-time error: median {statistics.median(step_errors):.1f} %, worst {max(step_errors):.1f} % "
+          f"(targets 10 %, 25 %)")
+    print(f"per-op fraction error: mean {statistics.fmean(frac_errors):.2f} pp, worst architecture "
+          f"{max(frac_errors):.2f} pp (target 2 pp)")
+    print(f"floor (run-to-run spread of measure): step median {statistics.median(r['floor_step'] for r in rows):.1f} %, "
+          f"worst {max(r['floor_step'] for r in rows):.1f} %; fractions mean "
+          f"{statistics.fmean(r['floor_fraction'] for r in rows):.2f} pp")
+    ok = (statistics.median(step_errors) <= 10 and max(step_errors) <= 25
+          and statistics.fmean(frac_errors) <= 2)
+    print("targets met" if ok else "targets NOT met")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
