@@ -151,6 +151,7 @@ class By(str, Enum):
 
 
 ProfileOpt = Annotated[Optional[Path], typer.Option("--profile", help="Machine profile (default: yours, else the shipped reference).")]
+PlotOpt = Annotated[Optional[Path], typer.Option("--plot", help="Also draw the result into FILE.png or FILE.pdf.")]
 
 
 @app.command()
@@ -163,12 +164,13 @@ def predict(
     impl: ImplOpt = Impl.index,
     fmt: FormatOpt = Format.table,
     by: Annotated[By, typer.Option("--by", help="Group the ops.")] = By.op,
+    plot: PlotOpt = None,
 ) -> None:
     """Predict the time of every op of an SG step, and its share of the step, from a machine profile."""
     from costmodel.commands import predict_command
 
     typer.echo(predict_command(arch, profile=profile, batch=batch, threads=threads, impl=impl.value,
-                               fmt=fmt.value, by=by.value), nl=False)
+                               fmt=fmt.value, by=by.value, plot=plot), nl=False)
 
 
 @app.command()
@@ -198,12 +200,58 @@ def compare(
     steps: Annotated[int, typer.Option(min=1, help="Timed SG steps.")] = 10,
     warmup: Annotated[int, typer.Option(min=0, help="Untimed steps first.")] = 2,
     fmt: FormatOpt = Format.table,
+    plot: PlotOpt = None,
 ) -> None:
     """Measure real steps and predict them: per op, measured and predicted fractions beside FLOP and byte shares."""
     from calib.commands import compare_command
 
     typer.echo(compare_command(arch, profile=profile, batch=batch, threads=threads, impl=impl.value,
-                               steps=steps, warmup=warmup, fmt=fmt.value, progress=_progress("measure")), nl=False)
+                               steps=steps, warmup=warmup, fmt=fmt.value, progress=_progress("measure"),
+                               plot=plot), nl=False)
+
+
+class TextFormat(str, Enum):
+    table = "table"
+    json = "json"
+
+
+@app.command()
+@domain_errors
+def explain(
+    arch: ArchArg,
+    profile: ProfileOpt = None,
+    batch: BatchOpt = None,
+    threads: ThreadsOpt = None,
+    impl: ImplOpt = Impl.index,
+    fmt: Annotated[TextFormat, typer.Option("--format", help="Output format.")] = TextFormat.table,
+) -> None:
+    """Explain a predicted step from its numbers: major ops, compute- or memory-bound, FLOP share
+    against time share, the slides' ratios, the other implementation, the mini-batch size."""
+    from costmodel.commands import explain_command
+
+    typer.echo(explain_command(arch, profile=profile, batch=batch, threads=threads, impl=impl.value,
+                               fmt=fmt.value), nl=False)
+
+
+@app.command()
+@domain_errors
+def sweep(
+    arch: ArchArg,
+    vary: Annotated[str, typer.Option("--vary", help="NAME=V1,V2,...: batch=1,8,64,512, or a field of the "
+                                      "architecture file such as layers[1].filters=16,32,64.")],
+    profile: ProfileOpt = None,
+    batch: BatchOpt = None,
+    threads: ThreadsOpt = None,
+    impl: ImplOpt = Impl.index,
+    by: Annotated[By, typer.Option("--by", help="Group the ops.")] = By.kind,
+    fmt: FormatOpt = Format.table,
+    plot: PlotOpt = None,
+) -> None:
+    """Predict the step for each value of one size: its time and the fractions of its ops."""
+    from costmodel.commands import sweep_command
+
+    typer.echo(sweep_command(arch, vary=vary, profile=profile, batch=batch, threads=threads, impl=impl.value,
+                             by=by.value, fmt=fmt.value, plot=plot), nl=False)
 
 
 profile_app = typer.Typer(help="Machine profiles.", no_args_is_help=True)
@@ -220,6 +268,32 @@ def profile_show(
     from costmodel.profile import find_profile, render_profile
 
     typer.echo(render_profile(find_profile(file), fmt.value), nl=False)
+
+
+@app.command()
+@domain_errors
+def latex(
+    arch: ArchArg,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write the LaTeX to this file (atomically).")] = None,
+    standalone: Annotated[bool, typer.Option("--standalone", help="A complete document, not a fragment to \\input.")] = False,
+    profile: ProfileOpt = None,
+    measured: Annotated[bool, typer.Option("--measured", help="Also measure the ops' fractions on this machine.")] = False,
+    batch: BatchOpt = None,
+    threads: ThreadsOpt = None,
+    impl: ImplOpt = Impl.index,
+) -> None:
+    """LaTeX tables in the course's notation: each op's complexity, the step's predicted times, the profile."""
+    options = dict(output=output, standalone=standalone, profile=profile, impl=impl.value, batch=batch,
+                   threads=threads)
+    if measured:
+        from calib.commands import latex_measured_command
+
+        text = latex_measured_command(arch, **options, progress=_progress("measure"))
+    else:
+        from costmodel.commands import latex_command
+
+        text = latex_command(arch, **options)
+    typer.echo(text, nl=False)
 
 
 def main() -> None:

@@ -165,7 +165,8 @@ def compare(arch, profile, *, impl: str, threads, steps: int, warmup: int, progr
     }
 
 
-def compare_command(arch_path: Path, *, profile, batch, threads, impl, steps, warmup, fmt, progress=None) -> str:
+def compare_command(arch_path: Path, *, profile, batch, threads, impl, steps, warmup, fmt, progress=None,
+                    plot=None) -> str:
     from costmodel.profile import find_profile
 
     arch = load_arch(arch_path).with_batch(batch)
@@ -173,7 +174,13 @@ def compare_command(arch_path: Path, *, profile, batch, threads, impl, steps, wa
     from calib.memory import check_memory
 
     check_memory(arch, impl)
+    if plot:
+        from costmodel.plots import plot_format
+
+        plot_format(plot)  # a bad suffix fails before the steps are measured
     result = compare(arch, prof, impl=impl, threads=threads, steps=steps, warmup=warmup, progress=progress)
+    if plot:
+        compare_plot(result, prof, plot)
     footer = [
         f"step: measured {fmt_seconds(result['measured_step_seconds'])}, predicted "
         f"{fmt_seconds(result['predicted_seconds'])}: error {result['step_error_percent']:+.1f} %",
@@ -182,3 +189,28 @@ def compare_command(arch_path: Path, *, profile, batch, threads, impl, steps, wa
         f"{arch.name}: batch I={arch.batch}, {arch.dtype}, impl={impl}, threads={result['threads']}",
     ]
     return render(result, fmt, COMPARE_COLUMNS, f"Predicted against measured: {arch.name}", footer, COMPARE_CSV)
+
+
+def latex_measured_command(arch_path: Path, *, output, standalone, profile, impl, batch, threads,
+                           steps=10, warmup=2, progress=None) -> str:
+    """`costmodel latex --measured`: measure the ops' fractions of real steps on this machine,
+    then write the LaTeX tables with them (costmodel.commands.latex_command)."""
+    from costmodel.commands import latex_command
+
+    from .measure import measure
+
+    arch = load_arch(arch_path).with_batch(batch)
+    result = measure(arch, steps=steps, warmup=warmup, threads=threads, impl=impl, progress=progress)
+    fractions = {(op["layer"], op["op"], op["phase"]): op["fraction"] for op in result["ops"]}
+    return latex_command(arch_path, output=output, standalone=standalone, profile=profile,
+                         measured_fractions=fractions, impl=impl, batch=batch, threads=threads)
+
+
+def compare_plot(result: dict, profile, path: Path) -> None:
+    """Draw a comparison (shares, predicted against measured, roofline) into a PNG or PDF."""
+    import sys
+
+    from costmodel.plots import plot_compare
+
+    plot_compare(result, profile.ceilings, path)
+    print(f"plot written to {path}", file=sys.stderr)

@@ -97,12 +97,18 @@ def _interval(row: dict) -> str:
     return f"{fmt_seconds(row['seconds_low'])} - {fmt_seconds(row['seconds_high'])}"
 
 
-def predict_command(arch_path: Path, *, profile, batch, threads, impl, fmt, by="op") -> str:
+def predict_command(arch_path: Path, *, profile, batch, threads, impl, fmt, by="op", plot=None) -> str:
     from .predict import group, predict
     from .profile import find_profile
 
     arch = load_arch(arch_path).with_batch(batch)
-    result = predict(arch, find_profile(profile), impl=impl, threads=threads)
+    prof = find_profile(profile)
+    result = predict(arch, prof, impl=impl, threads=threads)
+    if plot:
+        from .plots import plot_predict
+
+        plot_predict(result, prof.ceilings, plot)
+        _plot_written(plot)
     rows = group(result, by)
     for row in rows:
         row["interval"] = _interval(row)
@@ -126,3 +132,95 @@ def predict_command(arch_path: Path, *, profile, batch, threads, impl, fmt, by="
         f"profile made on {result['profile']['cpu_model']} ({result['profile']['created'][:10]})",
     ]
     return render_table(f"Predicted SG step: {arch.name}", columns, rows, footer)
+
+
+def latex_command(arch_path: Path, *, output=None, standalone=False, profile=None, measured_fractions=None,
+                  impl="index", batch=None, threads=None) -> str:
+    """The LaTeX tables of the arch's step (costmodel.latex): written atomically to `output`
+    (then "" is returned), else returned. Without `profile`, the user's or the shipped one is
+    used; if neither exists, the tables have no time columns and say so.
+    `measured_fractions`: (layer, op, phase) -> measured fraction of the step."""
+    from .errors import UsageError
+    from .latex import latex_document
+    from .profile import default_profile_path, embedded_profile_path, find_profile
+    from .report import atomic_write
+
+    arch = load_arch(arch_path).with_batch(batch)
+    found = None
+    if profile is not None or default_profile_path().exists() or embedded_profile_path().exists():
+        found = find_profile(profile)
+    text = latex_document(arch, impl=impl, profile=found, threads=threads, measured=measured_fractions,
+                          standalone=standalone)
+    if output is None:
+        return text
+    try:
+        atomic_write(output, text)
+    except OSError as exc:
+        raise UsageError(f"{output}: cannot write: {exc.strerror or exc}") from None
+    return ""
+
+
+def _plot_written(path) -> None:
+    import sys
+
+    print(f"plot written to {path}", file=sys.stderr)
+
+
+def explain_command(arch_path: Path, *, profile, batch, threads, impl, fmt) -> str:
+    from .explain import explain, render_text
+    from .profile import find_profile
+
+    facts = explain(load_arch(arch_path), find_profile(profile), impl=impl, threads=threads, batch=batch)
+    return to_json(facts) if fmt == "json" else render_text(facts)
+
+
+def _sweep_table(result: dict) -> str:
+    """Groups as rows, the swept values as columns: the step's time, then each group's fraction."""
+    from .explain import course_name
+    from .sweep import group_columns
+
+    by, points = result["by"], result["points"]
+    if by == "op":
+        head = [("layer", "layer", str), ("op", "op", str), ("notation", "name", str)]
+    else:
+        head = [(by, "group", str)]
+    columns = head + [(f"{result['symbol']}={p['value']}", f"v{i}", str) for i, p in enumerate(points)]
+    rows: dict = {"step": {"layer": "", "op": "step (predicted)", "name": "", "group": "step (predicted)",
+                           **{f"v{i}": fmt_seconds(p["total_seconds"]) for i, p in enumerate(points)}}}
+    for i, point in enumerate(points):
+        for g in point["groups"]:
+            key = tuple(g[c] for c in group_columns(by))
+            names = ({"layer": g["layer"], "op": g["op"], "name": course_name(g["op"], g["layer"])} if by == "op"
+                     else {"group": f"layer {g[by]}" if by == "layer" else str(g[by])})
+            rows.setdefault(key, names)[f"v{i}"] = fmt_fraction(g["fraction"])
+    for row in rows.values():
+        for i in range(len(points)):
+            row.setdefault(f"v{i}", "-")
+    footer = [f"the predicted step's time, then each {by}'s fraction of it, at every value of {result['vary']}",
+              f"{result['arch']}: {result['dtype']}, impl={result['impl']}, threads={result['threads']}"]
+    return render_table(f"Sweep of {result['vary']} ({result['symbol']}): {result['arch']}", columns,
+                        list(rows.values()), footer)
+
+
+def sweep_command(arch_path: Path, *, vary, profile, batch, threads, impl, by, fmt, plot=None) -> str:
+    from .profile import find_profile
+    from .sweep import group_columns, long_rows, parse_vary, sweep
+
+    name, values = parse_vary(vary)
+    if plot:
+        from .plots import plot_format
+
+        plot_format(plot)  # a bad suffix fails before any prediction
+    arch = load_arch(arch_path).with_batch(batch)
+    result = sweep(arch, find_profile(profile), name, values, impl=impl, threads=threads, by=by)
+    if plot:
+        from .plots import plot_sweep
+
+        plot_sweep(result, plot)
+        _plot_written(plot)
+    if fmt == "json":
+        return to_json(result)
+    if fmt == "csv":
+        return to_csv(long_rows(result), [name, *group_columns(by), "seconds", "seconds_low", "seconds_high",
+                                          "fraction", "flops", "bytes", "step_seconds"])
+    return _sweep_table(result)
