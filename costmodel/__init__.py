@@ -10,5 +10,20 @@ from .arch import Architecture, load_arch, parse_arch  # noqa: E402
 from .errors import ArchError, CostModelError, UsageError  # noqa: E402
 from .ops import OpKey, OpRef, op_list  # noqa: E402
 
+#: the DataFrame API of costmodel.api, imported on first use (it needs pandas)
+_API = ("costs_frame", "explain_report", "predict_frame", "sweep_frame")
+
 __all__ = ["Architecture", "ArchError", "CostModelError", "OpKey", "OpRef", "UsageError",
-           "__version__", "load_arch", "op_list", "parse_arch"]
+           "__version__", "load_arch", "op_list", "parse_arch", *_API]
+
+
+def __getattr__(name: str):
+    if name in _API:
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_API})

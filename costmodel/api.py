@@ -1,0 +1,106 @@
+"""The Python API: predictions, costs and sweeps as pandas DataFrames, explanations as dicts.
+
+    import costmodel
+    frame = costmodel.predict_frame("examples/mnist-demo-layer4.yaml", "profile.json", batch=64)
+
+Every function takes the architecture as an `Architecture`, a path to its YAML file, or the
+file's content as a dict; and the profile as a `Profile`, a path, or None (yours, else the
+reference profile shipped with costmodel). Step-level numbers are in ``frame.attrs``.
+
+The names end in ``_frame`` and ``_report`` because ``costmodel.predict``, ``costmodel.costs``,
+``costmodel.sweep`` and ``costmodel.explain`` are the modules that compute them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import pandas as pd
+
+from .arch import Architecture, load_arch, parse_arch
+from .predict import group, predict
+from .profile import Profile, find_profile
+
+#: the columns of predict_frame(by="op"), in order
+PREDICT_COLUMNS = ["layer", "layer_type", "op", "phase", "kind", "flops", "bytes", "intensity", "seconds",
+                   "seconds_low", "seconds_high", "fraction"]
+#: the columns of predict_frame(by=...) for by in layer, phase, kind: `by`, then these
+GROUP_COLUMNS = ["ops", "flops", "bytes", "seconds", "seconds_low", "seconds_high", "fraction"]
+#: the step-level numbers every prediction's frame carries in .attrs
+STEP_ATTRS = ("arch", "batch", "dtype", "threads", "impl", "total_seconds", "total_seconds_low",
+              "total_seconds_high")
+
+
+def _arch(arch: Architecture | str | Path | Mapping) -> Architecture:
+    if isinstance(arch, Architecture):
+        return arch
+    if isinstance(arch, Mapping):
+        return parse_arch(dict(arch))
+    return load_arch(arch)
+
+
+def _profile(profile: Profile | str | Path | None) -> Profile:
+    return profile if isinstance(profile, Profile) else find_profile(profile)
+
+
+def predict_frame(arch, profile=None, *, impl: str = "index", threads: int | None = None,
+                  batch: int | None = None, by: str = "op") -> pd.DataFrame:
+    """The predicted SG step, one row per op (PREDICT_COLUMNS) or per layer, phase or kind
+    (`by`, then GROUP_COLUMNS); ``.attrs`` holds STEP_ATTRS."""
+    result = predict(_arch(arch), _profile(profile), impl=impl, threads=threads, batch=batch)
+    rows = group(result, by)
+    if by == "op":
+        frame = pd.DataFrame(rows)
+        frame["intensity"] = frame["flops"] / frame["bytes"]
+        frame = frame[PREDICT_COLUMNS]
+    else:
+        frame = pd.DataFrame(rows, columns=[by, *GROUP_COLUMNS])
+    frame.attrs.update({k: result[k] for k in STEP_ATTRS})
+    return frame
+
+
+def costs_frame(arch, *, impl: str = "index", batch: int | None = None,
+                vary: Mapping[str, Sequence] | None = None) -> pd.DataFrame:
+    """FLOPs, bytes, intensity and memory kept of every op (costmodel.evaluate.COLUMNS); with
+    `vary` ({"batch": [...], "layers[0].filters": [...]}), of every combination, in one long
+    frame that starts with a `variant` column and one column per varied name."""
+    from .evaluate import costs, costs_many
+
+    arch = _arch(arch).with_batch(batch)
+    return costs_many(arch, impl, **vary) if vary else costs(arch, impl)
+
+
+def sweep_frame(arch, profile=None, *, vary: str | Mapping[str, Sequence], impl: str = "index",
+                threads: int | None = None, batch: int | None = None, by: str = "kind") -> pd.DataFrame:
+    """The step predicted at each value of one size, one row per (value, group): the varied
+    name, the group's columns (`by`; for "op": layer, layer_type, op, phase, kind), seconds,
+    seconds_low, seconds_high, fraction, flops, bytes and the step's step_seconds.
+
+    `vary` is "batch=1,8,64,512" as on the command line, or {"layers[1].filters": [16, 32]}.
+    """
+    from .errors import UsageError
+    from .sweep import group_columns, long_rows, parse_vary, sweep
+
+    if isinstance(vary, str):
+        name, values = parse_vary(vary)
+    elif len(vary) == 1:
+        [(name, values)] = vary.items()
+    else:
+        raise UsageError(f"vary: give one name and its values, not {len(vary)}")
+    result = sweep(_arch(arch).with_batch(batch), _profile(profile), name, list(values), impl=impl,
+                   threads=threads, by=by)
+    frame = pd.DataFrame(long_rows(result), columns=[name, *group_columns(by), "seconds", "seconds_low",
+                                                     "seconds_high", "fraction", "flops", "bytes", "step_seconds"])
+    frame.attrs.update({k: result[k] for k in ("arch", "dtype", "impl", "threads", "vary", "symbol", "by")})
+    return frame
+
+
+def explain_report(arch, profile=None, *, impl: str = "index", threads: int | None = None,
+                   batch: int | None = None, text: bool = False) -> dict | str:
+    """The explanation of `costmodel explain`: a dict of facts with ``sections`` of sentences,
+    or with text=True the report as the command prints it."""
+    from .explain import explain, render_text
+
+    facts = explain(_arch(arch), _profile(profile), impl=impl, threads=threads, batch=batch)
+    return render_text(facts) if text else facts
