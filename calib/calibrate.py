@@ -17,7 +17,8 @@ from typing import Callable, Iterable
 import numpy as np
 
 from costmodel.arch import Architecture
-from costmodel.features import FEATURES, feature_rows, model_key
+from costmodel.features import feature_rows, model_key
+from costmodel.ops import threaded_step
 
 from .sweep import QUICK_LIMITS, SweepLimits, design
 
@@ -47,7 +48,7 @@ class Plan:
         return cls(tuple(dtypes or DTYPES), tuple(impls or IMPLS), points or 44)
 
 
-def time_sweep(archs: list[Architecture], impl: str, *, rounds: int, chunk: int, seed: int,
+def time_sweep(archs: list[Architecture], impl: str, *, threads: int, rounds: int, chunk: int, seed: int,
                progress: Callable[[int], None] | None = None) -> list[dict]:
     """Samples {"point", "layer", "op", "phase", "key", "seconds"} of every op of every sweep
     network (median over `rounds` steps)."""
@@ -61,7 +62,7 @@ def time_sweep(archs: list[Architecture], impl: str, *, rounds: int, chunk: int,
         group = list(enumerate(archs[start:start + chunk], start=start))
         nets = []
         for i, arch in group:
-            cnn = ReferenceCNN(arch, impl=impl, seed=i)
+            cnn = ReferenceCNN(arch, impl=impl, seed=i, threads=threads)
             X, Y = synthetic_batch(arch, seed=i)
             start = [w.copy() for w in cnn.W + cnn.b + cnn.vW + cnn.vb]
             cnn.step(X, Y)  # warm-up: first touches of every buffer, lazily built index arrays
@@ -82,9 +83,10 @@ def time_sweep(archs: list[Architecture], impl: str, *, rounds: int, chunk: int,
             if gc_was_enabled:
                 gc.enable()
         for i, arch, cnn, X, Y, laps, start in nets:
+            threaded = threaded_step(arch, impl, threads)
             for key in laps[0]:
                 samples.append({"point": i, "layer": key.layer, "op": key.op, "phase": key.phase,
-                                "key": model_key(key.op, arch.loss),
+                                "key": model_key(key.op, arch.loss, threaded),
                                 "seconds": float(np.median([lap[key] for lap in laps]))})
             if progress:
                 progress(1)
@@ -139,7 +141,7 @@ def calibrate(plan: Plan, *, threads: int | None = None, progress=None, log=None
             archs = design(plan.points, dtype=dtype, seed=plan.seed, limits=plan.limits)
             for impl in plan.impls:
                 t0 = time.perf_counter()
-                samples = time_sweep(archs, impl, rounds=plan.rounds, chunk=plan.chunk,
+                samples = time_sweep(archs, impl, threads=used_threads, rounds=plan.rounds, chunk=plan.chunk,
                                      seed=plan.seed, progress=progress)
                 ops = fit_entry(archs, samples, impl, caches)
                 entries.append({"backend": "numpy", "dtype": dtype, "impl": impl,

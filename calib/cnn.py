@@ -1,9 +1,9 @@
 """The reference NumPy CNN in simpleNN's formulation (docs/ops.md is its contract).
 
 One SG step is forward, loss, backward and update; every op of ``costmodel.ops.op_list``
-runs between ``timer.begin()`` and ``timer.end(key)`` of its own, and reports the arrays it
-reads and writes to ``cnn.trace`` when that hook is set. The keys are named in the code that
-runs the op, so comparing the timer's record with ``op_list`` is an independent check.
+ends with ``timer.lap(key)`` (calib/timer.py), and reports the arrays it reads and writes to
+``cnn.trace`` when that hook is set. The keys are named in the code that runs the op, so
+comparing the timer's record with ``op_list`` is an independent check.
 
 Parameters: ``cnn.W[m - 1]`` is W^m ((d', h h d) for conv, (n_out, n_in) for full),
 ``cnn.b[m - 1]`` is b^m, ``cnn.vW``/``cnn.vb`` the momentum buffers. The update changes them
@@ -12,6 +12,10 @@ in place (the lists and arrays are never rebound), so tests may assign into them
 The network holds buffers (and, for ``impl="index"``, index arrays) for one batch size I.
 A call with another batch size (training's last partial batch) rebuilds them for that size;
 ``predict`` runs in chunks of ``arch.batch``, padding the last chunk.
+
+Threads: ``impl="index"`` is simpleNN's single-threaded NumPy, with BLAS's own threads in the
+matrix products. ``impl="strided"`` in a network with a large conv part shares every large op
+among ``threads`` threads of its own (kernels.Workers) while BLAS runs single-threaded.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Callable
 import numpy as np
 
 from costmodel.arch import Architecture, LayerSizes
-from costmodel.ops import OpKey, needs_flatten
+from costmodel.ops import OpKey, needs_flatten, threaded_step
 
 from . import kernels
 from .timer import NULL_TIMER
@@ -56,12 +60,11 @@ class _Layer:
         self.k_update = self.key("update", "update")
 
     def update(self, I: int, opt, tm, trace: Trace | None) -> None:
-        tm.begin()
         kernels.sgd_momentum(self.W, self.dW, self.vW, lr=opt.lr, momentum=opt.momentum,
                              C=opt.C, I=I)
         kernels.sgd_momentum(self.b, self.db, self.vb, lr=opt.lr, momentum=opt.momentum,
                              C=opt.C, I=I)
-        tm.end(self.k_update)
+        tm.lap(self.k_update)
         if trace is not None:
             trace(self.k_update, [self.dW, self.W, self.vW, self.db, self.b, self.vb],
                   [self.W, self.vW, self.b, self.vb])
@@ -85,8 +88,9 @@ class _ConvLayer(_Layer):
         self.k_conv_grad_input = key("conv_grad_input", "backward")
         self.k_phi_grad, self.k_pad_grad = key("phi_grad", "backward"), key("pad_grad", "backward")
 
-    def build(self, I: int, dphi_scratch: np.ndarray | None) -> None:
+    def build(self, I: int, dphi_scratch: np.ndarray | None, workers: kernels.Workers) -> None:
         """Allocate the buffers (and index arrays) that depend on the batch size I."""
+        self.workers = workers
         sz, dt = self.sz, self.dtype
         K, N = sz.h * sz.h * sz.d, I * sz.a_conv * sz.b_conv
         src_shape = (sz.d, I, sz.a_pad, sz.b_pad) if sz.p > 0 else (sz.d, I, sz.a, sz.b)
@@ -122,53 +126,47 @@ class _ConvLayer(_Layer):
         p = sz.p
         Zsrc = Z
         if p > 0:
-            tm.begin()
             if self.strided:
-                kernels.pad_strided(Z, self.Zpad, p)
+                self.workers.run(kernels.pad_strided, sz.d, (Z, self.Zpad), p)
                 Zsrc = self.Zpad
             else:
                 Zsrc = kernels.pad_index(Z, p)
-            tm.end(self.k_pad)
+            tm.lap(self.k_pad)
             if trace is not None:
                 trace(self.k_pad, [Z], [_interior(Zsrc, p) if self.strided else Zsrc])
 
-        tm.begin()
         if self.strided:
-            kernels.phi_strided(Zsrc, sz.h, sz.s, self.phi)
+            self.workers.run(kernels.phi_strided, sz.d, (Zsrc, self.phi), sz.h, sz.s)
         else:
             kernels.phi_index(Zsrc, self.idx_phi, self.phi)
-        tm.end(self.k_phi)
+        tm.lap(self.k_phi)
         if trace is not None:
             trace(self.k_phi, [Zsrc] if self.strided else [Zsrc, self.idx_phi], [self.phi])
 
-        tm.begin()
-        kernels.matmul(self.W, self.phi, self.S)
-        tm.end(self.k_conv_matmul)
+        self.workers.matmul(self.W, self.phi, self.S)
+        tm.lap(self.k_conv_matmul)
         if trace is not None:
             trace(self.k_conv_matmul, [self.W, self.phi], [self.S])
 
-        tm.begin()
-        kernels.add_bias(self.S, self.b)
-        tm.end(self.k_bias)
+        self.workers.run(kernels.add_bias, len(self.b), (self.S, self.b))
+        tm.lap(self.k_bias)
         if trace is not None:
             trace(self.k_bias, [self.S, self.b], [self.S])
 
         if self.relu:
-            tm.begin()
-            kernels.relu(self.S)
-            tm.end(self.k_activation)
+            self.workers.run(kernels.relu, len(self.b), (self.S,))
+            tm.lap(self.k_activation)
             if trace is not None:
                 trace(self.k_activation, [self.S], [self.S])
 
         if sz.pool == 1:
             return self.A
-        tm.begin()
         if self.strided:
-            kernels.pool_strided(self.A, sz.pool, self.Znext, self.pos, self.mask,
-                                     self.pos_small, self.pos_step)
+            buffers = (self.A, self.Znext, self.pos, self.mask, self.pos_small, self.pos_step)
+            self.workers.run(kernels.pool_strided, sz.d_next, buffers, sz.pool)
         else:
             self.Znext, self.pos = kernels.pool_index(self.A, self.idx_pool, sz.pool)
-        tm.end(self.k_pool)
+        tm.lap(self.k_pool)
         if trace is not None:
             trace(self.k_pool, [self.A] if self.strided else [self.A, self.idx_pool],
                   [self.Znext, self.pos])
@@ -179,65 +177,60 @@ class _ConvLayer(_Layer):
         sz = self.sz
         dA = dZnext
         if sz.pool > 1:
-            tm.begin()
             if self.strided:
-                kernels.pool_grad_strided(dZnext, self.pos, sz.pool, self.dA, self.mask)
+                self.workers.run(kernels.pool_grad_strided, sz.d_next,
+                                 (dZnext, self.pos, self.dA, self.mask), sz.pool)
                 dA = self.dA
             else:
                 dA = kernels.pool_grad_index(dZnext, self.pos, self.A.shape)
-            tm.end(self.k_pool_grad)
+            tm.lap(self.k_pool_grad)
             if trace is not None:
                 trace(self.k_pool_grad, [dZnext, self.pos], [dA])
         dS = dA.reshape(self.S.shape)
 
         if self.relu:
-            tm.begin()
-            kernels.relu_grad(dS, self.S)
-            tm.end(self.k_activation_grad)
+            self.workers.run(kernels.relu_grad, len(self.b), (dS, self.S))
+            tm.lap(self.k_activation_grad)
             if trace is not None:
                 trace(self.k_activation_grad, [dS, self.S], [dS])
 
-        tm.begin()
-        kernels.matmul(dS, self.phi.T, self.dW)
-        tm.end(self.k_conv_grad_W)
+        self.workers.matmul(dS, self.phi.T, self.dW)
+        tm.lap(self.k_conv_grad_W)
         if trace is not None:
             trace(self.k_conv_grad_W, [dS, self.phi], [self.dW])
 
-        tm.begin()
-        kernels.bias_grad(dS, self.db)
-        tm.end(self.k_bias_grad)
+        self.workers.run(kernels.bias_grad, len(self.b), (dS, self.db))
+        tm.lap(self.k_bias_grad)
         if trace is not None:
             trace(self.k_bias_grad, [dS], [self.db])
 
         if self.m == 1:
             return None
 
-        tm.begin()
-        kernels.matmul(self.W.T, dS, self.dphi)
-        tm.end(self.k_conv_grad_input)
+        self.workers.matmul(self.W.T, dS, self.dphi)
+        tm.lap(self.k_conv_grad_input)
         if trace is not None:
             trace(self.k_conv_grad_input, [self.W, dS], [self.dphi])
 
-        tm.begin()
         if self.strided:
-            kernels.phi_grad_strided(self.dphi, sz.h, sz.s, self.dZsrc, self.spread)
+            self.workers.run(kernels.phi_grad_strided, sz.d,
+                             (self.dphi, self.dZsrc, self.spread), sz.h, sz.s)
             dZsrc = self.dZsrc
         else:
             dZsrc = kernels.phi_grad_index(self.dphi, self.idx_phi, self.src_shape)
-        tm.end(self.k_phi_grad)
+        tm.lap(self.k_phi_grad)
         if trace is not None:
             trace(self.k_phi_grad, [self.dphi] if self.strided else [self.dphi, self.idx_phi],
                   [dZsrc])
 
         if sz.p == 0:
             return dZsrc
-        tm.begin()
         if self.strided:
-            kernels.pad_grad_strided(dZsrc, sz.p, self.dZ)
+            self.workers.run(kernels.pad_grad_strided, sz.d, (dZsrc, self.dZ), sz.p)
             dZ = self.dZ
         else:
             dZ = kernels.pad_grad_index(dZsrc, sz.p)
-        tm.end(self.k_pad_grad)
+        tm.lap(self.k_pad_grad)
         if trace is not None:
             trace(self.k_pad_grad, [_interior(dZsrc, sz.p)], [dZ])
         return dZ
@@ -259,7 +252,8 @@ class _FullLayer(_Layer):
         self.k_full_grad_input = key("full_grad_input", "backward")
         self.k_flatten_grad = key("flatten_grad", "backward")
 
-    def build(self, I: int, dphi_scratch: np.ndarray | None = None) -> None:
+    def build(self, I: int, dphi_scratch: np.ndarray | None, workers: kernels.Workers) -> None:
+        self.workers = workers
         sz, dt = self.sz, self.dtype
         self.S = np.empty((sz.n_out, I), dtype=dt)
         self.Zin = None  # the input (n_in, I) of the last forward, read by full_grad_W
@@ -269,30 +263,26 @@ class _FullLayer(_Layer):
 
     def forward(self, Z: np.ndarray, tm, trace: Trace | None) -> np.ndarray:
         if self.flatten:
-            tm.begin()
-            kernels.flatten(Z, self.X)
-            tm.end(self.k_flatten)
+            self.workers.run(kernels.flatten, self.sz.d, (Z, self.X))
+            tm.lap(self.k_flatten)
             if trace is not None:
                 trace(self.k_flatten, [Z], [self.X])
             Z = self.X
         self.Zin = Z
 
-        tm.begin()
-        kernels.matmul(self.W, Z, self.S)
-        tm.end(self.k_full_matmul)
+        self.workers.matmul(self.W, Z, self.S)
+        tm.lap(self.k_full_matmul)
         if trace is not None:
             trace(self.k_full_matmul, [self.W, Z], [self.S])
 
-        tm.begin()
-        kernels.add_bias(self.S, self.b)
-        tm.end(self.k_bias)
+        self.workers.run(kernels.add_bias, len(self.b), (self.S, self.b))
+        tm.lap(self.k_bias)
         if trace is not None:
             trace(self.k_bias, [self.S, self.b], [self.S])
 
         if self.relu:
-            tm.begin()
-            kernels.relu(self.S)
-            tm.end(self.k_activation)
+            self.workers.run(kernels.relu, len(self.b), (self.S,))
+            tm.lap(self.k_activation)
             if trace is not None:
                 trace(self.k_activation, [self.S], [self.S])
         return self.S
@@ -300,53 +290,54 @@ class _FullLayer(_Layer):
     def backward(self, dZnext: np.ndarray, tm, trace: Trace | None) -> np.ndarray | None:
         dS = dZnext
         if self.relu:
-            tm.begin()
-            kernels.relu_grad(dS, self.S)
-            tm.end(self.k_activation_grad)
+            self.workers.run(kernels.relu_grad, len(self.b), (dS, self.S))
+            tm.lap(self.k_activation_grad)
             if trace is not None:
                 trace(self.k_activation_grad, [dS, self.S], [dS])
 
-        tm.begin()
-        kernels.matmul(dS, self.Zin.T, self.dW)
-        tm.end(self.k_full_grad_W)
+        self.workers.matmul(dS, self.Zin.T, self.dW)
+        tm.lap(self.k_full_grad_W)
         if trace is not None:
             trace(self.k_full_grad_W, [dS, self.Zin], [self.dW])
 
-        tm.begin()
-        kernels.bias_grad(dS, self.db)
-        tm.end(self.k_bias_grad)
+        self.workers.run(kernels.bias_grad, len(self.b), (dS, self.db))
+        tm.lap(self.k_bias_grad)
         if trace is not None:
             trace(self.k_bias_grad, [dS], [self.db])
 
         if self.m == 1:
             return None
-        tm.begin()
-        kernels.matmul(self.W.T, dS, self.dX)
-        tm.end(self.k_full_grad_input)
+        self.workers.matmul(self.W.T, dS, self.dX)
+        tm.lap(self.k_full_grad_input)
         if trace is not None:
             trace(self.k_full_grad_input, [self.W, dS], [self.dX])
 
         if not self.flatten:
             return self.dX
-        tm.begin()
-        kernels.flatten_grad(self.dX, self.dZ)
-        tm.end(self.k_flatten_grad)
+        self.workers.run(kernels.flatten_grad, self.sz.d, (self.dX, self.dZ))
+        tm.lap(self.k_flatten_grad)
         if trace is not None:
             trace(self.k_flatten_grad, [self.dX], [self.dZ])
         return self.dZ
 
 
 class ReferenceCNN:
-    """simpleNN's CNN on NumPy arrays: ``impl`` is "index" (index arrays, gathers and
-    scatter-adds, as simpleNN) or "strided" (strided slices into preallocated buffers)."""
+    """simpleNN's CNN on NumPy arrays.
 
-    def __init__(self, arch: Architecture, impl: str = "index", seed: int = 0) -> None:
+    impl: "index" (index arrays, gathers and scatter-adds, as simpleNN) or "strided" (strided
+    slices into preallocated buffers); seed: of the He-normal weights (the biases start at
+    0); threads: the strided implementation's threads (default: as many as BLAS has now).
+    """
+
+    def __init__(self, arch: Architecture, impl: str = "index", seed: int = 0,
+                 threads: int | None = None) -> None:
         if impl not in IMPLS:
             raise ValueError(f"impl must be one of {', '.join(IMPLS)}, not {impl!r}")
         self.arch = arch
         self.impl = impl
         self.dtype = np.dtype(arch.dtype)
         self.trace: Trace | None = None
+        self.threads = 1 if impl == "index" else kernels.blas_threads() if threads is None else threads
         rng = np.random.default_rng(seed)
         self.layers: list[_ConvLayer | _FullLayer] = []
         for sz in arch.sizes():
@@ -374,26 +365,40 @@ class ReferenceCNN:
                          for sz in sizes if sz.kind == "conv" and sz.m > 1), default=0)
         # conv_grad_input of one layer at a time: every layer's dphi is a view of one buffer
         dphi_scratch = np.empty(dphi_size, dtype=self.dtype) if dphi_size else None
+        # threads of its own only for a network with a large conv part (kernels.Workers)
+        threaded = threaded_step(self.arch.with_batch(I), self.impl, self.threads)
+        self.workers = kernels.Workers(self.threads if threaded else 1)
         for layer in self.layers:
-            layer.build(I, dphi_scratch)
+            layer.build(I, dphi_scratch, self.workers)
         n = self.arch.n_classes
         self.P = np.empty((n, I), dtype=self.dtype) if self.arch.loss == "softmax_ce" else None
         self.dZ_out = np.empty((n, I), dtype=self.dtype)
+        self.input_shape = self._input_shape(I)
 
-    def _input(self, X: np.ndarray) -> np.ndarray:
-        X = np.ascontiguousarray(X, dtype=self.dtype)
+    def _input_shape(self, I: int) -> tuple:
         first = self.layers[0].sz
-        expected = (first.d, X.shape[1], first.a, first.b) if first.kind == "conv" else (first.n_in, X.shape[1])
-        if X.ndim < 2 or X.shape != expected:
-            raise ValueError(f"input of shape {X.shape}, expected {expected} (see to_layout)")
-        if X.shape[1] != self.I:
+        return (first.d, I, first.a, first.b) if first.kind == "conv" else (first.n_in, I)
+
+    def _inputs(self, X: np.ndarray, Y: np.ndarray | None = None):
+        """X (and Y) in the network's dtype, C-contiguous; the buffers are rebuilt for a new
+        batch size."""
+        X = np.ascontiguousarray(X, dtype=self.dtype)
+        if X.shape != self.input_shape:
+            if X.ndim < 2 or X.shape != self._input_shape(X.shape[1]):
+                raise ValueError(f"input of shape {X.shape}, expected {self.input_shape} "
+                                 "(see to_layout)")
             self.build(X.shape[1])
-        return X
+        if Y is None:
+            return X
+        Y = np.ascontiguousarray(Y, dtype=self.dtype)
+        if Y.shape != self.dZ_out.shape:
+            raise ValueError(f"labels of shape {Y.shape}, expected {self.dZ_out.shape}")
+        return X, Y
 
     # -- the step ----------------------------------------------------------------------------
-    def forward(self, X: np.ndarray, tm=NULL_TIMER) -> np.ndarray:
-        """Z^{L+1} (n_classes, I) for an input already in layout and dtype (see _input)."""
+    def _forward(self, X: np.ndarray, tm) -> np.ndarray:
         trace = self.trace
+        tm.begin()
         Z = X
         for layer in self.layers:
             Z = layer.forward(Z, tm, trace)
@@ -401,49 +406,47 @@ class ReferenceCNN:
 
     def _loss(self, Z: np.ndarray, Y: np.ndarray, tm) -> float:
         trace = self.trace
-        tm.begin()
         if self.P is None:
             value = kernels.mse_loss(Z, Y)
         else:
             value = kernels.softmax_ce_loss(Z, Y, self.P)
-        tm.end(self.k_loss)
+        tm.lap(self.k_loss)
         if trace is not None:
             trace(self.k_loss, [Z, Y], [value] if self.P is None else [self.P, value])
 
-        tm.begin()
         if self.P is None:
             kernels.mse_loss_grad(Z, Y, self.dZ_out)
         else:
             kernels.softmax_ce_loss_grad(self.P, Y, self.dZ_out)
-        tm.end(self.k_loss_grad)
+        tm.lap(self.k_loss_grad)
         if trace is not None:
             trace(self.k_loss_grad, [Z, Y] if self.P is None else [self.P, Y], [self.dZ_out])
         return float(value)
 
-    def _forward_backward(self, X: np.ndarray, Y: np.ndarray, tm) -> float:
-        X = self._input(X)
-        Y = np.ascontiguousarray(Y, dtype=self.dtype)
-        if Y.shape != (self.arch.n_classes, self.I):
-            raise ValueError(f"labels of shape {Y.shape}, expected {(self.arch.n_classes, self.I)}")
-        loss = self._loss(self.forward(X, tm), Y, tm)
+    def _backward(self, tm) -> None:
         dZ = self.dZ_out
         trace = self.trace
         for layer in reversed(self.layers):
             dZ = layer.backward(dZ, tm, trace)
-        return loss
 
     def step(self, X: np.ndarray, Y: np.ndarray, timer=None) -> float:
         """One SG step (forward, loss, backward, update); returns the loss of the batch."""
         tm = NULL_TIMER if timer is None else timer
-        loss = self._forward_backward(X, Y, tm)
-        opt, I, trace = self.arch.optimizer, self.I, self.trace
-        for layer in self.layers:
-            layer.update(I, opt, tm, trace)
+        X, Y = self._inputs(X, Y)
+        with self.workers.single_blas():
+            loss = self._loss(self._forward(X, tm), Y, tm)
+            self._backward(tm)
+            opt, I, trace = self.arch.optimizer, self.I, self.trace
+            for layer in self.layers:
+                layer.update(I, opt, tm, trace)
         return loss
 
     def loss_and_grads(self, X: np.ndarray, Y: np.ndarray) -> tuple[float, list, list]:
         """Forward and backward without update: (loss, [dW^m], [db^m]) of the sum loss."""
-        loss = self._forward_backward(X, Y, NULL_TIMER)
+        X, Y = self._inputs(X, Y)
+        with self.workers.single_blas():
+            loss = self._loss(self._forward(X, NULL_TIMER), Y, NULL_TIMER)
+            self._backward(NULL_TIMER)
         return (loss, [layer.dW.copy() for layer in self.layers],
                 [layer.db.copy() for layer in self.layers])
 
@@ -458,7 +461,9 @@ class ReferenceCNN:
             if count < chunk:
                 padding = np.zeros(part.shape[:1] + (chunk - count,) + part.shape[2:], self.dtype)
                 part = np.concatenate([part, padding], axis=1)
-            out[:, start:start + count] = self.forward(self._input(part))[:, :count]
+            part = self._inputs(part)
+            with self.workers.single_blas():
+                out[:, start:start + count] = self._forward(part, NULL_TIMER)[:, :count]
         return out
 
 
@@ -469,9 +474,10 @@ def to_layout(X_nhwc: np.ndarray, arch: Architecture) -> np.ndarray:
     expected = (arch.input.height, arch.input.width, arch.input.channels)
     if X.ndim != 4 or X.shape[1:] != expected:
         raise ValueError(f"images of shape {X.shape}, expected (I, {', '.join(map(str, expected))})")
-    Z = X.transpose(3, 0, 1, 2)  # (d, I, a, b)
-    if arch.layers[0].type == "full":
-        Z = X.transpose(3, 1, 2, 0).reshape(-1, X.shape[0])
+    if arch.layers[0].type == "conv":
+        Z = X.transpose(3, 0, 1, 2)  # (d, I, a, b)
+    else:
+        Z = X.transpose(3, 1, 2, 0).reshape(-1, X.shape[0])  # (d a b, I)
     return np.ascontiguousarray(Z, dtype=arch.dtype)
 
 

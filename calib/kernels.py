@@ -9,12 +9,17 @@ Two implementations of the data-movement ops:
 - ``strided``: no index arrays and no ``np.add.at``; shifted/strided slices copied into, or
   summed from, preallocated buffers that the caller passes in.
 
-The matrix products, bias, activation, loss, flatten and update kernels are shared. Names
-follow the course: Z (layer input), Zpad = pad(Z), phi = phi(pad(Z)) of shape (K, N) with
-K = h h d and N = I a_conv b_conv, S = W phi + b 1^T, A = sigma(S), P the pooling width.
+The bias, activation, loss, flatten and update kernels are shared; so are the matrix products,
+through ``Workers.matmul``. ``Workers`` shares an op among threads (the strided
+implementation's, for large networks). Names follow the course: Z (layer input),
+Zpad = pad(Z), phi = phi(pad(Z)) of shape (K, N) with K = h h d and N = I a_conv b_conv,
+S = W phi + b 1^T, A = sigma(S), P the pooling width.
 """
 
 from __future__ import annotations
+
+import contextlib
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -59,7 +64,8 @@ def pad_index(Z: np.ndarray, p: int) -> np.ndarray:
 
 
 def phi_index(Zsrc: np.ndarray, idx_phi: np.ndarray, phi: np.ndarray) -> None:
-    """phi = Zsrc.flat[idx_phi], a gather (Zsrc C-contiguous)."""
+    """phi = Zsrc.flat[idx_phi], a gather (Zsrc C-contiguous; mode "clip" because
+    np.take buffers its output in the default mode)."""
     np.take(Zsrc.reshape(-1), idx_phi, out=phi, mode="clip")
 
 
@@ -98,6 +104,7 @@ def pad_grad_index(dZpad: np.ndarray, p: int) -> np.ndarray:
 
 
 # -- strided implementation ------------------------------------------------------------------
+# Arrays first, then sizes: Workers.run splits the arrays by channel (their first axis).
 
 
 def pad_strided(Z: np.ndarray, Zpad: np.ndarray, p: int) -> None:
@@ -106,7 +113,7 @@ def pad_strided(Z: np.ndarray, Zpad: np.ndarray, p: int) -> None:
     np.copyto(Zpad[:, :, p:p + a, p:p + b], Z)
 
 
-def phi_strided(Zsrc: np.ndarray, h: int, s: int, phi: np.ndarray) -> None:
+def phi_strided(Zsrc: np.ndarray, phi: np.ndarray, h: int, s: int) -> None:
     """phi by h h copies of shifted, strided slices of Zsrc into a (d, h, h, I, a_conv,
     b_conv) view of phi (faster here than one copy from an as_strided window view)."""
     d, I = Zsrc.shape[:2]
@@ -119,8 +126,8 @@ def phi_strided(Zsrc: np.ndarray, h: int, s: int, phi: np.ndarray) -> None:
                       Zsrc[:, :, i:i + s * (a_conv - 1) + 1:s, j:j + s * (b_conv - 1) + 1:s])
 
 
-def phi_grad_strided(dphi: np.ndarray, h: int, s: int, dZsrc: np.ndarray,
-                     spread: np.ndarray) -> None:
+def phi_grad_strided(dphi: np.ndarray, dZsrc: np.ndarray, spread: np.ndarray, h: int,
+                     s: int) -> None:
     """col2im without index arrays, for each kernel offset (i, j): copy the rows (c, i, j) of
     dphi to the positions they would have for offset (0, 0) in ``spread`` (dZsrc's shape,
     zero everywhere else: allocate it with np.zeros); the positions of offset (i, j) are those
@@ -141,8 +148,8 @@ def phi_grad_strided(dphi: np.ndarray, h: int, s: int, dZsrc: np.ndarray,
                 np.add(dst[shift:], src[:src.size - shift], out=dst[shift:])
 
 
-def pool_strided(A: np.ndarray, P: int, Znext: np.ndarray, pos: np.ndarray,
-                 gt: np.ndarray, pos_small: np.ndarray, step: np.ndarray) -> None:
+def pool_strided(A: np.ndarray, Znext: np.ndarray, pos: np.ndarray, gt: np.ndarray,
+                 pos_small: np.ndarray, step: np.ndarray, P: int) -> None:
     """Max-pooling as a running maximum over the P P strided offsets of the windows; a strict
     '>' keeps the first maximum (as torch). pos gets the offset k = u P + v inside the window.
 
@@ -163,8 +170,8 @@ def pool_strided(A: np.ndarray, P: int, Znext: np.ndarray, pos: np.ndarray,
     np.copyto(pos, pos_small)
 
 
-def pool_grad_strided(dZnext: np.ndarray, pos: np.ndarray, P: int, dA: np.ndarray,
-                      mask: np.ndarray) -> None:
+def pool_grad_strided(dZnext: np.ndarray, pos: np.ndarray, dA: np.ndarray, mask: np.ndarray,
+                      P: int) -> None:
     """dA at offset k = u P + v of every window = dZ^{m+1} where pos == k, else 0. The rows
     and columns that the pooling crops are never written: dA must start zeroed."""
     a_next, b_next = dZnext.shape[2:]
@@ -174,18 +181,13 @@ def pool_grad_strided(dZnext: np.ndarray, pos: np.ndarray, P: int, dA: np.ndarra
         np.multiply(dZnext, mask, out=dA[:, :, u:u + P * a_next:P, v:v + P * b_next:P])
 
 
-def pad_grad_strided(dZpad: np.ndarray, p: int, dZ: np.ndarray) -> None:
+def pad_grad_strided(dZpad: np.ndarray, dZ: np.ndarray, p: int) -> None:
     """Remove the padding: copy the interior of dZpad into the preallocated dZ."""
     _, _, a, b = dZ.shape
     np.copyto(dZ, dZpad[:, :, p:p + a, p:p + b])
 
 
 # -- shared kernels -------------------------------------------------------------------------
-
-
-def matmul(A: np.ndarray, B: np.ndarray, out: np.ndarray) -> None:
-    """out = A B (BLAS gemm; transposed operands are views, not copies)."""
-    np.matmul(A, B, out=out)
 
 
 def add_bias(S: np.ndarray, b: np.ndarray) -> None:
@@ -258,3 +260,101 @@ def sgd_momentum(W: np.ndarray, dW: np.ndarray, v: np.ndarray, *, lr: float,
     v -= (lr / I) * dW
     v -= (lr / C) * W
     W += v
+
+
+# -- threads ----------------------------------------------------------------------------------
+
+#: an op moving fewer bytes, or a product of fewer FLOPs, runs in the calling thread: handing
+#: work to a sleeping thread costs 20-60 us (on a 2-core VM), more than it saves below these
+MIN_SPLIT_BYTES = 1 << 22
+MIN_SPLIT_FLOPS = 1 << 24
+# Which networks use threads at all is costmodel.ops.threaded_step (the cost model needs the
+# same rule): below its size the BLAS's own threads, which busy-wait instead of sleeping,
+# serve the products better.
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_BLAS: list = []  # threadpoolctl's controller of the BLAS libraries, made once
+
+
+def blas_threads() -> int:
+    """The number of threads the BLAS that numpy uses runs with now."""
+    from threadpoolctl import threadpool_info
+
+    counts = [info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"]
+    return max(counts, default=1)
+
+
+class Workers:
+    """Runs the ops of a step in ``threads`` threads at once by giving each a share of the
+    work: NumPy releases the GIL inside copies, ufunc loops and BLAS calls.
+
+    With more than one thread, BLAS must run single-threaded meanwhile (``single_blas()``
+    around the step): the BLAS's own threads, busy-waiting for ~0.1 s after each product,
+    would otherwise hold the cores the other ops need. With one thread everything runs in
+    the calling thread and BLAS keeps its own threads.
+    """
+
+    def __init__(self, threads: int) -> None:
+        self.threads = max(1, threads)
+        if self.threads > 1 and self.threads not in _POOLS:
+            _POOLS[self.threads] = ThreadPoolExecutor(self.threads - 1,
+                                                      thread_name_prefix="calib-kernels")
+        self.pool = _POOLS.get(self.threads)
+
+    def single_blas(self):
+        """A context in which BLAS runs single-threaded (nothing to do with one thread)."""
+        if self.threads == 1:
+            return contextlib.nullcontext()
+        if not _BLAS:
+            from threadpoolctl import ThreadpoolController
+
+            _BLAS.append(ThreadpoolController().select(user_api="blas"))
+        return _BLAS[0].limit(limits=1)
+
+    def _split(self, parts: int, part) -> None:
+        futures = [self.pool.submit(part, k) for k in range(1, parts)]
+        part(0)
+        for future in futures:
+            future.result()
+
+    def run(self, kernel, d: int, arrays: tuple, *sizes) -> None:
+        """kernel(*arrays, *sizes) on up to ``threads`` ranges of the d channels: every
+        array's first axis holds d channels of equal size (rows c h h ... of phi)."""
+        parts = min(self.threads, d)
+        if parts < 2 or sum(a.nbytes for a in arrays) < MIN_SPLIT_BYTES:
+            kernel(*arrays, *sizes)
+            return
+        bounds = [d * k // parts for k in range(parts + 1)]
+
+        def part(k: int) -> None:
+            lo, hi = bounds[k], bounds[k + 1]
+            kernel(*(a[lo * (len(a) // d):hi * (len(a) // d)] for a in arrays), *sizes)
+
+        self._split(parts, part)
+
+    def matmul(self, A: np.ndarray, B: np.ndarray, out: np.ndarray) -> None:
+        """out = A B (BLAS gemm; transposed operands are views, not copies). The threads
+        share the rows or the columns of out, whichever are more, or, for a long sum
+        (dW = dS phi^T sums over N = I a_conv b_conv), the range summed over."""
+        (m, n), k = out.shape, A.shape[1]
+        axis = 2 if k > 4 * max(m, n) else 0 if m >= n else 1
+        size = (m, n, k)[axis]
+        parts = min(self.threads, size // 64)
+        if parts < 2 or 2 * m * n * k < MIN_SPLIT_FLOPS:
+            np.matmul(A, B, out=out)
+            return
+        bounds = [size * p // parts // 16 * 16 for p in range(parts)] + [size]
+        partial = np.empty((parts - 1, m, n), dtype=out.dtype) if axis == 2 else None
+
+        def part(p: int) -> None:
+            lo, hi = bounds[p], bounds[p + 1]
+            if axis == 0:
+                np.matmul(A[lo:hi], B, out=out[lo:hi])
+            elif axis == 1:
+                np.matmul(A, B[:, lo:hi], out=out[:, lo:hi])
+            else:
+                np.matmul(A[:, lo:hi], B[lo:hi], out=out if p == 0 else partial[p - 1])
+
+        self._split(parts, part)
+        if partial is not None:
+            np.add(out, partial.sum(axis=0), out=out)

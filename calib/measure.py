@@ -10,6 +10,7 @@ import numpy as np
 from costmodel.arch import Architecture
 
 from .cnn import ReferenceCNN, one_hot, to_layout
+from .kernels import blas_threads
 from .memory import check_memory
 from .timer import OpTimer
 
@@ -23,14 +24,6 @@ def synthetic_batch(arch: Architecture, seed: int = 0) -> tuple[np.ndarray, np.n
     return to_layout(images, arch), one_hot(rng.integers(0, arch.n_classes, I), arch.n_classes, arch.dtype)
 
 
-def blas_threads() -> int:
-    """The number of threads the BLAS that numpy uses runs with now."""
-    from threadpoolctl import threadpool_info
-
-    counts = [info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"]
-    return max(counts, default=1)
-
-
 def measure(arch: Architecture, *, steps: int = 10, warmup: int = 2, threads: int | None = None,
             impl: str = "index", seed: int = 0,
             progress: Callable[[int, int], None] | None = None) -> dict:
@@ -41,7 +34,8 @@ def measure(arch: Architecture, *, steps: int = 10, warmup: int = 2, threads: in
     the times do not depend on whether the optimizer's settings make training diverge on
     synthetic data. ``step_seconds`` is the median wall-clock of whole steps, timed outside
     the op timers; ``coverage`` is the sum of the ops' medians over it. ``threads`` limits
-    the BLAS (and OpenMP) pools with threadpoolctl; None keeps the current setting.
+    the BLAS (and OpenMP) pools with threadpoolctl (None keeps the current setting) and is
+    the number of threads the strided implementation shares its large ops among.
     """
     from threadpoolctl import threadpool_limits
 
@@ -50,7 +44,7 @@ def measure(arch: Architecture, *, steps: int = 10, warmup: int = 2, threads: in
     check_memory(arch, impl)
     with threadpool_limits(limits=threads):
         used_threads = blas_threads()
-        cnn = ReferenceCNN(arch, impl=impl, seed=seed)
+        cnn = ReferenceCNN(arch, impl=impl, seed=seed, threads=used_threads)
         X, Y = synthetic_batch(arch, seed)
         start = [a.copy() for a in cnn.W + cnn.b + cnn.vW + cnn.vb]
         timer = OpTimer()

@@ -20,14 +20,15 @@ import numpy as np
 
 from costmodel.arch import Architecture, parse_arch
 from costmodel.errors import ArchError
+from costmodel.ops import THREADED_PHI_BYTES
 
 KERNELS = (1, 3, 3, 5, 5, 7, 9, 11)
 
 
 @dataclass(frozen=True)
 class SweepLimits:
-    max_elements: float = 6e6  # largest array of a step (phi, usually), in elements
-    max_flops: float = 1.5e9  # FLOPs of one step's matrix products
+    max_elements: float = 12e6  # largest array of a step (phi, usually), in elements
+    max_flops: float = 3e9  # FLOPs of one step's matrix products
     max_weights: float = 4e6  # elements of one full layer's W
 
 
@@ -87,9 +88,21 @@ def _within(arch: Architecture, limits: SweepLimits) -> bool:
     return largest <= limits.max_elements and flops <= limits.max_flops
 
 
+def _phi_bytes(arch: Architecture) -> int:
+    return arch.itemsize * max((sz.h * sz.h * sz.d * arch.batch * sz.a_conv * sz.b_conv
+                                for sz in arch.sizes() if sz.kind == "conv"), default=0)
+
+
 def design(n: int, *, dtype: str, seed: int = 0, limits: SweepLimits = SweepLimits()) -> list[Architecture]:
-    """`n` sweep architectures in `dtype`, reproducible from `seed`, all within `limits`."""
+    """`n` sweep architectures in `dtype`, reproducible from `seed`, all within `limits`.
+
+    Every third point is a large conv network (phi(pad(Z)) of at least THREADED_PHI_BYTES,
+    as the examples' first layers at I = 128): the strided implementation runs those on its
+    own threads (costmodel.ops.threaded_step), so both regimes get samples, and the working
+    sets reach main memory."""
     rng = np.random.default_rng(seed)
+    itemsize = np.dtype(dtype).itemsize
+    large_fits = limits.max_elements * itemsize >= 2 * THREADED_PHI_BYTES
     points: list[Architecture] = []
     while len(points) < n:
         i = len(points)
@@ -100,6 +113,12 @@ def design(n: int, *, dtype: str, seed: int = 0, limits: SweepLimits = SweepLimi
             arch = parse_arch(data)
         except ArchError:  # a drawn shape that breaks a rule (kernel larger than the input ...)
             continue
-        if _within(arch, limits):
+        large = large_fits and i % 3 == 1 and make is _conv_point
+        if large and arch.n_conv:
+            # choose I so that phi(pad(Z)) lands between the threshold and the limit
+            target = math.exp(rng.uniform(math.log(THREADED_PHI_BYTES), math.log(limits.max_elements * itemsize)))
+            per_instance = _phi_bytes(arch) / arch.batch
+            arch = arch.with_batch(int(min(512, max(1, math.ceil(target / per_instance)))))
+        if _within(arch, limits) and (not large or _phi_bytes(arch) >= THREADED_PHI_BYTES):
             points.append(arch)
     return points

@@ -18,17 +18,22 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     import zipfile
 
     try:
-        with np.load(path, allow_pickle=False) as data:
-            if not hasattr(data, "files"):
-                raise UsageError(f"{path}: not an .npz archive (a single array, expected X and y)")
-            missing = [key for key in ("X", "y") if key not in data.files]
-            if missing:
-                raise UsageError(f"{path}: missing array {' and '.join(missing)} (expected X (N,H,W,C) and y (N,))")
-            return data["X"], data["y"]
+        data = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise UsageError(f"{path}: no such file") from None
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise UsageError(f"{path}: not a readable .npz file ({exc.__class__.__name__})") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise UsageError(f"{path}: not an .npz archive (one array; expected arrays X and y)")
+    with data:
+        missing = [key for key in ("X", "y") if key not in data.files]
+        if missing:
+            raise UsageError(f"{path}: missing array {' and '.join(missing)} "
+                             "(expected X (N, H, W, C) and y (N,))")
+        try:
+            return data["X"], data["y"]
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+            raise UsageError(f"{path}: cannot read its arrays ({exc.__class__.__name__})") from None
 
 
 def load_data(data: str | Path, arch: Architecture):

@@ -25,10 +25,13 @@ FEATURE_UNITS = {
 }
 
 
-def model_key(op: str, loss: str) -> str:
-    """The op kind a model is fitted for: the op name, and for the loss ops also the loss
-    (mse and softmax_ce run different kernels under the same op name)."""
-    return f"{op}:{loss}" if op in ("loss", "loss_grad") else op
+def model_key(op: str, loss: str, threaded: bool = False) -> str:
+    """The op kind a model is fitted for: the op name; for the loss ops also the loss (mse and
+    softmax_ce run different kernels under the same op name); and `threaded` when the step
+    runs on the implementation's own threads (costmodel.ops.threaded_step), e.g.
+    "phi:threaded", "loss:mse+threaded"."""
+    variants = ([loss] if op in ("loss", "loss_grad") else []) + (["threaded"] if threaded else [])
+    return f"{op}:{'+'.join(variants)}" if variants else op
 
 
 def feature_rows(costs, caches: dict) -> "np.ndarray":

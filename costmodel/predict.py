@@ -15,7 +15,7 @@ import os
 from .arch import Architecture
 from .errors import CostModelError
 from .features import FEATURES, feature_rows, model_key
-from .ops import OP_KIND
+from .ops import OP_KIND, threaded_step
 from .profile import Profile
 
 
@@ -43,8 +43,9 @@ def predict(arch: Architecture, profile: Profile, *, impl: str = "index", thread
     ops = report["ops"]
     X = feature_rows({"flops": [o["flops"] for o in ops], "bytes": [o["bytes"] for o in ops]},
                      profile.fingerprint.caches)
+    threaded = threaded_step(arch, impl, threads)
     for row, x in zip(ops, X):
-        key = model_key(row["op"], arch.loss)
+        key = model_key(row["op"], arch.loss, threaded)
         model = entry.ops.get(key)
         if model is None:
             raise CostModelError(f"the profile's {entry.describe()} calibration has no model for op "

@@ -17,6 +17,7 @@ from costmodel.arch import load_arch
 from costmodel.costs import OpSpec, op_cost
 from costmodel.explain import (MAJOR_SHARE, MAX_MAJOR, NOTATION, STEADY_PP, course_name, course_tex, explain,
                                render_text, roofline)
+from costmodel.features import model_key
 from costmodel.ops import OP_KIND, OP_NAMES
 from costmodel.predict import group, predict
 from costmodel.profile import Profile, save_profile
@@ -39,8 +40,8 @@ RATES["strided"] = RATES["index"] | {"index manipulation": (5e-6, 0.0, 1 / 12e9)
 
 
 def _model_keys() -> list[str]:
-    keys = [op for op in OP_NAMES if op not in ("loss", "loss_grad")]
-    return keys + [f"{op}:{loss}" for op in ("loss", "loss_grad") for loss in ("mse", "softmax_ce")]
+    return sorted({model_key(op, loss, threaded) for op in OP_NAMES for loss in ("mse", "softmax_ce")
+                   for threaded in (False, True)})
 
 
 def synthetic_profile(impls=("index", "strided"), rates=None, **ceilings) -> Profile:

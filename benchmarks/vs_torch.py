@@ -1,0 +1,147 @@
+"""The reference CNN's SG step against PyTorch's on the CIFAR-10 examples.
+
+For each example at batch 128 in float32, with the machine's threads for both NumPy's BLAS
+and PyTorch, prints the median step time of the index and strided implementations and of
+PyTorch (nn.Conv2d/ReLU/MaxPool2d/Linear, the same loss and the same SG-with-momentum
+update, written out), and the ratios to PyTorch. The three run in alternating blocks of
+steps (--rounds blocks each, the first step of a block untimed), so that a change in the
+machine's load affects them alike while each runs in its steady state (interleaving single
+steps lets the idle BLAS and OpenMP threads of one spin on the cores the other needs);
+every step starts from the same weights.
+
+    python benchmarks/vs_torch.py [--steps 12] [--rounds 3] [--batch 128] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from calib.cnn import ReferenceCNN
+from calib.measure import synthetic_batch
+from costmodel.arch import Architecture, load_arch
+from costmodel.ops import needs_flatten
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ["cifar10-demo-layer4.yaml", "cifar10-layer7.yaml"]
+
+
+def torch_net(arch: Architecture, cnn: ReferenceCNN):
+    """nn.Sequential with the reference CNN's weights."""
+    import torch
+    from torch import nn
+
+    modules = []
+    for sz, W, b in zip(arch.sizes(), cnn.W, cnn.b):
+        if sz.kind == "conv":
+            layer = nn.Conv2d(sz.d, sz.d_next, sz.h, stride=sz.s, padding=sz.p)
+            layer.weight.data = torch.from_numpy(W.reshape(sz.d_next, sz.d, sz.h, sz.h).copy())
+        else:
+            if needs_flatten(arch, sz.m):
+                modules.append(nn.Flatten())
+            layer = nn.Linear(sz.n_in, sz.n_out)
+            layer.weight.data = torch.from_numpy(W.copy())
+        layer.bias.data = torch.from_numpy(b.copy())
+        modules.append(layer)
+        if arch.activation_of(sz.m) == "relu":
+            modules.append(nn.ReLU())
+        if sz.kind == "conv" and sz.pool > 1:
+            modules.append(nn.MaxPool2d(sz.pool, stride=sz.pool))
+    return nn.Sequential(*modules)
+
+
+class TorchStep:
+    """One SG step in PyTorch with simpleNN's update: Grad = dW/I + W/C, v = mu v - lr Grad."""
+
+    def __init__(self, arch: Architecture, cnn: ReferenceCNN, X: np.ndarray, Y: np.ndarray):
+        import torch
+
+        self.torch = torch
+        self.arch = arch
+        self.net = torch_net(arch, cnn)
+        self.params = list(self.net.parameters())
+        self.start = [p.detach().clone() for p in self.params]
+        self.v = [torch.zeros_like(p) for p in self.params]
+        self.x = torch.from_numpy(np.ascontiguousarray(X.transpose(1, 0, 2, 3)))
+        self.y = torch.from_numpy(np.ascontiguousarray(Y.T))
+        self.labels = self.y.argmax(dim=1)
+
+    def restore(self) -> None:
+        with self.torch.no_grad():
+            for p, p0, v in zip(self.params, self.start, self.v):
+                p.copy_(p0)
+                v.zero_()
+
+    def step(self) -> None:
+        torch, opt, I = self.torch, self.arch.optimizer, self.x.shape[0]
+        for p in self.params:
+            p.grad = None
+        z = self.net(self.x)
+        if self.arch.loss == "mse":
+            loss = ((z - self.y) ** 2).sum()
+        else:
+            loss = torch.nn.functional.cross_entropy(z, self.labels, reduction="sum")
+        loss.backward()
+        with torch.no_grad():
+            for p, v in zip(self.params, self.v):
+                v.mul_(opt.momentum).sub_(opt.lr * (p.grad / I + p / opt.C))
+                p.add_(v)
+
+
+def numpy_step(cnn: ReferenceCNN, X: np.ndarray, Y: np.ndarray):
+    params = cnn.W + cnn.b + cnn.vW + cnn.vb
+    start = [a.copy() for a in params]
+
+    def restore() -> None:
+        for a, a0 in zip(params, start):
+            np.copyto(a, a0)
+
+    return restore, lambda: cnn.step(X, Y)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per block")
+    parser.add_argument("--rounds", type=int, default=3, help="blocks per implementation")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    args = parser.parse_args()
+
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(args.threads)
+    print(f"batch {args.batch}, float32, {args.threads} threads (NumPy's BLAS and PyTorch), "
+          f"median of {args.steps} steps; torch {torch.__version__}, numpy {np.__version__}")
+    print(f"{'arch':<22}{'index s':>10}{'strided s':>11}{'torch s':>10}"
+          f"{'index/torch':>13}{'strided/torch':>15}")
+    with threadpool_limits(limits=args.threads, user_api="blas"):
+        for name in EXAMPLES:
+            arch = load_arch(ROOT / "examples" / name).with_batch(args.batch).with_dtype("float32")
+            X, Y = synthetic_batch(arch)
+            runners = {}
+            for impl in ("index", "strided"):
+                runners[impl] = numpy_step(ReferenceCNN(arch, impl=impl), X, Y)
+            ts = TorchStep(arch, ReferenceCNN(arch, impl="strided"), X, Y)
+            runners["torch"] = (ts.restore, ts.step)
+            seconds = {key: [] for key in runners}
+            for block in range(args.rounds):
+                for key, (restore, step) in runners.items():
+                    for i in range(args.warmup + args.steps // args.rounds):
+                        restore()
+                        t0 = time.perf_counter()
+                        step()
+                        if i >= args.warmup:
+                            seconds[key].append(time.perf_counter() - t0)
+            med = {key: float(np.median(values)) for key, values in seconds.items()}
+            print(f"{arch.name:<22}{med['index']:>10.4f}{med['strided']:>11.4f}{med['torch']:>10.4f}"
+                  f"{med['index'] / med['torch']:>13.2f}{med['strided'] / med['torch']:>15.2f}")
+
+
+if __name__ == "__main__":
+    main()
