@@ -18,7 +18,7 @@ import numpy as np
 
 from costmodel.arch import Architecture
 from costmodel.features import feature_rows, model_key
-from costmodel.ops import threaded_step
+from costmodel.ops import op_regime, threaded_step
 
 from .sweep import QUICK_LIMITS, SweepLimits, design
 
@@ -50,7 +50,7 @@ class Plan:
 
 def time_sweep(archs: list[Architecture], impl: str, *, threads: int, rounds: int, chunk: int, seed: int,
                progress: Callable[[int], None] | None = None) -> list[dict]:
-    """Samples {"point", "layer", "op", "phase", "key", "seconds"} of every op of every sweep
+    """Samples {"point", "layer", "op", "phase", "seconds"} of every op of every sweep
     network (median over `rounds` steps)."""
     from .cnn import ReferenceCNN
     from .measure import synthetic_batch
@@ -83,10 +83,8 @@ def time_sweep(archs: list[Architecture], impl: str, *, threads: int, rounds: in
             if gc_was_enabled:
                 gc.enable()
         for i, arch, cnn, X, Y, laps, start in nets:
-            threaded = threaded_step(arch, impl, threads)
             for key in laps[0]:
                 samples.append({"point": i, "layer": key.layer, "op": key.op, "phase": key.phase,
-                                "key": model_key(key.op, arch.loss, threaded),
                                 "seconds": float(np.median([lap[key] for lap in laps]))})
             if progress:
                 progress(1)
@@ -95,26 +93,31 @@ def time_sweep(archs: list[Architecture], impl: str, *, threads: int, rounds: in
     return samples
 
 
-def sample_features(archs: list[Architecture], samples: list[dict], impl: str, caches: dict) -> np.ndarray:
-    """The feature matrix of the samples, in their order, from the symbolic cost model."""
+def sample_features(archs: list[Architecture], samples: list[dict], impl: str, threads: int,
+                    caches: dict) -> tuple[np.ndarray, list[str]]:
+    """The feature matrix and the model key of every sample, in their order, from the symbolic
+    cost model (the key says how the op ran: costmodel.ops.op_regime)."""
     from costmodel.evaluate import costs
 
-    rows: dict[tuple, np.ndarray] = {}
+    rows: dict[tuple, tuple[np.ndarray, str]] = {}
     for i, arch in enumerate(archs):
         table = costs(arch, impl=impl)
+        threaded = threaded_step(arch, impl, threads)
         feats = feature_rows(table, caches)
-        for (layer, op, phase), f in zip(zip(table["layer"], table["op"], table["phase"]), feats):
-            rows[(i, layer, op, phase)] = f
-    return np.array([rows[(s["point"], s["layer"], s["op"], s["phase"])] for s in samples])
+        for r, f in zip(table.itertuples(), feats):
+            key = model_key(r.op, arch.loss, op_regime(r.op, r.flops, r.bytes, threaded))
+            rows[(i, r.layer, r.op, r.phase)] = (f, key)
+    picked = [rows[(s["point"], s["layer"], s["op"], s["phase"])] for s in samples]
+    return np.array([f for f, _ in picked]), [k for _, k in picked]
 
 
-def fit_entry(archs, samples, impl: str, caches: dict) -> dict:
-    """Fit one (dtype, impl) entry: a model per op kind."""
+def fit_entry(archs, samples, impl: str, threads: int, caches: dict) -> dict:
+    """Fit one (dtype, impl, threads) entry: a model per op kind."""
     from .fit import fit_op
 
-    X = sample_features(archs, samples, impl, caches)
+    X, keys = sample_features(archs, samples, impl, threads, caches)
+    keys = np.array(keys)
     t = np.array([s["seconds"] for s in samples])
-    keys = np.array([s["key"] for s in samples])
     groups = np.array([s["point"] for s in samples])
     ops = {}
     for key in sorted(set(keys)):
@@ -143,7 +146,7 @@ def calibrate(plan: Plan, *, threads: int | None = None, progress=None, log=None
                 t0 = time.perf_counter()
                 samples = time_sweep(archs, impl, threads=used_threads, rounds=plan.rounds, chunk=plan.chunk,
                                      seed=plan.seed, progress=progress)
-                ops = fit_entry(archs, samples, impl, caches)
+                ops = fit_entry(archs, samples, impl, used_threads, caches)
                 entries.append({"backend": "numpy", "dtype": dtype, "impl": impl,
                                 "threads": used_threads, "ops": ops,
                                 "sweep": {"points": plan.points, "rounds": plan.rounds,

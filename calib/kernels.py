@@ -23,6 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from costmodel import ops as cost_ops
+
 # -- index arrays (index implementation) --------------------------------------------------
 
 
@@ -264,12 +266,10 @@ def sgd_momentum(W: np.ndarray, dW: np.ndarray, v: np.ndarray, *, lr: float,
 
 # -- threads ----------------------------------------------------------------------------------
 
-#: an op moving fewer bytes, or a product of fewer FLOPs, runs in the calling thread: handing
-#: work to a sleeping thread costs 20-60 us (on a 2-core VM), more than it saves below these
-MIN_SPLIT_BYTES = 1 << 22
-MIN_SPLIT_FLOPS = 1 << 24
-# Which networks use threads at all is costmodel.ops.threaded_step (the cost model needs the
-# same rule): below its size the BLAS's own threads, which busy-wait instead of sleeping,
+# Which networks use threads at all (costmodel.ops.threaded_step) and which ops they share
+# (costmodel.ops.SPLIT_BYTES, SPLIT_FLOPS) are rules of the cost model too, so they live there.
+# Handing work to a sleeping thread costs 20-60 us (on a 2-core VM), more than it saves for a
+# small op; for a small network the BLAS's own threads, which busy-wait instead of sleeping,
 # serve the products better.
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
@@ -321,7 +321,7 @@ class Workers:
         """kernel(*arrays, *sizes) on up to ``threads`` ranges of the d channels: every
         array's first axis holds d channels of equal size (rows c h h ... of phi)."""
         parts = min(self.threads, d)
-        if parts < 2 or sum(a.nbytes for a in arrays) < MIN_SPLIT_BYTES:
+        if parts < 2 or sum(a.nbytes for a in arrays) < cost_ops.SPLIT_BYTES:
             kernel(*arrays, *sizes)
             return
         bounds = [d * k // parts for k in range(parts + 1)]
@@ -340,7 +340,7 @@ class Workers:
         axis = 2 if k > 4 * max(m, n) else 0 if m >= n else 1
         size = (m, n, k)[axis]
         parts = min(self.threads, size // 64)
-        if parts < 2 or 2 * m * n * k < MIN_SPLIT_FLOPS:
+        if parts < 2 or 2 * m * n * k < cost_ops.SPLIT_FLOPS:
             np.matmul(A, B, out=out)
             return
         bounds = [size * p // parts // 16 * 16 for p in range(parts)] + [size]

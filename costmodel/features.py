@@ -25,12 +25,12 @@ FEATURE_UNITS = {
 }
 
 
-def model_key(op: str, loss: str, threaded: bool = False) -> str:
+def model_key(op: str, loss: str, regime: str = "") -> str:
     """The op kind a model is fitted for: the op name; for the loss ops also the loss (mse and
-    softmax_ce run different kernels under the same op name); and `threaded` when the step
-    runs on the implementation's own threads (costmodel.ops.threaded_step), e.g.
-    "phi:threaded", "loss:mse+threaded"."""
-    variants = ([loss] if op in ("loss", "loss_grad") else []) + (["threaded"] if threaded else [])
+    softmax_ce run different kernels under the same op name); and how it runs
+    (costmodel.ops.op_regime: "threaded", "serial" or ""), e.g. "phi:threaded",
+    "conv_matmul:serial", "loss:mse"."""
+    variants = ([loss] if op in ("loss", "loss_grad") else []) + ([regime] if regime else [])
     return f"{op}:{'+'.join(variants)}" if variants else op
 
 

@@ -99,6 +99,24 @@ def threaded_step(arch: Architecture, impl: str, threads: int) -> bool:
     return phi_elements * arch.itemsize >= THREADED_PHI_BYTES
 
 
+#: in a threaded step, an op moving at least SPLIT_BYTES, or a product of at least SPLIT_FLOPS,
+#: is shared among the threads; a smaller one runs in the calling thread (a product with
+#: single-threaded BLAS): handing work to a sleeping thread costs more than it saves
+SPLIT_BYTES = 1 << 22
+SPLIT_FLOPS = 1 << 24
+
+
+def op_regime(op: str, flops: float, nbytes: float, threaded: bool) -> str:
+    """How an op runs: "" as in the index implementation (one thread; products with BLAS's own
+    threads), "threaded" (shared among the strided implementation's threads) or "serial" (a
+    product of a threaded step too small to share: single-threaded BLAS)."""
+    if not threaded:
+        return ""
+    if op in MATMUL_OPS:
+        return "threaded" if flops >= SPLIT_FLOPS else "serial"
+    return "threaded" if nbytes >= SPLIT_BYTES else ""
+
+
 def op_list(arch: Architecture) -> list[OpRef]:
     """The ordered ops of one SG step (forward, backward, update) of `arch`.
 

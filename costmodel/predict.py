@@ -15,7 +15,7 @@ import os
 from .arch import Architecture
 from .errors import CostModelError
 from .features import FEATURES, feature_rows, model_key
-from .ops import OP_KIND, threaded_step
+from .ops import OP_KIND, op_regime, threaded_step
 from .profile import Profile
 
 
@@ -45,7 +45,7 @@ def predict(arch: Architecture, profile: Profile, *, impl: str = "index", thread
                      profile.fingerprint.caches)
     threaded = threaded_step(arch, impl, threads)
     for row, x in zip(ops, X):
-        key = model_key(row["op"], arch.loss, threaded)
+        key = model_key(row["op"], arch.loss, op_regime(row["op"], row["flops"], row["bytes"], threaded))
         model = entry.ops.get(key)
         if model is None:
             raise CostModelError(f"the profile's {entry.describe()} calibration has no model for op "

@@ -256,8 +256,8 @@ def test_strided_threads_agree_with_index(arch_id, threads, monkeypatch):
     implementation computes in one thread."""
     from calib import kernels
 
-    monkeypatch.setattr(kernels, "MIN_SPLIT_BYTES", 0)
-    monkeypatch.setattr(kernels, "MIN_SPLIT_FLOPS", 0)
+    monkeypatch.setattr(costmodel.ops, "SPLIT_BYTES", 0)
+    monkeypatch.setattr(costmodel.ops, "SPLIT_FLOPS", 0)
     monkeypatch.setattr(costmodel.ops, "THREADED_PHI_BYTES", 0)
     if arch_id.startswith("random-"):
         arch = random_arch(np.random.default_rng(200 + int(arch_id[7:])), batch=5)

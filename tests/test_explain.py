@@ -40,8 +40,8 @@ RATES["strided"] = RATES["index"] | {"index manipulation": (5e-6, 0.0, 1 / 12e9)
 
 
 def _model_keys() -> list[str]:
-    return sorted({model_key(op, loss, threaded) for op in OP_NAMES for loss in ("mse", "softmax_ce")
-                   for threaded in (False, True)})
+    return sorted({model_key(op, loss, regime) for op in OP_NAMES for loss in ("mse", "softmax_ce")
+                   for regime in ("", "threaded", "serial")})
 
 
 def synthetic_profile(impls=("index", "strided"), rates=None, **ceilings) -> Profile:
