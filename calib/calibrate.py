@@ -45,7 +45,7 @@ class Plan:
         if quick:
             return cls(tuple(dtypes or ("float32",)), tuple(impls or ("index",)),
                        points or 36, rounds=3, limits=QUICK_LIMITS)
-        return cls(tuple(dtypes or DTYPES), tuple(impls or IMPLS), points or 44)
+        return cls(tuple(dtypes or DTYPES), tuple(impls or IMPLS), points or 96)
 
 
 def time_sweep(archs: list[Architecture], impl: str, *, threads: int, rounds: int, chunk: int, seed: int,
@@ -58,8 +58,13 @@ def time_sweep(archs: list[Architecture], impl: str, *, threads: int, rounds: in
 
     rng = np.random.default_rng(seed)
     samples: list[dict] = []
-    for start in range(0, len(archs), chunk):
-        group = list(enumerate(archs[start:start + chunk], start=start))
+    # A chunk never mixes networks that run on the implementation's own threads (BLAS set to
+    # one thread around their steps) with networks whose products use BLAS's threads: switching
+    # the BLAS thread count between steps makes the next products pay for waking its threads,
+    # which a training step never does.
+    order = sorted(range(len(archs)), key=lambda i: threaded_step(archs[i], impl, threads))
+    for start in range(0, len(order), chunk):
+        group = [(i, archs[i]) for i in order[start:start + chunk]]
         nets = []
         for i, arch in group:
             cnn = ReferenceCNN(arch, impl=impl, seed=i, threads=threads)
