@@ -1,0 +1,42 @@
+"""predict as a user runs it: the shipped reference profile, the error for a missing setting,
+the one-line warning, and the per-op JSON of DESIGN.md."""
+
+import json
+
+from typer.testing import CliRunner
+
+from cli import app
+from costmodel.arch import load_arch
+from costmodel.ops import op_keys
+from costmodel.profile import embedded_profile_path, load_profile
+
+from .conftest import EXAMPLES
+
+
+def test_reference_profile_ships_and_covers_both_impls_and_dtypes():
+    profile = load_profile(embedded_profile_path())
+    for dtype in ("float32", "float64"):
+        for impl in ("index", "strided"):
+            assert profile.entry(dtype, impl, 2).ops
+
+
+def test_predict_without_own_profile_warns_once_and_gives_every_op(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    runner = CliRunner()
+    for path in EXAMPLES:
+        result = runner.invoke(app, ["predict", str(path), "--format", "json", "--threads", "2"])
+        assert result.exit_code == 0, result.stderr
+        assert result.stderr.count("\n") == 1 and "reference profile" in result.stderr
+        data = json.loads(result.stdout)
+        keys = [(o["layer"], o["op"], o["phase"]) for o in data["ops"]]
+        assert keys == [(k.layer, k.op, k.phase) for k in op_keys(load_arch(path))]
+        assert abs(sum(o["fraction"] for o in data["ops"]) - 1) < 1e-9
+        assert data["total_seconds"] == sum(o["seconds"] for o in data["ops"])
+
+
+def test_missing_setting_names_the_calibrate_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    result = CliRunner().invoke(app, ["predict", str(EXAMPLES[0]), "--threads", "7"])
+    assert result.exit_code == 1
+    assert "run `costmodel calibrate --dtype float32 --impl index --threads 7`" in result.stderr
+    assert "Traceback" not in result.stderr
