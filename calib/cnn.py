@@ -59,6 +59,35 @@ class _Layer:
         self.key = partial(OpKey, sz.m, kind)
         self.k_update = self.key("update", "update")
 
+    def backward_product(self, dS: np.ndarray, X: np.ndarray, dX: np.ndarray, k_grad_W: OpKey,
+                         k_grad_input: OpKey, tm, trace: Trace | None) -> bool:
+        """The backward of S = W X + b 1^T, X = phi(pad(Z)) (conv) or Z (full): the ReLU
+        derivative (in place in dS), dW = dS X^T, db = dS 1 and, except for layer 1,
+        dX = W^T dS. Returns whether dX was computed."""
+        if self.relu:
+            self.workers.run(kernels.relu_grad, len(self.b), (dS, self.S))
+            tm.lap(self.k_activation_grad)
+            if trace is not None:
+                trace(self.k_activation_grad, [dS, self.S], [dS])
+
+        self.workers.matmul(dS, X.T, self.dW)
+        tm.lap(k_grad_W)
+        if trace is not None:
+            trace(k_grad_W, [dS, X], [self.dW])
+
+        self.workers.run(kernels.bias_grad, len(self.b), (dS, self.db))
+        tm.lap(self.k_bias_grad)
+        if trace is not None:
+            trace(self.k_bias_grad, [dS], [self.db])
+
+        if self.m == 1:
+            return False
+        self.workers.matmul(self.W.T, dS, dX)
+        tm.lap(k_grad_input)
+        if trace is not None:
+            trace(k_grad_input, [self.W, dS], [dX])
+        return True
+
     def update(self, I: int, opt, tm, trace: Trace | None) -> None:
         kernels.sgd_momentum(self.W, self.dW, self.vW, lr=opt.lr, momentum=opt.momentum,
                              C=opt.C, I=I)
@@ -188,29 +217,9 @@ class _ConvLayer(_Layer):
                 trace(self.k_pool_grad, [dZnext, self.pos], [dA])
         dS = dA.reshape(self.S.shape)
 
-        if self.relu:
-            self.workers.run(kernels.relu_grad, len(self.b), (dS, self.S))
-            tm.lap(self.k_activation_grad)
-            if trace is not None:
-                trace(self.k_activation_grad, [dS, self.S], [dS])
-
-        self.workers.matmul(dS, self.phi.T, self.dW)
-        tm.lap(self.k_conv_grad_W)
-        if trace is not None:
-            trace(self.k_conv_grad_W, [dS, self.phi], [self.dW])
-
-        self.workers.run(kernels.bias_grad, len(self.b), (dS, self.db))
-        tm.lap(self.k_bias_grad)
-        if trace is not None:
-            trace(self.k_bias_grad, [dS], [self.db])
-
-        if self.m == 1:
+        if not self.backward_product(dS, self.phi, self.dphi, self.k_conv_grad_W,
+                                     self.k_conv_grad_input, tm, trace):
             return None
-
-        self.workers.matmul(self.W.T, dS, self.dphi)
-        tm.lap(self.k_conv_grad_input)
-        if trace is not None:
-            trace(self.k_conv_grad_input, [self.W, dS], [self.dphi])
 
         if self.strided:
             self.workers.run(kernels.phi_grad_strided, sz.d,
@@ -288,29 +297,9 @@ class _FullLayer(_Layer):
         return self.S
 
     def backward(self, dZnext: np.ndarray, tm, trace: Trace | None) -> np.ndarray | None:
-        dS = dZnext
-        if self.relu:
-            self.workers.run(kernels.relu_grad, len(self.b), (dS, self.S))
-            tm.lap(self.k_activation_grad)
-            if trace is not None:
-                trace(self.k_activation_grad, [dS, self.S], [dS])
-
-        self.workers.matmul(dS, self.Zin.T, self.dW)
-        tm.lap(self.k_full_grad_W)
-        if trace is not None:
-            trace(self.k_full_grad_W, [dS, self.Zin], [self.dW])
-
-        self.workers.run(kernels.bias_grad, len(self.b), (dS, self.db))
-        tm.lap(self.k_bias_grad)
-        if trace is not None:
-            trace(self.k_bias_grad, [dS], [self.db])
-
-        if self.m == 1:
+        if not self.backward_product(dZnext, self.Zin, self.dX, self.k_full_grad_W,
+                                     self.k_full_grad_input, tm, trace):
             return None
-        self.workers.matmul(self.W.T, dS, self.dX)
-        tm.lap(self.k_full_grad_input)
-        if trace is not None:
-            trace(self.k_full_grad_input, [self.W, dS], [self.dX])
 
         if not self.flatten:
             return self.dX
