@@ -32,6 +32,11 @@ class Format(str, Enum):
     csv = "csv"
 
 
+class Backend(str, Enum):
+    numpy = "numpy"
+    torch = "torch"
+
+
 class Impl(str, Enum):
     index = "index"
     strided = "strided"
@@ -102,12 +107,15 @@ def measure(
     threads: ThreadsOpt = None,
     impl: ImplOpt = Impl.index,
     fmt: FormatOpt = Format.table,
+    backend: Annotated[Backend, typer.Option("--backend", help="numpy: the reference CNN; torch: the same "
+                                             "step in PyTorch, per op from torch.profiler.")] = Backend.numpy,
 ) -> None:
-    """Run real SG steps of the reference NumPy CNN and report the time of every op."""
+    """Run real SG steps of the reference NumPy CNN (or PyTorch) and report the time of every op."""
     from calib.commands import measure_command
 
     typer.echo(measure_command(arch, batch=batch, steps=steps, warmup=warmup, threads=threads,
-                               impl=impl.value, fmt=fmt.value, progress=_progress("measure")), nl=False)
+                               impl=impl.value, fmt=fmt.value, progress=_progress("measure"),
+                               backend=backend.value), nl=False)
 
 
 @app.command()

@@ -23,73 +23,11 @@ import numpy as np
 
 from calib.cnn import ReferenceCNN
 from calib.measure import synthetic_batch
-from costmodel.arch import Architecture, load_arch
-from costmodel.ops import needs_flatten
+from calib.torch_backend import TorchStep
+from costmodel.arch import load_arch
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ["cifar10-demo-layer4.yaml", "cifar10-layer7.yaml"]
-
-
-def torch_net(arch: Architecture, cnn: ReferenceCNN):
-    """nn.Sequential with the reference CNN's weights."""
-    import torch
-    from torch import nn
-
-    modules = []
-    for sz, W, b in zip(arch.sizes(), cnn.W, cnn.b):
-        if sz.kind == "conv":
-            layer = nn.Conv2d(sz.d, sz.d_next, sz.h, stride=sz.s, padding=sz.p)
-            layer.weight.data = torch.from_numpy(W.reshape(sz.d_next, sz.d, sz.h, sz.h).copy())
-        else:
-            if needs_flatten(arch, sz.m):
-                modules.append(nn.Flatten())
-            layer = nn.Linear(sz.n_in, sz.n_out)
-            layer.weight.data = torch.from_numpy(W.copy())
-        layer.bias.data = torch.from_numpy(b.copy())
-        modules.append(layer)
-        if arch.activation_of(sz.m) == "relu":
-            modules.append(nn.ReLU())
-        if sz.kind == "conv" and sz.pool > 1:
-            modules.append(nn.MaxPool2d(sz.pool, stride=sz.pool))
-    return nn.Sequential(*modules)
-
-
-class TorchStep:
-    """One SG step in PyTorch with simpleNN's update: Grad = dW/I + W/C, v = mu v - lr Grad."""
-
-    def __init__(self, arch: Architecture, cnn: ReferenceCNN, X: np.ndarray, Y: np.ndarray):
-        import torch
-
-        self.torch = torch
-        self.arch = arch
-        self.net = torch_net(arch, cnn)
-        self.params = list(self.net.parameters())
-        self.start = [p.detach().clone() for p in self.params]
-        self.v = [torch.zeros_like(p) for p in self.params]
-        self.x = torch.from_numpy(np.ascontiguousarray(X.transpose(1, 0, 2, 3)))
-        self.y = torch.from_numpy(np.ascontiguousarray(Y.T))
-        self.labels = self.y.argmax(dim=1)
-
-    def restore(self) -> None:
-        with self.torch.no_grad():
-            for p, p0, v in zip(self.params, self.start, self.v):
-                p.copy_(p0)
-                v.zero_()
-
-    def step(self) -> None:
-        torch, opt, I = self.torch, self.arch.optimizer, self.x.shape[0]
-        for p in self.params:
-            p.grad = None
-        z = self.net(self.x)
-        if self.arch.loss == "mse":
-            loss = ((z - self.y) ** 2).sum()
-        else:
-            loss = torch.nn.functional.cross_entropy(z, self.labels, reduction="sum")
-        loss.backward()
-        with torch.no_grad():
-            for p, v in zip(self.params, self.v):
-                v.mul_(opt.momentum).sub_(opt.lr * (p.grad / I + p / opt.C))
-                p.add_(v)
 
 
 def numpy_step(cnn: ReferenceCNN, X: np.ndarray, Y: np.ndarray):

@@ -27,7 +27,11 @@ def _with_costs(result: dict, arch, impl: str) -> dict:
     return result
 
 
-def measure_command(arch_path: Path, *, batch, steps, warmup, threads, impl, fmt, progress=None) -> str:
+def measure_command(arch_path: Path, *, batch, steps, warmup, threads, impl, fmt, progress=None,
+                    backend: str = "numpy") -> str:
+    if backend == "torch":
+        return measure_torch_command(arch_path, batch=batch, steps=steps, warmup=warmup, threads=threads,
+                                     fmt=fmt, progress=progress)
     arch = load_arch(arch_path).with_batch(batch)
     from calib.measure import measure
     from calib.memory import check_memory
@@ -41,6 +45,23 @@ def measure_command(arch_path: Path, *, batch, steps, warmup, threads, impl, fmt
         f"{arch.name}: batch I={arch.batch}, {arch.dtype}, impl={impl}, threads={result['threads']}",
     ]
     return render(result, fmt, MEASURE_COLUMNS, f"Measured SG step: {arch.name}", footer, MEASURE_CSV)
+
+
+def measure_torch_command(arch_path: Path, *, batch, steps, warmup, threads, fmt, progress=None) -> str:
+    """`measure --backend torch`: the same step in PyTorch, per op group from torch.profiler."""
+    from calib.torch_backend import import_torch, measure_torch, with_costs
+
+    import_torch()  # a missing torch fails first, in one line
+    arch = load_arch(arch_path).with_batch(batch)
+    result = with_costs(measure_torch(arch, steps=steps, warmup=warmup, threads=threads, progress=progress), arch)
+    footer = [
+        f"step: {fmt_seconds(result['step_seconds'])} (median of {steps} whole steps, profiler on; "
+        f"{fmt_seconds(result['unprofiled_step_seconds'])} without it); "
+        f"sum of ops: {fmt_seconds(result['total_seconds'])}; coverage {result['coverage']:.3f}",
+        f"{arch.name}: batch I={arch.batch}, {arch.dtype}, PyTorch {result['torch_version']}, "
+        f"threads={result['threads']}; op groups and 'other' as in docs/torch-mapping.md",
+    ]
+    return render(result, fmt, MEASURE_COLUMNS, f"Measured SG step in PyTorch: {arch.name}", footer, MEASURE_CSV)
 
 
 def train_command(arch_path: Path, *, data, epochs, batch, impl, seed, fmt, progress=None) -> str:

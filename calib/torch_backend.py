@@ -1,0 +1,402 @@
+"""The same SG step in PyTorch on the CPU, timed per op with torch.profiler and mapped onto the
+op names of the contract (docs/torch-mapping.md).
+
+torch is optional (`pip install 'costmodel[torch]'`): it is imported inside the functions
+only, and a missing torch is a one-line CostModelError, never a traceback.
+
+Layer attribution: every layer's forward runs inside a record_function range
+``costmodel:layer{m}:forward``, the loss inside ``costmodel:loss``, ``loss.backward()`` inside
+``costmodel:backward`` and every layer's update inside ``costmodel:layer{m}:update``. A
+backward event (``autograd::engine::evaluate_function: XBackward0``) carries the sequence
+number of the forward op that created its node, so it is attributed to the layer (or the
+loss) that ran that forward op.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from time import perf_counter_ns
+from typing import Callable
+
+import numpy as np
+
+from costmodel.arch import Architecture
+from costmodel.errors import CostModelError
+from costmodel.ops import needs_flatten, op_list
+
+INSTALL_HINT = "PyTorch is not installed; install the extra with: pip install 'costmodel[torch]'"
+
+
+class TorchMissing(CostModelError):
+    """--backend torch without torch installed."""
+
+    exit_code = 2
+
+
+def import_torch():
+    """torch, or a one-line CostModelError saying how to install it."""
+    try:
+        import torch
+    except ImportError:
+        raise TorchMissing(INSTALL_HINT) from None
+    return torch
+
+
+# ---------------------------------------------------------------------------------------------
+# The network (also used by benchmarks/vs_torch.py)
+
+def torch_layers(arch: Architecture, cnn) -> list:
+    """One nn.Sequential per layer m = 1..L (conv/linear, ReLU, max pooling; the first full
+    layer after a conv layer starts with nn.Flatten), with the reference CNN's weights."""
+    torch = import_torch()
+    from torch import nn
+
+    layers = []
+    for sz, W, b in zip(arch.sizes(), cnn.W, cnn.b):
+        modules = []
+        if sz.kind == "conv":
+            layer = nn.Conv2d(sz.d, sz.d_next, sz.h, stride=sz.s, padding=sz.p)
+            layer.weight.data = torch.from_numpy(W.reshape(sz.d_next, sz.d, sz.h, sz.h).copy())
+        else:
+            if needs_flatten(arch, sz.m):
+                modules.append(nn.Flatten())
+            layer = nn.Linear(sz.n_in, sz.n_out)
+            layer.weight.data = torch.from_numpy(W.copy())
+        layer.bias.data = torch.from_numpy(b.copy())
+        modules.append(layer)
+        if arch.activation_of(sz.m) == "relu":
+            modules.append(nn.ReLU())
+        if sz.kind == "conv" and sz.pool > 1:
+            modules.append(nn.MaxPool2d(sz.pool, stride=sz.pool))
+        layers.append(nn.Sequential(*modules))
+    return layers
+
+
+def torch_net(arch: Architecture, cnn):
+    """nn.Sequential of the layers of torch_layers, with the reference CNN's weights."""
+    import_torch()
+    from torch import nn
+
+    return nn.Sequential(*torch_layers(arch, cnn))
+
+
+class TorchStep:
+    """One SG step in PyTorch with simpleNN's update: Grad = dW/I + W/C, v = mu v - lr Grad.
+
+    With ``ranges`` the step marks its layers, loss, backward and updates with
+    record_function ranges for the profiler (see the module's docstring)."""
+
+    def __init__(self, arch: Architecture, cnn, X: np.ndarray, Y: np.ndarray, ranges: bool = False):
+        torch = import_torch()
+
+        self.torch = torch
+        self.arch = arch
+        self.ranges = ranges
+        self.layers = torch_layers(arch, cnn)
+        self.net = torch.nn.Sequential(*self.layers)
+        self.params = list(self.net.parameters())
+        self.layer_params = [list(layer.parameters()) for layer in self.layers]
+        self.start = [p.detach().clone() for p in self.params]
+        self.v = [torch.zeros_like(p) for p in self.params]
+        self.layer_v = []
+        i = 0
+        for ps in self.layer_params:
+            self.layer_v.append(self.v[i:i + len(ps)])
+            i += len(ps)
+        x = X.transpose(1, 0, 2, 3) if X.ndim == 4 else X.T
+        self.x = torch.from_numpy(np.ascontiguousarray(x))
+        self.y = torch.from_numpy(np.ascontiguousarray(Y.T))
+        self.labels = self.y.argmax(dim=1)
+
+    def restore(self) -> None:
+        with self.torch.no_grad():
+            for p, p0, v in zip(self.params, self.start, self.v):
+                p.copy_(p0)
+                v.zero_()
+
+    def _range(self, name: str):
+        if self.ranges:
+            return self.torch.autograd.profiler.record_function(f"costmodel:{name}")
+        from contextlib import nullcontext
+
+        return nullcontext()
+
+    def step(self) -> None:
+        torch, opt, I = self.torch, self.arch.optimizer, self.x.shape[0]
+        for p in self.params:
+            p.grad = None
+        z = self.x
+        for m, layer in enumerate(self.layers, start=1):
+            with self._range(f"layer{m}:forward"):
+                z = layer(z)
+        with self._range("loss"):
+            if self.arch.loss == "mse":
+                loss = ((z - self.y) ** 2).sum()
+            else:
+                loss = torch.nn.functional.cross_entropy(z, self.labels, reduction="sum")
+        with self._range("backward"):
+            loss.backward()
+        with torch.no_grad():
+            for m, (ps, vs) in enumerate(zip(self.layer_params, self.layer_v), start=1):
+                with self._range(f"layer{m}:update"):
+                    for p, v in zip(ps, vs):
+                        v.mul_(opt.momentum).sub_(opt.lr * (p.grad / I + p / opt.C))
+                        p.add_(v)
+
+
+# ---------------------------------------------------------------------------------------------
+# The mapping of profiler events onto the contract (docs/torch-mapping.md)
+
+_CONV_FWD = ("pad", "phi", "conv_matmul", "bias")
+_CONV_BWD = ("conv_grad_W", "bias_grad", "conv_grad_input", "phi_grad", "pad_grad")
+
+#: top-level aten op of a layer's forward range -> the contract's ops it covers
+FORWARD_MAP: dict[str, tuple[str, ...]] = {
+    **{name: _CONV_FWD for name in ("aten::conv2d", "aten::convolution", "aten::_convolution",
+                                     "aten::mkldnn_convolution", "aten::_slow_conv2d_forward",
+                                     "aten::thnn_conv2d")},
+    **{name: ("activation",) for name in ("aten::relu", "aten::relu_", "aten::clamp_min",
+                                           "aten::threshold")},
+    **{name: ("pool",) for name in ("aten::max_pool2d", "aten::max_pool2d_with_indices")},
+    **{name: ("flatten",) for name in ("aten::flatten", "aten::view", "aten::reshape",
+                                        "aten::_reshape_alias")},
+    "aten::linear": ("full_matmul", "bias"),
+    "aten::addmm": ("full_matmul", "bias"),
+    "aten::matmul": ("full_matmul",),
+    "aten::mm": ("full_matmul",),
+    "aten::t": ("full_matmul",),
+    "aten::add": ("bias",),
+    "aten::add_": ("bias",),
+}
+
+#: autograd node of a layer's backward (from "autograd::engine::evaluate_function: NODE")
+BACKWARD_MAP: dict[str, tuple[str, ...]] = {
+    "ConvolutionBackward0": _CONV_BWD,
+    "MkldnnConvolutionBackward0": _CONV_BWD,
+    "ReluBackward0": ("activation_grad",),
+    "ThresholdBackward0": ("activation_grad",),
+    "ClampMinBackward0": ("activation_grad",),
+    "MaxPool2DWithIndicesBackward0": ("pool_grad",),
+    "ViewBackward0": ("flatten_grad",),
+    "ReshapeAliasBackward0": ("flatten_grad",),
+    "UnsafeViewBackward0": ("flatten_grad",),
+    "AddmmBackward0": ("full_grad_W", "bias_grad", "full_grad_input"),
+    "MmBackward0": ("full_grad_W", "full_grad_input"),
+    "TBackward0": ("full_grad_W",),
+    "AddBackward0": ("bias_grad",),
+}
+
+EVALUATE = "autograd::engine::evaluate_function: "
+OTHER = "other"
+
+
+def _children(event) -> list:
+    return list(event.cpu_children)
+
+
+def classify(events, arch: Architecture) -> dict[tuple[int, str, str], float]:
+    """Seconds per (layer, op group or "other", phase) of the events of one profiled step, from
+    its top-level ranges. An op group is the contract's ops an event covers, joined with "+"
+    in the order of costmodel.ops.op_list, restricted to the ops the layer has; an event that
+    covers none of them is "other". Layer 0 holds what belongs to no layer (other, backward)."""
+    L = arch.L
+    present: dict[tuple[int, str], list[str]] = defaultdict(list)
+    for ref in op_list(arch):
+        present[(ref.layer, ref.phase)].append(ref.op)
+
+    def group(m: int, phase: str, ops: tuple[str, ...]) -> str:
+        chosen = [op for op in present.get((m, phase), []) if op in ops]
+        return "+".join(chosen) if chosen else OTHER
+
+    seconds: dict[tuple[int, str, str], float] = defaultdict(float)
+    seq_layer: dict[int, int] = {}
+    backward = []
+    for rng in events:
+        name = rng.name.removeprefix("costmodel:")
+        if name == "backward":
+            backward.append(rng)
+            continue
+        if name == "loss":
+            _mark(rng, L + 1, seq_layer)
+            seconds[(L + 1, "loss", "forward")] += rng.cpu_time_total * 1e-6
+            continue
+        layer, _, phase = name.removeprefix("layer").partition(":")
+        m = int(layer)
+        if phase != "forward":
+            seconds[(m, "update", "update")] += rng.cpu_time_total * 1e-6
+            continue
+        _mark(rng, m, seq_layer)
+        inside = 0.0
+        for e in _children(rng):
+            key = (m, group(m, "forward", FORWARD_MAP.get(e.name, ())), "forward")
+            seconds[key] += e.cpu_time_total * 1e-6
+            inside += e.cpu_time_total * 1e-6
+        # time in the range outside its aten ops (nn.Module calls, dispatch): maps to no op
+        seconds[(m, OTHER, "forward")] += max(rng.cpu_time_total * 1e-6 - inside, 0.0)
+    for rng in backward:
+        inside = 0.0
+        for e in _children(rng):
+            inside += e.cpu_time_total * 1e-6
+            m = seq_layer.get(e.sequence_nr, 0) if e.name.startswith(EVALUATE) else 0
+            if m == L + 1 or (m == 0 and e.name == "aten::ones_like"):  # the seed gradient too
+                key = (L + 1, "loss_grad", "backward")
+            elif m == 0:
+                key = (0, OTHER, "backward")
+            else:
+                node = e.name.removeprefix(EVALUATE)
+                key = (m, group(m, "backward", BACKWARD_MAP.get(node, ())), "backward")
+            seconds[key] += e.cpu_time_total * 1e-6
+        # the autograd engine's own time between its nodes
+        seconds[(0, OTHER, "backward")] += max(rng.cpu_time_total * 1e-6 - inside, 0.0)
+    return _merge_subsets(seconds)
+
+
+def _merge_subsets(seconds: dict) -> dict:
+    """A group whose ops are a subset of another group's in the same layer and phase joins it
+    (TBackward0's full_grad_W goes to AddmmBackward0's full_grad_W+bias_grad+full_grad_input)."""
+    out = dict(seconds)
+    for key in list(out):
+        m, grp, phase = key
+        if grp == OTHER:
+            continue
+        ops = set(grp.split("+"))
+        bigger = [k for k in out if k != key and k[0] == m and k[2] == phase and k[1] != OTHER
+                  and ops < set(k[1].split("+"))]
+        if bigger:
+            out[max(bigger, key=lambda k: len(k[1]))] += out.pop(key)
+    return out
+
+
+def _mark(event, m: int, seq_layer: dict[int, int]) -> None:
+    """Attribute the sequence numbers of event's descendants (the forward ops that create
+    autograd nodes, nested ones too: aten::linear's aten::addmm) to layer m."""
+    for e in _children(event):
+        if e.sequence_nr >= 0:
+            seq_layer[e.sequence_nr] = m
+        _mark(e, m, seq_layer)
+
+
+def _ordered(arch: Architecture, keys) -> list[tuple[int, str, str]]:
+    """Groups in the order of their first op in op_list; "other" rows after the ops of their
+    layer and phase; layer 0 last."""
+    order = {(ref.layer, ref.op, ref.phase): i for i, ref in enumerate(op_list(arch))}
+    n = len(order)
+
+    def rank(key):
+        m, grp, phase = key
+        if grp == OTHER:
+            firsts = [i for (lm, _, ph), i in order.items() if lm == m and ph == phase]
+            return (max(firsts) + 0.5 if firsts else n + 1, key)
+        return (order[(m, grp.split("+")[0], phase)], key)
+
+    return sorted(keys, key=lambda k: (rank(k)[0], str(k)))
+
+
+def layer_type(arch: Architecture, m: int) -> str:
+    if m == 0:
+        return "step"
+    if m == arch.L + 1:
+        return "loss"
+    return arch.layers[m - 1].type
+
+
+def measure_torch(arch: Architecture, *, steps: int = 10, warmup: int = 2, threads: int | None = None,
+                  seed: int = 0, progress: Callable[[int, int], None] | None = None) -> dict:
+    """Run warmup + steps SG steps in PyTorch on the CPU (the reference CNN's weights, batch,
+    dtype, loss and update) and return the median seconds of every op group (DESIGN.md's
+    per-op JSON; ``impl`` is "torch").
+
+    Every timed step runs under torch.profiler; ``step_seconds`` is the median wall-clock of
+    these whole steps, timed around them with the profiler on, and ``coverage`` is the sum of
+    the groups' medians over it (interpreter time between profiler events is in no row).
+    ``unprofiled_step_seconds`` is the median of as many steps without the profiler, to show
+    its overhead. ``threads`` sets torch.set_num_threads for the run (None keeps torch's)."""
+    torch = import_torch()
+    from torch.profiler import ProfilerActivity, profile
+
+    from .cnn import ReferenceCNN
+    from .measure import synthetic_batch
+
+    if steps < 1 or warmup < 0:
+        raise ValueError("steps must be >= 1 and warmup >= 0")
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        used_threads = torch.get_num_threads()
+        X, Y = synthetic_batch(arch, seed)
+        ts = TorchStep(arch, ReferenceCNN(arch, seed=seed), X, Y, ranges=True)
+        total = warmup + 2 * steps
+        done = 0
+        for _ in range(warmup):
+            ts.restore()
+            ts.step()
+            done += 1
+            if progress is not None:
+                progress(done, total)
+        plain: list[float] = []
+        for _ in range(steps):
+            ts.restore()
+            t0 = perf_counter_ns()
+            ts.step()
+            plain.append((perf_counter_ns() - t0) * 1e-9)
+            done += 1
+            if progress is not None:
+                progress(done, total)
+        step_seconds: list[float] = []
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for i in range(steps):
+                ts.restore()
+                with torch.autograd.profiler.record_function(f"costmodel:step{i}"):
+                    t0 = perf_counter_ns()
+                    ts.step()
+                    t1 = perf_counter_ns()
+                step_seconds.append((t1 - t0) * 1e-9)
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+    finally:
+        torch.set_num_threads(previous)
+
+    per_step = []
+    for e in prof.events():
+        if e.cpu_parent is None and e.name.startswith("costmodel:step"):
+            per_step.append((int(e.name.removeprefix("costmodel:step")), classify(_children(e), arch)))
+    per_step = [s for _, s in sorted(per_step)]
+    keys = set().union(*per_step)
+    medians = {k: float(np.median([s.get(k, 0.0) for s in per_step])) for k in keys}
+    total_seconds = sum(medians.values())
+    step_median = float(np.median(step_seconds))
+    return {
+        "arch": arch.name,
+        "batch": arch.batch,
+        "dtype": arch.dtype,
+        "threads": used_threads,
+        "impl": "torch",
+        "torch_version": torch.__version__,
+        "total_seconds": total_seconds,
+        "step_seconds": step_median,
+        "unprofiled_step_seconds": float(np.median(plain)),
+        "coverage": total_seconds / step_median,
+        "ops": [{"layer": m, "layer_type": layer_type(arch, m), "op": grp, "phase": phase,
+                 "seconds": medians[(m, grp, phase)],
+                 "fraction": medians[(m, grp, phase)] / total_seconds if total_seconds > 0 else 0.0}
+                for (m, grp, phase) in _ordered(arch, keys)],
+    }
+
+
+def with_costs(result: dict, arch) -> dict:
+    """FLOPs of each group: the sum of its ops' symbolic FLOPs; bytes: the sum of their bytes
+    in the reference strided implementation (what the separate ops would move; a fused torch
+    kernel moves less). None for "other"."""
+    from costmodel.evaluate import costs
+
+    table = costs(arch, impl="strided").set_index(["layer", "op", "phase"])
+    for row in result["ops"]:
+        if row["op"] == OTHER:
+            row["flops"] = row["bytes"] = None
+            continue
+        parts = [table.loc[(row["layer"], op, row["phase"])] for op in row["op"].split("+")]
+        row["flops"] = int(sum(c["flops"] for c in parts))
+        row["bytes"] = int(sum(c["bytes"] for c in parts))
+    return result
