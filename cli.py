@@ -209,13 +209,16 @@ def compare(
     warmup: Annotated[int, typer.Option(min=0, help="Untimed steps first.")] = 2,
     fmt: FormatOpt = Format.table,
     plot: PlotOpt = None,
+    backends: Annotated[str, typer.Option("--backends", help="numpy: predicted against measured; numpy,torch: "
+                                          "the NumPy step against PyTorch's per op group, explained.")] = "numpy",
 ) -> None:
-    """Measure real steps and predict them: per op, measured and predicted fractions beside FLOP and byte shares."""
+    """Measure real steps and predict them: per op, measured and predicted fractions beside FLOP and byte shares
+    (or, with --backends numpy,torch, the NumPy step against PyTorch's per op group)."""
     from calib.commands import compare_command
 
     typer.echo(compare_command(arch, profile=profile, batch=batch, threads=threads, impl=impl.value,
                                steps=steps, warmup=warmup, fmt=fmt.value, progress=_progress("measure"),
-                               plot=plot), nl=False)
+                               plot=plot, backends=backends), nl=False)
 
 
 class TextFormat(str, Enum):

@@ -186,9 +186,64 @@ def compare(arch, profile, *, impl: str, threads, steps: int, warmup: int, progr
     }
 
 
+BACKENDS_COLUMNS = [
+    ("layer", "layer", str), ("op group", "group", str), ("phase", "phase", str),
+    ("NumPy", "numpy_seconds", fmt_seconds), ("NumPy %", "numpy_fraction", fmt_fraction),
+    ("PyTorch", "torch_seconds", fmt_seconds), ("PyTorch %", "torch_fraction", fmt_fraction),
+    ("NumPy/PyTorch", "ratio", lambda r: "-" if r is None else f"{r:.2f}x"),
+]
+BACKENDS_CSV = ["layer", "layer_type", "group", "phase", "numpy_seconds", "numpy_fraction", "torch_seconds",
+                "torch_fraction", "ratio"]
+
+
+def parse_backends(text: str) -> tuple[str, ...]:
+    from costmodel.errors import UsageError
+
+    names = tuple(b.strip() for b in text.split(",") if b.strip())
+    if names not in (("numpy",), ("numpy", "torch")):
+        raise UsageError(f"--backends: {text!r} is not 'numpy' or 'numpy,torch'")
+    return names
+
+
+def compare_backends_command(arch_path: Path, *, batch, threads, impl, steps, warmup, fmt, progress=None) -> str:
+    """`compare --backends numpy,torch`: per torch op group, NumPy against PyTorch, explained."""
+    from calib.torch_backend import import_torch
+
+    from .backends import compare_backends, render_explanation
+
+    import_torch()  # a missing torch fails first, in one line
+    arch = load_arch(arch_path).with_batch(batch)
+    from calib.memory import check_memory
+
+    check_memory(arch, impl)
+    result = compare_backends(arch, impl=impl, threads=threads, steps=steps, warmup=warmup, progress=progress)
+    n, t = result["numpy"], result["torch"]
+    ratio = lambda r: "-" if r is None else f"{r:.2f}x"  # noqa: E731
+    footer = [
+        f"step: NumPy {fmt_seconds(n['step_seconds'])}, PyTorch {fmt_seconds(t['step_seconds'])} (profiler on; "
+        f"{fmt_seconds(t['unprofiled_step_seconds'])} without it): NumPy/PyTorch {ratio(result['step_ratio'])}",
+        f"sum of rows: NumPy {fmt_seconds(n['total_seconds'])} (coverage {n['coverage']:.3f}), PyTorch "
+        f"{fmt_seconds(t['total_seconds'])} (coverage {t['coverage']:.3f}): NumPy/PyTorch {ratio(result['total_ratio'])}",
+        f"{arch.name}: batch I={arch.batch}, {arch.dtype}, NumPy impl={impl} with {n['threads']} BLAS thread(s), "
+        f"PyTorch {t['torch_version']} with {t['threads']} thread(s); groups as in docs/torch-mapping.md",
+    ]
+    if fmt != "table":
+        return render(result, fmt, BACKENDS_COLUMNS, "", (), BACKENDS_CSV)
+    return (render(result, fmt, BACKENDS_COLUMNS, f"NumPy against PyTorch: {arch.name}", footer, BACKENDS_CSV)
+            + render_explanation({"sections": result["explanation"]}))
+
+
 def compare_command(arch_path: Path, *, profile, batch, threads, impl, steps, warmup, fmt, progress=None,
-                    plot=None) -> str:
+                    plot=None, backends: str = "numpy") -> str:
     from costmodel.profile import find_profile
+
+    if parse_backends(backends) == ("numpy", "torch"):
+        if plot:
+            from costmodel.errors import UsageError
+
+            raise UsageError("--plot is for --backends numpy only")
+        return compare_backends_command(arch_path, batch=batch, threads=threads, impl=impl, steps=steps,
+                                        warmup=warmup, fmt=fmt, progress=progress)
 
     arch = load_arch(arch_path).with_batch(batch)
     prof = find_profile(profile)

@@ -33,7 +33,8 @@ def measure(arch: Architecture, *, steps: int = 10, warmup: int = 2, threads: in
     Every step starts from the same seeded parameters (restored outside the timed region), so
     the times do not depend on whether the optimizer's settings make training diverge on
     synthetic data. ``step_seconds`` is the median wall-clock of whole steps, timed outside
-    the op timers; ``coverage`` is the sum of the ops' medians over it. ``threads`` limits
+    the op timers; ``coverage`` is the median over steps of the sum of a step's op times over its
+wall-clock. ``threads`` limits
     the BLAS (and OpenMP) pools with threadpoolctl (None keeps the current setting) and is
     the number of threads the strided implementation shares its large ops among.
     """
@@ -75,7 +76,10 @@ def measure(arch: Architecture, *, steps: int = 10, warmup: int = 2, threads: in
         "impl": impl,
         "total_seconds": total_seconds,
         "step_seconds": step_median,
-        "coverage": total_seconds / step_median,
+        # each step's own timed share, then the median: a sum of per-op medians against the
+        # median step would be biased low whenever hiccups land in different ops of each step
+        "coverage": float(np.median([sum(ops.values()) / step
+                                     for ops, step in zip(op_seconds, step_seconds)])),
         "ops": [{"layer": key.layer, "layer_type": key.layer_type, "op": key.op,
                  "phase": key.phase, "seconds": seconds,
                  "fraction": seconds / total_seconds if total_seconds > 0 else 0.0}

@@ -20,8 +20,8 @@ from tests.test_cnn import EXAMPLES, example
 def test_measure_covers_the_step(path, impl):
     arch = example(path, batch=8)
     calls = []
-    result = measure(arch, steps=7, warmup=2, impl=impl, progress=lambda i, n: calls.append((i, n)))
-    assert calls == [(i, 9) for i in range(1, 10)]
+    result = measure(arch, steps=15, warmup=3, impl=impl, progress=lambda i, n: calls.append((i, n)))
+    assert calls == [(i, 18) for i in range(1, 19)]
     assert {k: result[k] for k in ("arch", "batch", "dtype", "impl")} == {
         "arch": arch.name, "batch": 8, "dtype": arch.dtype, "impl": impl}
     assert result["threads"] == blas_threads() >= 1

@@ -1,0 +1,288 @@
+"""`costmodel compare ARCH --backends numpy,torch`: the same SG step in the NumPy reference CNN
+and in PyTorch, per torch op group, and an explanation built from the two measurements.
+
+The NumPy backend times every op of the contract; PyTorch fuses several of them into one
+kernel (docs/torch-mapping.md). ``group_rows`` sums the NumPy ops of each torch group (e.g.
+NumPy's pad, phi, conv_matmul and bias of layer m against torch's
+``pad+phi+conv_matmul+bias`` of layer m) and keeps torch's ``other`` rows (time that maps to
+no op; the NumPy timer's laps tile the step, so NumPy has none). ``explain_backends`` turns
+the grouped numbers into sentences: which groups the framework does faster and by how much,
+and a verdict on each of the slides' reasons, decided by comparing the numbers against the
+named thresholds below. ``group_rows`` and ``explain_backends`` are pure.
+"""
+
+from __future__ import annotations
+
+from costmodel.explain import course_name
+from costmodel.ops import op_list
+from costmodel.report import fmt_fraction, fmt_seconds
+
+OTHER = "other"
+
+#: a group (or a set of groups) counts as done faster by the framework from this ratio
+#: numpy / torch seconds up
+FASTER_RATIO = 1.5
+#: the index ops (pad + phi forward; phi_grad + pad_grad backward) must be at least this
+#: share of NumPy's time of the groups for the fusion to explain the gap
+INDEX_SHARE_MIN = 0.25
+#: groups named in the "faster" sentence: at most this many, by seconds saved
+MAX_NAMED = 4
+
+#: the elementwise ops whose torch kernels run on the intra-op thread pool
+ELEMENTWISE_OPS = frozenset({"activation", "activation_grad", "pool", "pool_grad", "bias", "bias_grad", "update"})
+_CONV_FWD_INDEX = ("pad", "phi")
+_CONV_BWD_INDEX = ("phi_grad", "pad_grad")
+
+
+# ---------------------------------------------------------------------------------------------
+# Grouping
+
+def static_groups(arch) -> dict[tuple[int, str, str], str]:
+    """The torch group of every op of the contract, from the mapping tables of
+    calib.torch_backend (the largest group of the mapping that holds the op, restricted to the
+    ops the layer has): what ``measure_torch`` reports when every event is present."""
+    from .torch_backend import BACKWARD_MAP, FORWARD_MAP
+
+    present: dict[tuple[int, str], list[str]] = {}
+    for ref in op_list(arch):
+        present.setdefault((ref.layer, ref.phase), []).append(ref.op)
+    tables = {"forward": set(FORWARD_MAP.values()), "backward": set(BACKWARD_MAP.values())}
+    out = {}
+    for ref in op_list(arch):
+        ops = present[(ref.layer, ref.phase)]
+        best = [ref.op]
+        for members in tables.get(ref.phase, ()):
+            if ref.op in members:
+                chosen = [op for op in ops if op in members]
+                if len(chosen) > len(best):
+                    best = chosen
+        out[(ref.layer, ref.op, ref.phase)] = "+".join(best)
+    return out
+
+
+def group_rows(numpy_rows: list[dict], torch_rows: list[dict], arch=None) -> list[dict]:
+    """One row per torch group (and per torch ``other`` row): the NumPy seconds of the group's
+    ops summed, the torch seconds, each backend's fraction of its sum of rows, and the ratio
+    numpy / torch. A NumPy op no torch row covers gets the group ``static_groups`` gives it
+    (or its own), with torch seconds 0. Rows keep torch's order; NumPy-only groups follow."""
+    of_op: dict[tuple[int, str, str], tuple[int, str, str]] = {}
+    rows: dict[tuple[int, str, str], dict] = {}
+    for r in torch_rows:
+        key = (r["layer"], r["op"], r["phase"])
+        rows[key] = {"layer": r["layer"], "layer_type": r.get("layer_type"), "group": r["op"],
+                     "phase": r["phase"], "numpy_seconds": None if r["op"] == OTHER else 0.0,
+                     "torch_seconds": r["seconds"], "numpy_ops": {}}
+        if r["op"] != OTHER:
+            for op in r["op"].split("+"):
+                of_op[(r["layer"], op, r["phase"])] = key
+    fallback = static_groups(arch) if arch is not None else {}
+    for r in numpy_rows:
+        op_key = (r["layer"], r["op"], r["phase"])
+        key = of_op.get(op_key)
+        if key is None:
+            key = (r["layer"], fallback.get(op_key, r["op"]), r["phase"])
+            rows.setdefault(key, {"layer": r["layer"], "layer_type": r.get("layer_type"), "group": key[1],
+                                  "phase": r["phase"], "numpy_seconds": 0.0, "torch_seconds": 0.0,
+                                  "numpy_ops": {}})
+        row = rows[key]
+        row["numpy_seconds"] += r["seconds"]
+        row["numpy_ops"][r["op"]] = row["numpy_ops"].get(r["op"], 0.0) + r["seconds"]
+    n_total = sum(r["numpy_seconds"] or 0.0 for r in rows.values())
+    t_total = sum(r["torch_seconds"] for r in rows.values())
+    out = []
+    for row in rows.values():
+        ns, ts = row["numpy_seconds"], row["torch_seconds"]
+        row["numpy_fraction"] = None if ns is None else (ns / n_total if n_total else 0.0)
+        row["torch_fraction"] = ts / t_total if t_total else 0.0
+        row["ratio"] = ns / ts if ns is not None and ts > 0 else None
+        out.append(row)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Explanation
+
+def _ms(s: float) -> str:
+    return fmt_seconds(s)
+
+
+def _x(r: float | None) -> str:
+    return "-" if r is None else f"{r:.3g}x"
+
+
+def _faster_sentences(groups: list[dict]) -> list[str]:
+    ops = [g for g in groups if g["group"] != OTHER and g["torch_seconds"] > 0]
+    faster = sorted((g for g in ops if g["ratio"] is not None and g["ratio"] >= FASTER_RATIO),
+                    key=lambda g: g["numpy_seconds"] - g["torch_seconds"], reverse=True)
+    slower = sorted((g for g in ops if g["ratio"] is not None and g["ratio"] < 1.0), key=lambda g: g["ratio"])
+    out = []
+    if faster:
+        named = "; ".join(f"{g['group']} of layer {g['layer']} ({g['phase']}): {_ms(g['torch_seconds'])} in PyTorch "
+                          f"against {_ms(g['numpy_seconds'])} in NumPy ({_x(g['ratio'])})" for g in faster[:MAX_NAMED])
+        saved = sum(g["numpy_seconds"] - g["torch_seconds"] for g in faster)
+        out.append(f"PyTorch does {len(faster)} of the {len(ops)} op groups at least {FASTER_RATIO:g}x faster, "
+                   f"saving {_ms(saved)} in all; the largest savings: {named}.")
+    else:
+        out.append(f"PyTorch does none of the {len(ops)} op groups {FASTER_RATIO:g}x faster than NumPy.")
+    if slower:
+        named = "; ".join(f"{g['group']} of layer {g['layer']} ({g['phase']}): {_ms(g['numpy_seconds'])} in NumPy "
+                          f"against {_ms(g['torch_seconds'])} in PyTorch ({_x(1 / g['ratio'] if g['ratio'] else None)} "
+                          "faster in NumPy)" for g in slower[:MAX_NAMED])
+        out.append(f"NumPy is faster in {len(slower)} of the {len(ops)} group(s); the largest gaps: {named}.")
+    other = sum(g["torch_seconds"] for g in groups if g["group"] == OTHER)
+    t_total = sum(g["torch_seconds"] for g in groups)
+    if other > 0:
+        out.append(f"PyTorch spends {_ms(other)} ({fmt_fraction(other / t_total)} of its rows) in time that maps to "
+                   "no op (module calls, dispatch, the autograd engine); NumPy's timer counts its glue to the ops.")
+    return out
+
+
+def _verdict(reason: str, supported: bool, evidence: list[str], numbers: dict) -> dict:
+    word = "supported" if supported else "not supported by these numbers"
+    return {"reason": reason, "supported": supported, "numbers": numbers,
+            "sentences": evidence + [f"Verdict on \"{reason}\": {word}."]}
+
+
+def _conv_verdict(groups: list[dict]) -> dict:
+    reason = "fused convolution instead of phi + product"
+    conv = [g for g in groups if g["phase"] == "forward" and "phi" in g["group"].split("+")]
+    if not conv:
+        return _verdict(reason, False, ["The network has no convolutional layer."], {})
+    evidence = []
+    for g in conv:
+        index = sum(g["numpy_ops"].get(op, 0.0) for op in _CONV_FWD_INDEX)
+        product = g["numpy_ops"].get("conv_matmul", 0.0)
+        cmp = "more than" if index > product else "less than"
+        evidence.append(
+            f"The fused convolution of layer {g['layer']} ({g['group']}) takes {_ms(g['torch_seconds'])} in PyTorch "
+            f"against {_ms(g['numpy_seconds'])} in NumPy ({_x(g['ratio'])}): of the NumPy time, "
+            f"{course_name('phi', g['layer'])} with its padding is {_ms(index)}, {cmp} the matrix product's "
+            f"{_ms(product)}.")
+    n = sum(g["numpy_seconds"] for g in conv)
+    t = sum(g["torch_seconds"] for g in conv)
+    index = sum(g["numpy_ops"].get(op, 0.0) for g in conv for op in _CONV_FWD_INDEX)
+    ratio = n / t if t > 0 else None
+    share = index / n if n else 0.0
+    supported = ratio is not None and ratio >= FASTER_RATIO and share >= INDEX_SHARE_MIN
+    evidence.append(f"All convolutions forward: {_ms(t)} in PyTorch against {_ms(n)} in NumPy ({_x(ratio)}, "
+                    f"threshold {FASTER_RATIO:g}x); pad and phi are {fmt_fraction(share)} of the NumPy time "
+                    f"(threshold {fmt_fraction(INDEX_SHARE_MIN)}), work a direct convolution never does.")
+    return _verdict(reason, supported, evidence, {"ratio": ratio, "index_share": share})
+
+
+def _backward_verdict(groups: list[dict]) -> dict:
+    reason = "fused backward instead of scatter-add"
+    conv = [g for g in groups if g["phase"] == "backward" and "phi_grad" in g["group"].split("+")]
+    if not conv:
+        return _verdict(reason, False, ["No layer computes phi_grad (no convolution after the first layer)."], {})
+    evidence = []
+    for g in conv:
+        scatter = sum(g["numpy_ops"].get(op, 0.0) for op in _CONV_BWD_INDEX)
+        cmp = "more than" if scatter > g["torch_seconds"] else "less than"
+        evidence.append(
+            f"The fused convolution backward of layer {g['layer']} takes {_ms(g['torch_seconds'])} in PyTorch against "
+            f"{_ms(g['numpy_seconds'])} in NumPy ({_x(g['ratio'])}): NumPy's scatter-add "
+            f"{course_name('phi_grad', g['layer'])} with pad_grad alone takes {_ms(scatter)}, {cmp} PyTorch's whole "
+            "backward of the layer.")
+    n = sum(g["numpy_seconds"] for g in conv)
+    t = sum(g["torch_seconds"] for g in conv)
+    scatter = sum(g["numpy_ops"].get(op, 0.0) for g in conv for op in _CONV_BWD_INDEX)
+    ratio = n / t if t > 0 else None
+    share = scatter / n if n else 0.0
+    supported = ratio is not None and ratio >= FASTER_RATIO and share >= INDEX_SHARE_MIN
+    evidence.append(f"All convolution backwards with phi_grad: {_ms(t)} in PyTorch against {_ms(n)} in NumPy "
+                    f"({_x(ratio)}, threshold {FASTER_RATIO:g}x); the scatter-add is {fmt_fraction(share)} of the "
+                    f"NumPy time (threshold {fmt_fraction(INDEX_SHARE_MIN)}).")
+    return _verdict(reason, supported, evidence, {"ratio": ratio, "index_share": share})
+
+
+def _elementwise_verdict(groups: list[dict], threads: int) -> dict:
+    reason = "threads used by elementwise ops"
+    ew = [g for g in groups if g["group"] != OTHER and set(g["group"].split("+")) <= ELEMENTWISE_OPS]
+    n = sum(g["numpy_seconds"] for g in ew)
+    t = sum(g["torch_seconds"] for g in ew)
+    ratio = n / t if t > 0 else None
+    by_op: dict[str, list[float]] = {}
+    for g in ew:
+        pair = by_op.setdefault(g["group"], [0.0, 0.0])
+        pair[0] += g["numpy_seconds"]
+        pair[1] += g["torch_seconds"]
+    parts = "; ".join(f"{op}: {_ms(tt)} against {_ms(nn)} ({_x(nn / tt if tt > 0 else None)})"
+                      for op, (nn, tt) in sorted(by_op.items(), key=lambda kv: -kv[1][0]))
+    evidence = [f"The elementwise groups (pooling, activation, bias, update) take {_ms(t)} in PyTorch against "
+                f"{_ms(n)} in NumPy ({_x(ratio)}, threshold {FASTER_RATIO:g}x) with {threads} PyTorch thread(s)"
+                + (f"; {parts}." if parts else ".")]
+    if threads <= 1:
+        evidence.append("With one thread any gain comes from the kernels, not from threads.")
+    elif ratio is not None and ratio > threads:
+        evidence.append(f"A ratio of {_x(ratio)} is above the {threads} threads: threads alone do not explain it, "
+                        "the kernels are faster too.")
+    supported = threads > 1 and ratio is not None and ratio >= FASTER_RATIO
+    return _verdict(reason, supported, evidence, {"ratio": ratio, "threads": threads})
+
+
+def explain_backends(result: dict) -> dict:
+    """Sentences and verdicts from a backends comparison (``compare_backends``'s result or the
+    same keys from synthetic numbers): the step, the groups PyTorch does faster, and each of
+    the slides' reasons with a verdict that follows from the numbers and the thresholds."""
+    groups, numpy, torch = result["ops"], result["numpy"], result["torch"]
+    ratio = numpy["step_seconds"] / torch["step_seconds"] if torch["step_seconds"] > 0 else None
+    faster = "faster" if ratio is not None and ratio >= 1 else "slower"
+    step = [f"The SG step of {result['arch']} (I={result['batch']}, {result['dtype']}) takes "
+            f"{_ms(torch['step_seconds'])} in PyTorch ({torch['threads']} thread(s)) against "
+            f"{_ms(numpy['step_seconds'])} in NumPy (impl {numpy['impl']}, {numpy['threads']} BLAS thread(s)): "
+            f"PyTorch is {_x(ratio if faster == 'faster' else (1 / ratio if ratio else None))} {faster}."]
+    verdicts = [_conv_verdict(groups), _backward_verdict(groups), _elementwise_verdict(groups, torch["threads"])]
+    return {
+        "step_ratio": ratio,
+        "sections": [{"title": "The step", "sentences": step + _faster_sentences(groups)}]
+        + [{"title": f"The slides' reason: {v['reason']}", "sentences": v["sentences"]} for v in verdicts],
+        "verdicts": [{k: v[k] for k in ("reason", "supported", "numbers")} for v in verdicts],
+    }
+
+
+def render_explanation(explanation: dict, width: int = 100) -> str:
+    import textwrap
+
+    lines = []
+    for section in explanation["sections"]:
+        lines += ["", section["title"]]
+        for s in section["sentences"]:
+            lines += textwrap.wrap(s, width, initial_indent="  - ", subsequent_indent="    ", break_on_hyphens=False)
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring
+
+def compare_backends(arch, *, impl: str = "index", threads=None, steps: int = 10, warmup: int = 2,
+                     progress=None) -> dict:
+    """Measure the step in NumPy (``impl``) and in PyTorch with the same threads, group the
+    NumPy ops into torch's groups, and explain the difference."""
+    from .measure import measure
+    from .torch_backend import import_torch, measure_torch
+
+    import_torch()
+    n = measure(arch, steps=steps, warmup=warmup, threads=threads, impl=impl, progress=progress)
+    t = measure_torch(arch, steps=steps, warmup=warmup, threads=threads, progress=progress)
+    return assemble(arch, n, t)
+
+
+def assemble(arch, n: dict, t: dict) -> dict:
+    """The comparison's result from the two measurements (pure)."""
+    groups = group_rows(n["ops"], t["ops"], arch)
+    side = lambda r, impl: {"impl": impl, "threads": r["threads"], "step_seconds": r["step_seconds"],  # noqa: E731
+                            "total_seconds": r["total_seconds"], "coverage": r["coverage"]}
+    result = {
+        "arch": arch.name, "batch": arch.batch, "dtype": arch.dtype,
+        "numpy": side(n, n["impl"]),
+        "torch": {**side(t, "torch"), "torch_version": t.get("torch_version"),
+                  "unprofiled_step_seconds": t.get("unprofiled_step_seconds")},
+        "total_ratio": n["total_seconds"] / t["total_seconds"] if t["total_seconds"] > 0 else None,
+        "ops": groups,
+    }
+    explanation = explain_backends(result)
+    result["step_ratio"] = explanation["step_ratio"]
+    result["explanation"] = explanation["sections"]
+    result["verdicts"] = explanation["verdicts"]
+    return result
