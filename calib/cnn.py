@@ -59,6 +59,19 @@ class _Layer:
         self.key = partial(OpKey, sz.m, kind)
         self.k_update = self.key("update", "update")
 
+    def bias_activation(self, tm, trace: Trace | None) -> None:
+        """S = S + b 1^T, then sigma(S) in place (ReLU; nothing for a linear layer)."""
+        self.workers.run(kernels.add_bias, len(self.b), (self.S, self.b))
+        tm.lap(self.k_bias)
+        if trace is not None:
+            trace(self.k_bias, [self.S, self.b], [self.S])
+
+        if self.relu:
+            self.workers.run(kernels.relu, len(self.b), (self.S,))
+            tm.lap(self.k_activation)
+            if trace is not None:
+                trace(self.k_activation, [self.S], [self.S])
+
     def backward_product(self, dS: np.ndarray, X: np.ndarray, dX: np.ndarray, k_grad_W: OpKey,
                          k_grad_input: OpKey, tm, trace: Trace | None) -> bool:
         """The backward of S = W X + b 1^T, X = phi(pad(Z)) (conv) or Z (full): the ReLU
@@ -177,16 +190,7 @@ class _ConvLayer(_Layer):
         if trace is not None:
             trace(self.k_conv_matmul, [self.W, self.phi], [self.S])
 
-        self.workers.run(kernels.add_bias, len(self.b), (self.S, self.b))
-        tm.lap(self.k_bias)
-        if trace is not None:
-            trace(self.k_bias, [self.S, self.b], [self.S])
-
-        if self.relu:
-            self.workers.run(kernels.relu, len(self.b), (self.S,))
-            tm.lap(self.k_activation)
-            if trace is not None:
-                trace(self.k_activation, [self.S], [self.S])
+        self.bias_activation(tm, trace)
 
         if sz.pool == 1:
             return self.A
@@ -284,16 +288,7 @@ class _FullLayer(_Layer):
         if trace is not None:
             trace(self.k_full_matmul, [self.W, Z], [self.S])
 
-        self.workers.run(kernels.add_bias, len(self.b), (self.S, self.b))
-        tm.lap(self.k_bias)
-        if trace is not None:
-            trace(self.k_bias, [self.S, self.b], [self.S])
-
-        if self.relu:
-            self.workers.run(kernels.relu, len(self.b), (self.S,))
-            tm.lap(self.k_activation)
-            if trace is not None:
-                trace(self.k_activation, [self.S], [self.S])
+        self.bias_activation(tm, trace)
         return self.S
 
     def backward(self, dZnext: np.ndarray, tm, trace: Trace | None) -> np.ndarray | None:

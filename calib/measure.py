@@ -8,6 +8,7 @@ from typing import Callable
 import numpy as np
 
 from costmodel.arch import Architecture
+from costmodel.ops import OpKey
 
 from .cnn import ReferenceCNN, one_hot, to_layout
 from .kernels import blas_threads
@@ -65,17 +66,19 @@ wall-clock. ``threads`` limits
             if progress is not None:
                 progress(i + 1, total)
 
-    medians = {key: float(np.median([s[key] for s in op_seconds])) for key in op_seconds[0]}
+    return {"arch": arch.name, "batch": arch.batch, "dtype": arch.dtype, "threads": used_threads,
+            "impl": impl, **summarize(op_seconds, step_seconds, list(op_seconds[0]))}
+
+
+def summarize(op_seconds: list[dict], step_seconds: list[float], order: list[OpKey]) -> dict:
+    """The per-op part of DESIGN.md's measure JSON from the op times of each step (an op missing
+    from a step counts 0 there): per op the median seconds and its fraction of their sum
+    (`total_seconds`), the median whole step (`step_seconds`) and `coverage`."""
+    medians = {key: float(np.median([s.get(key, 0.0) for s in op_seconds])) for key in order}
     total_seconds = sum(medians.values())
-    step_median = float(np.median(step_seconds))
     return {
-        "arch": arch.name,
-        "batch": arch.batch,
-        "dtype": arch.dtype,
-        "threads": used_threads,
-        "impl": impl,
         "total_seconds": total_seconds,
-        "step_seconds": step_median,
+        "step_seconds": float(np.median(step_seconds)),
         # each step's own timed share, then the median: a sum of per-op medians against the
         # median step would be biased low whenever hiccups land in different ops of each step
         "coverage": float(np.median([sum(ops.values()) / step

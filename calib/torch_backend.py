@@ -22,7 +22,9 @@ import numpy as np
 
 from costmodel.arch import Architecture
 from costmodel.errors import CostModelError
-from costmodel.ops import needs_flatten, op_list
+from costmodel.ops import OpKey, needs_flatten, op_list
+
+from .measure import summarize
 
 INSTALL_HINT = "PyTorch is not installed; install the extra with: pip install 'costmodel[torch]'"
 
@@ -362,27 +364,17 @@ def measure_torch(arch: Architecture, *, steps: int = 10, warmup: int = 2, threa
     for e in prof.events():
         if e.cpu_parent is None and e.name.startswith("costmodel:step"):
             per_step.append((int(e.name.removeprefix("costmodel:step")), classify(_children(e), arch)))
-    per_step = [s for _, s in sorted(per_step)]
-    keys = set().union(*per_step)
-    medians = {k: float(np.median([s.get(k, 0.0) for s in per_step])) for k in keys}
-    total_seconds = sum(medians.values())
-    step_median = float(np.median(step_seconds))
-    return {
-        "arch": arch.name,
-        "batch": arch.batch,
-        "dtype": arch.dtype,
-        "threads": used_threads,
-        "impl": "torch",
-        "torch_version": torch.__version__,
-        "total_seconds": total_seconds,
-        "step_seconds": step_median,
-        "unprofiled_step_seconds": float(np.median(plain)),
-        "coverage": total_seconds / step_median,
-        "ops": [{"layer": m, "layer_type": layer_type(arch, m), "op": grp, "phase": phase,
-                 "seconds": medians[(m, grp, phase)],
-                 "fraction": medians[(m, grp, phase)] / total_seconds if total_seconds > 0 else 0.0}
-                for (m, grp, phase) in _ordered(arch, keys)],
-    }
+    raw = [s for _, s in sorted(per_step)]
+
+    def key(m: int, grp: str, phase: str) -> OpKey:
+        return OpKey(m, layer_type(arch, m), grp, phase)
+
+    order = [key(*k) for k in _ordered(arch, set().union(*raw))]
+    per_step = [{key(*k): sec for k, sec in s.items()} for s in raw]
+    return {"arch": arch.name, "batch": arch.batch, "dtype": arch.dtype, "threads": used_threads,
+            "impl": "torch", "torch_version": torch.__version__,
+            "unprofiled_step_seconds": float(np.median(plain)),
+            **summarize(per_step, step_seconds, order)}
 
 
 def with_costs(result: dict, arch) -> dict:
