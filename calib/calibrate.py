@@ -60,13 +60,8 @@ def time_sweep(archs: list[Architecture], impl: str, *, threads: int, rounds: in
 
     rng = np.random.default_rng(seed)
     samples: list[dict] = []
-    # A chunk never mixes networks that run on the implementation's own threads (BLAS set to
-    # one thread around their steps) with networks whose products use BLAS's threads: switching
-    # the BLAS thread count between steps makes the next products pay for waking its threads,
-    # which a training step never does.
-    order = sorted(range(len(archs)), key=lambda i: threaded_step(archs[i], impl, threads))
-    for start in range(0, len(order), chunk):
-        group = [(i, archs[i]) for i in order[start:start + chunk]]
+    for first in range(0, len(archs), chunk):
+        group = list(enumerate(archs[first:first + chunk], start=first))
         nets = []
         for i, arch in group:
             cnn = ReferenceCNN(arch, impl=impl, seed=i, threads=threads)

@@ -14,8 +14,8 @@ A call with another batch size (training's last partial batch) rebuilds them for
 ``predict`` runs in chunks of ``arch.batch``, padding the last chunk.
 
 Threads: ``impl="index"`` is simpleNN's single-threaded NumPy, with BLAS's own threads in the
-matrix products. ``impl="strided"`` in a network with a large conv part shares every large op
-among ``threads`` threads of its own (kernels.Workers) while BLAS runs single-threaded.
+matrix products. ``impl="strided"`` with more than one thread shares every large op among
+``threads`` threads of its own (kernels.Workers) while BLAS runs single-threaded.
 """
 
 from __future__ import annotations
@@ -349,7 +349,7 @@ class ReferenceCNN:
                          for sz in sizes if sz.kind == "conv" and sz.m > 1), default=0)
         # conv_grad_input of one layer at a time: every layer's dphi is a view of one buffer
         dphi_scratch = np.empty(dphi_size, dtype=self.dtype) if dphi_size else None
-        # threads of its own only for a network with a large conv part (kernels.Workers)
+        # the strided implementation's own threads (kernels.Workers, costmodel.ops.threaded_step)
         threaded = threaded_step(self.arch.with_batch(I), self.impl, self.threads)
         self.workers = kernels.Workers(self.threads if threaded else 1)
         for layer in self.layers:

@@ -266,11 +266,10 @@ def sgd_momentum(W: np.ndarray, dW: np.ndarray, v: np.ndarray, *, lr: float,
 
 # -- threads ----------------------------------------------------------------------------------
 
-# Which networks use threads at all (costmodel.ops.threaded_step) and which ops they share
+# When a step uses threads (costmodel.ops.threaded_step) and which ops they share
 # (costmodel.ops.SPLIT_BYTES, SPLIT_FLOPS) are rules of the cost model too, so they live there.
 # Handing work to a sleeping thread costs 20-60 us (on a 2-core VM), more than it saves for a
-# small op; for a small network the BLAS's own threads, which busy-wait instead of sleeping,
-# serve the products better.
+# small op.
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 _BLAS: list = []  # threadpoolctl's controller of the BLAS libraries, made once

@@ -20,9 +20,11 @@ import numpy as np
 
 from costmodel.arch import Architecture, parse_arch
 from costmodel.errors import ArchError
-from costmodel.ops import THREADED_PHI_BYTES
+
 
 KERNELS = (1, 3, 3, 5, 5, 7, 9, 11)
+#: every third sweep point has a phi(pad(Z)) at least this large, as the examples at I = 128
+LARGE_PHI_BYTES = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -96,13 +98,13 @@ def _phi_bytes(arch: Architecture) -> int:
 def design(n: int, *, dtype: str, seed: int = 0, limits: SweepLimits = SweepLimits()) -> list[Architecture]:
     """`n` sweep architectures in `dtype`, reproducible from `seed`, all within `limits`.
 
-    Every third point is a large conv network (phi(pad(Z)) of at least THREADED_PHI_BYTES,
+    Every third point is a large conv network (phi(pad(Z)) of at least LARGE_PHI_BYTES,
     as the examples' first layers at I = 128): the strided implementation runs those on its
     own threads (costmodel.ops.threaded_step), so both regimes get samples, and the working
     sets reach main memory."""
     rng = np.random.default_rng(seed)
     itemsize = np.dtype(dtype).itemsize
-    large_fits = limits.max_elements * itemsize >= 2 * THREADED_PHI_BYTES
+    large_fits = limits.max_elements * itemsize >= 2 * LARGE_PHI_BYTES
     points: list[Architecture] = []
     while len(points) < n:
         i = len(points)
@@ -116,9 +118,9 @@ def design(n: int, *, dtype: str, seed: int = 0, limits: SweepLimits = SweepLimi
         large = large_fits and i % 3 == 1 and make is _conv_point
         if large and arch.n_conv:
             # choose I so that phi(pad(Z)) lands between the threshold and the limit
-            target = math.exp(rng.uniform(math.log(THREADED_PHI_BYTES), math.log(limits.max_elements * itemsize)))
+            target = math.exp(rng.uniform(math.log(LARGE_PHI_BYTES), math.log(limits.max_elements * itemsize)))
             per_instance = _phi_bytes(arch) / arch.batch
             arch = arch.with_batch(int(min(512, max(1, math.ceil(target / per_instance)))))
-        if _within(arch, limits) and (not large or _phi_bytes(arch) >= THREADED_PHI_BYTES):
+        if _within(arch, limits) and (not large or _phi_bytes(arch) >= LARGE_PHI_BYTES):
             points.append(arch)
     return points

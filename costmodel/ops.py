@@ -84,19 +84,13 @@ def needs_flatten(arch: Architecture, m: int) -> bool:
     return m >= 2 and arch.layers[m - 1].type == "full" and arch.layers[m - 2].type == "conv"
 
 
-#: the strided implementation shares every large op of a step among threads of its own (with
-#: BLAS single-threaded meanwhile) when the network's largest phi(pad(Z)) has at least this
-#: many bytes; smaller networks run as the index one does (calib.kernels.Workers)
-THREADED_PHI_BYTES = 1 << 24
-
-
 def threaded_step(arch: Architecture, impl: str, threads: int) -> bool:
-    """Whether `impl` runs the step of `arch` on threads of its own (see THREADED_PHI_BYTES)."""
-    if impl != "strided" or threads < 2:
-        return False
-    phi_elements = max((sz.h * sz.h * sz.d * arch.batch * sz.a_conv * sz.b_conv
-                        for sz in arch.sizes() if sz.kind == "conv"), default=0)
-    return phi_elements * arch.itemsize >= THREADED_PHI_BYTES
+    """Whether `impl` runs the step of `arch` on threads of its own: the strided implementation
+    does with more than one thread, sharing every large op among them while BLAS runs
+    single-threaded (calib.kernels.Workers). One way for every network: switching BLAS's
+    thread count between networks made op times depend on what ran before (measured: up to
+    +45 % in calibration against a training loop)."""
+    return impl == "strided" and threads >= 2
 
 
 #: in a threaded step, an op moving at least SPLIT_BYTES, or a product of at least SPLIT_FLOPS,

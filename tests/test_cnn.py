@@ -258,7 +258,6 @@ def test_strided_threads_agree_with_index(arch_id, threads, monkeypatch):
 
     monkeypatch.setattr(costmodel.ops, "SPLIT_BYTES", 0)
     monkeypatch.setattr(costmodel.ops, "SPLIT_FLOPS", 0)
-    monkeypatch.setattr(costmodel.ops, "THREADED_PHI_BYTES", 0)
     if arch_id.startswith("random-"):
         arch = random_arch(np.random.default_rng(200 + int(arch_id[7:])), batch=5)
     else:
