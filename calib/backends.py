@@ -158,16 +158,22 @@ def _conv_verdict(groups: list[dict]) -> dict:
             f"against {_ms(g['numpy_seconds'])} in NumPy ({_x(g['ratio'])}): of the NumPy time, "
             f"{course_name('phi', g['layer'])} with its padding is {_ms(index)}, {cmp} the matrix product's "
             f"{_ms(product)}.")
-    n = sum(g["numpy_seconds"] for g in conv)
-    t = sum(g["torch_seconds"] for g in conv)
-    index = sum(g["numpy_ops"].get(op, 0.0) for g in conv for op in _CONV_FWD_INDEX)
-    ratio = n / t if t > 0 else None
-    share = index / n if n else 0.0
-    supported = ratio is not None and ratio >= FASTER_RATIO and share >= INDEX_SHARE_MIN
+    n, t, ratio, share, supported = _index_totals(conv, _CONV_FWD_INDEX)
     evidence.append(f"All convolutions forward: {_ms(t)} in PyTorch against {_ms(n)} in NumPy ({_x(ratio)}, "
                     f"threshold {FASTER_RATIO:g}x); pad and phi are {fmt_fraction(share)} of the NumPy time "
                     f"(threshold {fmt_fraction(INDEX_SHARE_MIN)}), work a direct convolution never does.")
     return _verdict(reason, supported, evidence, {"ratio": ratio, "index_share": share})
+
+
+def _index_totals(conv: list[dict], index_ops) -> tuple:
+    """NumPy and PyTorch seconds of the groups, their ratio, the share of NumPy's time in
+    `index_ops`, and whether both pass their thresholds."""
+    n = sum(g["numpy_seconds"] for g in conv)
+    t = sum(g["torch_seconds"] for g in conv)
+    index = sum(g["numpy_ops"].get(op, 0.0) for g in conv for op in index_ops)
+    ratio = n / t if t > 0 else None
+    share = index / n if n else 0.0
+    return n, t, ratio, share, ratio is not None and ratio >= FASTER_RATIO and share >= INDEX_SHARE_MIN
 
 
 def _backward_verdict(groups: list[dict]) -> dict:
@@ -184,12 +190,7 @@ def _backward_verdict(groups: list[dict]) -> dict:
             f"{_ms(g['numpy_seconds'])} in NumPy ({_x(g['ratio'])}): NumPy's scatter-add "
             f"{course_name('phi_grad', g['layer'])} with pad_grad alone takes {_ms(scatter)}, {cmp} PyTorch's whole "
             "backward of the layer.")
-    n = sum(g["numpy_seconds"] for g in conv)
-    t = sum(g["torch_seconds"] for g in conv)
-    scatter = sum(g["numpy_ops"].get(op, 0.0) for g in conv for op in _CONV_BWD_INDEX)
-    ratio = n / t if t > 0 else None
-    share = scatter / n if n else 0.0
-    supported = ratio is not None and ratio >= FASTER_RATIO and share >= INDEX_SHARE_MIN
+    n, t, ratio, share, supported = _index_totals(conv, _CONV_BWD_INDEX)
     evidence.append(f"All convolution backwards with phi_grad: {_ms(t)} in PyTorch against {_ms(n)} in NumPy "
                     f"({_x(ratio)}, threshold {FASTER_RATIO:g}x); the scatter-add is {fmt_fraction(share)} of the "
                     f"NumPy time (threshold {fmt_fraction(INDEX_SHARE_MIN)}).")

@@ -34,7 +34,7 @@ def random_arch(rng: np.random.Generator, *, batch: int = 2, dtype: str = "float
         "name": "random",
         "input": {"height": int(rng.integers(3, 12)), "width": int(rng.integers(3, 12)),
                   "channels": int(rng.integers(1, 4))},
-        "batch": batch, "dtype": dtype, "loss": str(rng.choice(LOSSES)), "layers": [],
+        "batch": batch, "dtype": dtype, "loss": str(rng.choice(LOSSES)),
     }
     output = {"type": "full", "units": int(rng.integers(2, 5))}
     candidates = [{"type": "conv", "filters": int(rng.integers(1, 5)),
@@ -45,13 +45,20 @@ def random_arch(rng: np.random.Generator, *, batch: int = 2, dtype: str = "float
     candidates += [{"type": "full", "units": int(rng.integers(1, 7)),
                     "activation": str(rng.choice(["relu", "relu", "none"]))}
                    for _ in range(int(rng.integers(0, 3)))]
+    return build_valid(data, candidates, output)
+
+
+def build_valid(data: dict, candidates: list[dict], output: dict) -> Architecture:
+    """The architecture of `data` with each candidate layer kept only if the network, closed by
+    the `output` layer, still parses with it."""
+    layers: list[dict] = []
     for layer in candidates:
         try:
-            parse_arch({**data, "layers": data["layers"] + [layer, output]})
+            parse_arch({**data, "layers": layers + [layer, output]})
         except ArchError:
             continue
-        data["layers"].append(layer)
-    return parse_arch({**data, "layers": data["layers"] + [output]})
+        layers.append(layer)
+    return parse_arch({**data, "layers": layers + [output]})
 
 
 def random_batch(arch: Architecture, rng: np.random.Generator, I: int | None = None):

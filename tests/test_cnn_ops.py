@@ -10,10 +10,9 @@ from hypothesis import strategies as st
 
 from calib.cnn import IMPLS, ReferenceCNN
 from calib.timer import OpTimer
-from costmodel.arch import Architecture, parse_arch
-from costmodel.errors import ArchError
+from costmodel.arch import Architecture
 from costmodel.ops import op_keys, op_list
-from tests.test_cnn import EXAMPLES, example, random_batch
+from tests.test_cnn import EXAMPLES, build_valid, example, random_batch
 
 
 def ran_ops(arch: Architecture, impl: str) -> tuple[list, list]:
@@ -43,8 +42,7 @@ def architectures(draw) -> Architecture:
             "dtype": draw(st.sampled_from(["float32", "float64"])),
             "loss": draw(st.sampled_from(["mse", "softmax_ce"])),
             "input": {"height": draw(st.integers(1, 10)), "width": draw(st.integers(1, 10)),
-                      "channels": draw(st.integers(1, 3))},
-            "layers": []}
+                      "channels": draw(st.integers(1, 3))}}
     output = {"type": "full", "units": draw(st.integers(1, 4))}
     conv = st.fixed_dictionaries({
         "type": st.just("conv"), "filters": st.integers(1, 3), "kernel": st.integers(1, 4),
@@ -52,13 +50,7 @@ def architectures(draw) -> Architecture:
         "activation": st.sampled_from(["relu", "none"])})
     full = st.fixed_dictionaries({"type": st.just("full"), "units": st.integers(1, 5),
                                   "activation": st.sampled_from(["relu", "none"])})
-    for layer in draw(st.lists(conv, max_size=3)) + draw(st.lists(full, max_size=2)):
-        try:
-            parse_arch({**data, "layers": data["layers"] + [layer, output]})
-        except ArchError:
-            continue
-        data["layers"].append(layer)
-    return parse_arch({**data, "layers": data["layers"] + [output]})
+    return build_valid(data, draw(st.lists(conv, max_size=3)) + draw(st.lists(full, max_size=2)), output)
 
 
 @settings(max_examples=60, deadline=None)
