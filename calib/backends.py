@@ -14,10 +14,10 @@ named thresholds below. ``group_rows`` and ``explain_backends`` are pure.
 from __future__ import annotations
 
 from costmodel.explain import course_name
+from costmodel.fused import OTHER
 from costmodel.ops import op_list
 from costmodel.report import fmt_fraction, fmt_seconds
 
-OTHER = "other"
 
 #: a group (or a set of groups) counts as done faster by the framework from this ratio
 #: numpy / torch seconds up

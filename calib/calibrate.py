@@ -18,7 +18,6 @@ import numpy as np
 
 from costmodel.arch import Architecture
 from costmodel.features import feature_rows, model_key
-from costmodel.ops import op_regime, threaded_step
 
 from .sweep import QUICK_LIMITS, SweepLimits, design
 
@@ -30,7 +29,8 @@ WARM_VISIT_SECONDS = 0.02
 
 @dataclass(frozen=True)
 class Plan:
-    """What one calibration measures: the (dtype, impl) pairs and the sweep of each."""
+    """What one calibration measures: the (dtype, impl) pairs and the sweep of each. With
+    backend "torch" the one impl is "torch": PyTorch's op groups (costmodel.fused)."""
 
     dtypes: tuple[str, ...]
     impls: tuple[str, ...]
@@ -40,14 +40,17 @@ class Plan:
     limits: SweepLimits = SweepLimits()
     seed: int = 0
     ceilings_seconds: float = 4.0
+    backend: str = "numpy"
 
     @classmethod
     def make(cls, *, quick: bool, dtypes: Iterable[str] | None, impls: Iterable[str] | None,
-             points: int | None = None) -> "Plan":
+             points: int | None = None, backend: str = "numpy") -> "Plan":
+        if backend == "torch":
+            impls = ("torch",)
         if quick:
             return cls(tuple(dtypes or ("float32",)), tuple(impls or ("index",)),
-                       points or 36, rounds=3, limits=QUICK_LIMITS)
-        return cls(tuple(dtypes or DTYPES), tuple(impls or IMPLS), points or 96)
+                       points or 36, rounds=3, limits=QUICK_LIMITS, backend=backend)
+        return cls(tuple(dtypes or DTYPES), tuple(impls or IMPLS), points or 96, backend=backend)
 
 
 def time_sweep(archs: list[Architecture], impl: str, *, threads: int, rounds: int, chunk: int, seed: int,
@@ -102,28 +105,31 @@ def time_sweep(archs: list[Architecture], impl: str, *, threads: int, rounds: in
 
 
 def sample_features(archs: list[Architecture], samples: list[dict], impl: str, threads: int,
-                    caches: dict) -> tuple[np.ndarray, list[str]]:
+                    caches: dict, backend: str = "numpy") -> tuple[np.ndarray, list[str]]:
     """The feature matrix and the model key of every sample, in their order, from the symbolic
-    cost model (the key says how the op ran: costmodel.ops.op_regime)."""
-    from costmodel.evaluate import costs
+    cost model (costmodel.predict.step_rows: the same rows and keys that predict uses)."""
+    from costmodel.predict import step_rows
 
     rows: dict[tuple, tuple[np.ndarray, str]] = {}
     for i, arch in enumerate(archs):
-        table = costs(arch, impl=impl)
-        threaded = threaded_step(arch, impl, threads)
-        feats = feature_rows(table, caches)
-        for r, f in zip(table.itertuples(), feats):
-            key = model_key(r.op, arch.loss, op_regime(r.op, r.flops, r.bytes, threaded))
-            rows[(i, r.layer, r.op, r.phase)] = (f, key)
-    picked = [rows[(s["point"], s["layer"], s["op"], s["phase"])] for s in samples]
+        table = step_rows(arch, impl, threads, backend)
+        feats = feature_rows({"flops": [r["flops"] for r in table], "bytes": [r["bytes"] for r in table]},
+                             caches)
+        for r, f in zip(table, feats):
+            rows[(i, r["layer"], r["op"], r["phase"])] = (f, r["model"])
+    try:
+        picked = [rows[(s["point"], s["layer"], s["op"], s["phase"])] for s in samples]
+    except KeyError as exc:  # a measured op the cost model does not list: the two lists disagree
+        raise RuntimeError(f"sweep network {exc.args[0][0]}: measured op {exc.args[0][1:]} is not in "
+                           f"the {backend} step's op list") from None
     return np.array([f for f, _ in picked]), [k for _, k in picked]
 
 
-def fit_entry(archs, samples, impl: str, threads: int, caches: dict) -> dict:
-    """Fit one (dtype, impl, threads) entry: a model per op kind."""
+def fit_entry(archs, samples, impl: str, threads: int, caches: dict, backend: str = "numpy") -> dict:
+    """Fit one (dtype, impl, threads, backend) entry: a model per op kind."""
     from .fit import fit_op
 
-    X, keys = sample_features(archs, samples, impl, threads, caches)
+    X, keys = sample_features(archs, samples, impl, threads, caches, backend)
     keys = np.array(keys)
     t = np.array([s["seconds"] for s in samples])
     groups = np.array([s["point"] for s in samples])
@@ -152,10 +158,18 @@ def calibrate(plan: Plan, *, threads: int | None = None, progress=None, log=None
             archs = design(plan.points, dtype=dtype, seed=plan.seed, limits=plan.limits)
             for impl in plan.impls:
                 t0 = time.perf_counter()
-                samples = time_sweep(archs, impl, threads=used_threads, rounds=plan.rounds, chunk=plan.chunk,
-                                     seed=plan.seed, progress=progress)
-                ops = fit_entry(archs, samples, impl, used_threads, caches)
-                entries.append({"backend": "numpy", "dtype": dtype, "impl": impl,
+                versions = {}
+                if plan.backend == "torch":
+                    from .torch_backend import import_torch, time_sweep_torch
+
+                    versions["torch"] = import_torch().__version__
+                    samples = time_sweep_torch(archs, threads=used_threads, rounds=plan.rounds,
+                                               chunk=plan.chunk, seed=plan.seed, progress=progress)
+                else:
+                    samples = time_sweep(archs, impl, threads=used_threads, rounds=plan.rounds,
+                                         chunk=plan.chunk, seed=plan.seed, progress=progress)
+                ops = fit_entry(archs, samples, impl, used_threads, caches, plan.backend)
+                entries.append({"backend": plan.backend, "dtype": dtype, "impl": impl, "versions": versions,
                                 "threads": used_threads, "ops": ops,
                                 "sweep": {"points": plan.points, "rounds": plan.rounds,
                                           "samples": len(samples), "seed": plan.seed,

@@ -22,6 +22,7 @@ import numpy as np
 
 from costmodel.arch import Architecture
 from costmodel.errors import CostModelError
+from costmodel.fused import FUSED, OTHER, torch_groups
 from costmodel.ops import OpKey, needs_flatten, op_list
 
 from .measure import summarize
@@ -149,8 +150,8 @@ class TorchStep:
 # ---------------------------------------------------------------------------------------------
 # The mapping of profiler events onto the contract (docs/torch-mapping.md)
 
-_CONV_FWD = ("pad", "phi", "conv_matmul", "bias")
-_CONV_BWD = ("conv_grad_W", "bias_grad", "conv_grad_input", "phi_grad", "pad_grad")
+_CONV_FWD = FUSED[("forward", "conv")]
+_CONV_BWD = FUSED[("backward", "conv")]
 
 #: top-level aten op of a layer's forward range -> the contract's ops it covers
 FORWARD_MAP: dict[str, tuple[str, ...]] = {
@@ -162,8 +163,8 @@ FORWARD_MAP: dict[str, tuple[str, ...]] = {
     **{name: ("pool",) for name in ("aten::max_pool2d", "aten::max_pool2d_with_indices")},
     **{name: ("flatten",) for name in ("aten::flatten", "aten::view", "aten::reshape",
                                         "aten::_reshape_alias")},
-    "aten::linear": ("full_matmul", "bias"),
-    "aten::addmm": ("full_matmul", "bias"),
+    "aten::linear": FUSED[("forward", "full")],
+    "aten::addmm": FUSED[("forward", "full")],
     "aten::matmul": ("full_matmul",),
     "aten::mm": ("full_matmul",),
     "aten::t": ("full_matmul",),
@@ -182,14 +183,14 @@ BACKWARD_MAP: dict[str, tuple[str, ...]] = {
     "ViewBackward0": ("flatten_grad",),
     "ReshapeAliasBackward0": ("flatten_grad",),
     "UnsafeViewBackward0": ("flatten_grad",),
-    "AddmmBackward0": ("full_grad_W", "bias_grad", "full_grad_input"),
+    "CloneBackward0": ("flatten_grad",),  # flatten of a non-contiguous tensor copies
+    "AddmmBackward0": FUSED[("backward", "full")],
     "MmBackward0": ("full_grad_W", "full_grad_input"),
     "TBackward0": ("full_grad_W",),
     "AddBackward0": ("bias_grad",),
 }
 
 EVALUATE = "autograd::engine::evaluate_function: "
-OTHER = "other"
 
 
 def _children(event) -> list:
@@ -246,7 +247,9 @@ def classify(events, arch: Architecture) -> dict[tuple[int, str, str], float]:
                 key = (0, OTHER, "backward")
             else:
                 node = e.name.removeprefix(EVALUATE)
-                key = (m, group(m, "backward", BACKWARD_MAP.get(node, ())), "backward")
+                grp = group(m, "backward", BACKWARD_MAP.get(node, ()))
+                # a node that maps to no op of its layer is the backward's "other"
+                key = (m, grp, "backward") if grp != OTHER else (0, OTHER, "backward")
             seconds[key] += e.cpu_time_total * 1e-6
         # the autograd engine's own time between its nodes
         seconds[(0, OTHER, "backward")] += max(rng.cpu_time_total * 1e-6 - inside, 0.0)
@@ -278,20 +281,11 @@ def _mark(event, m: int, seq_layer: dict[int, int]) -> None:
         _mark(e, m, seq_layer)
 
 
-def _ordered(arch: Architecture, keys) -> list[tuple[int, str, str]]:
-    """Groups in the order of their first op in op_list; "other" rows after the ops of their
-    layer and phase; layer 0 last."""
-    order = {(ref.layer, ref.op, ref.phase): i for i, ref in enumerate(op_list(arch))}
-    n = len(order)
-
-    def rank(key):
-        m, grp, phase = key
-        if grp == OTHER:
-            firsts = [i for (lm, _, ph), i in order.items() if lm == m and ph == phase]
-            return (max(firsts) + 0.5 if firsts else n + 1, key)
-        return (order[(m, grp.split("+")[0], phase)], key)
-
-    return sorted(keys, key=lambda k: (rank(k)[0], str(k)))
+def ordered(arch: Architecture, keys) -> list[tuple[int, str, str]]:
+    """(layer, group, phase) keys in the order of costmodel.fused.torch_groups; a key that is
+    not one of its groups (an unexpected "other") after the rest."""
+    rank = {(g.key.layer, g.key.op, g.key.phase): i for i, g in enumerate(torch_groups(arch))}
+    return sorted(keys, key=lambda k: (rank.get(k, len(rank)), str(k)))
 
 
 def layer_type(arch: Architecture, m: int) -> str:
@@ -300,6 +294,31 @@ def layer_type(arch: Architecture, m: int) -> str:
     if m == arch.L + 1:
         return "loss"
     return arch.layers[m - 1].type
+
+
+def profile_steps(runs: list[tuple[int, "TorchStep"]]) -> list[tuple[int, dict, float]]:
+    """Run the steps of `runs` ((label, step) pairs, in that order, each from its starting
+    weights) under one torch.profiler session; per run, its label, its seconds per (layer, op
+    group, phase) (classify) and its wall-clock seconds with the profiler on."""
+    torch = import_torch()
+    from torch.profiler import ProfilerActivity, profile
+
+    wall = []
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for i, (label, ts) in enumerate(runs):
+            ts.restore()
+            with torch.autograd.profiler.record_function(f"costmodel:step{i}"):
+                t0 = perf_counter_ns()
+                ts.step()
+                t1 = perf_counter_ns()
+            wall.append((t1 - t0) * 1e-9)
+    out = []
+    for e in prof.events():
+        if e.cpu_parent is None and e.name.startswith("costmodel:step"):
+            i = int(e.name.removeprefix("costmodel:step"))
+            label, ts = runs[i]
+            out.append((i, label, classify(_children(e), ts.arch), wall[i]))
+    return [(label, sec, w) for _, label, sec, w in sorted(out, key=lambda r: r[0])]
 
 
 def measure_torch(arch: Architecture, *, steps: int = 10, warmup: int = 2, threads: int | None = None,
@@ -314,18 +333,13 @@ def measure_torch(arch: Architecture, *, steps: int = 10, warmup: int = 2, threa
     ``unprofiled_step_seconds`` is the median of as many steps without the profiler, to show
     its overhead. ``threads`` sets torch.set_num_threads for the run (None keeps torch's)."""
     torch = import_torch()
-    from torch.profiler import ProfilerActivity, profile
 
     from .cnn import ReferenceCNN
     from .measure import synthetic_batch
 
     if steps < 1 or warmup < 0:
         raise ValueError("steps must be >= 1 and warmup >= 0")
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        used_threads = torch.get_num_threads()
+    with torch_threads(threads) as used_threads:
         X, Y = synthetic_batch(arch, seed)
         ts = TorchStep(arch, ReferenceCNN(arch, seed=seed), X, Y, ranges=True)
         total = warmup + 2 * steps
@@ -345,36 +359,38 @@ def measure_torch(arch: Architecture, *, steps: int = 10, warmup: int = 2, threa
             done += 1
             if progress is not None:
                 progress(done, total)
-        step_seconds: list[float] = []
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            for i in range(steps):
-                ts.restore()
-                with torch.autograd.profiler.record_function(f"costmodel:step{i}"):
-                    t0 = perf_counter_ns()
-                    ts.step()
-                    t1 = perf_counter_ns()
-                step_seconds.append((t1 - t0) * 1e-9)
-                done += 1
-                if progress is not None:
-                    progress(done, total)
-    finally:
-        torch.set_num_threads(previous)
-
-    per_step = []
-    for e in prof.events():
-        if e.cpu_parent is None and e.name.startswith("costmodel:step"):
-            per_step.append((int(e.name.removeprefix("costmodel:step")), classify(_children(e), arch)))
-    raw = [s for _, s in sorted(per_step)]
+        runs = profile_steps([(i, ts) for i in range(steps)])
+        if progress is not None:
+            progress(total, total)
 
     def key(m: int, grp: str, phase: str) -> OpKey:
         return OpKey(m, layer_type(arch, m), grp, phase)
 
-    order = [key(*k) for k in _ordered(arch, set().union(*raw))]
-    per_step = [{key(*k): sec for k, sec in s.items()} for s in raw]
+    order = [key(*k) for k in ordered(arch, set().union(*(sec for _, sec, _ in runs)))]
+    per_step = [{key(*k): sec for k, sec in s.items()} for _, s, _ in runs]
     return {"arch": arch.name, "batch": arch.batch, "dtype": arch.dtype, "threads": used_threads,
             "impl": "torch", "torch_version": torch.__version__,
             "unprofiled_step_seconds": float(np.median(plain)),
-            **summarize(per_step, step_seconds, order)}
+            **summarize(per_step, [w for _, _, w in runs], order)}
+
+
+class torch_threads:
+    """Context: torch.set_num_threads(threads) inside (None keeps torch's), restored after;
+    yields the thread count in effect."""
+
+    def __init__(self, threads: int | None):
+        self.threads = threads
+
+    def __enter__(self) -> int:
+        torch = import_torch()
+        self.previous = torch.get_num_threads()
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+        return torch.get_num_threads()
+
+    def __exit__(self, *exc) -> bool:
+        import_torch().set_num_threads(self.previous)
+        return False
 
 
 def with_costs(result: dict, arch) -> dict:
@@ -392,3 +408,63 @@ def with_costs(result: dict, arch) -> dict:
         row["flops"] = int(sum(c["flops"] for c in parts))
         row["bytes"] = int(sum(c["bytes"] for c in parts))
     return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Calibration: the same sweep as the NumPy backend, timed per op group
+
+#: networks whose step takes less than this get an untimed step before each profiled one
+WARM_VISIT_SECONDS = 0.02
+
+
+def time_sweep_torch(archs: list[Architecture], *, threads: int, rounds: int, chunk: int, seed: int,
+                     progress: Callable[[int], None] | None = None) -> list[dict]:
+    """Samples {"point", "layer", "op", "phase", "seconds"} of every op group of every sweep
+    network in PyTorch (median over `rounds` profiled steps), as calib.calibrate.time_sweep
+    does for the NumPy reference: networks in chunks, each chunk's networks visited in a new
+    random order every round, every step from the same starting weights, gc off."""
+    import gc
+
+    from .cnn import ReferenceCNN
+    from .measure import synthetic_batch
+
+    rng = np.random.default_rng(seed)
+    samples: list[dict] = []
+    with torch_threads(threads):
+        for first in range(0, len(archs), chunk):
+            nets = {}
+            for i, arch in enumerate(archs[first:first + chunk], start=first):
+                X, Y = synthetic_batch(arch, seed=i)
+                ts = TorchStep(arch, ReferenceCNN(arch, seed=i), X, Y, ranges=True)
+                ts.restore()
+                ts.step()  # first touches, allocator warm-up
+                t0 = perf_counter_ns()
+                ts.restore()
+                ts.step()
+                small = (perf_counter_ns() - t0) * 1e-9 < WARM_VISIT_SECONDS
+                nets[i] = (ts, small, [])
+            gc_was_enabled = gc.isenabled()
+            gc.disable()
+            try:
+                for _ in range(rounds):
+                    runs = []
+                    for i in rng.permutation(list(nets)):
+                        ts, small, _ = nets[int(i)]
+                        if small:  # an unprofiled step first, as a training loop would have
+                            runs.append((-1, ts))
+                        runs.append((int(i), ts))
+                    for i, seconds, _ in profile_steps(runs):
+                        if i >= 0:
+                            nets[i][2].append(seconds)
+            finally:
+                if gc_was_enabled:
+                    gc.enable()
+            for i, (ts, small, steps) in nets.items():
+                for key in steps[0]:
+                    samples.append({"point": i, "layer": key[0], "op": key[1], "phase": key[2],
+                                    "seconds": float(np.median([s.get(key, 0.0) for s in steps]))})
+                if progress:
+                    progress(1)
+            del nets
+            gc.collect()
+    return samples

@@ -30,31 +30,75 @@ def default_threads(profile: Profile, dtype: str, impl: str, backend: str = "num
     return have[-1]
 
 
+BACKENDS = ("numpy", "torch")
+
+
+def step_rows(arch: Architecture, impl: str, threads: int, backend: str = "numpy") -> list[dict]:
+    """The rows whose times a profile models, for one step of `arch`: with the NumPy backend
+    the contract's ops of `impl`, with the torch backend PyTorch's op groups
+    (costmodel.fused). Each row has layer, layer_type, op, phase, kind, flops, bytes and
+    ``model``, the key of the op model that times it (model_key / group_model_key)."""
+    from .evaluate import costs_report
+
+    if backend == "numpy":
+        threaded = threaded_step(arch, impl, threads)
+        rows = costs_report(arch, impl)["ops"]
+        for row in rows:
+            row["kind"] = OP_KIND[row["op"]]
+            row["model"] = model_key(row["op"], arch.loss,
+                                     op_regime(row["op"], row["flops"], row["bytes"], threaded))
+        return rows
+    if backend != "torch":
+        raise CostModelError(f"--backend: {backend!r} is not one of {', '.join(BACKENDS)}")
+    from .fused import BYTES_IMPL, fused_elements, group_model_key, torch_groups
+
+    width = arch.itemsize
+
+    cost = {(r["layer"], r["op"], r["phase"]): r for r in costs_report(arch, BYTES_IMPL)["ops"]}
+    rows = []
+    for g in torch_groups(arch):
+        parts = [cost[(k.layer, k.op, k.phase)] for k in g.scope]
+        sums = {k: sum(p[k] for p in parts) for k in ("flops", "bytes_read", "bytes_written", "bytes")}
+        if g.fused:
+            read, written = fused_elements(g, arch.batch)
+            sums.update(bytes_read=read * width, bytes_written=written * width, bytes=(read + written) * width)
+        sums["intensity"] = sums["flops"] / sums["bytes"] if sums["bytes"] else 0.0
+        sums["memory_kept_bytes"] = sum(p["memory_kept_bytes"] for p in parts) if g.ops else 0
+        rows.append({"layer": g.key.layer, "layer_type": g.key.layer_type, "op": g.name, "phase": g.key.phase,
+                     **sums, "seconds": None, "fraction": None, "kind": g.kind,
+                     "model": group_model_key(g.name, g.key.phase, arch.loss)})
+    return rows
+
+
 def predict(arch: Architecture, profile: Profile, *, impl: str = "index", threads: int | None = None,
             batch: int | None = None, backend: str = "numpy") -> dict:
     """The per-op prediction as DESIGN.md's JSON object (with `total_seconds`), each op with
-    `seconds`, `fraction`, `seconds_low`/`seconds_high`, FLOPs, bytes and its kind."""
-    from .evaluate import costs_report
+    `seconds`, `fraction`, `seconds_low`/`seconds_high`, FLOPs, bytes and its kind.
 
+    With backend "torch" the rows are PyTorch's op groups (costmodel.fused) and `impl` is
+    "torch"."""
+    from .evaluate import conventions
+
+    if backend == "torch":
+        impl = "torch"
     arch = arch.with_batch(batch)
     threads = threads or default_threads(profile, arch.dtype, impl, backend)
     entry = profile.entry(arch.dtype, impl, threads, backend)
-    report = costs_report(arch, impl)
-    ops = report["ops"]
+    ops = step_rows(arch, impl, threads, backend)
     X = feature_rows({"flops": [o["flops"] for o in ops], "bytes": [o["bytes"] for o in ops]},
                      profile.fingerprint.caches)
-    threaded = threaded_step(arch, impl, threads)
     for row, x in zip(ops, X):
-        key = model_key(row["op"], arch.loss, op_regime(row["op"], row["flops"], row["bytes"], threaded))
+        key = row.pop("model")
         model = entry.ops.get(key)
         if model is None:
-            raise CostModelError(f"the profile's {entry.describe()} calibration has no model for op "
-                                 f"{key!r}: run `costmodel calibrate --dtype {arch.dtype} --impl {impl} "
-                                 f"--threads {threads}` again")
+            again = f"--dtype {arch.dtype} --threads {threads} " + (
+                "--backend torch" if backend == "torch" else f"--impl {impl}")
+            raise CostModelError(f"the profile's {entry.describe()} calibration has no model for "
+                                 f"{'op' if backend == 'numpy' else 'op group'} {key!r}: "
+                                 f"run `costmodel calibrate {again}` again")
         seconds = sum(c * x[FEATURES.index(f)] for f, c in zip(model.features, model.coef))
         lo, hi = model.interval
-        row.update(kind=OP_KIND[row["op"]], seconds=seconds, seconds_low=seconds * lo,
-                   seconds_high=seconds * hi, cv_error=model.cv_error)
+        row.update(seconds=seconds, seconds_low=seconds * lo, seconds_high=seconds * hi, cv_error=model.cv_error)
     total = sum(o["seconds"] for o in ops)
     for row in ops:
         row["fraction"] = row["seconds"] / total if total > 0 else 0.0
@@ -65,7 +109,7 @@ def predict(arch: Architecture, profile: Profile, *, impl: str = "index", thread
         "total_seconds_low": sum(o["seconds_low"] for o in ops),
         "total_seconds_high": sum(o["seconds_high"] for o in ops),
         "profile": {"cpu_model": profile.fingerprint.cpu_model, "created": profile.created.isoformat()},
-        "flop_convention": report["flop_convention"], "byte_convention": report["byte_convention"],
+        **conventions(),
         "ops": ops,
     }
 
@@ -79,7 +123,7 @@ def group(result: dict, by: str) -> list[dict]:
     total = result.get("total_seconds") or 0.0
     groups: dict = {}
     for row in result["ops"]:
-        name = row[by] if by != "kind" else OP_KIND[row["op"]]
+        name = row[by] if by != "kind" else row.get("kind") or OP_KIND[row["op"]]
         g = groups.setdefault(name, {by: name, "ops": 0, "seconds": 0.0, "flops": 0, "bytes": 0,
                                      "seconds_low": 0.0, "seconds_high": 0.0})
         g["ops"] += 1

@@ -127,12 +127,21 @@ class Entry(_Model):
     impl: str = Field(min_length=1)
     threads: PositiveInt
     backend: str = "numpy"
+    versions: dict[str, str] = Field({}, description="versions of what the backend ran on, e.g. torch")
     ops: dict[str, OpModel] = Field(min_length=1, description="op name, or 'op:variant' (e.g. loss:mse) -> model")
     sweep: dict[str, int | float] = Field({}, description="how the samples were taken (points, rounds, ...)")
 
     @model_validator(mode="after")
     def _known_ops(self) -> "Entry":
-        unknown = sorted(key for key in self.ops if key.partition(":")[0] not in OP_NAMES)
+        # a NumPy entry models the contract's ops; a torch entry PyTorch's op groups
+        # (ops joined with "+", costmodel.fused) and "other"
+        def known(key: str) -> bool:
+            parts = key.partition(":")[0].split("+")
+            if self.backend == "numpy":
+                return len(parts) == 1 and parts[0] in OP_NAMES
+            return all(p in OP_NAMES or p == "other" for p in parts)
+
+        unknown = sorted(key for key in self.ops if not known(key))
         if unknown:
             raise ValueError(f"unknown op {unknown[0]!r} (not in the op contract)")
         return self
