@@ -173,12 +173,15 @@ def predict(
     fmt: FormatOpt = Format.table,
     by: Annotated[By, typer.Option("--by", help="Group the ops.")] = By.op,
     plot: PlotOpt = None,
+    backend: Annotated[Backend, typer.Option("--backend", help="numpy: the reference CNN's ops; torch: the "
+                                             "same step in PyTorch, per op group (needs a torch calibration, "
+                                             "not torch itself).")] = Backend.numpy,
 ) -> None:
     """Predict the time of every op of an SG step, and its share of the step, from a machine profile."""
     from costmodel.commands import predict_command
 
     typer.echo(predict_command(arch, profile=profile, batch=batch, threads=threads, impl=impl.value,
-                               fmt=fmt.value, by=by.value, plot=plot), nl=False)
+                               fmt=fmt.value, by=by.value, plot=plot, backend=backend.value), nl=False)
 
 
 @app.command()
@@ -189,12 +192,15 @@ def calibrate(
     dtype: Annotated[Optional[list[str]], typer.Option("--dtype", help="float32 and/or float64 (default: both).")] = None,
     impl: Annotated[Optional[list[Impl]], typer.Option("--impl", help="index and/or strided (default: both).")] = None,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Profile file (default: your cache directory).")] = None,
+    backend: Annotated[Backend, typer.Option("--backend", help="numpy: the reference CNN's op kernels; torch: "
+                                             "PyTorch's op groups (needs the torch extra).")] = Backend.numpy,
 ) -> None:
-    """Time the reference CNN's op kernels on this CPU, fit the cost model, write a machine profile."""
+    """Time the reference CNN's op kernels (or PyTorch's) on this CPU, fit the cost model, write a machine profile."""
     from calib.commands import calibrate_command
 
     typer.echo(calibrate_command(quick=quick, threads=threads, dtypes=dtype,
-                                 impls=[i.value for i in impl] if impl else None, output=output), nl=False)
+                                 impls=[i.value for i in impl] if impl else None, output=output,
+                                 backend=backend.value), nl=False)
 
 
 @app.command()
@@ -209,8 +215,9 @@ def compare(
     warmup: Annotated[int, typer.Option(min=0, help="Untimed steps first.")] = 2,
     fmt: FormatOpt = Format.table,
     plot: PlotOpt = None,
-    backends: Annotated[str, typer.Option("--backends", help="numpy: predicted against measured; numpy,torch: "
-                                          "the NumPy step against PyTorch's per op group, explained.")] = "numpy",
+    backends: Annotated[str, typer.Option("--backends", help="numpy (or torch): that backend predicted against "
+                                          "measured; numpy,torch: the NumPy step against PyTorch's per op "
+                                          "group, explained.")] = "numpy",
 ) -> None:
     """Measure real steps and predict them: per op, measured and predicted fractions beside FLOP and byte shares
     (or, with --backends numpy,torch, the NumPy step against PyTorch's per op group)."""

@@ -17,7 +17,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from costmodel.arch import Architecture
-from costmodel.features import feature_rows, model_key
+from costmodel.features import ALL_FEATURES, feature_rows, features_of, simd_lanes
 
 from .sweep import QUICK_LIMITS, SweepLimits, design
 
@@ -45,12 +45,17 @@ class Plan:
     @classmethod
     def make(cls, *, quick: bool, dtypes: Iterable[str] | None, impls: Iterable[str] | None,
              points: int | None = None, backend: str = "numpy") -> "Plan":
+        full_points = 96
         if backend == "torch":
-            impls = ("torch",)
+            # one entry (impl "torch"); twice the networks: PyTorch's kernels vary more with
+            # the shapes than the reference's (measured: 96 networks gave a worst step error
+            # of 20-22 % on the examples from one sweep to another, 192 gave 18 %), and its
+            # sweep is three times quicker per network
+            impls, full_points = ("torch",), 192
         if quick:
             return cls(tuple(dtypes or ("float32",)), tuple(impls or ("index",)),
                        points or 36, rounds=3, limits=QUICK_LIMITS, backend=backend)
-        return cls(tuple(dtypes or DTYPES), tuple(impls or IMPLS), points or 96, backend=backend)
+        return cls(tuple(dtypes or DTYPES), tuple(impls or IMPLS), points or full_points, backend=backend)
 
 
 def time_sweep(archs: list[Architecture], impl: str, *, threads: int, rounds: int, chunk: int, seed: int,
@@ -105,16 +110,15 @@ def time_sweep(archs: list[Architecture], impl: str, *, threads: int, rounds: in
 
 
 def sample_features(archs: list[Architecture], samples: list[dict], impl: str, threads: int,
-                    caches: dict, backend: str = "numpy") -> tuple[np.ndarray, list[str]]:
-    """The feature matrix and the model key of every sample, in their order, from the symbolic
-    cost model (costmodel.predict.step_rows: the same rows and keys that predict uses)."""
-    from costmodel.predict import step_rows
+                    caches: dict, backend: str = "numpy", cpu_flags=()) -> tuple[np.ndarray, list[str]]:
+    """The feature matrix (columns costmodel.features.ALL_FEATURES) and the model key of every
+    sample, in their order, from the symbolic cost model (costmodel.predict.step_rows: the same rows and keys that predict uses)."""
+    from costmodel.predict import row_features, step_rows
 
     rows: dict[tuple, tuple[np.ndarray, str]] = {}
     for i, arch in enumerate(archs):
-        table = step_rows(arch, impl, threads, backend)
-        feats = feature_rows({"flops": [r["flops"] for r in table], "bytes": [r["bytes"] for r in table]},
-                             caches)
+        table = step_rows(arch, impl, threads, backend, simd_lanes(cpu_flags, arch.itemsize))
+        feats = feature_rows(row_features(table), caches, ALL_FEATURES)
         for r, f in zip(table, feats):
             rows[(i, r["layer"], r["op"], r["phase"])] = (f, r["model"])
     try:
@@ -125,18 +129,22 @@ def sample_features(archs: list[Architecture], samples: list[dict], impl: str, t
     return np.array([f for f, _ in picked]), [k for _, k in picked]
 
 
-def fit_entry(archs, samples, impl: str, threads: int, caches: dict, backend: str = "numpy") -> dict:
-    """Fit one (dtype, impl, threads, backend) entry: a model per op kind."""
+def fit_entry(archs, samples, impl: str, threads: int, caches: dict, backend: str = "numpy",
+              cpu_flags=()) -> dict:
+    """Fit one (dtype, impl, threads, backend) entry: a model per op kind, over the backend's
+    features (costmodel.features.features_of)."""
     from .fit import fit_op
 
-    X, keys = sample_features(archs, samples, impl, threads, caches, backend)
+    X, keys = sample_features(archs, samples, impl, threads, caches, backend, cpu_flags)
     keys = np.array(keys)
     t = np.array([s["seconds"] for s in samples])
     groups = np.array([s["point"] for s in samples])
     ops = {}
     for key in sorted(set(keys)):
         sel = keys == key
-        ops[key] = fit_op(X[sel], t[sel], groups[sel]).as_profile_entry()
+        features = features_of(backend, key)
+        columns = [ALL_FEATURES.index(f) for f in features]
+        ops[key] = fit_op(X[sel][:, columns], t[sel], groups[sel], features=features).as_profile_entry()
     return ops
 
 
@@ -155,7 +163,8 @@ def calibrate(plan: Plan, *, threads: int | None = None, progress=None, log=None
         ceil = ceilings(dtype_list=plan.dtypes, threads=used_threads, budget_seconds=plan.ceilings_seconds)
         entries = []
         for dtype in plan.dtypes:
-            archs = design(plan.points, dtype=dtype, seed=plan.seed, limits=plan.limits)
+            archs = design(plan.points, dtype=dtype, seed=plan.seed, limits=plan.limits,
+                           first_kernel=plan.backend == "torch")
             for impl in plan.impls:
                 t0 = time.perf_counter()
                 versions = {}
@@ -168,7 +177,7 @@ def calibrate(plan: Plan, *, threads: int | None = None, progress=None, log=None
                 else:
                     samples = time_sweep(archs, impl, threads=used_threads, rounds=plan.rounds,
                                          chunk=plan.chunk, seed=plan.seed, progress=progress)
-                ops = fit_entry(archs, samples, impl, used_threads, caches, plan.backend)
+                ops = fit_entry(archs, samples, impl, used_threads, caches, plan.backend, fp["cpu_flags"])
                 entries.append({"backend": plan.backend, "dtype": dtype, "impl": impl, "versions": versions,
                                 "threads": used_threads, "ops": ops,
                                 "sweep": {"points": plan.points, "rounds": plan.rounds,

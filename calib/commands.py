@@ -88,19 +88,25 @@ def train_command(arch_path: Path, *, data, epochs, batch, impl, seed, fmt, prog
                          f"test accuracy {result['test_accuracy']:.4f}"])
 
 
-def calibrate_command(*, quick, threads, dtypes, impls, output, progress=None) -> str:
+def calibrate_command(*, quick, threads, dtypes, impls, output, progress=None, backend: str = "numpy") -> str:
     """Calibrate, write the profile atomically, and summarise the fitted parameters."""
     import sys
 
     from costmodel.errors import UsageError
     from costmodel.profile import default_profile_path, load_profile, render_profile, save_profile
 
-    from .calibrate import DTYPES, IMPLS, Plan, calibrate, to_profile
+    from .calibrate import DTYPES, Plan, calibrate, to_profile
 
     for d in dtypes or ():
         if d not in DTYPES:
             raise UsageError(f"--dtype: {d!r} is not one of {', '.join(DTYPES)}")
-    plan = Plan.make(quick=quick, dtypes=dtypes, impls=impls)
+    if backend == "torch":
+        if impls:
+            raise UsageError("--impl: the torch backend has one implementation, PyTorch's; leave --impl out")
+        from .torch_backend import import_torch
+
+        import_torch()  # a missing torch fails first, in one line
+    plan = Plan.make(quick=quick, dtypes=dtypes, impls=impls, backend=backend)
     path = Path(output) if output else default_profile_path()
     previous = None
     if path.exists():
@@ -151,15 +157,24 @@ COMPARE_CSV = ["layer", "layer_type", "op", "phase", "kind", "measured_seconds",
                "flops", "bytes"]
 
 
-def compare(arch, profile, *, impl: str, threads, steps: int, warmup: int, progress=None) -> dict:
+def compare(arch, profile, *, impl: str, threads, steps: int, warmup: int, progress=None,
+            backend: str = "numpy") -> dict:
     """Measure real steps and predict them; per op the measured and predicted fractions beside
-    the FLOP and byte shares (the slides' practical time against theoretical complexity)."""
+    the FLOP and byte shares (the slides' practical time against theoretical complexity).
+    With backend "torch", PyTorch's op groups, measured with torch.profiler."""
     from costmodel.predict import predict
 
-    from .measure import measure
+    if backend == "torch":
+        from .torch_backend import measure_torch
 
-    measured = measure(arch, steps=steps, warmup=warmup, threads=threads, impl=impl, progress=progress)
-    predicted = predict(arch, profile, impl=impl, threads=measured["threads"])
+        profile.entry(arch.dtype, "torch", threads or _torch_threads(), "torch")  # fail before measuring
+        impl = "torch"
+        measured = measure_torch(arch, steps=steps, warmup=warmup, threads=threads, progress=progress)
+    else:
+        from .measure import measure
+
+        measured = measure(arch, steps=steps, warmup=warmup, threads=threads, impl=impl, progress=progress)
+    predicted = predict(arch, profile, impl=impl, threads=measured["threads"], backend=backend)
     flops = sum(o["flops"] for o in predicted["ops"])
     nbytes = sum(o["bytes"] for o in predicted["ops"])
     rows = []
@@ -177,7 +192,8 @@ def compare(arch, profile, *, impl: str, threads, steps: int, warmup: int, progr
     step_error = predicted["total_seconds"] / measured["step_seconds"] - 1
     return {
         "arch": arch.name, "batch": arch.batch, "dtype": arch.dtype, "threads": measured["threads"],
-        "impl": impl, "measured_step_seconds": measured["step_seconds"], "coverage": measured["coverage"],
+        "impl": impl, "backend": backend,
+        "measured_step_seconds": measured["step_seconds"], "coverage": measured["coverage"],
         "predicted_seconds": predicted["total_seconds"],
         "step_error_percent": 100 * step_error,
         "mean_fraction_error_pp": sum(abs(r["fraction_error_pp"]) for r in rows) / len(rows),
@@ -196,12 +212,18 @@ BACKENDS_CSV = ["layer", "layer_type", "group", "phase", "numpy_seconds", "numpy
                 "torch_fraction", "ratio"]
 
 
+def _torch_threads() -> int:
+    from .torch_backend import import_torch
+
+    return import_torch().get_num_threads()
+
+
 def parse_backends(text: str) -> tuple[str, ...]:
     from costmodel.errors import UsageError
 
     names = tuple(b.strip() for b in text.split(",") if b.strip())
-    if names not in (("numpy",), ("numpy", "torch")):
-        raise UsageError(f"--backends: {text!r} is not 'numpy' or 'numpy,torch'")
+    if names not in (("numpy",), ("torch",), ("numpy", "torch")):
+        raise UsageError(f"--backends: {text!r} is not 'numpy', 'torch' or 'numpy,torch'")
     return names
 
 
@@ -245,6 +267,11 @@ def compare_command(arch_path: Path, *, profile, batch, threads, impl, steps, wa
         return compare_backends_command(arch_path, batch=batch, threads=threads, impl=impl, steps=steps,
                                         warmup=warmup, fmt=fmt, progress=progress)
 
+    backend = parse_backends(backends)[0]
+    if backend == "torch":
+        from calib.torch_backend import import_torch
+
+        import_torch()  # a missing torch fails first, in one line
     arch = load_arch(arch_path).with_batch(batch)
     prof = find_profile(profile)
     from calib.memory import check_memory
@@ -254,7 +281,9 @@ def compare_command(arch_path: Path, *, profile, batch, threads, impl, steps, wa
         from costmodel.plots import plot_format
 
         plot_format(plot)  # a bad suffix fails before the steps are measured
-    result = compare(arch, prof, impl=impl, threads=threads, steps=steps, warmup=warmup, progress=progress)
+    result = compare(arch, prof, impl=impl, threads=threads, steps=steps, warmup=warmup, progress=progress,
+                     backend=backend)
+    impl = result["impl"]
     if plot:
         compare_plot(result, prof, plot)
     footer = [

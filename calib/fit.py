@@ -54,24 +54,27 @@ class FitResult:
     interval: tuple[float, float]  # 5 % and 95 % quantiles of measured/predicted
     n_samples: int
     n_groups: int
+    features: tuple[str, ...] = FEATURES
 
     def as_profile_entry(self) -> dict:
-        return {"model": MODEL_NAME, "features": list(FEATURES), "coef": self.coef,
+        return {"model": MODEL_NAME, "features": list(self.features), "coef": self.coef,
                 "cv_error": self.cv_error, "interval": list(self.interval),
                 "n_samples": self.n_samples}
 
 
-def fit_op(X: np.ndarray, t: np.ndarray, groups: np.ndarray, n_splits: int = 5) -> FitResult:
-    """Fit one op kind and estimate its error by grouped cross-validation."""
+def fit_op(X: np.ndarray, t: np.ndarray, groups: np.ndarray, n_splits: int = 5,
+           features: tuple[str, ...] = FEATURES) -> FitResult:
+    """Fit one op kind (X's columns are `features`) and estimate its error by grouped
+    cross-validation."""
     from sklearn.model_selection import GroupKFold
 
     X, t, groups = np.asarray(X, float), np.maximum(np.asarray(t, float), T_FLOOR), np.asarray(groups)
     n_groups = len(np.unique(groups))
-    model = OpTimeModel().fit(X, t)
+    model = OpTimeModel(features).fit(X, t)
     if n_groups >= 2:
         cv_pred = np.empty_like(t)
         for train, test in GroupKFold(n_splits=min(n_splits, n_groups)).split(X, t, groups):
-            cv_pred[test] = OpTimeModel().fit(X[train], t[train]).predict(X[test])
+            cv_pred[test] = OpTimeModel(features).fit(X[train], t[train]).predict(X[test])
     else:  # one group: in-sample residuals are all there is
         cv_pred = model.predict(X)
     cv_pred = np.maximum(cv_pred, 1e-12)
@@ -82,4 +85,5 @@ def fit_op(X: np.ndarray, t: np.ndarray, groups: np.ndarray, n_splits: int = 5) 
         interval=(float(np.quantile(ratio, 0.05)), float(np.quantile(ratio, 0.95))),
         n_samples=int(len(t)),
         n_groups=n_groups,
+        features=tuple(features),
     )

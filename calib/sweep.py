@@ -41,19 +41,20 @@ def _log_uniform_int(rng: np.random.Generator, lo: int, hi: int) -> int:
     return int(round(math.exp(rng.uniform(math.log(lo), math.log(hi)))))
 
 
-def _conv_point(rng: np.random.Generator, dtype: str, loss: str, name: str) -> dict:
+def _conv_point(rng: np.random.Generator, dtype: str, loss: str, name: str, first_kernel: bool = False) -> dict:
     h = int(rng.choice(KERNELS))
     s = int(rng.choice((1, 1, 2)))
     p = int(rng.integers(0, h // 2 + 1))
     a = _log_uniform_int(rng, max(4, h), 128)
     b = a if rng.random() < 0.7 else _log_uniform_int(rng, max(4, h), 128)
     pool = int(rng.choice((1, 2, 2, 3)))
+    h1 = int(rng.choice(KERNELS)) if first_kernel else 1
     return {
         "name": name, "dtype": dtype, "loss": loss,
         "input": {"height": a, "width": b, "channels": int(rng.choice((1, 3)))},
         "batch": _log_uniform_int(rng, 1, 512),
         "layers": [
-            {"type": "conv", "filters": _log_uniform_int(rng, 1, 512), "kernel": 1},
+            {"type": "conv", "filters": _log_uniform_int(rng, 1, 512), "kernel": h1, "padding": h1 // 2},
             {"type": "conv", "filters": _log_uniform_int(rng, 1, 512), "kernel": h, "padding": p,
              "stride": s, "pool": pool},
             {"type": "full", "units": _log_uniform_int(rng, 8, 4096)},
@@ -95,8 +96,15 @@ def _phi_bytes(arch: Architecture) -> int:
                                 for sz in arch.sizes() if sz.kind == "conv"), default=0)
 
 
-def design(n: int, *, dtype: str, seed: int = 0, limits: SweepLimits = SweepLimits()) -> list[Architecture]:
+def design(n: int, *, dtype: str, seed: int = 0, limits: SweepLimits = SweepLimits(),
+           first_kernel: bool = False) -> list[Architecture]:
     """`n` sweep architectures in `dtype`, reproducible from `seed`, all within `limits`.
+
+    With `first_kernel` the first conv layer's kernel is drawn as the second's (with "same"
+    padding), else it is 1x1. The torch backend needs it: PyTorch runs layer 1's convolution
+    on its own path (no input gradient, 1-3 input channels in plain layout), whose model
+    must see the kernels real first layers have; the NumPy reference's layer 1 runs the same
+    kernels as any other layer.
 
     Every third point is a large conv network (phi(pad(Z)) of at least LARGE_PHI_BYTES,
     as the examples' first layers at I = 128): the strided implementation runs those on its
@@ -110,7 +118,8 @@ def design(n: int, *, dtype: str, seed: int = 0, limits: SweepLimits = SweepLimi
         i = len(points)
         loss = ("mse", "softmax_ce")[i % 2]
         make = _mlp_point if i % 5 == 4 else _conv_point
-        data = make(rng, dtype, loss, f"sweep-{i}")
+        data = (_conv_point(rng, dtype, loss, f"sweep-{i}", first_kernel) if make is _conv_point
+                else make(rng, dtype, loss, f"sweep-{i}"))
         try:
             arch = parse_arch(data)
         except ArchError:  # a drawn shape that breaks a rule (kernel larger than the input ...)

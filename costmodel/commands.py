@@ -97,13 +97,15 @@ def _interval(row: dict) -> str:
     return f"{fmt_seconds(row['seconds_low'])} - {fmt_seconds(row['seconds_high'])}"
 
 
-def predict_command(arch_path: Path, *, profile, batch, threads, impl, fmt, by="op", plot=None) -> str:
+def predict_command(arch_path: Path, *, profile, batch, threads, impl, fmt, by="op", plot=None,
+                    backend="numpy") -> str:
     from .predict import group, predict
     from .profile import find_profile
 
     arch = load_arch(arch_path).with_batch(batch)
     prof = find_profile(profile)
-    result = predict(arch, prof, impl=impl, threads=threads)
+    result = predict(arch, prof, impl=impl, threads=threads, backend=backend)
+    impl = result["impl"]
     if plot:
         from .plots import plot_predict
 
@@ -128,10 +130,13 @@ def predict_command(arch_path: Path, *, profile, batch, threads, impl, fmt, by="
         f"step: {fmt_seconds(result['total_seconds'])} predicted "
         f"(interval {fmt_seconds(result['total_seconds_low'])} - {fmt_seconds(result['total_seconds_high'])}, "
         "5-95 % of cross-validated measured/predicted, summed over the ops)",
-        f"{arch.name}: batch I={arch.batch}, {arch.dtype}, impl={impl}, threads={result['threads']}; "
+        f"{arch.name}: batch I={arch.batch}, {arch.dtype}, "
+        + ("impl=" + impl if backend == "numpy" else "PyTorch op groups (docs/torch-mapping.md)")
+        + f", threads={result['threads']}; "
         f"profile made on {result['profile']['cpu_model']} ({result['profile']['created'][:10]})",
     ]
-    return render_table(f"Predicted SG step: {arch.name}", columns, rows, footer)
+    title = f"Predicted SG step{' in PyTorch' if backend == 'torch' else ''}: {arch.name}"
+    return render_table(title, columns, rows, footer)
 
 
 def latex_command(arch_path: Path, *, output=None, standalone=False, profile=None, measured_fractions=None,

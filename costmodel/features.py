@@ -14,15 +14,25 @@ c_call is seconds per call.
 from __future__ import annotations
 
 FEATURES = ("calls", "flops", "bytes", "bytes_beyond_L2", "bytes_beyond_L3")
+#: the torch backend's fused convolutions have one more: the FLOPs their blocked kernels
+#: spend on SIMD lanes past a layer's channel counts (costmodel.fused.lane_waste_flops)
+LANE_FEATURES = FEATURES + ("flops_lane_waste",)
+ALL_FEATURES = LANE_FEATURES
 
-#: what one unit of each coefficient means, for reading a profile
-FEATURE_UNITS = {
-    "calls": ("s per call", 1.0),
-    "flops": ("FLOP/s", None),
-    "bytes": ("B/s", None),
-    "bytes_beyond_L2": ("B/s beyond L2", None),
-    "bytes_beyond_L3": ("B/s beyond L3", None),
-}
+
+def features_of(backend: str, key: str = "") -> tuple[str, ...]:
+    """The features the model `key` of a backend is fitted on."""
+    if backend == "torch" and ("conv_matmul" in key or "conv_grad_W" in key):
+        return LANE_FEATURES
+    return FEATURES
+
+
+def simd_lanes(cpu_flags, itemsize: int) -> int:
+    """Elements of `itemsize` bytes in one SIMD register of a CPU with these flags: 64-byte
+    registers with AVX-512, 32 with AVX, else 16 (SSE, NEON)."""
+    flags = set(cpu_flags)
+    width = 64 if "avx512f" in flags else 32 if "avx" in flags or "avx2" in flags else 16
+    return max(width // itemsize, 1)
 
 
 def model_key(op: str, loss: str, regime: str = "") -> str:
@@ -34,9 +44,10 @@ def model_key(op: str, loss: str, regime: str = "") -> str:
     return f"{op}:{'+'.join(variants)}" if variants else op
 
 
-def feature_rows(costs, caches: dict) -> "np.ndarray":
-    """The (n_ops, len(FEATURES)) feature matrix of per-op costs: a DataFrame of
-    costmodel.evaluate.costs, or any mapping with "flops" and "bytes" sequences.
+def feature_rows(costs, caches: dict, features: tuple[str, ...] = FEATURES) -> "np.ndarray":
+    """The (n_ops, len(features)) feature matrix of per-op costs: a DataFrame of
+    costmodel.evaluate.costs, or any mapping with "flops" and "bytes" sequences (and
+    "flops_lane_waste" for the torch groups; 0 where absent).
 
     `caches` holds the cache sizes in bytes ({"L2": ..., "L3": ...}) of the machine whose
     profile is used; a missing level counts as infinitely large.
@@ -49,10 +60,16 @@ def feature_rows(costs, caches: dict) -> "np.ndarray":
     inf = float("inf")
     l2 = float(caches.get("L2") or inf)
     l3 = float(caches.get("L3") or inf)
-    return np.column_stack([
-        np.ones_like(flops),
-        flops,
-        nbytes,
-        np.where(working_set > l2, nbytes, 0.0),
-        np.where(working_set > l3, nbytes, 0.0),
-    ])
+    columns = {
+        "calls": lambda: np.ones_like(flops),
+        "flops": lambda: flops,
+        "bytes": lambda: nbytes,
+        "bytes_beyond_L2": lambda: np.where(working_set > l2, nbytes, 0.0),
+        "bytes_beyond_L3": lambda: np.where(working_set > l3, nbytes, 0.0),
+        "flops_lane_waste": lambda: (np.asarray(costs["flops_lane_waste"], dtype=float)
+                                     if "flops_lane_waste" in costs else np.zeros_like(flops)),
+    }
+    unknown = [f for f in features if f not in columns]
+    if unknown:
+        raise ValueError(f"unknown feature {unknown[0]!r} (this costmodel knows {', '.join(columns)})")
+    return np.column_stack([columns[f]() for f in features])

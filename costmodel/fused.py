@@ -17,6 +17,12 @@ phi(pad(Z)) stay inside the kernel, which is the point of fusing (measured: with
 ops' bytes, phi's h^2-fold copy included, the conv backward of large kernels was predicted
 2.8x too slow). "other" gets the sums over the ops of its scope: dispatch work grows with the
 number and size of the kernels it launches.
+
+A fused convolution also gets `lane_waste_flops`: oneDNN computes on blocks of channels one
+SIMD register wide, so a layer whose channel counts are not multiples of the register's
+lanes does FLOPs on padding lanes (measured on the sweep: from ~25 GFLOP/s median at
+fewer than 4 channels to ~120 GFLOP/s at 16-64; without this feature the examples' 32- and
+64-channel conv backward was predicted 1.7-1.9x too slow).
 """
 
 from __future__ import annotations
@@ -125,3 +131,47 @@ def fused_elements(group: Group, I: int) -> tuple[int, int]:
         return z + w + bias, out
     input_grad = any(op in ("conv_grad_input", "full_grad_input") for op in group.ops)
     return z + out + (w if input_grad else 0), w + bias + (z if input_grad else 0)
+
+
+def lane_waste_flops(group: Group, flops: int, lanes: int) -> int:
+    """FLOPs a fused convolution spends on SIMD lanes past its channel counts: its FLOPs times
+    (d' rounded up to `lanes`)/d' x (d rounded up)/d, minus its FLOPs. Layer 1's input
+    channels (1 or 3, read in their plain layout) are not blocked. 0 for any other group."""
+    sz = group.sizes
+    if not group.fused or sz is None or sz.kind != "conv" or lanes <= 1:
+        return 0
+
+    def padded(n: int) -> float:
+        return -(-n // lanes) * lanes / n
+
+    factor = padded(sz.d_next) * (padded(sz.d) if group.key.layer > 1 else 1.0)
+    return int(round(flops * (factor - 1.0)))
+
+
+def torch_rows(arch: Architecture, lanes: int = 1) -> list[dict]:
+    """The rows of PyTorch's step of `arch` for costmodel.predict.step_rows: per group its
+    FLOPs and bytes (as the module docstring says), kind, model key and flops_lane_waste for
+    `lanes` SIMD lanes. An "other" row does no arithmetic of its own: its flops and bytes are
+    0, and scope_flops / scope_bytes, what its model is fitted on, are its scope's sums."""
+    from .evaluate import costs_report
+
+    width = arch.itemsize
+    cost = {(r["layer"], r["op"], r["phase"]): r for r in costs_report(arch, BYTES_IMPL)["ops"]}
+    rows = []
+    for g in torch_groups(arch):
+        parts = [cost[(k.layer, k.op, k.phase)] for k in g.scope]
+        sums = {k: sum(p[k] for p in parts) for k in ("flops", "bytes_read", "bytes_written", "bytes")}
+        if g.fused:
+            read, written = fused_elements(g, arch.batch)
+            sums.update(bytes_read=read * width, bytes_written=written * width, bytes=(read + written) * width)
+        row = {"layer": g.key.layer, "layer_type": g.key.layer_type, "op": g.name, "phase": g.key.phase}
+        if g.name == OTHER:
+            row.update(flops=0, bytes_read=0, bytes_written=0, bytes=0, intensity=0.0, memory_kept_bytes=0,
+                       scope_flops=sums["flops"], scope_bytes=sums["bytes"])
+        else:
+            row.update(sums, intensity=sums["flops"] / sums["bytes"] if sums["bytes"] else 0.0,
+                       memory_kept_bytes=sum(p["memory_kept_bytes"] for p in parts))
+        row.update(flops_lane_waste=lane_waste_flops(g, sums["flops"], lanes), seconds=None, fraction=None,
+                   kind=g.kind, model=group_model_key(g.name, g.key.phase, arch.loss))
+        rows.append(row)
+    return rows

@@ -14,9 +14,9 @@ import os
 
 from .arch import Architecture
 from .errors import CostModelError
-from .features import FEATURES, feature_rows, model_key
+from .features import ALL_FEATURES, feature_rows, model_key, simd_lanes
 from .ops import OP_KIND, op_regime, threaded_step
-from .profile import Profile
+from .profile import Profile, calibrate_command
 
 
 def default_threads(profile: Profile, dtype: str, impl: str, backend: str = "numpy") -> int:
@@ -33,11 +33,12 @@ def default_threads(profile: Profile, dtype: str, impl: str, backend: str = "num
 BACKENDS = ("numpy", "torch")
 
 
-def step_rows(arch: Architecture, impl: str, threads: int, backend: str = "numpy") -> list[dict]:
+def step_rows(arch: Architecture, impl: str, threads: int, backend: str = "numpy", lanes: int = 1) -> list[dict]:
     """The rows whose times a profile models, for one step of `arch`: with the NumPy backend
     the contract's ops of `impl`, with the torch backend PyTorch's op groups
     (costmodel.fused). Each row has layer, layer_type, op, phase, kind, flops, bytes and
-    ``model``, the key of the op model that times it (model_key / group_model_key)."""
+    ``model``, the key of the op model that times it (model_key / group_model_key); a torch
+    row also flops_lane_waste for a machine with `lanes` SIMD lanes (features.simd_lanes)."""
     from .evaluate import costs_report
 
     if backend == "numpy":
@@ -50,24 +51,19 @@ def step_rows(arch: Architecture, impl: str, threads: int, backend: str = "numpy
         return rows
     if backend != "torch":
         raise CostModelError(f"--backend: {backend!r} is not one of {', '.join(BACKENDS)}")
-    from .fused import BYTES_IMPL, fused_elements, group_model_key, torch_groups
+    from .fused import torch_rows
 
-    width = arch.itemsize
+    return torch_rows(arch, lanes)
 
-    cost = {(r["layer"], r["op"], r["phase"]): r for r in costs_report(arch, BYTES_IMPL)["ops"]}
-    rows = []
-    for g in torch_groups(arch):
-        parts = [cost[(k.layer, k.op, k.phase)] for k in g.scope]
-        sums = {k: sum(p[k] for p in parts) for k in ("flops", "bytes_read", "bytes_written", "bytes")}
-        if g.fused:
-            read, written = fused_elements(g, arch.batch)
-            sums.update(bytes_read=read * width, bytes_written=written * width, bytes=(read + written) * width)
-        sums["intensity"] = sums["flops"] / sums["bytes"] if sums["bytes"] else 0.0
-        sums["memory_kept_bytes"] = sum(p["memory_kept_bytes"] for p in parts) if g.ops else 0
-        rows.append({"layer": g.key.layer, "layer_type": g.key.layer_type, "op": g.name, "phase": g.key.phase,
-                     **sums, "seconds": None, "fraction": None, "kind": g.kind,
-                     "model": group_model_key(g.name, g.key.phase, arch.loss)})
-    return rows
+
+def row_features(rows: list[dict]) -> dict[str, list]:
+    """The columns of step_rows that features.feature_rows reads: a row's FLOPs and bytes, or
+    for PyTorch's "other" those of its scope (scope_flops, scope_bytes)."""
+    out = {"flops": [r.get("scope_flops", r["flops"]) for r in rows],
+           "bytes": [r.get("scope_bytes", r["bytes"]) for r in rows]}
+    if rows and "flops_lane_waste" in rows[0]:
+        out["flops_lane_waste"] = [r["flops_lane_waste"] for r in rows]
+    return out
 
 
 def predict(arch: Architecture, profile: Profile, *, impl: str = "index", threads: int | None = None,
@@ -84,19 +80,21 @@ def predict(arch: Architecture, profile: Profile, *, impl: str = "index", thread
     arch = arch.with_batch(batch)
     threads = threads or default_threads(profile, arch.dtype, impl, backend)
     entry = profile.entry(arch.dtype, impl, threads, backend)
-    ops = step_rows(arch, impl, threads, backend)
-    X = feature_rows({"flops": [o["flops"] for o in ops], "bytes": [o["bytes"] for o in ops]},
-                     profile.fingerprint.caches)
+    ops = step_rows(arch, impl, threads, backend, simd_lanes(profile.fingerprint.cpu_flags, arch.itemsize))
+    X = feature_rows(row_features(ops), profile.fingerprint.caches, ALL_FEATURES)
     for row, x in zip(ops, X):
         key = row.pop("model")
         model = entry.ops.get(key)
         if model is None:
-            again = f"--dtype {arch.dtype} --threads {threads} " + (
-                "--backend torch" if backend == "torch" else f"--impl {impl}")
             raise CostModelError(f"the profile's {entry.describe()} calibration has no model for "
                                  f"{'op' if backend == 'numpy' else 'op group'} {key!r}: "
-                                 f"run `costmodel calibrate {again}` again")
-        seconds = sum(c * x[FEATURES.index(f)] for f, c in zip(model.features, model.coef))
+                                 f"run `{calibrate_command(arch.dtype, impl, threads, backend)}` again")
+        unknown = [f for f in model.features if f not in ALL_FEATURES]
+        if unknown:
+            raise CostModelError(f"the profile's {entry.describe()} model of {key!r} uses feature "
+                                 f"{unknown[0]!r}, which this costmodel does not know: upgrade costmodel "
+                                 "or calibrate again")
+        seconds = sum(c * x[ALL_FEATURES.index(f)] for f, c in zip(model.features, model.coef))
         lo, hi = model.interval
         row.update(seconds=seconds, seconds_low=seconds * lo, seconds_high=seconds * hi, cv_error=model.cv_error)
     total = sum(o["seconds"] for o in ops)

@@ -32,7 +32,7 @@ from .ops import OP_NAMES
 from .report import FORMATS, atomic_write, fmt_seconds, human, render_table, to_csv, to_json
 
 __all__ = ["SCHEMA_VERSION", "BandwidthPoint", "BlasInfo", "Ceilings", "Entry", "Fingerprint", "OpModel",
-           "Profile", "check_machine", "default_profile_path", "embedded_profile_path", "fact",
+           "Profile", "calibrate_command", "check_machine", "default_profile_path", "embedded_profile_path", "fact",
            "find_profile", "load_profile", "render_profile", "save_profile"]
 
 SCHEMA_VERSION = 1
@@ -184,13 +184,18 @@ class Profile(_Model):
         for entry in self.entries:
             if entry.key == (dtype, impl, threads, backend):
                 return entry
-        command = f"costmodel calibrate --dtype {dtype} --impl {impl} --threads {threads}"
-        if backend != "numpy":
-            command += f" --backend {backend}"
+        command = calibrate_command(dtype, impl, threads, backend)
         has = "; ".join(e.describe() for e in self.entries) or "nothing"
         raise CostModelError(f"the profile has no entry for {_setting(dtype, impl, threads, backend)}: "
                              f"run `{command}` "
                              f"(it has: {has})")
+
+
+def calibrate_command(dtype: str, impl: str, threads: int, backend: str = "numpy") -> str:
+    """The command that calibrates the entry for these settings."""
+    if backend == "numpy":
+        return f"costmodel calibrate --dtype {dtype} --impl {impl} --threads {threads}"
+    return f"costmodel calibrate --dtype {dtype} --threads {threads} --backend {backend}"
 
 
 # -- files -----------------------------------------------------------------------------------

@@ -176,7 +176,7 @@ def test_cli_compare_backends_csv_and_bad_value():
                               "--warmup", "0", "--format", "csv"])
     assert res.exit_code == 0, res.output
     assert res.stdout.splitlines()[0].startswith("layer,layer_type,group,phase,numpy_seconds")
-    res = runner.invoke(app, ["compare", str(path), "--backends", "torch"])
+    res = runner.invoke(app, ["compare", str(path), "--backends", "torch,numpy"])
     assert res.exit_code != 0 and "--backends" in res.stderr
 
 
