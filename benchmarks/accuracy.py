@@ -6,9 +6,12 @@ architecture the step-time error (%) and the mean per-op fraction error (percent
 It also measures the floor: the run-to-run spread of `measure` on the same architecture
 (two measurements compared with each other, the same way as prediction against measurement).
 
-Targets (issue 5): step-time error median <= 10 %, worst <= 25 %; mean fraction error <= 2 pp.
+Targets (issues 5 and 7): step-time error median <= 10 %, worst <= 25 %; mean fraction error
+<= 2 pp. `--impl torch` does the same for `predict --backend torch` against
+`measure --backend torch` (PyTorch's op groups; the step time with the profiler on, which the
+groups add up to).
 
-    python benchmarks/accuracy.py [--impl index strided] [--profile FILE] [--steps 5] [--threads 2]
+    python benchmarks/accuracy.py [--impl index strided torch] [--profile FILE] [--steps 5] [--threads 2]
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from calib.calibrate import Plan, calibrate, to_profile  # noqa: E402
 from calib.measure import measure  # noqa: E402
+from calib.torch_backend import measure_torch  # noqa: E402
 from costmodel.arch import load_arch  # noqa: E402
 from costmodel.predict import predict  # noqa: E402
 from costmodel.profile import load_profile, save_profile  # noqa: E402
@@ -38,7 +42,8 @@ def fraction_error_pp(a: list[dict], b: list[dict]) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--impl", nargs="+", default=["index", "strided"])
+    parser.add_argument("--impl", nargs="+", default=["index", "strided"],
+                        help="index, strided (the NumPy reference) and/or torch (PyTorch's op groups)")
     parser.add_argument("--profile", type=Path, help="use this profile instead of calibrating now")
     parser.add_argument("--save-profile", type=Path, help="write the profile calibrated now here")
     parser.add_argument("--steps", type=int, default=5)
@@ -50,8 +55,14 @@ def main() -> int:
     else:
         t0 = time.perf_counter()
         dtypes = sorted({load_arch(p).dtype for p in ARCHS})
-        profile = to_profile(calibrate(Plan.make(quick=False, dtypes=dtypes, impls=args.impl),
-                                       threads=args.threads))
+        numpy_impls = [i for i in args.impl if i != "torch"]
+        profile = None
+        if numpy_impls:
+            profile = to_profile(calibrate(Plan.make(quick=False, dtypes=dtypes, impls=numpy_impls),
+                                           threads=args.threads))
+        if "torch" in args.impl:
+            profile = to_profile(calibrate(Plan.make(quick=False, dtypes=dtypes, impls=None, backend="torch"),
+                                           threads=args.threads), merge_into=profile)
         print(f"calibrated {dtypes} x {args.impl} in {time.perf_counter() - t0:.1f} s", flush=True)
         if args.save_profile:
             save_profile(profile, args.save_profile)
@@ -64,9 +75,14 @@ def main() -> int:
     for path in ARCHS:
         arch = load_arch(path)
         for impl in args.impl:
-            m1 = measure(arch, steps=args.steps, warmup=2, threads=args.threads, impl=impl)
-            p = predict(arch, profile, impl=impl, threads=m1["threads"])
-            m2 = measure(arch, steps=args.steps, warmup=1, threads=args.threads, impl=impl)
+            if impl == "torch":
+                m1 = measure_torch(arch, steps=args.steps, warmup=2, threads=args.threads)
+                p = predict(arch, profile, threads=m1["threads"], backend="torch")
+                m2 = measure_torch(arch, steps=args.steps, warmup=1, threads=args.threads)
+            else:
+                m1 = measure(arch, steps=args.steps, warmup=2, threads=args.threads, impl=impl)
+                p = predict(arch, profile, impl=impl, threads=m1["threads"])
+                m2 = measure(arch, steps=args.steps, warmup=1, threads=args.threads, impl=impl)
             row = {
                 "arch": arch.name, "impl": impl,
                 "measured": m1["step_seconds"], "predicted": p["total_seconds"],
