@@ -36,6 +36,12 @@ OTHER = "other"
 #: the reference implementation whose byte convention the groups' bytes use
 BYTES_IMPL = "strided"
 
+#: dtypes whose convolutions PyTorch runs as im2col + a BLAS product
+#: (aten::_slow_conv2d_forward/backward, with phi(pad(Z)) of the whole batch in memory), not
+#: as oneDNN's direct convolution (aten::mkldnn_convolution, float32): their fused groups
+#: are costed with their ops' bytes and waste no lanes (torch 2.13 on x86; docs/torch-mapping.md)
+IM2COL_DTYPES = frozenset({"float64"})
+
 #: (phase, layer kind) -> the contract's ops one PyTorch kernel covers
 FUSED: dict[tuple[str, str], tuple[str, ...]] = {
     ("forward", "conv"): ("pad", "phi", "conv_matmul", "bias"),
@@ -161,7 +167,7 @@ def torch_rows(arch: Architecture, lanes: int = 1) -> list[dict]:
     for g in torch_groups(arch):
         parts = [cost[(k.layer, k.op, k.phase)] for k in g.scope]
         sums = {k: sum(p[k] for p in parts) for k in ("flops", "bytes_read", "bytes_written", "bytes")}
-        if g.fused:
+        if g.fused and arch.dtype not in IM2COL_DTYPES:
             read, written = fused_elements(g, arch.batch)
             sums.update(bytes_read=read * width, bytes_written=written * width, bytes=(read + written) * width)
         row = {"layer": g.key.layer, "layer_type": g.key.layer_type, "op": g.name, "phase": g.key.phase}
@@ -171,7 +177,8 @@ def torch_rows(arch: Architecture, lanes: int = 1) -> list[dict]:
         else:
             row.update(sums, intensity=sums["flops"] / sums["bytes"] if sums["bytes"] else 0.0,
                        memory_kept_bytes=sum(p["memory_kept_bytes"] for p in parts))
-        row.update(flops_lane_waste=lane_waste_flops(g, sums["flops"], lanes), seconds=None, fraction=None,
+        waste = lane_waste_flops(g, sums["flops"], lanes) if arch.dtype not in IM2COL_DTYPES else 0
+        row.update(flops_lane_waste=waste, seconds=None, fraction=None,
                    kind=g.kind, model=group_model_key(g.name, g.key.phase, arch.loss))
         rows.append(row)
     return rows
