@@ -421,5 +421,7 @@ def render_profile(profile: Profile, fmt: str = "table") -> str:
                ("CV error", "cv_error", lambda v: "-" if v is None else f"{100 * v:.1f} %"),
                ("measured/predicted", "interval", lambda v: f"{v[0]:.2f} .. {v[1]:.2f}"),
                ("samples", "n_samples", str)]
-    parts += [render_table(f"Op models: {entry.describe()}", columns, _op_rows(entry)) for entry in profile.entries]
+    parts += [render_table(f"Op models: {entry.describe()}"
+                           + "".join(f", {name} {version}" for name, version in sorted(entry.versions.items())),
+                           columns, _op_rows(entry)) for entry in profile.entries]
     return "\n".join(parts)

