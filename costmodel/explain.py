@@ -54,6 +54,29 @@ NOTATION: dict[str, tuple[str, str]] = {
     "update": ("W$m, b$m update", r"W$m, b$m\ \mathrm{update}"),
 }
 
+#: PyTorch's fused groups (costmodel.fused), named by the product they are built around
+FUSED_NOTATION: dict[str, tuple[str, str]] = {
+    "conv_matmul": ("conv(Z$m; W$m) + b$m, fused", r"\mathrm{conv}(Z$m; W$m) + b$m"),
+    "conv_grad_W": ("conv backward of dS$m, fused", r"\mathrm{conv}'(dS$m)"),
+    "full_matmul": ("W$m Z$m + b$m 1^T", r"W$m Z$m + b$m 1^T"),
+    "full_grad_W": ("dS$m (Z$m)^T, dS$m 1, (W$m)^T dS$m", r"dS$m (Z$m)^T, (W$m)^T dS$m"),
+}
+OTHER_NOTATION = ("other (framework)", r"\mathrm{other}")
+
+
+def _notation(op: str) -> tuple[str, str]:
+    """The notation of an op, of a PyTorch group ("pad+phi+conv_matmul+bias") or of "other"."""
+    if op in NOTATION:
+        return NOTATION[op]
+    if op == "other":
+        return OTHER_NOTATION
+    parts = op.split("+")
+    for product, notation in FUSED_NOTATION.items():
+        if product in parts:
+            return notation
+    return (" + ".join(NOTATION[p][0] for p in parts), " + ".join(NOTATION[p][1] for p in parts))
+
+
 #: the op kinds (costmodel.ops.OP_KIND) as the subject of a sentence
 KIND_PLURAL = {"matrix product": "matrix products", "elementwise": "elementwise ops"}
 
@@ -75,12 +98,12 @@ def course_name(op: str, layer: int | str) -> str:
     def sup(k: int | str) -> str:
         return f"^{k}" if len(str(k)) == 1 else f"^{{{k}}}"
 
-    return Template(NOTATION[op][0]).substitute(m=sup(layer), n=sup(_next(layer)))
+    return Template(_notation(op)[0]).substitute(m=sup(layer), n=sup(_next(layer)))
 
 
 def course_tex(op: str, layer: int) -> str:
     """The op in the course's notation as matplotlib mathtext: '$W^{2}\\phi(...)$'."""
-    return "$" + Template(NOTATION[op][1]).substitute(m=f"^{{{layer}}}", n=f"^{{{_next(layer)}}}") + "$"
+    return "$" + Template(_notation(op)[1]).substitute(m=f"^{{{layer}}}", n=f"^{{{_next(layer)}}}") + "$"
 
 
 def label(row: dict) -> str:

@@ -23,7 +23,9 @@ if TYPE_CHECKING:
 
 PLOT_FORMATS = {".png": "png", ".pdf": "pdf"}
 KIND_COLORS = {"matrix product": "tab:blue", "index manipulation": "tab:orange", "elementwise": "tab:green",
-               "loss": "tab:red", "update": "tab:purple"}
+               "loss": "tab:red", "update": "tab:purple",
+               # PyTorch's groups (costmodel.fused)
+               "fused convolution": "tab:cyan", "framework overhead": "tab:gray"}
 #: ops named on a roofline or a scatter: the largest by time
 LABELLED = 5
 #: groups drawn one by one in a sweep's bars (the rest are summed as "other ops")

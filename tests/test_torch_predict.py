@@ -216,3 +216,20 @@ def test_cli_calibrate_torch_refuses_impl_and_needs_torch(monkeypatch, tmp_path)
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
     res = runner.invoke(app, ["calibrate", "--backend", "torch", "--quick", "-o", str(out)])
     assert res.exit_code == 2 and "pip install 'costmodel[torch]'" in res.stderr and not out.exists()
+
+
+def test_torch_groups_have_course_names_and_plot(torch_profile, tmp_path):
+    from costmodel.explain import course_name, course_tex
+    from costmodel.plots import plot_predict
+    from costmodel.predict import predict
+
+    arch = example(next(p for p in EXAMPLES if p.stem == "cifar10-demo-layer4"), batch=4)
+    names = {g.name: course_name(g.name, g.key.layer) for g in torch_groups(arch)}
+    assert names["pad+phi+conv_matmul+bias"] == "conv(Z^3; W^3) + b^3, fused"  # the last conv layer
+    assert names[OTHER] == "other (framework)" and all(course_tex(g.name, 2) for g in torch_groups(arch))
+    profile = load_profile(torch_profile)
+    result = predict(example(next(p for p in EXAMPLES if p.stem == "digits-small"), batch=8), profile,
+                     threads=1, backend="torch")
+    out = tmp_path / "torch.png"
+    plot_predict(result, profile.ceilings, out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
