@@ -166,7 +166,8 @@ def test_compare_command_draws_the_comparison(tmp_path, monkeypatch, profile_pat
 
 
 def test_every_op_kind_has_a_colour():
+    from costmodel.fused import GROUP_KIND, OTHER_KIND
     from costmodel.ops import OP_KIND
     from costmodel.plots import KIND_COLORS
 
-    assert set(KIND_COLORS) == set(OP_KIND.values())
+    assert set(KIND_COLORS) == set(OP_KIND.values()) | set(GROUP_KIND.values()) | {OTHER_KIND}
