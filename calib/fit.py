@@ -19,8 +19,8 @@ import numpy as np
 from costmodel.features import FEATURES
 
 MODEL_NAME = "nnls-linear"
-#: times below this are read as this: torch.profiler's resolution is 1 us, and an op group
-#: whose time it reports as 0 (an "other" with no gap) would otherwise get an infinite weight
+#: a time of 0 is read as this: torch.profiler's resolution is 1 us, and an op group whose
+#: time it reports as 0 (an "other" with no gap) would otherwise get an infinite weight
 T_FLOOR = 1e-6
 
 
@@ -68,7 +68,8 @@ def fit_op(X: np.ndarray, t: np.ndarray, groups: np.ndarray, n_splits: int = 5,
     cross-validation."""
     from sklearn.model_selection import GroupKFold
 
-    X, t, groups = np.asarray(X, float), np.maximum(np.asarray(t, float), T_FLOOR), np.asarray(groups)
+    X, t, groups = np.asarray(X, float), np.asarray(t, float), np.asarray(groups)
+    t = np.where(t > 0, t, T_FLOOR)
     n_groups = len(np.unique(groups))
     model = OpTimeModel(features).fit(X, t)
     if n_groups >= 2:
