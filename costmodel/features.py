@@ -14,17 +14,22 @@ c_call is seconds per call.
 from __future__ import annotations
 
 FEATURES = ("calls", "flops", "bytes", "bytes_beyond_L2", "bytes_beyond_L3")
-#: the torch backend's fused convolutions have one more: the FLOPs their blocked kernels
-#: spend on SIMD lanes past a layer's channel counts (costmodel.fused.lane_waste_flops)
-LANE_FEATURES = FEATURES + ("flops_lane_waste",)
-ALL_FEATURES = LANE_FEATURES
+#: features the torch backend's rows carry besides FLOPs and bytes (costmodel.fused.torch_rows):
+#: the bytes of arrays so large that every allocation maps fresh pages, and the FLOPs blocked
+#: convolution kernels spend on SIMD lanes past a layer's channel counts
+ROW_FEATURES = ("bytes_fresh", "flops_lane_waste")
+ALL_FEATURES = FEATURES + ROW_FEATURES
+TORCH_FEATURES = FEATURES + ("bytes_fresh",)
+LANE_FEATURES = TORCH_FEATURES + ("flops_lane_waste",)
 
 
 def features_of(backend: str, key: str = "") -> tuple[str, ...]:
     """The features the model `key` of a backend is fitted on."""
-    if backend == "torch" and ("conv_matmul" in key or "conv_grad_W" in key):
+    if backend != "torch":
+        return FEATURES
+    if "conv_matmul" in key or "conv_grad_W" in key:
         return LANE_FEATURES
-    return FEATURES
+    return TORCH_FEATURES
 
 
 def simd_lanes(cpu_flags, itemsize: int) -> int:
@@ -47,7 +52,7 @@ def model_key(op: str, loss: str, regime: str = "") -> str:
 def feature_rows(costs, caches: dict, features: tuple[str, ...] = FEATURES) -> "np.ndarray":
     """The (n_ops, len(features)) feature matrix of per-op costs: a DataFrame of
     costmodel.evaluate.costs, or any mapping with "flops" and "bytes" sequences (and
-    "flops_lane_waste" for the torch groups; 0 where absent).
+    the ROW_FEATURES of the torch groups; 0 where absent).
 
     `caches` holds the cache sizes in bytes ({"L2": ..., "L3": ...}) of the machine whose
     profile is used; a missing level counts as infinitely large.
@@ -66,9 +71,10 @@ def feature_rows(costs, caches: dict, features: tuple[str, ...] = FEATURES) -> "
         "bytes": lambda: nbytes,
         "bytes_beyond_L2": lambda: np.where(working_set > l2, nbytes, 0.0),
         "bytes_beyond_L3": lambda: np.where(working_set > l3, nbytes, 0.0),
-        "flops_lane_waste": lambda: (np.asarray(costs["flops_lane_waste"], dtype=float)
-                                     if "flops_lane_waste" in costs else np.zeros_like(flops)),
     }
+    for name in ROW_FEATURES:
+        columns[name] = (lambda name=name: np.asarray(costs[name], dtype=float) if name in costs
+                         else np.zeros_like(flops))
     unknown = [f for f in features if f not in columns]
     if unknown:
         raise ValueError(f"unknown feature {unknown[0]!r} (this costmodel knows {', '.join(columns)})")

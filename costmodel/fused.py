@@ -42,6 +42,11 @@ BYTES_IMPL = "strided"
 #: are costed with their ops' bytes and waste no lanes (torch 2.13 on x86; docs/torch-mapping.md)
 IM2COL_DTYPES = frozenset({"float64"})
 
+#: glibc's largest mmap threshold on 64-bit Linux: an allocation of at least this many bytes
+#: is always mapped fresh, so every step faults its pages in again (PyTorch's CPU allocator
+#: does not cache); smaller ones are reused from the heap
+FRESH_BYTES = 32 << 20
+
 #: (phase, layer kind) -> the contract's ops one PyTorch kernel covers
 FUSED: dict[tuple[str, str], tuple[str, ...]] = {
     ("forward", "conv"): ("pad", "phi", "conv_matmul", "bias"),
@@ -178,7 +183,13 @@ def torch_rows(arch: Architecture, lanes: int = 1) -> list[dict]:
             row.update(sums, intensity=sums["flops"] / sums["bytes"] if sums["bytes"] else 0.0,
                        memory_kept_bytes=sum(p["memory_kept_bytes"] for p in parts))
         waste = lane_waste_flops(g, sums["flops"], lanes) if arch.dtype not in IM2COL_DTYPES else 0
-        row.update(flops_lane_waste=waste, seconds=None, fraction=None,
+        if g.name == OTHER:
+            fresh = 0
+        elif g.fused and arch.dtype not in IM2COL_DTYPES:
+            fresh = sums["bytes_written"] if sums["bytes_written"] >= FRESH_BYTES else 0
+        else:  # each op's output, phi of an im2col convolution included
+            fresh = sum(p["bytes_written"] for p in parts if p["bytes_written"] >= FRESH_BYTES)
+        row.update(flops_lane_waste=waste, bytes_fresh=fresh, seconds=None, fraction=None,
                    kind=g.kind, model=group_model_key(g.name, g.key.phase, arch.loss))
         rows.append(row)
     return rows

@@ -14,7 +14,7 @@ import os
 
 from .arch import Architecture
 from .errors import CostModelError
-from .features import ALL_FEATURES, feature_rows, model_key, simd_lanes
+from .features import ALL_FEATURES, ROW_FEATURES, feature_rows, model_key, simd_lanes
 from .ops import OP_KIND, op_regime, threaded_step
 from .profile import Profile, calibrate_command
 
@@ -61,8 +61,9 @@ def row_features(rows: list[dict]) -> dict[str, list]:
     for PyTorch's "other" those of its scope (scope_flops, scope_bytes)."""
     out = {"flops": [r.get("scope_flops", r["flops"]) for r in rows],
            "bytes": [r.get("scope_bytes", r["bytes"]) for r in rows]}
-    if rows and "flops_lane_waste" in rows[0]:
-        out["flops_lane_waste"] = [r["flops_lane_waste"] for r in rows]
+    for name in ROW_FEATURES:
+        if rows and name in rows[0]:
+            out[name] = [r[name] for r in rows]
     return out
 
 

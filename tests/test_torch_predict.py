@@ -233,3 +233,17 @@ def test_torch_groups_have_course_names_and_plot(torch_profile, tmp_path):
     out = tmp_path / "torch.png"
     plot_predict(result, profile.ceilings, out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bytes_fresh_counts_only_arrays_of_fresh_pages():
+    """An output of at least FRESH_BYTES is mapped anew by every allocation; below, none is."""
+    from costmodel.fused import FRESH_BYTES
+
+    big = example(next(p for p in EXAMPLES if p.stem == "cifar10-demo-layer4"), batch=256, dtype="float64")
+    rows = torch_rows(big)
+    assert any(r["bytes_fresh"] for r in rows)
+    for r in rows:
+        assert r["bytes_fresh"] == 0 or r["bytes_fresh"] >= FRESH_BYTES
+        assert r["bytes_fresh"] <= r["bytes_written"]
+    small = example(next(p for p in EXAMPLES if p.stem == "digits-small"), batch=8)
+    assert all(r["bytes_fresh"] == 0 for r in torch_rows(small))
