@@ -22,7 +22,9 @@ A fused convolution also gets `lane_waste_flops`: oneDNN computes on blocks of c
 SIMD register wide, so a layer whose channel counts are not multiples of the register's
 lanes does FLOPs on padding lanes (measured on the sweep: from ~25 GFLOP/s median at
 fewer than 4 channels to ~120 GFLOP/s at 16-64; without this feature the examples' 32- and
-64-channel conv backward was predicted 1.7-1.9x too slow).
+64-channel conv backward was predicted 1.7-1.9x too slow). Every group also gets
+`bytes_fresh`, the bytes of its outputs of at least FRESH_BYTES, which every step maps and
+faults in anew.
 """
 
 from __future__ import annotations
