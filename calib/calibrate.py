@@ -58,6 +58,39 @@ class Plan:
         return cls(tuple(dtypes or DTYPES), tuple(impls or IMPLS), points or full_points, backend=backend)
 
 
+def chunked_sweep(archs: list[Architecture], *, chunk: int, rounds: int, seed: int,
+                  build: Callable[[int, Architecture], object],
+                  run_round: Callable[[list[tuple[int, object]]], dict[int, dict[tuple, float]]],
+                  progress: Callable[[int], None] | None = None) -> list[dict]:
+    """The sweep's timing loop, shared by both backends: networks in chunks of `chunk`
+    (`build(i, arch)` makes network i, warm); in each of `rounds` rounds a chunk's networks are
+    visited in a new random order and `run_round(visits)` returns, per network, its seconds per
+    (layer, op, phase); gc is off while timing. A sample is the median over the rounds."""
+    rng = np.random.default_rng(seed)
+    samples: list[dict] = []
+    for first in range(0, len(archs), chunk):
+        nets = [(i, build(i, arch)) for i, arch in enumerate(archs[first:first + chunk], start=first)]
+        laps: dict[int, list[dict]] = {i: [] for i, _ in nets}
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            for _ in range(rounds):
+                for i, seconds in run_round([nets[j] for j in rng.permutation(len(nets))]).items():
+                    laps[i].append(seconds)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+        for i, _ in nets:
+            for layer, op, phase in laps[i][0]:
+                samples.append({"point": i, "layer": layer, "op": op, "phase": phase,
+                                "seconds": float(np.median([lap.get((layer, op, phase), 0.0) for lap in laps[i]]))})
+            if progress:
+                progress(1)
+        del nets
+        gc.collect()
+    return samples
+
+
 def time_sweep(archs: list[Architecture], impl: str, *, threads: int, rounds: int, chunk: int, seed: int,
                progress: Callable[[int], None] | None = None) -> list[dict]:
     """Samples {"point", "layer", "op", "phase", "seconds"} of every op of every sweep
@@ -66,47 +99,32 @@ def time_sweep(archs: list[Architecture], impl: str, *, threads: int, rounds: in
     from .measure import synthetic_batch
     from .timer import OpTimer
 
-    rng = np.random.default_rng(seed)
-    samples: list[dict] = []
-    for first in range(0, len(archs), chunk):
-        group = list(enumerate(archs[first:first + chunk], start=first))
-        nets = []
-        for i, arch in group:
-            cnn = ReferenceCNN(arch, impl=impl, seed=i, threads=threads)
-            X, Y = synthetic_batch(arch, seed=i)
-            start = [w.copy() for w in cnn.W + cnn.b + cnn.vW + cnn.vb]
-            t0 = time.perf_counter()
-            cnn.step(X, Y)  # warm-up: first touches of every buffer, lazily built index arrays
-            # a small network's ops are dominated by per-call costs that depend on how warm the
-            # caches are: each visit runs one untimed step first, as a training loop would
-            small = time.perf_counter() - t0 < WARM_VISIT_SECONDS
-            nets.append((i, arch, cnn, X, Y, [], start, small))
-        gc_was_enabled = gc.isenabled()
-        gc.disable()
-        try:
-            for _ in range(rounds):
-                for j in rng.permutation(len(nets)):
-                    i, arch, cnn, X, Y, laps, start, small = nets[j]
-                    if small:
-                        cnn.step(X, Y)
-                    # every step starts from the same weights, so no sweep network diverges
-                    for w, w0 in zip(cnn.W + cnn.b + cnn.vW + cnn.vb, start):
-                        np.copyto(w, w0)
-                    timer = OpTimer()
-                    cnn.step(X, Y, timer)
-                    laps.append(timer.seconds())
-        finally:
-            if gc_was_enabled:
-                gc.enable()
-        for i, arch, cnn, X, Y, laps, start, small in nets:
-            for key in laps[0]:
-                samples.append({"point": i, "layer": key.layer, "op": key.op, "phase": key.phase,
-                                "seconds": float(np.median([lap[key] for lap in laps]))})
-            if progress:
-                progress(1)
-        del nets
-        gc.collect()
-    return samples
+    def build(i: int, arch: Architecture):
+        cnn = ReferenceCNN(arch, impl=impl, seed=i, threads=threads)
+        X, Y = synthetic_batch(arch, seed=i)
+        start = [w.copy() for w in cnn.W + cnn.b + cnn.vW + cnn.vb]
+        t0 = time.perf_counter()
+        cnn.step(X, Y)  # warm-up: first touches of every buffer, lazily built index arrays
+        # a small network's ops are dominated by per-call costs that depend on how warm the
+        # caches are: each visit runs one untimed step first, as a training loop would
+        small = time.perf_counter() - t0 < WARM_VISIT_SECONDS
+        return cnn, X, Y, start, small
+
+    def run_round(visits):
+        out = {}
+        for i, (cnn, X, Y, start, small) in visits:
+            if small:
+                cnn.step(X, Y)
+            # every step starts from the same weights, so no sweep network diverges
+            for w, w0 in zip(cnn.W + cnn.b + cnn.vW + cnn.vb, start):
+                np.copyto(w, w0)
+            timer = OpTimer()
+            cnn.step(X, Y, timer)
+            out[i] = {(k.layer, k.op, k.phase): sec for k, sec in timer.seconds().items()}
+        return out
+
+    return chunked_sweep(archs, chunk=chunk, rounds=rounds, seed=seed, build=build, run_round=run_round,
+                         progress=progress)
 
 
 def sample_features(archs: list[Architecture], samples: list[dict], impl: str, threads: int,

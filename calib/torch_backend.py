@@ -422,42 +422,21 @@ def time_sweep_torch(archs: list[Architecture], *, threads: int, rounds: int, ch
     `measure`) has the same network's step before: PyTorch's allocator and oneDNN's
     primitive cache are then warm (measured: the median step error of the examples went from
     14.4 % to 11.6 % on the same 96 networks)."""
-    import gc
-
+    from .calibrate import chunked_sweep
     from .cnn import ReferenceCNN
     from .measure import synthetic_batch
 
-    rng = np.random.default_rng(seed)
-    samples: list[dict] = []
+    def build(i: int, arch: Architecture) -> TorchStep:
+        X, Y = synthetic_batch(arch, seed=i)
+        ts = TorchStep(arch, ReferenceCNN(arch, seed=i), X, Y, ranges=True)
+        ts.restore()
+        ts.step()  # first touches, allocator warm-up
+        return ts
+
+    def run_round(visits):
+        runs = [run for i, ts in visits for run in ((-1, ts), (i, ts))]  # label -1: the warm step, not kept
+        return {i: seconds for i, seconds, _ in profile_steps(runs) if i >= 0}
+
     with torch_threads(threads):
-        for first in range(0, len(archs), chunk):
-            nets = {}
-            for i, arch in enumerate(archs[first:first + chunk], start=first):
-                X, Y = synthetic_batch(arch, seed=i)
-                ts = TorchStep(arch, ReferenceCNN(arch, seed=i), X, Y, ranges=True)
-                ts.restore()
-                ts.step()  # first touches, allocator warm-up
-                nets[i] = (ts, [])
-            gc_was_enabled = gc.isenabled()
-            gc.disable()
-            try:
-                for _ in range(rounds):
-                    runs = []
-                    for i in rng.permutation(list(nets)):
-                        ts = nets[int(i)][0]
-                        runs += [(-1, ts), (int(i), ts)]  # label -1: the warm step, not kept
-                    for i, seconds, _ in profile_steps(runs):
-                        if i >= 0:
-                            nets[i][1].append(seconds)
-            finally:
-                if gc_was_enabled:
-                    gc.enable()
-            for i, (ts, steps) in nets.items():
-                for key in steps[0]:
-                    samples.append({"point": i, "layer": key[0], "op": key[1], "phase": key[2],
-                                    "seconds": float(np.median([s.get(key, 0.0) for s in steps]))})
-                if progress:
-                    progress(1)
-            del nets
-            gc.collect()
-    return samples
+        return chunked_sweep(archs, chunk=chunk, rounds=rounds, seed=seed, build=build, run_round=run_round,
+                             progress=progress)

@@ -174,7 +174,8 @@ def torch_rows(arch: Architecture, lanes: int = 1) -> list[dict]:
     for g in torch_groups(arch):
         parts = [cost[(k.layer, k.op, k.phase)] for k in g.scope]
         sums = {k: sum(p[k] for p in parts) for k in ("flops", "bytes_read", "bytes_written", "bytes")}
-        if g.fused and arch.dtype not in IM2COL_DTYPES:
+        direct = g.fused and arch.dtype not in IM2COL_DTYPES  # one oneDNN kernel, no phi in memory
+        if direct:
             read, written = fused_elements(g, arch.batch)
             sums.update(bytes_read=read * width, bytes_written=written * width, bytes=(read + written) * width)
         row = {"layer": g.key.layer, "layer_type": g.key.layer_type, "op": g.name, "phase": g.key.phase}
@@ -184,14 +185,14 @@ def torch_rows(arch: Architecture, lanes: int = 1) -> list[dict]:
         else:
             row.update(sums, intensity=sums["flops"] / sums["bytes"] if sums["bytes"] else 0.0,
                        memory_kept_bytes=sum(p["memory_kept_bytes"] for p in parts))
-        waste = lane_waste_flops(g, sums["flops"], lanes) if arch.dtype not in IM2COL_DTYPES else 0
         if g.name == OTHER:
             fresh = 0
-        elif g.fused and arch.dtype not in IM2COL_DTYPES:
+        elif direct:
             fresh = sums["bytes_written"] if sums["bytes_written"] >= FRESH_BYTES else 0
         else:  # each op's output, phi of an im2col convolution included
             fresh = sum(p["bytes_written"] for p in parts if p["bytes_written"] >= FRESH_BYTES)
-        row.update(flops_lane_waste=waste, bytes_fresh=fresh, seconds=None, fraction=None,
+        row.update(flops_lane_waste=lane_waste_flops(g, sums["flops"], lanes) if direct else 0,
+                   bytes_fresh=fresh, seconds=None, fraction=None,
                    kind=g.kind, model=group_model_key(g.name, g.key.phase, arch.loss))
         rows.append(row)
     return rows
