@@ -146,7 +146,7 @@ def costs(
     symbolic: Annotated[bool, typer.Option("--symbolic", help="Print the expressions and their leading-order terms.")] = False,
 ) -> None:
     """FLOPs, bytes, arithmetic intensity and memory kept of every op (symbolic cost model)."""
-    from costmodel.commands import costs_command
+    from costmodel.present.commands import costs_command
 
     typer.echo(costs_command(arch, batch=batch, impl=impl.value, fmt=fmt.value, symbolic=symbolic), nl=False)
 
@@ -178,7 +178,7 @@ def predict(
                                              "not torch itself).")] = Backend.numpy,
 ) -> None:
     """Predict the time of every op of an SG step, and its share of the step, from a machine profile."""
-    from costmodel.commands import predict_command
+    from costmodel.present.commands import predict_command
 
     typer.echo(predict_command(arch, profile=profile, batch=batch, threads=threads, impl=impl.value,
                                fmt=fmt.value, by=by.value, plot=plot, backend=backend.value), nl=False)
@@ -245,7 +245,7 @@ def explain(
 ) -> None:
     """Explain a predicted step from its numbers: major ops, compute- or memory-bound, FLOP share
     against time share, the slides' ratios, the other implementation, the mini-batch size."""
-    from costmodel.commands import explain_command
+    from costmodel.present.commands import explain_command
 
     typer.echo(explain_command(arch, profile=profile, batch=batch, threads=threads, impl=impl.value,
                                fmt=fmt.value), nl=False)
@@ -266,7 +266,7 @@ def sweep(
     plot: PlotOpt = None,
 ) -> None:
     """Predict the step for each value of one size: its time and the fractions of its ops."""
-    from costmodel.commands import sweep_command
+    from costmodel.present.commands import sweep_command
 
     typer.echo(sweep_command(arch, vary=vary, profile=profile, batch=batch, threads=threads, impl=impl.value,
                              by=by.value, fmt=fmt.value, plot=plot), nl=False)
@@ -283,7 +283,7 @@ def profile_show(
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Show a machine profile: fingerprint, ceilings, fitted parameters and their CV errors."""
-    from costmodel.profile import find_profile, render_profile
+    from costmodel.machine.profile import find_profile, render_profile
 
     typer.echo(render_profile(find_profile(file), fmt.value), nl=False)
 
@@ -308,7 +308,7 @@ def latex(
 
         text = latex_measured_command(arch, **options, progress=_progress("measure"))
     else:
-        from costmodel.commands import latex_command
+        from costmodel.present.commands import latex_command
 
         text = latex_command(arch, **options)
     typer.echo(text, nl=False)

@@ -27,10 +27,10 @@ sys.path.insert(0, str(ROOT))
 
 from calib.calibrate import Plan, calibrate, to_profile  # noqa: E402
 from calib.measure import measure  # noqa: E402
-from calib.torch_backend import measure_torch  # noqa: E402
-from costmodel.arch import load_arch  # noqa: E402
-from costmodel.predict import predict  # noqa: E402
-from costmodel.profile import load_profile, save_profile  # noqa: E402
+from calib.backends.torch import measure_torch  # noqa: E402
+from costmodel.model.arch import load_arch  # noqa: E402
+from costmodel.machine.predict import predict  # noqa: E402
+from costmodel.machine.profile import load_profile, save_profile  # noqa: E402
 
 ARCHS = sorted((ROOT / "examples").glob("*.yaml")) + sorted((ROOT / "benchmarks" / "archs").glob("*.yaml"))
 

@@ -11,7 +11,7 @@ import time
 from datetime import datetime, timezone
 
 from calib.machine import ceilings, fingerprint
-from costmodel.profile import Profile, render_profile
+from costmodel.machine.profile import Profile, render_profile
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """How fast the symbolic cost model answers (prints measured figures; asserts nothing).
 
 (a) the wall time of cold processes: the interpreter alone, ``import sympy``,
-    ``import pandas``, and costing an example through costmodel.evaluate (target for the whole
+    ``import pandas``, and costing an example through costmodel.model.evaluate (target for the whole
     ``costmodel costs`` process: <= 1 s); (b) variants costed per second through costs_many
     (target >= 10,000/s), over mini-batch sizes and over a layer's filters.
 
@@ -41,20 +41,20 @@ def per_second(fn, count: int) -> float:
 
 def main() -> None:
     example = sys.argv[1] if len(sys.argv) > 1 else "examples/cifar10-layer7.yaml"
-    cost_it = ("import costmodel, costmodel.evaluate as e; "
+    cost_it = ("import costmodel, costmodel.model.evaluate as e; "
                f"e.costs_report(costmodel.load_arch({example!r}), 'index')")
     base = cold("pass")
     print(f"(a) cold processes, median of {REPEATS} (python {sys.version.split()[0]})")
     print(f"    interpreter alone                    {base:6.3f} s")
     for label, code in [("import sympy", "import sympy"), ("import pandas", "import pandas"),
                         ("import costmodel", "import costmodel"),
-                        ("import costmodel.evaluate", "import costmodel.evaluate"),
+                        ("import costmodel.model.evaluate", "import costmodel.model.evaluate"),
                         (f"cost {Path(example).name} (report)", cost_it)]:
         t = cold(code)
         print(f"    {label:36s} {t:6.3f} s  ({t - base:+.3f} s over the interpreter)")
 
     from costmodel import load_arch
-    from costmodel.evaluate import costs_many
+    from costmodel.model.evaluate import costs_many
 
     arch = load_arch(ROOT / example)
     batch = np.arange(1, 10_001)

@@ -22,8 +22,8 @@ import numpy as np
 from calib.cnn import ReferenceCNN
 from calib.measure import synthetic_batch
 from calib.timer import NULL_TIMER, OpTimer
-from costmodel.arch import load_arch
-from costmodel.ops import OpKey, op_keys
+from costmodel.model.arch import load_arch
+from costmodel.model.ops import OpKey, op_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -23,8 +23,8 @@ import numpy as np
 
 from calib.cnn import ReferenceCNN
 from calib.measure import synthetic_batch
-from calib.torch_backend import TorchStep
-from costmodel.arch import load_arch
+from calib.backends.torch import TorchStep
+from costmodel.model.arch import load_arch
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ["cifar10-demo-layer4.yaml", "cifar10-layer7.yaml"]

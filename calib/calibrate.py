@@ -16,10 +16,10 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from costmodel.arch import Architecture
-from costmodel.features import ALL_FEATURES, feature_rows, features_of, simd_lanes
+from costmodel.model.arch import Architecture
+from costmodel.machine.features import ALL_FEATURES, feature_rows, features_of, simd_lanes
 
-from .sweep import QUICK_LIMITS, SweepLimits, design
+from calib.design import QUICK_LIMITS, SweepLimits, design
 
 IMPLS = ("index", "strided")
 DTYPES = ("float32", "float64")
@@ -30,7 +30,7 @@ WARM_VISIT_SECONDS = 0.02
 @dataclass(frozen=True)
 class Plan:
     """What one calibration measures: the (dtype, impl) pairs and the sweep of each. With
-    backend "torch" the one impl is "torch": PyTorch's op groups (costmodel.fused)."""
+    backend "torch" the one impl is "torch": PyTorch's op groups (costmodel.machine.fused)."""
 
     dtypes: tuple[str, ...]
     impls: tuple[str, ...]
@@ -95,9 +95,9 @@ def time_sweep(archs: list[Architecture], impl: str, *, threads: int, rounds: in
                progress: Callable[[int], None] | None = None) -> list[dict]:
     """Samples {"point", "layer", "op", "phase", "seconds"} of every op of every sweep
     network (median over `rounds` steps)."""
-    from .cnn import ReferenceCNN
-    from .measure import synthetic_batch
-    from .timer import OpTimer
+    from calib.cnn import ReferenceCNN
+    from calib.measure import synthetic_batch
+    from calib.timer import OpTimer
 
     def build(i: int, arch: Architecture):
         cnn = ReferenceCNN(arch, impl=impl, seed=i, threads=threads)
@@ -129,9 +129,9 @@ def time_sweep(archs: list[Architecture], impl: str, *, threads: int, rounds: in
 
 def sample_features(archs: list[Architecture], samples: list[dict], impl: str, threads: int,
                     caches: dict, backend: str = "numpy", cpu_flags=()) -> tuple[np.ndarray, list[str]]:
-    """The feature matrix (columns costmodel.features.ALL_FEATURES) and the model key of every
-    sample, in their order, from the symbolic cost model (costmodel.predict.step_rows: the same rows and keys that predict uses)."""
-    from costmodel.predict import row_features, step_rows
+    """The feature matrix (columns costmodel.machine.features.ALL_FEATURES) and the model key of every
+    sample, in their order, from the symbolic cost model (costmodel.machine.predict.step_rows: the same rows and keys that predict uses)."""
+    from costmodel.machine.predict import row_features, step_rows
 
     rows: dict[tuple, tuple[np.ndarray, str]] = {}
     for i, arch in enumerate(archs):
@@ -150,8 +150,8 @@ def sample_features(archs: list[Architecture], samples: list[dict], impl: str, t
 def fit_entry(archs, samples, impl: str, threads: int, caches: dict, backend: str = "numpy",
               cpu_flags=()) -> dict:
     """Fit one (dtype, impl, threads, backend) entry: a model per op kind, over the backend's
-    features (costmodel.features.features_of)."""
-    from .fit import fit_op
+    features (costmodel.machine.features.features_of)."""
+    from calib.fit import fit_op
 
     X, keys = sample_features(archs, samples, impl, threads, caches, backend, cpu_flags)
     keys = np.array(keys)
@@ -167,10 +167,10 @@ def fit_entry(archs, samples, impl: str, threads: int, caches: dict, backend: st
 
 
 def calibrate(plan: Plan, *, threads: int | None = None, progress=None, log=None) -> dict:
-    """Run the whole calibration and return the profile (a dict in costmodel.profile's format)."""
+    """Run the whole calibration and return the profile (a dict in costmodel.machine.profile's format)."""
     from threadpoolctl import threadpool_info, threadpool_limits
 
-    from .machine import ceilings, fingerprint
+    from calib.machine import ceilings, fingerprint
 
     started = time.perf_counter()
     with threadpool_limits(limits=threads, user_api="blas"):
@@ -187,7 +187,7 @@ def calibrate(plan: Plan, *, threads: int | None = None, progress=None, log=None
                 t0 = time.perf_counter()
                 versions = {}
                 if plan.backend == "torch":
-                    from .torch_backend import import_torch, time_sweep_torch
+                    from calib.backends.torch import import_torch, time_sweep_torch
 
                     versions["torch"] = import_torch().__version__
                     samples = time_sweep_torch(archs, threads=used_threads, rounds=plan.rounds,
@@ -213,7 +213,7 @@ def to_profile(result: dict, merge_into: "Profile | None" = None) -> "Profile":
     settings are kept (calibrating 1 thread after 2 adds to the profile instead of replacing it)."""
     from datetime import datetime, timezone
 
-    from costmodel.profile import Profile
+    from costmodel.machine.profile import Profile
 
     entries = list(result["entries"])
     if merge_into is not None and merge_into.fingerprint.model_dump() == result["fingerprint"] | {}:

@@ -1,6 +1,6 @@
 """The reference NumPy CNN in simpleNN's formulation (docs/ops.md is its contract).
 
-One SG step is forward, loss, backward and update; every op of ``costmodel.ops.op_list``
+One SG step is forward, loss, backward and update; every op of ``costmodel.model.ops.op_list``
 ends with ``timer.lap(key)`` (calib/timer.py), and reports the arrays it reads and writes to
 ``cnn.trace`` when that hook is set. The keys are named in the code that runs the op, so
 comparing the timer's record with ``op_list`` is an independent check.
@@ -25,11 +25,11 @@ from typing import Callable
 
 import numpy as np
 
-from costmodel.arch import Architecture, LayerSizes
-from costmodel.ops import OpKey, needs_flatten, threaded_step
+from costmodel.model.arch import Architecture, LayerSizes
+from costmodel.model.ops import OpKey, needs_flatten, threaded_step
 
-from . import kernels
-from .timer import NULL_TIMER
+from calib import kernels
+from calib.timer import NULL_TIMER
 
 IMPLS = ("index", "strided")
 
@@ -349,7 +349,7 @@ class ReferenceCNN:
                          for sz in sizes if sz.kind == "conv" and sz.m > 1), default=0)
         # conv_grad_input of one layer at a time: every layer's dphi is a view of one buffer
         dphi_scratch = np.empty(dphi_size, dtype=self.dtype) if dphi_size else None
-        # the strided implementation's own threads (kernels.Workers, costmodel.ops.threaded_step)
+        # the strided implementation's own threads (kernels.Workers, costmodel.model.ops.threaded_step)
         threaded = threaded_step(self.arch.with_batch(I), self.impl, self.threads)
         self.workers = kernels.Workers(self.threads if threaded else 1)
         for layer in self.layers:

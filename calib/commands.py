@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from costmodel.arch import load_arch
-from costmodel.report import fmt_fraction, fmt_seconds, human, render, to_csv, to_json, render_table
+from costmodel.model.arch import load_arch
+from costmodel.present.report import fmt_fraction, fmt_seconds, human, render, to_csv, to_json, render_table
 
 MEASURE_COLUMNS = [
     ("layer", "layer", str), ("type", "layer_type", str), ("op", "op", str), ("phase", "phase", str),
@@ -17,7 +17,7 @@ MEASURE_CSV = ["layer", "layer_type", "op", "phase", "seconds", "fraction", "flo
 
 def _with_costs(result: dict, arch, impl: str) -> dict:
     """Add the symbolic model's FLOPs and bytes to each measured op."""
-    from costmodel.evaluate import costs
+    from costmodel.model.evaluate import costs
 
     table = costs(arch, impl=impl).set_index(["layer", "op", "phase"])
     for row in result["ops"]:
@@ -49,7 +49,7 @@ def measure_command(arch_path: Path, *, batch, steps, warmup, threads, impl, fmt
 
 def measure_torch_command(arch_path: Path, *, batch, steps, warmup, threads, fmt, progress=None) -> str:
     """`measure --backend torch`: the same step in PyTorch, per op group from torch.profiler."""
-    from calib.torch_backend import import_torch, measure_torch, with_costs
+    from calib.backends.torch import import_torch, measure_torch, with_costs
 
     import_torch()  # a missing torch fails first, in one line
     arch = load_arch(arch_path).with_batch(batch)
@@ -93,9 +93,9 @@ def calibrate_command(*, quick, threads, dtypes, impls, output, progress=None, b
     import sys
 
     from costmodel.errors import UsageError
-    from costmodel.profile import default_profile_path, load_profile, render_profile, save_profile
+    from costmodel.machine.profile import default_profile_path, load_profile, render_profile, save_profile
 
-    from .calibrate import DTYPES, Plan, calibrate, to_profile
+    from calib.calibrate import DTYPES, Plan, calibrate, to_profile
 
     for d in dtypes or ():
         if d not in DTYPES:
@@ -103,7 +103,7 @@ def calibrate_command(*, quick, threads, dtypes, impls, output, progress=None, b
     if backend == "torch":
         if impls:
             raise UsageError("--impl: the torch backend has one implementation, PyTorch's; leave --impl out")
-        from .torch_backend import import_torch
+        from calib.backends.torch import import_torch
 
         import_torch()  # a missing torch fails first, in one line
     plan = Plan.make(quick=quick, dtypes=dtypes, impls=impls, backend=backend)
@@ -162,16 +162,16 @@ def compare(arch, profile, *, impl: str, threads, steps: int, warmup: int, progr
     """Measure real steps and predict them; per op the measured and predicted fractions beside
     the FLOP and byte shares (the slides' practical time against theoretical complexity).
     With backend "torch", PyTorch's op groups, measured with torch.profiler."""
-    from costmodel.predict import predict
+    from costmodel.machine.predict import predict
 
     if backend == "torch":
-        from .torch_backend import measure_torch
+        from calib.backends.torch import measure_torch
 
         profile.entry(arch.dtype, "torch", threads or _torch_threads(), "torch")  # fail before measuring
         impl = "torch"
         measured = measure_torch(arch, steps=steps, warmup=warmup, threads=threads, progress=progress)
     else:
-        from .measure import measure
+        from calib.measure import measure
 
         measured = measure(arch, steps=steps, warmup=warmup, threads=threads, impl=impl, progress=progress)
     predicted = predict(arch, profile, impl=impl, threads=measured["threads"], backend=backend)
@@ -213,7 +213,7 @@ BACKENDS_CSV = ["layer", "layer_type", "group", "phase", "numpy_seconds", "numpy
 
 
 def _torch_threads() -> int:
-    from .torch_backend import import_torch
+    from calib.backends.torch import import_torch
 
     return import_torch().get_num_threads()
 
@@ -229,9 +229,9 @@ def parse_backends(text: str) -> tuple[str, ...]:
 
 def compare_backends_command(arch_path: Path, *, batch, threads, impl, steps, warmup, fmt, progress=None) -> str:
     """`compare --backends numpy,torch`: per torch op group, NumPy against PyTorch, explained."""
-    from calib.torch_backend import import_torch
+    from calib.backends.torch import import_torch
 
-    from .backends import compare_backends, render_explanation
+    from calib.compare import compare_backends, render_explanation
 
     import_torch()  # a missing torch fails first, in one line
     arch = load_arch(arch_path).with_batch(batch)
@@ -257,7 +257,7 @@ def compare_backends_command(arch_path: Path, *, batch, threads, impl, steps, wa
 
 def compare_command(arch_path: Path, *, profile, batch, threads, impl, steps, warmup, fmt, progress=None,
                     plot=None, backends: str = "numpy") -> str:
-    from costmodel.profile import find_profile
+    from costmodel.machine.profile import find_profile
 
     if parse_backends(backends) == ("numpy", "torch"):
         if plot:
@@ -269,7 +269,7 @@ def compare_command(arch_path: Path, *, profile, batch, threads, impl, steps, wa
 
     backend = parse_backends(backends)[0]
     if backend == "torch":
-        from calib.torch_backend import import_torch
+        from calib.backends.torch import import_torch
 
         import_torch()  # a missing torch fails first, in one line
     arch = load_arch(arch_path).with_batch(batch)
@@ -278,7 +278,7 @@ def compare_command(arch_path: Path, *, profile, batch, threads, impl, steps, wa
 
     check_memory(arch, impl)
     if plot:
-        from costmodel.plots import plot_format
+        from costmodel.present.plots import plot_format
 
         plot_format(plot)  # a bad suffix fails before the steps are measured
     result = compare(arch, prof, impl=impl, threads=threads, steps=steps, warmup=warmup, progress=progress,
@@ -299,10 +299,10 @@ def compare_command(arch_path: Path, *, profile, batch, threads, impl, steps, wa
 def latex_measured_command(arch_path: Path, *, output, standalone, profile, impl, batch, threads,
                            steps=10, warmup=2, progress=None) -> str:
     """`costmodel latex --measured`: measure the ops' fractions of real steps on this machine,
-    then write the LaTeX tables with them (costmodel.commands.latex_command)."""
-    from costmodel.commands import latex_command
+    then write the LaTeX tables with them (costmodel.present.commands.latex_command)."""
+    from costmodel.present.commands import latex_command
 
-    from .measure import measure
+    from calib.measure import measure
 
     arch = load_arch(arch_path).with_batch(batch)
     result = measure(arch, steps=steps, warmup=warmup, threads=threads, impl=impl, progress=progress)
@@ -315,7 +315,7 @@ def compare_plot(result: dict, profile, path: Path) -> None:
     """Draw a comparison (shares, predicted against measured, roofline) into a PNG or PDF."""
     import sys
 
-    from costmodel.plots import plot_compare
+    from costmodel.present.plots import plot_compare
 
     plot_compare(result, profile.ceilings, path)
     print(f"plot written to {path}", file=sys.stderr)

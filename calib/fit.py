@@ -1,6 +1,6 @@
 """Fit of the per-op time models over the symbolic features (scikit-learn conventions).
 
-One `OpTimeModel` per op kind: a non-negative linear model over costmodel.features.FEATURES,
+One `OpTimeModel` per op kind: a non-negative linear model over costmodel.machine.features.FEATURES,
 fitted on relative error, each sample's squared relative error weighted by its time t (a
 sample weight of 1/t on the squared residual): a 10 us op still counts, but the large ops that
 make up most of a step count more (measured: with pure relative error, 1/t^2, the median
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from costmodel.features import FEATURES
+from costmodel.machine.features import FEATURES
 
 MODEL_NAME = "nnls-linear"
 #: a time of 0 is read as this: torch.profiler's resolution is 1 us, and an op group whose

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from costmodel import ops as cost_ops
+from costmodel.model import ops as cost_ops
 
 # -- index arrays (index implementation) --------------------------------------------------
 
@@ -266,8 +266,8 @@ def sgd_momentum(W: np.ndarray, dW: np.ndarray, v: np.ndarray, *, lr: float,
 
 # -- threads ----------------------------------------------------------------------------------
 
-# When a step uses threads (costmodel.ops.threaded_step) and which ops they share
-# (costmodel.ops.SPLIT_BYTES, SPLIT_FLOPS) are rules of the cost model too, so they live there.
+# When a step uses threads (costmodel.model.ops.threaded_step) and which ops they share
+# (costmodel.model.ops.SPLIT_BYTES, SPLIT_FLOPS) are rules of the cost model too, so they live there.
 # Handing work to a sleeping thread costs 20-60 us (on a 2-core VM), more than it saves for a
 # small op.
 

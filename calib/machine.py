@@ -98,7 +98,7 @@ def _blas_threads(blas: list[dict]) -> int:
 
 def fingerprint(threads: int | None = None) -> dict:
     """What identifies this machine and software, with BLAS limited to `threads` (None: as is).
-    The dict validates as costmodel.profile.Fingerprint."""
+    The dict validates as costmodel.machine.profile.Fingerprint."""
     with threadpool_limits(limits=threads, user_api="blas"):
         blas = blas_info()
     model, flags = cpu_info()
@@ -183,7 +183,7 @@ def ceilings(dtype_list=("float32", "float64"), threads: int | None = None, budg
              working_sets=WORKING_SETS) -> dict:
     """Measure peak matmul FLOP/s per dtype with `threads` BLAS threads (None: as is), bandwidth
     for every working set, and machine balance (peak FLOP/s over the largest set's bandwidth).
-    Spends about `budget_seconds`. The dict validates as costmodel.profile.Ceilings."""
+    Spends about `budget_seconds`. The dict validates as costmodel.machine.profile.Ceilings."""
     with threadpool_limits(limits=threads, user_api="blas"):
         used = threads or _blas_threads(blas_info())
         flops = {dt: peak_matmul(dt, budget_seconds * MATMUL_SHARE / len(dtype_list)) for dt in dtype_list}

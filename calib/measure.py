@@ -7,13 +7,13 @@ from typing import Callable
 
 import numpy as np
 
-from costmodel.arch import Architecture
-from costmodel.ops import OpKey
+from costmodel.model.arch import Architecture
+from costmodel.model.ops import OpKey
 
-from .cnn import ReferenceCNN, one_hot, to_layout
-from .kernels import blas_threads
-from .memory import check_memory
-from .timer import OpTimer
+from calib.cnn import ReferenceCNN, one_hot, to_layout
+from calib.kernels import blas_threads
+from calib.memory import check_memory
+from calib.timer import OpTimer
 
 
 def synthetic_batch(arch: Architecture, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from costmodel.arch import Architecture
+from costmodel.model.arch import Architecture
 from costmodel.errors import CostModelError
-from costmodel.ops import needs_flatten
+from costmodel.model.ops import needs_flatten
 
 INTP = np.dtype(np.intp).itemsize
 GiB = 1024 ** 3

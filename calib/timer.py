@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from time import perf_counter_ns
 
-from costmodel.ops import OpKey
+from costmodel.model.ops import OpKey
 
 
 class OpTimer:

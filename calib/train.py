@@ -7,11 +7,11 @@ from typing import Callable
 
 import numpy as np
 
-from costmodel.arch import Architecture
+from costmodel.model.arch import Architecture
 from costmodel.errors import UsageError
 
-from .cnn import ReferenceCNN, one_hot, to_layout
-from .memory import check_memory
+from calib.cnn import ReferenceCNN, one_hot, to_layout
+from calib.memory import check_memory
 
 
 def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:

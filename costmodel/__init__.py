@@ -6,9 +6,9 @@ symbolic cost registry. Pure and fast to import: no clock, no kernels, no heavy 
 
 __version__ = "0.1.0"
 
-from .arch import Architecture, load_arch, parse_arch  # noqa: E402
-from .errors import ArchError, CostModelError, UsageError  # noqa: E402
-from .ops import OpKey, OpRef, op_list  # noqa: E402
+from costmodel.model.arch import Architecture, load_arch, parse_arch  # noqa: E402
+from costmodel.errors import ArchError, CostModelError, UsageError  # noqa: E402
+from costmodel.model.ops import OpKey, OpRef, op_list  # noqa: E402
 
 #: the DataFrame API of costmodel.api, imported on first use (it needs pandas)
 _API = ("costs_frame", "explain_report", "predict_frame", "sweep_frame")
@@ -19,7 +19,7 @@ __all__ = ["Architecture", "ArchError", "CostModelError", "OpKey", "OpRef", "Usa
 
 def __getattr__(name: str):
     if name in _API:
-        from . import api
+        from costmodel import api
 
         return getattr(api, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

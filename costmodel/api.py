@@ -7,8 +7,8 @@ Every function takes the architecture as an `Architecture`, a path to its YAML f
 file's content as a dict; and the profile as a `Profile`, a path, or None (yours, else the
 reference profile shipped with costmodel). Step-level numbers are in ``frame.attrs``.
 
-The names end in ``_frame`` and ``_report`` because ``costmodel.predict``, ``costmodel.costs``,
-``costmodel.sweep`` and ``costmodel.explain`` are the modules that compute them.
+The names end in ``_frame`` and ``_report`` because ``costmodel.machine.predict``, ``costmodel.model.costs``,
+``costmodel.machine.sweep`` and ``costmodel.present.explain`` are the modules that compute them.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
-from .arch import Architecture, load_arch, parse_arch
-from .predict import group, predict
-from .profile import Profile, find_profile
+from costmodel.model.arch import Architecture, load_arch, parse_arch
+from costmodel.machine.predict import group, predict
+from costmodel.machine.profile import Profile, find_profile
 
 #: the columns of predict_frame(by="op"), in order
 PREDICT_COLUMNS = ["layer", "layer_type", "op", "phase", "kind", "flops", "bytes", "intensity", "seconds",
@@ -62,10 +62,10 @@ def predict_frame(arch, profile=None, *, impl: str = "index", threads: int | Non
 
 def costs_frame(arch, *, impl: str = "index", batch: int | None = None,
                 vary: Mapping[str, Sequence] | None = None) -> pd.DataFrame:
-    """FLOPs, bytes, intensity and memory kept of every op (costmodel.evaluate.COLUMNS); with
+    """FLOPs, bytes, intensity and memory kept of every op (costmodel.model.evaluate.COLUMNS); with
     `vary` ({"batch": [...], "layers[0].filters": [...]}), of every combination, in one long
     frame that starts with a `variant` column and one column per varied name."""
-    from .evaluate import costs, costs_many
+    from costmodel.model.evaluate import costs, costs_many
 
     arch = _arch(arch).with_batch(batch)
     return costs_many(arch, impl, **vary) if vary else costs(arch, impl)
@@ -79,8 +79,8 @@ def sweep_frame(arch, profile=None, *, vary: str | Mapping[str, Sequence], impl:
 
     `vary` is "batch=1,8,64,512" as on the command line, or {"layers[1].filters": [16, 32]}.
     """
-    from .errors import UsageError
-    from .sweep import group_columns, long_rows, parse_vary, sweep
+    from costmodel.errors import UsageError
+    from costmodel.machine.sweep import group_columns, long_rows, parse_vary, sweep
 
     if isinstance(vary, str):
         name, values = parse_vary(vary)
@@ -100,7 +100,7 @@ def explain_report(arch, profile=None, *, impl: str = "index", threads: int | No
                    batch: int | None = None, text: bool = False) -> dict | str:
     """The explanation of `costmodel explain`: a dict of facts with ``sections`` of sentences,
     or with text=True the report as the command prints it."""
-    from .explain import explain, render_text
+    from costmodel.present.explain import explain, render_text
 
     facts = explain(_arch(arch), _profile(profile), impl=impl, threads=threads, batch=batch)
     return render_text(facts) if text else facts

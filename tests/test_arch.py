@@ -9,11 +9,11 @@ import yaml
 from typer.testing import CliRunner
 
 from cli import app
-from costmodel.arch import load_arch, parse_arch
+from costmodel.model.arch import load_arch, parse_arch
 from costmodel.errors import ArchError
-from costmodel.ops import OP_NAMES, op_keys
+from costmodel.model.ops import OP_NAMES, op_keys
 
-from .conftest import EXAMPLES, ROOT
+from tests.conftest import EXAMPLES, ROOT
 
 BASE = yaml.safe_load((ROOT / "examples" / "mnist-demo-layer4.yaml").read_text())
 

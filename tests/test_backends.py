@@ -10,12 +10,12 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
-from costmodel.ops import op_list
+from costmodel.model.ops import op_list
 from tests.test_cnn import EXAMPLES, example
 
 pytest.importorskip("torch")
 
-from calib.backends import (FASTER_RATIO, OTHER, assemble,  # noqa: E402
+from calib.compare import (FASTER_RATIO, OTHER, assemble,  # noqa: E402
                             group_rows, static_groups)
 
 runner = CliRunner()

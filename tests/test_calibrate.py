@@ -10,13 +10,13 @@ import time
 import pytest
 
 from calib.calibrate import Plan, calibrate, to_profile
-from calib.sweep import SweepLimits, design
-from costmodel.features import model_key
-from costmodel.ops import op_keys
-from costmodel.predict import predict
-from costmodel.profile import load_profile, save_profile
+from calib.design import SweepLimits, design
+from costmodel.machine.features import model_key
+from costmodel.model.ops import op_keys
+from costmodel.machine.predict import predict
+from costmodel.machine.profile import load_profile, save_profile
 
-from .conftest import ROOT
+from tests.conftest import ROOT
 
 TINY = SweepLimits(max_elements=2e5, max_flops=2e7, max_weights=2e5)
 
@@ -54,7 +54,7 @@ def test_tiny_calibration_fits_every_op_kind_of_the_sweep(tiny_profile):
 
 def test_profile_predicts_an_architecture_it_never_saw(tiny_profile):
     path, _ = tiny_profile
-    from costmodel.arch import load_arch
+    from costmodel.model.arch import load_arch
 
     arch = load_arch(ROOT / "examples" / "digits-small.yaml")
     result = predict(arch, load_profile(path), impl="strided", threads=1)

@@ -1,5 +1,5 @@
 """The ops the reference CNN runs, named by its own timers and trace hook as they run, are
-exactly costmodel.ops.op_list, and every op reports the arrays of docs/ops.md."""
+exactly costmodel.model.ops.op_list, and every op reports the arrays of docs/ops.md."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from calib.cnn import IMPLS, ReferenceCNN
 from calib.timer import OpTimer
-from costmodel.arch import Architecture
-from costmodel.ops import op_keys, op_list
+from costmodel.model.arch import Architecture
+from costmodel.model.ops import op_keys, op_list
 from tests.test_cnn import EXAMPLES, build_valid, example, random_batch
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from calib.train import train
-from costmodel.arch import load_arch
+from costmodel.model.arch import load_arch
 from costmodel.errors import UsageError
 from tests.test_cnn import EXAMPLES
 

@@ -7,17 +7,17 @@ import sys
 import pytest
 import sympy as sp
 
-from costmodel import symbols as sym
-from costmodel.arch import load_arch
-from costmodel.costs import (IMPLS, REGISTRY, OpSpec, UnknownOpError, cost_function, op_arrays,
+from costmodel.model import symbols as sym
+from costmodel.model.arch import load_arch
+from costmodel.model.costs import (IMPLS, REGISTRY, OpSpec, UnknownOpError, cost_function, op_arrays,
                              op_cost, register)
 from costmodel.errors import UsageError
-from costmodel.evaluate import costs
-from costmodel.ops import MATMUL_OPS, OP_NAMES, needs_flatten
-from costmodel.shapes import bound_ops
-from costmodel.symbols import I, a_conv, b_conv, big_o, d, d_next, h, leading_term, to_base
+from costmodel.model.evaluate import costs
+from costmodel.model.ops import MATMUL_OPS, OP_NAMES, needs_flatten
+from costmodel.model.shapes import bound_ops
+from costmodel.model.symbols import I, a_conv, b_conv, big_o, d, d_next, h, leading_term, to_base
 
-from .conftest import EXAMPLES
+from tests.conftest import EXAMPLES
 
 # -- the slides' statements ------------------------------------------------------------------
 
@@ -153,7 +153,7 @@ def test_derived_symbols_agree_with_their_definitions_and_arch_sizes(path):
 
 
 def test_importing_costmodel_and_evaluate_imports_neither_sympy_nor_pandas():
-    code = ("import sys, costmodel, costmodel.evaluate; "
+    code = ("import sys, costmodel, costmodel.model.evaluate; "
             "print(sorted(m for m in ('sympy', 'pandas') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -6,15 +6,15 @@ import json
 import numpy as np
 import pytest
 
-from costmodel.arch import load_arch, parse_arch
-from costmodel.costs import BYTE_CONVENTION, FLOP_CONVENTION, IMPLS, op_cost
+from costmodel.model.arch import load_arch, parse_arch
+from costmodel.model.costs import BYTE_CONVENTION, FLOP_CONVENTION, IMPLS, op_cost
 from costmodel.errors import ArchError, UsageError
-from costmodel.evaluate import (COLUMNS, costs, costs_many, costs_report, evaluate,
+from costmodel.model.evaluate import (COLUMNS, costs, costs_many, costs_report, evaluate,
                                 symbolic_report)
-from costmodel.ops import op_keys
-from costmodel.shapes import bound_ops
+from costmodel.model.ops import op_keys
+from costmodel.model.shapes import bound_ops
 
-from .conftest import EXAMPLES, ROOT
+from tests.conftest import EXAMPLES, ROOT
 
 MNIST = ROOT / "examples" / "mnist-demo-layer4.yaml"
 

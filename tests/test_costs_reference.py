@@ -6,11 +6,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from costmodel.arch import load_arch, parse_arch
-from costmodel.costs import IMPLS, op_cost
-from costmodel.shapes import array_shapes, bound_ops
+from costmodel.model.arch import load_arch, parse_arch
+from costmodel.model.costs import IMPLS, op_cost
+from costmodel.model.shapes import array_shapes, bound_ops
 
-from .conftest import EXAMPLES
+from tests.conftest import EXAMPLES
 
 cnn_module = pytest.importorskip("calib.cnn", reason="calib/cnn.py (the reference CNN) is not there yet")
 

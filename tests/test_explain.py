@@ -13,19 +13,19 @@ import sympy as sp
 from typer.testing import CliRunner
 
 from cli import app
-from costmodel.arch import load_arch
-from costmodel.costs import OpSpec, op_cost
-from costmodel.explain import (MAJOR_SHARE, MAX_MAJOR, NOTATION, STEADY_PP, course_name, course_tex, explain,
+from costmodel.model.arch import load_arch
+from costmodel.model.costs import OpSpec, op_cost
+from costmodel.present.explain import (MAJOR_SHARE, MAX_MAJOR, NOTATION, STEADY_PP, course_name, course_tex, explain,
                                render_text, roofline)
-from costmodel.features import model_key
-from costmodel.ops import OP_KIND, OP_NAMES
-from costmodel.predict import group, predict
-from costmodel.profile import Profile, save_profile
-from costmodel.report import fmt_fraction, fmt_seconds, human
-from costmodel.symbols import d_next
+from costmodel.machine.features import model_key
+from costmodel.model.ops import OP_KIND, OP_NAMES
+from costmodel.machine.predict import group, predict
+from costmodel.machine.profile import Profile, save_profile
+from costmodel.present.report import fmt_fraction, fmt_seconds, human
+from costmodel.model.symbols import d_next
 
-from .conftest import ROOT
-from .test_profile import profile_data
+from tests.conftest import ROOT
+from tests.test_profile import profile_data
 
 MNIST = ROOT / "examples" / "mnist-demo-layer4.yaml"
 DIGITS = ROOT / "examples" / "digits-small.yaml"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from calib.fit import OpTimeModel, fit_op
-from costmodel.features import FEATURES, feature_rows
+from costmodel.machine.features import FEATURES, feature_rows
 
 
 def synthetic(n=300, noise=0.0, seed=0):

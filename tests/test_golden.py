@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from cli import app
 
-from .conftest import EXAMPLES, ROOT
+from tests.conftest import EXAMPLES, ROOT
 
 GOLDEN = ROOT / "tests" / "golden"
 PROFILE = str(GOLDEN / "profile.json")

@@ -11,21 +11,21 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-import costmodel.costs as costs
-import costmodel.evaluate as evaluate
-import costmodel.profile as prof
+import costmodel.model.costs as costs
+import costmodel.model.evaluate as evaluate
+import costmodel.machine.profile as prof
 from cli import app
-from costmodel.arch import load_arch, parse_arch
+from costmodel.model.arch import load_arch, parse_arch
 from costmodel.errors import CostModelError
-from costmodel.features import model_key
-from costmodel.latex import (PACKAGES, complexity_table, describe, fmt_count, fmt_fraction, fmt_seconds,
+from costmodel.machine.features import model_key
+from costmodel.present.latex import (PACKAGES, complexity_table, describe, fmt_count, fmt_fraction, fmt_seconds,
                              latex_document, latex_escape, layer_ranges)
-from costmodel.ops import CONTRACT, OP_NAMES, op_keys
-from costmodel.profile import Profile, save_profile
-from costmodel.symbols import d_next
+from costmodel.model.ops import CONTRACT, OP_NAMES, op_keys
+from costmodel.machine.profile import Profile, save_profile
+from costmodel.model.symbols import d_next
 
-from .conftest import EXAMPLES, ROOT
-from .test_profile import CEILINGS, FINGERPRINT
+from tests.conftest import EXAMPLES, ROOT
+from tests.test_profile import CEILINGS, FINGERPRINT
 
 DIGITS = ROOT / "examples" / "digits-small.yaml"
 CIFAR = ROOT / "examples" / "cifar10-layer7.yaml"
@@ -253,7 +253,7 @@ def test_cli_measured_adds_the_measured_fractions(no_profile):
 
 
 def test_latex_module_is_pure_and_lazy():
-    code = ("import sys, costmodel.latex; "
+    code = ("import sys, costmodel.present.latex; "
             "print([m for m in ('calib', 'sympy', 'threadpoolctl', 'pandas') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"

@@ -5,15 +5,15 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
-from costmodel.arch import load_arch
+from costmodel.model.arch import load_arch
 from costmodel.errors import UsageError
-from costmodel.plots import plot_compare, plot_format, plot_predict, plot_sweep
-from costmodel.predict import predict
-from costmodel.profile import save_profile
-from costmodel.sweep import sweep
+from costmodel.present.plots import plot_compare, plot_format, plot_predict, plot_sweep
+from costmodel.machine.predict import predict
+from costmodel.machine.profile import save_profile
+from costmodel.machine.sweep import sweep
 
-from .conftest import ROOT
-from .test_explain import synthetic_profile
+from tests.conftest import ROOT
+from tests.test_explain import synthetic_profile
 
 DIGITS = ROOT / "examples" / "digits-small.yaml"
 MAGIC = {".png": b"\x89PNG\r\n\x1a\n", ".pdf": b"%PDF-"}
@@ -166,8 +166,8 @@ def test_compare_command_draws_the_comparison(tmp_path, monkeypatch, profile_pat
 
 
 def test_every_op_kind_has_a_colour():
-    from costmodel.fused import GROUP_KIND, OTHER_KIND
-    from costmodel.ops import OP_KIND
-    from costmodel.plots import KIND_COLORS
+    from costmodel.machine.fused import GROUP_KIND, OTHER_KIND
+    from costmodel.model.ops import OP_KIND
+    from costmodel.present.plots import KIND_COLORS
 
     assert set(KIND_COLORS) == set(OP_KIND.values()) | set(GROUP_KIND.values()) | {OTHER_KIND}

@@ -6,11 +6,11 @@ import json
 from typer.testing import CliRunner
 
 from cli import app
-from costmodel.arch import load_arch
-from costmodel.ops import op_keys
-from costmodel.profile import embedded_profile_path, load_profile
+from costmodel.model.arch import load_arch
+from costmodel.model.ops import op_keys
+from costmodel.machine.profile import embedded_profile_path, load_profile
 
-from .conftest import EXAMPLES
+from tests.conftest import EXAMPLES
 
 
 def test_reference_profile_ships_and_covers_both_impls_and_dtypes():

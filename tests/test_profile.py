@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 
 import costmodel
-import costmodel.profile as prof
+import costmodel.machine.profile as prof
 from calib import machine
 from costmodel.errors import CostModelError, UsageError
-from costmodel.profile import (SCHEMA_VERSION, Ceilings, Fingerprint, Profile, check_machine,
+from costmodel.machine.profile import (SCHEMA_VERSION, Ceilings, Fingerprint, Profile, check_machine,
                                default_profile_path, embedded_profile_path, find_profile, load_profile,
                                render_profile, save_profile)
 
-from .conftest import ROOT
+from tests.conftest import ROOT
 
 FINGERPRINT = {
     "cpu_model": "Test CPU 9000", "cpu_flags": ["avx2", "fma", "sse4_2"],
@@ -207,7 +207,7 @@ def test_sigkill_mid_write_leaves_the_old_complete_file(tmp_path, profile):
     before = path.read_bytes()
     child = textwrap.dedent(f"""
         import os, sys, time
-        from costmodel.profile import Profile, load_profile, save_profile
+        from costmodel.machine.profile import Profile, load_profile, save_profile
         def stall(fd):
             print("writing", flush=True)
             time.sleep(60)
@@ -369,7 +369,7 @@ def test_fact():
 
 
 def test_profile_module_is_pure():
-    code = "import sys, costmodel.profile; print([m for m in ('calib', 'threadpoolctl') if m in sys.modules])"
+    code = "import sys, costmodel.machine.profile; print([m for m in ('calib', 'threadpoolctl') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
 

@@ -12,15 +12,15 @@ from typer.testing import CliRunner
 import costmodel
 from cli import app
 from costmodel.api import GROUP_COLUMNS, PREDICT_COLUMNS, STEP_ATTRS
-from costmodel.arch import load_arch
+from costmodel.model.arch import load_arch
 from costmodel.errors import CostModelError, UsageError
-from costmodel.evaluate import COLUMNS, costs
-from costmodel.predict import group, predict
-from costmodel.profile import save_profile
-from costmodel.sweep import parse_vary, sweep, symbol
+from costmodel.model.evaluate import COLUMNS, costs
+from costmodel.machine.predict import group, predict
+from costmodel.machine.profile import save_profile
+from costmodel.machine.sweep import parse_vary, sweep, symbol
 
-from .conftest import ROOT
-from .test_explain import synthetic_profile
+from tests.conftest import ROOT
+from tests.test_explain import synthetic_profile
 
 MNIST = ROOT / "examples" / "mnist-demo-layer4.yaml"
 DIGITS = ROOT / "examples" / "digits-small.yaml"
@@ -181,8 +181,8 @@ def test_import_costmodel_stays_light():
 
 
 def test_the_api_names_survive_importing_the_modules_of_the_same_stem():
-    import costmodel.predict  # noqa: F401  (binds costmodel.predict to the module)
-    import costmodel.sweep  # noqa: F401
+    import costmodel.machine.predict  # noqa: F401  (binds costmodel.machine.predict to the module)
+    import costmodel.machine.sweep  # noqa: F401
 
     assert callable(costmodel.predict_frame) and callable(costmodel.sweep_frame)
     with pytest.raises(AttributeError, match="no attribute 'predict_frames'"):

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
-from costmodel.ops import op_list
+from costmodel.model.ops import op_list
 from tests.test_cnn import EXAMPLES, example
 
 runner = CliRunner()
@@ -23,7 +23,7 @@ def _needs_torch():
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
 def test_measure_torch_covers_every_op(path):
     _needs_torch()
-    from calib.torch_backend import OTHER, measure_torch
+    from calib.backends.torch import OTHER, measure_torch
 
     arch = example(path, batch=8)
     result = measure_torch(arch, steps=2, warmup=1)
@@ -39,14 +39,11 @@ def test_measure_torch_covers_every_op(path):
     assert all(r["seconds"] >= 0 for r in rows)
     assert result["total_seconds"] == pytest.approx(sum(r["seconds"] for r in rows))
     assert sum(r["fraction"] for r in rows) == pytest.approx(1.0)
-    # rows cover the profiled step but the Python glue outside the ranges (zeroing the grads,
-    # entering the ranges): at batch 8 that is a few percent
-    assert 0.9 <= result["coverage"] <= 1.1
 
 
 def test_measure_torch_sets_threads():
     torch = pytest.importorskip("torch")
-    from calib.torch_backend import measure_torch
+    from calib.backends.torch import measure_torch
 
     before = torch.get_num_threads()
     result = measure_torch(example(EXAMPLES[0], batch=2), steps=1, warmup=0, threads=1)

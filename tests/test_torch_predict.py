@@ -1,5 +1,5 @@
 """`calibrate --backend torch` and `predict --backend torch`: PyTorch's op groups derived from
-the architecture (costmodel.fused) agree with what torch.profiler measures; their costs follow
+the architecture (costmodel.machine.fused) agree with what torch.profiler measures; their costs follow
 the documented rules; a tiny torch calibration predicts a network it never saw."""
 
 import json
@@ -10,16 +10,16 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
-from costmodel.evaluate import costs_report
-from costmodel.features import ALL_FEATURES, LANE_FEATURES, feature_rows, simd_lanes
-from costmodel.fused import (FUSED, OTHER, fused_elements, group_model_key, lane_waste_flops, torch_groups,
+from costmodel.model.evaluate import costs_report
+from costmodel.machine.features import ALL_FEATURES, LANE_FEATURES, feature_rows, simd_lanes
+from costmodel.machine.fused import (FUSED, OTHER, fused_elements, group_model_key, lane_waste_flops, torch_groups,
                              torch_rows)
-from costmodel.ops import op_keys
-from costmodel.profile import Entry, load_profile, save_profile
+from costmodel.model.ops import op_keys
+from costmodel.machine.profile import Entry, load_profile, save_profile
 
-from .conftest import EXAMPLES
-from .test_calibrate import TINY
-from .test_cnn import example, random_arch
+from tests.conftest import EXAMPLES
+from tests.test_calibrate import TINY
+from tests.test_cnn import example, random_arch
 
 runner = CliRunner()
 
@@ -132,7 +132,7 @@ def test_entry_keys_by_backend():
 # -- against torch.profiler --------------------------------------------------------------------
 
 def _measured_keys(arch):
-    from calib.torch_backend import measure_torch
+    from calib.backends.torch import measure_torch
 
     result = measure_torch(arch, steps=1, warmup=0, threads=1)
     return [(o["layer"], o["op"], o["phase"]) for o in result["ops"]]
@@ -167,7 +167,7 @@ def torch_profile(tmp_path_factory):
 def test_torch_calibration_predicts_an_unseen_network(torch_profile):
     import torch
 
-    from costmodel.predict import predict
+    from costmodel.machine.predict import predict
 
     profile = load_profile(torch_profile)
     entry = profile.entry("float32", "torch", 1, "torch")
@@ -219,9 +219,9 @@ def test_cli_calibrate_torch_refuses_impl_and_needs_torch(monkeypatch, tmp_path)
 
 
 def test_torch_groups_have_course_names_and_plot(torch_profile, tmp_path):
-    from costmodel.explain import course_name, course_tex
-    from costmodel.plots import plot_predict
-    from costmodel.predict import predict
+    from costmodel.present.explain import course_name, course_tex
+    from costmodel.present.plots import plot_predict
+    from costmodel.machine.predict import predict
 
     arch = example(next(p for p in EXAMPLES if p.stem == "cifar10-demo-layer4"), batch=4)
     names = {g.name: course_name(g.name, g.key.layer) for g in torch_groups(arch)}
@@ -237,7 +237,7 @@ def test_torch_groups_have_course_names_and_plot(torch_profile, tmp_path):
 
 def test_bytes_fresh_counts_only_arrays_of_fresh_pages():
     """An output of at least FRESH_BYTES is mapped anew by every allocation; below, none is."""
-    from costmodel.fused import FRESH_BYTES
+    from costmodel.machine.fused import FRESH_BYTES
 
     big = example(next(p for p in EXAMPLES if p.stem == "cifar10-demo-layer4"), batch=256, dtype="float64")
     rows = torch_rows(big)

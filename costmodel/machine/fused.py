@@ -1,5 +1,5 @@
 """The op groups of the same SG step in PyTorch (docs/torch-mapping.md), derived from the
-architecture alone, as costmodel.ops derives the NumPy reference's op list.
+architecture alone, as costmodel.model.ops derives the NumPy reference's op list.
 
 PyTorch fuses some of the contract's ops into one kernel: a convolution covers pad + phi +
 conv_matmul + bias, its backward conv_grad_W + bias_grad + conv_grad_input + phi_grad +
@@ -31,8 +31,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .arch import Architecture, LayerSizes
-from .ops import OP_KIND, OpKey, op_list
+from costmodel.model.arch import Architecture, LayerSizes
+from costmodel.model.ops import OP_KIND, OpKey, op_list
 
 OTHER = "other"
 #: the reference implementation whose byte convention the groups' bytes use
@@ -162,11 +162,11 @@ def lane_waste_flops(group: Group, flops: int, lanes: int) -> int:
 
 
 def torch_rows(arch: Architecture, lanes: int = 1) -> list[dict]:
-    """The rows of PyTorch's step of `arch` for costmodel.predict.step_rows: per group its
+    """The rows of PyTorch's step of `arch` for costmodel.machine.predict.step_rows: per group its
     FLOPs and bytes (as the module docstring says), kind, model key and flops_lane_waste for
     `lanes` SIMD lanes. An "other" row does no arithmetic of its own: its flops and bytes are
     0, and scope_flops / scope_bytes, what its model is fitted on, are its scope's sums."""
-    from .evaluate import costs_report
+    from costmodel.model.evaluate import costs_report
 
     width = arch.itemsize
     cost = {(r["layer"], r["op"], r["phase"]): r for r in costs_report(arch, BYTES_IMPL)["ops"]}

@@ -16,9 +16,9 @@ from typing import Callable, NamedTuple
 
 import sympy as sp
 
-from .errors import CostModelError, UsageError
-from .ops import OP_NAMES
-from .symbols import (I, a, a_conv, a_next, a_pad, b, b_conv, b_next, b_pad, d, d_next, h,
+from costmodel.errors import CostModelError, UsageError
+from costmodel.model.ops import OP_NAMES
+from costmodel.model.symbols import (I, a, a_conv, a_next, a_pad, b, b_conv, b_next, b_pad, d, d_next, h,
                       h_pool, n, n_loss, n_next, w, w_idx)
 
 FLOP_CONVENTION = (
@@ -136,7 +136,7 @@ REGISTRY: dict[str, CostFunction] = {}
 def register(name: str) -> Callable[[CostFunction], CostFunction]:
     """Register the cost function of op `name` (a name of the contract, exactly once)."""
     if name not in OP_NAMES:
-        raise ValueError(f"{name!r} is not an op of the contract (costmodel.ops.OP_NAMES)")
+        raise ValueError(f"{name!r} is not an op of the contract (costmodel.model.ops.OP_NAMES)")
 
     def decorate(fn: CostFunction) -> CostFunction:
         if name in REGISTRY:

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import symbols as sym
-from .arch import Architecture, LayerSizes
-from .costs import OpSpec, check_impl, op_cost
-from .ops import OpRef, op_list
+from costmodel.model import symbols as sym
+from costmodel.model.arch import Architecture, LayerSizes
+from costmodel.model.costs import OpSpec, check_impl, op_cost
+from costmodel.model.ops import OpRef, op_list
 
 #: bytes per element of the index arrays (intp), docs/ops.md
 INDEX_BYTES = np.dtype(np.intp).itemsize
@@ -36,7 +36,7 @@ def layer_values(arch: Architecture, sizes: LayerSizes | None) -> dict:
 
 
 def bound_ops(arch: Architecture, impl: str = "index") -> list[BoundOp]:
-    """`costmodel.ops.op_list(arch)` with, per op, its OpSpec and its layer's symbol values."""
+    """`costmodel.model.ops.op_list(arch)` with, per op, its OpSpec and its layer's symbol values."""
     check_impl(impl)
     per_layer = [layer_values(arch, sz) for sz in arch.sizes()] + [layer_values(arch, None)]
     return [

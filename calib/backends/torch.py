@@ -20,12 +20,12 @@ from typing import Callable
 
 import numpy as np
 
-from costmodel.arch import Architecture
+from costmodel.model.arch import Architecture
 from costmodel.errors import CostModelError
-from costmodel.fused import FUSED, OTHER, torch_groups
-from costmodel.ops import OpKey, needs_flatten, op_list
+from costmodel.machine.fused import FUSED, OTHER, torch_groups
+from costmodel.model.ops import OpKey, needs_flatten, op_list
 
-from .measure import summarize
+from calib.measure import summarize
 
 INSTALL_HINT = "PyTorch is not installed; install the extra with: pip install 'costmodel[torch]'"
 
@@ -200,7 +200,7 @@ def _children(event) -> list:
 def classify(events, arch: Architecture) -> dict[tuple[int, str, str], float]:
     """Seconds per (layer, op group or "other", phase) of the events of one profiled step, from
     its top-level ranges. An op group is the contract's ops an event covers, joined with "+"
-    in the order of costmodel.ops.op_list, restricted to the ops the layer has; an event that
+    in the order of costmodel.model.ops.op_list, restricted to the ops the layer has; an event that
     covers none of them is "other". Layer 0 holds what belongs to no layer (other, backward)."""
     L = arch.L
     present: dict[tuple[int, str], list[str]] = defaultdict(list)
@@ -282,7 +282,7 @@ def _mark(event, m: int, seq_layer: dict[int, int]) -> None:
 
 
 def ordered(arch: Architecture, keys) -> list[tuple[int, str, str]]:
-    """(layer, group, phase) keys in the order of costmodel.fused.torch_groups; a key that is
+    """(layer, group, phase) keys in the order of costmodel.machine.fused.torch_groups; a key that is
     not one of its groups (an unexpected "other") after the rest."""
     rank = {(g.key.layer, g.key.op, g.key.phase): i for i, g in enumerate(torch_groups(arch))}
     return sorted(keys, key=lambda k: (rank.get(k, len(rank)), str(k)))
@@ -334,8 +334,8 @@ def measure_torch(arch: Architecture, *, steps: int = 10, warmup: int = 2, threa
     its overhead. ``threads`` sets torch.set_num_threads for the run (None keeps torch's)."""
     torch = import_torch()
 
-    from .cnn import ReferenceCNN
-    from .measure import synthetic_batch
+    from calib.cnn import ReferenceCNN
+    from calib.measure import synthetic_batch
 
     if steps < 1 or warmup < 0:
         raise ValueError("steps must be >= 1 and warmup >= 0")
@@ -395,8 +395,8 @@ class torch_threads:
 
 def with_costs(result: dict, arch) -> dict:
     """FLOPs and bytes of each group, as predict --backend torch counts them
-    (costmodel.fused.torch_rows: a fused kernel's own traffic); None for "other"."""
-    from costmodel.fused import torch_rows
+    (costmodel.machine.fused.torch_rows: a fused kernel's own traffic); None for "other"."""
+    from costmodel.machine.fused import torch_rows
 
     table = {(r["layer"], r["op"], r["phase"]): r for r in torch_rows(arch)}
     for row in result["ops"]:
@@ -422,9 +422,9 @@ def time_sweep_torch(archs: list[Architecture], *, threads: int, rounds: int, ch
     `measure`) has the same network's step before: PyTorch's allocator and oneDNN's
     primitive cache are then warm (measured: the median step error of the examples went from
     14.4 % to 11.6 % on the same 96 networks)."""
-    from .calibrate import chunked_sweep
-    from .cnn import ReferenceCNN
-    from .measure import synthetic_batch
+    from calib.calibrate import chunked_sweep
+    from calib.cnn import ReferenceCNN
+    from calib.measure import synthetic_batch
 
     def build(i: int, arch: Architecture) -> TorchStep:
         X, Y = synthetic_batch(arch, seed=i)

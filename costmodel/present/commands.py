@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .arch import load_arch
-from .report import fmt_fraction, fmt_seconds, human, render, render_table, to_csv, to_json
+from costmodel.model.arch import load_arch
+from costmodel.present.report import fmt_fraction, fmt_seconds, human, render, render_table, to_csv, to_json
 
 COSTS_COLUMNS = [
     ("layer", "layer", str), ("type", "layer_type", str), ("op", "op", str), ("phase", "phase", str),
@@ -28,7 +28,7 @@ def _share_rows(totals: dict, label: str, grand: dict) -> list[dict]:
 
 
 def costs_command(arch_path: Path, *, batch, impl, fmt, symbolic=False) -> str:
-    from .evaluate import costs_report, symbolic_report
+    from costmodel.model.evaluate import costs_report, symbolic_report
 
     arch = load_arch(arch_path).with_batch(batch)
     if symbolic:
@@ -99,15 +99,15 @@ def _interval(row: dict) -> str:
 
 def predict_command(arch_path: Path, *, profile, batch, threads, impl, fmt, by="op", plot=None,
                     backend="numpy") -> str:
-    from .predict import group, predict
-    from .profile import find_profile
+    from costmodel.machine.predict import group, predict
+    from costmodel.machine.profile import find_profile
 
     arch = load_arch(arch_path).with_batch(batch)
     prof = find_profile(profile)
     result = predict(arch, prof, impl=impl, threads=threads, backend=backend)
     impl = result["impl"]
     if plot:
-        from .plots import plot_predict
+        from costmodel.present.plots import plot_predict
 
         plot_predict(result, prof.ceilings, plot)
         _plot_written(plot)
@@ -141,14 +141,14 @@ def predict_command(arch_path: Path, *, profile, batch, threads, impl, fmt, by="
 
 def latex_command(arch_path: Path, *, output=None, standalone=False, profile=None, measured_fractions=None,
                   impl="index", batch=None, threads=None) -> str:
-    """The LaTeX tables of the arch's step (costmodel.latex): written atomically to `output`
+    """The LaTeX tables of the arch's step (costmodel.present.latex): written atomically to `output`
     (then "" is returned), else returned. Without `profile`, the user's or the shipped one is
     used; if neither exists, the tables have no time columns and say so.
     `measured_fractions`: (layer, op, phase) -> measured fraction of the step."""
-    from .errors import UsageError
-    from .latex import latex_document
-    from .profile import default_profile_path, embedded_profile_path, find_profile
-    from .report import atomic_write
+    from costmodel.errors import UsageError
+    from costmodel.present.latex import latex_document
+    from costmodel.machine.profile import default_profile_path, embedded_profile_path, find_profile
+    from costmodel.present.report import atomic_write
 
     arch = load_arch(arch_path).with_batch(batch)
     found = None
@@ -172,8 +172,8 @@ def _plot_written(path) -> None:
 
 
 def explain_command(arch_path: Path, *, profile, batch, threads, impl, fmt) -> str:
-    from .explain import explain, render_text
-    from .profile import find_profile
+    from costmodel.present.explain import explain, render_text
+    from costmodel.machine.profile import find_profile
 
     facts = explain(load_arch(arch_path), find_profile(profile), impl=impl, threads=threads, batch=batch)
     return to_json(facts) if fmt == "json" else render_text(facts)
@@ -181,8 +181,8 @@ def explain_command(arch_path: Path, *, profile, batch, threads, impl, fmt) -> s
 
 def _sweep_table(result: dict) -> str:
     """Groups as rows, the swept values as columns: the step's time, then each group's fraction."""
-    from .explain import course_name
-    from .sweep import group_columns
+    from costmodel.present.explain import course_name
+    from costmodel.machine.sweep import group_columns
 
     by, points = result["by"], result["points"]
     if by == "op":
@@ -208,18 +208,18 @@ def _sweep_table(result: dict) -> str:
 
 
 def sweep_command(arch_path: Path, *, vary, profile, batch, threads, impl, by, fmt, plot=None) -> str:
-    from .profile import find_profile
-    from .sweep import group_columns, long_rows, parse_vary, sweep
+    from costmodel.machine.profile import find_profile
+    from costmodel.machine.sweep import group_columns, long_rows, parse_vary, sweep
 
     name, values = parse_vary(vary)
     if plot:
-        from .plots import plot_format
+        from costmodel.present.plots import plot_format
 
         plot_format(plot)  # a bad suffix fails before any prediction
     arch = load_arch(arch_path).with_batch(batch)
     result = sweep(arch, find_profile(profile), name, values, impl=impl, threads=threads, by=by)
     if plot:
-        from .plots import plot_sweep
+        from costmodel.present.plots import plot_sweep
 
         plot_sweep(result, plot)
         _plot_written(plot)

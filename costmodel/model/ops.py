@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from .arch import Architecture, LayerSizes
+from costmodel.model.arch import Architecture, LayerSizes
 
 PHASES = ("forward", "backward", "update")
 

@@ -13,10 +13,10 @@ named thresholds below. ``group_rows`` and ``explain_backends`` are pure.
 
 from __future__ import annotations
 
-from costmodel.explain import course_name
-from costmodel.fused import OTHER
-from costmodel.ops import op_list
-from costmodel.report import fmt_fraction, fmt_seconds
+from costmodel.present.explain import course_name
+from costmodel.machine.fused import OTHER
+from costmodel.model.ops import op_list
+from costmodel.present.report import fmt_fraction, fmt_seconds
 
 
 #: a group (or a set of groups) counts as done faster by the framework from this ratio
@@ -39,9 +39,9 @@ _CONV_BWD_INDEX = ("phi_grad", "pad_grad")
 
 def static_groups(arch) -> dict[tuple[int, str, str], str]:
     """The torch group of every op of the contract, from the mapping tables of
-    calib.torch_backend (the largest group of the mapping that holds the op, restricted to the
+    calib.backends.torch (the largest group of the mapping that holds the op, restricted to the
     ops the layer has): what ``measure_torch`` reports when every event is present."""
-    from .torch_backend import BACKWARD_MAP, FORWARD_MAP
+    from calib.backends.torch import BACKWARD_MAP, FORWARD_MAP
 
     present: dict[tuple[int, str], list[str]] = {}
     for ref in op_list(arch):
@@ -260,8 +260,8 @@ def compare_backends(arch, *, impl: str = "index", threads=None, steps: int = 10
                      progress=None) -> dict:
     """Measure the step in NumPy (``impl``) and in PyTorch with the same threads, group the
     NumPy ops into torch's groups, and explain the difference."""
-    from .measure import measure
-    from .torch_backend import import_torch, measure_torch
+    from calib.measure import measure
+    from calib.backends.torch import import_torch, measure_torch
 
     import_torch()
     n = measure(arch, steps=steps, warmup=warmup, threads=threads, impl=impl, progress=progress)

@@ -25,11 +25,11 @@ from typing import Annotated, Callable, Literal, Mapping
 from pydantic import (AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator,
                       model_validator)
 
-from . import __version__
-from .arch import DTYPES, _message
-from .errors import CostModelError, UsageError
-from .ops import OP_NAMES
-from .report import FORMATS, atomic_write, fmt_seconds, human, render_table, to_csv, to_json
+from costmodel import __version__
+from costmodel.model.arch import DTYPES, _message
+from costmodel.errors import CostModelError, UsageError
+from costmodel.model.ops import OP_NAMES
+from costmodel.present.report import FORMATS, atomic_write, fmt_seconds, human, render_table, to_csv, to_json
 
 __all__ = ["SCHEMA_VERSION", "BandwidthPoint", "BlasInfo", "Ceilings", "Entry", "Fingerprint", "OpModel",
            "Profile", "calibrate_command", "check_machine", "default_profile_path", "embedded_profile_path", "fact",
@@ -134,7 +134,7 @@ class Entry(_Model):
     @model_validator(mode="after")
     def _known_ops(self) -> "Entry":
         # a NumPy entry models the contract's ops; a torch entry PyTorch's op groups
-        # (ops joined with "+", costmodel.fused) and "other"
+        # (ops joined with "+", costmodel.machine.fused) and "other"
         def known(key: str) -> bool:
             parts = key.partition(":")[0].split("+")
             if self.backend == "numpy":

@@ -12,10 +12,10 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import UsageError
-from .explain import course_tex, memory_bandwidth
-from .profile import Ceilings
-from .report import atomic_write
+from costmodel.errors import UsageError
+from costmodel.present.explain import course_tex, memory_bandwidth
+from costmodel.machine.profile import Ceilings
+from costmodel.present.report import atomic_write
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 PLOT_FORMATS = {".png": "png", ".pdf": "pdf"}
 KIND_COLORS = {"matrix product": "tab:blue", "index manipulation": "tab:orange", "elementwise": "tab:green",
                "loss": "tab:red", "update": "tab:purple",
-               # PyTorch's groups (costmodel.fused)
+               # PyTorch's groups (costmodel.machine.fused)
                "fused convolution": "tab:cyan", "framework overhead": "tab:gray"}
 #: ops named on a roofline or a scatter: the largest by time
 LABELLED = 5
@@ -265,7 +265,7 @@ def _predicted_measured(ax: "Axes", result: dict) -> Names:
 # -- figures ---------------------------------------------------------------------------------
 
 def plot_predict(result: dict, ceilings: Ceilings, path: str | Path) -> None:
-    """A prediction (costmodel.predict.predict): the shares of FLOPs, bytes and time by op kind;
+    """A prediction (costmodel.machine.predict.predict): the shares of FLOPs, bytes and time by op kind;
     the ops on the roofline; the bandwidth they reach."""
     plot_format(path)
     rows = result["ops"]
@@ -314,7 +314,7 @@ def _group_label(key, by: str) -> str:
 
 
 def _tex_symbol(symbol: str) -> str:
-    """A course symbol of costmodel.sweep.symbol as mathtext: 'd^3' -> '$d^{3}$',
+    """A course symbol of costmodel.machine.sweep.symbol as mathtext: 'd^3' -> '$d^{3}$',
     'h^1_pool' -> '$h^{1}_{\\mathrm{pool}}$'; any other name unchanged."""
     match = re.fullmatch(r"([A-Za-z])(?:\^\{?(\d+)\}?)?(_pool)?", symbol)
     if not match:
@@ -326,7 +326,7 @@ def _tex_symbol(symbol: str) -> str:
 
 
 def plot_sweep(result: dict, path: str | Path) -> None:
-    """A sweep (costmodel.sweep.sweep): the step's shares at each value, stacked, and the
+    """A sweep (costmodel.machine.sweep.sweep): the step's shares at each value, stacked, and the
     step's predicted time (with its interval) against the value."""
     from matplotlib import colormaps
 

@@ -4,7 +4,7 @@ Three tables, each a booktabs ``longtable`` followed by its notes:
 
 1. the complexity of every op of the step, one row per op formula, grouped by phase and layer
    kind as in the slides' analysis: exact FLOPs and bytes and their leading orders, all
-   printed from the SymPy expressions of the cost registry (costmodel.evaluate.symbolic_report);
+   printed from the SymPy expressions of the cost registry (costmodel.model.evaluate.symbolic_report);
    only the first column, the op in the slides' notation, is typed here, per op name;
 2. the architecture's ops, layer by layer: FLOPs and bytes, with a profile the predicted
    seconds and fraction, with measured fractions the measured fraction, and totals by phase;
@@ -20,12 +20,12 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Iterable, Mapping
 
-from .errors import CostModelError
-from .ops import CONTRACT
+from costmodel.errors import CostModelError
+from costmodel.model.ops import CONTRACT
 
 if TYPE_CHECKING:
-    from .arch import Architecture
-    from .profile import Entry, Profile
+    from costmodel.model.arch import Architecture
+    from costmodel.machine.profile import Entry, Profile
 
 PACKAGES = ("amsmath", "amssymb", "array", "booktabs", "longtable")
 PHASE_TITLES = {"forward": "Forward", "backward": "Backward", "update": "Update"}
@@ -130,7 +130,7 @@ def describe(layer_type: str, op: str, loss: str = "mse") -> str:
         text = DESCRIPTIONS[(layer_type, op)]
         return text[loss] if isinstance(text, dict) else text
     except KeyError:
-        raise CostModelError(f"costmodel.latex has no notation for op {op!r} of a {layer_type} "
+        raise CostModelError(f"costmodel.present.latex has no notation for op {op!r} of a {layer_type} "
                              f"layer (loss {loss!r})") from None
 
 
@@ -143,8 +143,8 @@ def _breakable(latex: str) -> str:
 
 def _legend(kinds: set[str], itemsize: int) -> str:
     """The meaning of the symbols that the tables of these layer kinds use."""
-    from . import symbols as s
-    from .shapes import INDEX_BYTES
+    from costmodel.model import symbols as s
+    from costmodel.model.shapes import INDEX_BYTES
 
     rows = [((s.I,), "instances in the mini-batch")]
     if "conv" in kinds:
@@ -349,7 +349,7 @@ def step_table(report: dict, prediction: dict | None = None,
 
 def profile_table(profile: "Profile", used: "Entry | None" = None) -> str:
     """Table 3: every entry's fitted op models, their parameters read as machine facts."""
-    from .profile import fact
+    from costmodel.machine.profile import fact
 
     head = r"op & fitted parameters & CV error & meas./pred. & samples \\"
     body = []
@@ -389,11 +389,11 @@ def latex_document(arch: "Architecture", *, impl: str = "index", profile: "Profi
                    standalone: bool = False) -> str:
     """The three tables of `arch`'s SG step (without a profile: no time columns and no
     Table 3), as a fragment to ``\\input`` or, with `standalone`, a complete article."""
-    from .evaluate import costs_report, symbolic_report
+    from costmodel.model.evaluate import costs_report, symbolic_report
 
     prediction = entry = None
     if profile is not None:
-        from .predict import predict
+        from costmodel.machine.predict import predict
 
         prediction = predict(arch, profile, impl=impl, threads=threads)
         entry = profile.entry(arch.dtype, impl, prediction["threads"], prediction["backend"])

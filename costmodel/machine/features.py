@@ -14,7 +14,7 @@ c_call is seconds per call.
 from __future__ import annotations
 
 FEATURES = ("calls", "flops", "bytes", "bytes_beyond_L2", "bytes_beyond_L3")
-#: features the torch backend's rows carry besides FLOPs and bytes (costmodel.fused.torch_rows):
+#: features the torch backend's rows carry besides FLOPs and bytes (costmodel.machine.fused.torch_rows):
 #: the bytes of arrays so large that every allocation maps fresh pages, and the FLOPs blocked
 #: convolution kernels spend on SIMD lanes past a layer's channel counts
 ROW_FEATURES = ("bytes_fresh", "flops_lane_waste")
@@ -43,7 +43,7 @@ def simd_lanes(cpu_flags, itemsize: int) -> int:
 def model_key(op: str, loss: str, regime: str = "") -> str:
     """The op kind a model is fitted for: the op name; for the loss ops also the loss (mse and
     softmax_ce run different kernels under the same op name); and how it runs
-    (costmodel.ops.op_regime: "threaded", "serial" or ""), e.g. "phi:threaded",
+    (costmodel.model.ops.op_regime: "threaded", "serial" or ""), e.g. "phi:threaded",
     "conv_matmul:serial", "loss:mse"."""
     variants = ([loss] if op in ("loss", "loss_grad") else []) + ([regime] if regime else [])
     return f"{op}:{'+'.join(variants)}" if variants else op
@@ -51,7 +51,7 @@ def model_key(op: str, loss: str, regime: str = "") -> str:
 
 def feature_rows(costs, caches: dict, features: tuple[str, ...] = FEATURES) -> "np.ndarray":
     """The (n_ops, len(features)) feature matrix of per-op costs: a DataFrame of
-    costmodel.evaluate.costs, or any mapping with "flops" and "bytes" sequences (and
+    costmodel.model.evaluate.costs, or any mapping with "flops" and "bytes" sequences (and
     the ROW_FEATURES of the torch groups; 0 where absent).
 
     `caches` holds the cache sizes in bytes ({"L2": ..., "L3": ...}) of the machine whose

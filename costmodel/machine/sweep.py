@@ -2,7 +2,7 @@
 architecture file (a layer's filters or units, its kernel, the input's height, ...).
 
 `parse_vary` reads the command line's ``NAME=V1,V2,...``; `sweep` predicts the step once per
-value (costmodel.predict.predict) and groups its ops. Pure: no clock, no kernel.
+value (costmodel.machine.predict.predict) and groups its ops. Pure: no clock, no kernel.
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
-from .arch import Architecture
-from .errors import UsageError
-from .predict import group, predict
-from .profile import Profile
+from costmodel.model.arch import Architecture
+from costmodel.errors import UsageError
+from costmodel.machine.predict import group, predict
+from costmodel.machine.profile import Profile
 
 _INT = re.compile(r"[+-]?\d+")
 _FLOAT = re.compile(r"[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?")
@@ -71,7 +71,7 @@ def symbol(name: str) -> str:
 def vary(arch: Architecture, name: str, value) -> Architecture:
     """`arch` with `name` ('batch' or a path such as 'layers[1].filters') set to `value`,
     validated as an architecture file is (a one-line error names the place)."""
-    from .evaluate import _with_value
+    from costmodel.model.evaluate import _with_value
 
     return _with_value(arch, name, value)
 
@@ -79,7 +79,7 @@ def vary(arch: Architecture, name: str, value) -> Architecture:
 def sweep(arch: Architecture, profile: Profile, name: str, values: Sequence, *, impl: str = "index",
           threads: int | None = None, by: str = "kind") -> dict:
     """The predicted step for each value of `name`: per value (a point) the step's seconds
-    and its ops grouped `by` op, layer, phase or kind (costmodel.predict.group)."""
+    and its ops grouped `by` op, layer, phase or kind (costmodel.machine.predict.group)."""
     if not values:
         raise UsageError(f"{name}: no values to sweep")
     archs = [vary(arch, name, value) for value in values]  # every value is checked before predicting

@@ -17,16 +17,16 @@ from string import Template
 
 import sympy as sp
 
-from .arch import Architecture
-from .costs import IMPLS, OpSpec, op_cost
-from .errors import CostModelError
-from .features import model_key
-from .predict import group, predict
-from .profile import Ceilings, Profile, _iec, _threads
-from .report import fmt_fraction, fmt_seconds, human
-from .shapes import bound_ops
-from .sweep import sweep
-from .symbols import big_o, to_text
+from costmodel.model.arch import Architecture
+from costmodel.model.costs import IMPLS, OpSpec, op_cost
+from costmodel.errors import CostModelError
+from costmodel.machine.features import model_key
+from costmodel.machine.predict import group, predict
+from costmodel.machine.profile import Ceilings, Profile, _iec, _threads
+from costmodel.present.report import fmt_fraction, fmt_seconds, human
+from costmodel.model.shapes import bound_ops
+from costmodel.machine.sweep import sweep
+from costmodel.model.symbols import big_o, to_text
 
 #: each op in the course's notation: (plain text, matplotlib mathtext); $m is layer m's
 #: superscript, $n layer m+1's
@@ -54,7 +54,7 @@ NOTATION: dict[str, tuple[str, str]] = {
     "update": ("W$m, b$m update", r"W$m, b$m\ \mathrm{update}"),
 }
 
-#: PyTorch's fused groups (costmodel.fused), named by the product they are built around
+#: PyTorch's fused groups (costmodel.machine.fused), named by the product they are built around
 FUSED_NOTATION: dict[str, tuple[str, str]] = {
     "conv_matmul": ("conv(Z$m; W$m) + b$m, fused", r"\mathrm{conv}(Z$m; W$m) + b$m"),
     "conv_grad_W": ("conv backward of dS$m, fused", r"\mathrm{conv}'(dS$m)"),
@@ -77,7 +77,7 @@ def _notation(op: str) -> tuple[str, str]:
     return (" + ".join(NOTATION[p][0] for p in parts), " + ".join(NOTATION[p][1] for p in parts))
 
 
-#: the op kinds (costmodel.ops.OP_KIND) as the subject of a sentence
+#: the op kinds (costmodel.model.ops.OP_KIND) as the subject of a sentence
 KIND_PLURAL = {"matrix product": "matrix products", "elementwise": "elementwise ops"}
 
 #: the major ops: the fewest that make up this share of the step, at most MAX_MAJOR

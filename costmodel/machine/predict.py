@@ -1,6 +1,6 @@
 """Predicted per-op time of an SG step: the symbolic costs combined with a machine profile.
 
-For every op of the step, its features (costmodel.features) are evaluated from the symbolic
+For every op of the step, its features (costmodel.machine.features) are evaluated from the symbolic
 cost model and multiplied by the coefficients the profile fitted for that op kind, dtype,
 implementation and thread count. The time composition is the sum of the terms (a per-call
 overhead, compute time and memory time). The prediction interval of an op is its prediction
@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import os
 
-from .arch import Architecture
-from .errors import CostModelError
-from .features import ALL_FEATURES, ROW_FEATURES, feature_rows, model_key, simd_lanes
-from .ops import OP_KIND, op_regime, threaded_step
-from .profile import Profile, calibrate_command
+from costmodel.model.arch import Architecture
+from costmodel.errors import CostModelError
+from costmodel.machine.features import ALL_FEATURES, ROW_FEATURES, feature_rows, model_key, simd_lanes
+from costmodel.model.ops import OP_KIND, op_regime, threaded_step
+from costmodel.machine.profile import Profile, calibrate_command
 
 
 def default_threads(profile: Profile, dtype: str, impl: str, backend: str = "numpy") -> int:
@@ -36,10 +36,10 @@ BACKENDS = ("numpy", "torch")
 def step_rows(arch: Architecture, impl: str, threads: int, backend: str = "numpy", lanes: int = 1) -> list[dict]:
     """The rows whose times a profile models, for one step of `arch`: with the NumPy backend
     the contract's ops of `impl`, with the torch backend PyTorch's op groups
-    (costmodel.fused). Each row has layer, layer_type, op, phase, kind, flops, bytes and
+    (costmodel.machine.fused). Each row has layer, layer_type, op, phase, kind, flops, bytes and
     ``model``, the key of the op model that times it (model_key / group_model_key); a torch
     row also flops_lane_waste for a machine with `lanes` SIMD lanes (features.simd_lanes)."""
-    from .evaluate import costs_report
+    from costmodel.model.evaluate import costs_report
 
     if backend == "numpy":
         threaded = threaded_step(arch, impl, threads)
@@ -51,7 +51,7 @@ def step_rows(arch: Architecture, impl: str, threads: int, backend: str = "numpy
         return rows
     if backend != "torch":
         raise CostModelError(f"--backend: {backend!r} is not one of {', '.join(BACKENDS)}")
-    from .fused import torch_rows
+    from costmodel.machine.fused import torch_rows
 
     return torch_rows(arch, lanes)
 
@@ -72,9 +72,9 @@ def predict(arch: Architecture, profile: Profile, *, impl: str = "index", thread
     """The per-op prediction as DESIGN.md's JSON object (with `total_seconds`), each op with
     `seconds`, `fraction`, `seconds_low`/`seconds_high`, FLOPs, bytes and its kind.
 
-    With backend "torch" the rows are PyTorch's op groups (costmodel.fused) and `impl` is
+    With backend "torch" the rows are PyTorch's op groups (costmodel.machine.fused) and `impl` is
     "torch"."""
-    from .evaluate import conventions
+    from costmodel.model.evaluate import conventions
 
     if backend == "torch":
         impl = "torch"

@@ -3,7 +3,7 @@
 Each op's four expressions (FLOPs, bytes read, bytes written, memory kept) are lambdified
 once per op context (`OpSpec`, which holds the op and the impl) and cached; an architecture's
 ops with the same context are evaluated in one vectorised call, and so are many mini-batch
-sizes at once. Every output states the conventions of costmodel.costs. SymPy and pandas are
+sizes at once. Every output states the conventions of costmodel.model.costs. SymPy and pandas are
 imported on first use, so that importing this module stays cheap.
 """
 
@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 
-from .arch import Architecture, parse_arch
-from .errors import ArchError, UsageError
+from costmodel.model.arch import Architecture, parse_arch
+from costmodel.errors import ArchError, UsageError
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from .costs import OpSpec
-    from .shapes import BoundOp
+    from costmodel.model.costs import OpSpec
+    from costmodel.model.shapes import BoundOp
 
 QUANTITIES = ("flops", "bytes_read", "bytes_written", "memory_kept")
 COLUMNS = ("layer", "layer_type", "op", "phase", "flops", "bytes_read", "bytes_written",
@@ -33,7 +33,7 @@ _LABELS = ("layer", "layer_type", "op", "phase")
 
 def conventions() -> dict[str, str]:
     """The FLOP, byte and memory conventions that every output states."""
-    from .costs import BYTE_CONVENTION, FLOP_CONVENTION, MEMORY_CONVENTION
+    from costmodel.model.costs import BYTE_CONVENTION, FLOP_CONVENTION, MEMORY_CONVENTION
 
     return {"flop_convention": FLOP_CONVENTION, "byte_convention": BYTE_CONVENTION,
             "memory_convention": MEMORY_CONVENTION}
@@ -44,7 +44,7 @@ def compiled(spec: "OpSpec"):
     """(symbols, f): f(*values of symbols) -> (flops, bytes_read, bytes_written, memory_kept)."""
     import sympy as sp
 
-    from .costs import op_cost
+    from costmodel.model.costs import op_cost
 
     cost = op_cost(spec)
     exprs = tuple(getattr(cost, q) for q in QUANTITIES)
@@ -57,7 +57,7 @@ def evaluate(ops: list["BoundOp"], batch: np.ndarray) -> dict[str, np.ndarray]:
 
     One call per op context: its ops' values are a column, the batch sizes a row.
     """
-    from .symbols import I
+    from costmodel.model.symbols import I
 
     out = {q: np.empty((len(ops), len(batch)), dtype=np.int64) for q in QUANTITIES}
     groups: dict = {}
@@ -93,7 +93,7 @@ def _labels(ops: list["BoundOp"]) -> dict[str, np.ndarray]:
 
 def _step(arch: Architecture, impl: str) -> tuple[list["BoundOp"], dict[str, np.ndarray]]:
     """The ops of one step of `arch` and each quantity of each op (1-D int64 arrays)."""
-    from .shapes import bound_ops
+    from costmodel.model.shapes import bound_ops
 
     ops = bound_ops(arch, impl)
     q = evaluate(ops, np.array([arch.batch], dtype=np.int64))
@@ -143,7 +143,7 @@ def costs_many(arch: Architecture, impl: str = "index", **variants) -> "pd.DataF
     combinations, batch varying fastest. Columns: ``variant`` (0, 1, ...), one column per
     keyword with its value, then `COLUMNS`.
     """
-    from .shapes import bound_ops
+    from costmodel.model.shapes import bound_ops
 
     if not variants:
         raise UsageError("costs_many: give the values of at least one size, e.g. batch=[1, 2]")
@@ -216,8 +216,8 @@ def costs_report(arch: Architecture, impl: str = "index", batch: int | None = No
 
 @lru_cache(maxsize=None)
 def _symbolic(spec: "OpSpec") -> dict[str, dict[str, str]]:
-    from .costs import op_cost
-    from .symbols import leading_term, order_latex, order_text, to_latex, to_text
+    from costmodel.model.costs import op_cost
+    from costmodel.model.symbols import leading_term, order_latex, order_text, to_latex, to_text
 
     cost = op_cost(spec)
     out = {}
@@ -233,8 +233,8 @@ def _symbolic(spec: "OpSpec") -> dict[str, dict[str, str]]:
 def symbolic_report(arch: Architecture, impl: str = "index") -> dict:
     """Per op of the step, its exact FLOP, byte and memory expressions in the course's
     notation, their leading terms and orders, as plain text and as LaTeX."""
-    from .shapes import bound_ops
-    from .symbols import LATEX_NAMES
+    from costmodel.model.shapes import bound_ops
+    from costmodel.model.symbols import LATEX_NAMES
 
     ops = [{"layer": op.ref.layer, "layer_type": op.ref.layer_type, "op": op.ref.op,
             "phase": op.ref.phase, **_symbolic(op.spec)} for op in bound_ops(arch, impl)]
