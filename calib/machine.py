@@ -8,18 +8,15 @@ the best of a few runs with time.perf_counter and the garbage collector off.
 from __future__ import annotations
 
 import gc
-import os
-import platform
-import re
 import time
 from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
-from threadpoolctl import threadpool_info, threadpool_limits
+from threadpoolctl import threadpool_limits
 
-SYS_CPU = Path("/sys/devices/system/cpu")
-CPUINFO = Path("/proc/cpuinfo")
+import costmodel.machine.fingerprint as _fp
+from costmodel.machine.fingerprint import (available_cores, cache_sizes, cpu_identity, cpu_info,  # noqa: F401
+                                           parse_size, physical_cores)
 
 #: working sets of the bandwidth probe: 8 KiB to 256 MiB, 10 points log-spaced (whole KiB)
 WORKING_SETS = tuple(1024 * round(x / 1024) for x in np.geomspace(8 << 10, 256 << 20, 10))
@@ -32,64 +29,11 @@ MAX_REPEATS = 10
 
 
 # -- fingerprint -----------------------------------------------------------------------------
-
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_text().strip()
-    except OSError:
-        return None
-
-
-def parse_size(text: str) -> int:
-    """A sysfs cache size ('32K', '1024K', '8M', '512') in bytes; K and M are binary."""
-    match = re.fullmatch(r"(\d+)\s*([KMG]?)i?B?", text.strip(), re.IGNORECASE)
-    if not match:
-        raise ValueError(f"unreadable cache size {text!r}")
-    shift = {"": 0, "K": 10, "M": 20, "G": 30}[match.group(2).upper()]
-    return int(match.group(1)) << shift
-
-
-def cache_sizes(cpu_dir: Path = SYS_CPU / "cpu0") -> dict[str, int]:
-    """Cache sizes of one CPU from sysfs: {'L1d': bytes, 'L1i': ..., 'L2': ..., 'L3': ...};
-    empty when the OS does not expose them."""
-    suffix = {"Data": "d", "Instruction": "i", "Unified": ""}
-    caches = {}
-    for index in sorted((cpu_dir / "cache").glob("index*")):
-        level, kind, size = (_read(index / name) for name in ("level", "type", "size"))
-        if level and kind in suffix and size:
-            caches[f"L{level}{suffix[kind]}"] = parse_size(size)
-    return caches
-
-
-def physical_cores(sys_cpu: Path = SYS_CPU) -> int | None:
-    """Distinct (package, core) pairs in sysfs topology, or None when it is not readable."""
-    cores = set()
-    for cpu in sys_cpu.glob("cpu[0-9]*"):
-        package, core = _read(cpu / "topology" / "physical_package_id"), _read(cpu / "topology" / "core_id")
-        if package is not None and core is not None:
-            cores.add((package, core))
-    return len(cores) or None
-
-
-def cpu_info(text: str | None = None) -> tuple[str, list[str]]:
-    """CPU model and flags from /proc/cpuinfo (first value of each field; x86 or Arm spelling)."""
-    text = _read(CPUINFO) if text is None else text
-    fields: dict[str, str] = {}
-    for line in (text or "").splitlines():
-        key, _, value = line.partition(":")
-        fields.setdefault(key.strip().lower(), value.strip())
-    model = next((fields[k] for k in ("model name", "hardware", "model", "cpu model", "processor")
-                  if fields.get(k) and not fields[k].isdigit()), None)
-    flags = fields.get("flags") or fields.get("features") or ""
-    return model or platform.processor() or platform.machine(), sorted(flags.split())
-
+# read from the OS by costmodel.machine.fingerprint (pure, so predict takes it without calib)
 
 def blas_info() -> list[dict]:
     """The BLAS libraries NumPy loaded, as threadpoolctl sees them now (filepath: basename)."""
-    return [{"internal_api": lib["internal_api"], "version": lib.get("version"),
-             "threading_layer": lib.get("threading_layer"), "architecture": lib.get("architecture"),
-             "num_threads": lib["num_threads"], "filepath": os.path.basename(lib["filepath"])}
-            for lib in threadpool_info() if lib.get("user_api") == "blas"]
+    return _fp.blas_info()
 
 
 def _blas_threads(blas: list[dict]) -> int:
@@ -101,20 +45,7 @@ def fingerprint(threads: int | None = None) -> dict:
     The dict validates as costmodel.machine.profile.Fingerprint."""
     with threadpool_limits(limits=threads, user_api="blas"):
         blas = blas_info()
-    model, flags = cpu_info()
-    return {
-        "cpu_model": model,
-        "cpu_flags": flags,
-        "caches": cache_sizes(),
-        "cores": os.cpu_count() or 1,
-        "physical_cores": physical_cores(),
-        "numpy_version": np.__version__,
-        "blas": blas,
-        "threads": threads or _blas_threads(blas),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-    }
+    return _fp.take_fingerprint(threads or _blas_threads(blas), blas)
 
 
 # -- ceilings --------------------------------------------------------------------------------

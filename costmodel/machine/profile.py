@@ -31,8 +31,9 @@ from costmodel.errors import CostModelError, UsageError
 from costmodel.model.ops import OP_NAMES
 from costmodel.present.report import FORMATS, atomic_write, fmt_seconds, human, render_table, to_csv, to_json
 
-__all__ = ["SCHEMA_VERSION", "BandwidthPoint", "BlasInfo", "Ceilings", "Entry", "Fingerprint", "OpModel",
-           "Profile", "calibrate_command", "check_machine", "default_profile_path", "embedded_profile_path", "fact",
+__all__ = ["SCHEMA_VERSION", "BandwidthPoint", "BlasInfo", "Bounds", "Ceilings", "Entry", "Fingerprint",
+           "LevelRate", "LoadRecord", "OpModel", "PeakPoint", "Probe", "ProductRate", "Profile", "Transfer",
+           "calibrate_command", "default_profile_path", "embedded_profile_path", "fact",
            "find_profile", "load_profile", "render_profile", "save_profile"]
 
 SCHEMA_VERSION = 1
@@ -79,11 +80,29 @@ class Fingerprint(_Model):
     python: str
     platform: str
     machine: str
+    # since issue 11 (optional: older profiles load without them)
+    cpu_vendor: str | None = Field(None, description="cpuinfo's vendor_id (Arm: CPU implementer)")
+    cpu_family: str | None = Field(None, description="cpuinfo's cpu family (Arm: CPU architecture)")
+    cpu_model_id: str | None = Field(None, description="cpuinfo's model number (Arm: CPU part)")
+    cpu_stepping: str | None = Field(None, description="cpuinfo's stepping (Arm: CPU revision)")
+    cores_available: PositiveInt | None = Field(None, description="logical CPUs the process may run on "
+                                                "(os.sched_getaffinity)")
+    torch_version: str | None = Field(None, description="the installed torch, from its metadata")
 
 
 class BandwidthPoint(_Model):
     working_set_bytes: PositiveInt
     bytes_per_second: PositiveFloat
+
+
+class PeakPoint(_Model):
+    """The best FLOP/s measured for one backend's products (numpy: np.matmul; torch: torch.mm and
+    conv2d) of one dtype with `threads` threads."""
+
+    backend: str = "numpy"
+    dtype: Literal[DTYPES]
+    threads: PositiveInt
+    flops_per_second: PositiveFloat
 
 
 class Ceilings(_Model):
@@ -95,6 +114,72 @@ class Ceilings(_Model):
     matmul_flops_per_second: dict[str, PositiveFloat]
     bandwidth: list[BandwidthPoint] = Field(min_length=1)
     machine_balance: dict[str, PositiveFloat]
+    peaks: list[PeakPoint] = Field([], description="peak FLOP/s by backend, dtype and threads (the fit's bounds)")
+
+
+class Bounds(_Model):
+    """The ceilings an entry's models were fitted under (calib.fit): no per-FLOP rate above
+    `flops_per_second` (`serial_flops_per_second` for a ':serial' model, single-threaded BLAS),
+    and no effective per-byte rate of a working-set level above bytes_per_second[level]
+    ("L2": in cache, "L3": beyond L2, "memory": beyond L3)."""
+
+    flops_per_second: PositiveFloat
+    serial_flops_per_second: PositiveFloat | None = None
+    bytes_per_second: dict[Literal["L2", "L3", "memory"], PositiveFloat] = {}
+    source: str = Field("", description="how the ceilings were measured")
+
+
+class LoadRecord(_Model):
+    """The load on the machine while a calibration (or measurement) ran (calib.noise)."""
+
+    wall_seconds: Annotated[float, Field(ge=0)]
+    cores_available: PositiveInt
+    other_cpu: Annotated[float, Field(ge=0)] = Field(description="other processes' CPU time over the "
+                                                     "available cores' time")
+    steal: Annotated[float, Field(ge=0)] = Field(description="steal time over the available cores' time")
+    spread: Annotated[float, Field(ge=0)] | None = Field(None, description="median relative spread of "
+                                                         "repeated samples, weighted by time")
+    disturbed: bool
+    reasons: list[str] = []
+
+
+class ProductRate(_Model):
+    """A probed product rate: an (m x k) @ (k x n) product (torch 'conv': a convolution with
+    the same FLOPs) of one shape class."""
+
+    backend: str = "numpy"
+    dtype: Literal[DTYPES]
+    threads: PositiveInt
+    shape: str
+    m: PositiveInt
+    k: PositiveInt
+    n: PositiveInt
+    flops_per_second: PositiveFloat
+
+
+class LevelRate(_Model):
+    level: Literal["L1", "L2", "L3", "memory"]
+    working_set_bytes: PositiveInt
+    bytes_per_second: PositiveFloat
+
+
+class Probe(_Model):
+    """A short probe of a machine (calib.probe): product rate by shape class, dtype and threads,
+    bandwidth by working-set level, and the time of one call of a tiny op per backend."""
+
+    products: list[ProductRate] = []
+    bandwidth: list[LevelRate] = []
+    call_seconds: dict[str, PositiveFloat] = {}
+    seconds: Annotated[float, Field(ge=0)] = 0.0
+
+
+class Transfer(_Model):
+    """Where a transferred profile came from (costmodel.machine.transfer)."""
+
+    rule: str
+    source_fingerprint: Fingerprint
+    source_created: AwareDatetime
+    source_probe: Probe
 
 
 class OpModel(_Model):
@@ -130,6 +215,11 @@ class Entry(_Model):
     versions: dict[str, str] = Field({}, description="versions of what the backend ran on, e.g. torch")
     ops: dict[str, OpModel] = Field(min_length=1, description="op name, or 'op:variant' (e.g. loss:mse) -> model")
     sweep: dict[str, int | float] = Field({}, description="how the samples were taken (points, rounds, ...)")
+    bounds: Bounds | None = Field(None, description="the ceilings the models were fitted under")
+    load: LoadRecord | None = Field(None, description="the machine's load while the entry was calibrated")
+    accepted_noisy: bool = Field(False, description="written although disturbed (--accept-noisy)")
+    transfer_factors: dict[str, PositiveFloat] = Field(
+        {}, description="transferred: the factor each term's coefficient was multiplied by")
 
     @model_validator(mode="after")
     def _known_ops(self) -> "Entry":
@@ -164,6 +254,8 @@ class Profile(_Model):
     ceilings: Ceilings
     entries: list[Entry] = []
     calibration_seconds: Annotated[float, Field(ge=0)] | None = None
+    probe: Probe | None = Field(None, description="the probe of this profile's machine, for transfers")
+    transfer: Transfer | None = Field(None, description="set when the profile was transferred from another machine")
 
     @field_validator("created")
     @classmethod
@@ -271,41 +363,6 @@ def find_profile(path: str | Path | None = None,
     warn("no profile for this machine: using the reference profile shipped with costmodel "
          f"(made on {profile.fingerprint.cpu_model}); run `costmodel calibrate` for yours")
     return profile
-
-
-# -- checks ----------------------------------------------------------------------------------
-
-def _blas_summary(blas: list[BlasInfo]) -> str:
-    return ", ".join(f"{b.internal_api} {b.version}" + (f" ({b.threading_layer})" if b.threading_layer else "")
-                     for b in blas) or "none"
-
-
-def check_machine(profile: Profile, current: Fingerprint | Mapping, threads: int | None = None,
-                  warn: Callable[[str], None] = _stderr_warning) -> bool:
-    """Warn in one line when the profile was made on another CPU, caches, BLAS or NumPy, or has
-    no calibration for `threads` (default: the current fingerprint's). True when all match."""
-    made, here = profile.fingerprint, Fingerprint.model_validate(current)
-    threads = threads or here.threads
-    diffs = []
-    if made.cpu_model != here.cpu_model:
-        diffs.append(f"CPU {made.cpu_model!r}, here {here.cpu_model!r}")
-    for level in sorted(set(made.caches) | set(here.caches)):
-        if made.caches.get(level) != here.caches.get(level):
-            diffs.append(f"{level} {_iec(made.caches.get(level))}, here {_iec(here.caches.get(level))}")
-    if _blas_summary(made.blas) != _blas_summary(here.blas):
-        diffs.append(f"BLAS {_blas_summary(made.blas)}, here {_blas_summary(here.blas)}")
-    if made.numpy_version != here.numpy_version:
-        diffs.append(f"NumPy {made.numpy_version}, here {here.numpy_version}")
-    calibrated = sorted({e.threads for e in profile.entries} or {profile.ceilings.threads})
-    parts = [f"the profile was made on another machine ({'; '.join(diffs)})"] if diffs else []
-    command = "costmodel calibrate"
-    if threads not in calibrated:
-        parts.append(f"it has calibrations for threads={','.join(map(str, calibrated))}, this run uses "
-                     f"threads={threads}")
-        command += f" --threads {threads}"
-    if parts:
-        warn(f"{'; '.join(parts)}: predictions may not hold here; run `{command}`")
-    return not parts
 
 
 # -- rendering -------------------------------------------------------------------------------
