@@ -15,6 +15,28 @@ MEASURE_COLUMNS = [
 MEASURE_CSV = ["layer", "layer_type", "op", "phase", "seconds", "fraction", "flops", "bytes"]
 
 
+def check_threads(threads: int | None) -> None:
+    """Refuse a --threads above the cores this process may run on (os.sched_getaffinity): more
+    threads than cores time the scheduler, not the kernels (measured: --threads 64 on 2 cores
+    made a 3.75 ms step take 176 ms)."""
+    from costmodel.errors import UsageError
+    from costmodel.machine.fingerprint import available_cores
+
+    cores = available_cores()
+    if threads is not None and threads > cores:
+        raise UsageError(f"--threads {threads}: this machine has {cores} core{'s' if cores > 1 else ''} "
+                         "available to this process (os.sched_getaffinity)")
+
+
+def warn_if_disturbed(load: dict | None, what: str = "measured") -> None:
+    """One line on stderr when the load record of a measurement says it was disturbed."""
+    import sys
+
+    if load and load.get("disturbed"):
+        print(f"costmodel: warning: {what} on a disturbed machine ({'; '.join(load['reasons'])}): "
+              "the times may not hold; measure again on a quiet machine", file=sys.stderr)
+
+
 def _with_costs(result: dict, arch, impl: str) -> dict:
     """Add the symbolic model's FLOPs and bytes to each measured op."""
     from costmodel.model.evaluate import costs
@@ -29,6 +51,7 @@ def _with_costs(result: dict, arch, impl: str) -> dict:
 
 def measure_command(arch_path: Path, *, batch, steps, warmup, threads, impl, fmt, progress=None,
                     backend: str = "numpy") -> str:
+    check_threads(threads)
     if backend == "torch":
         return measure_torch_command(arch_path, batch=batch, steps=steps, warmup=warmup, threads=threads,
                                      fmt=fmt, progress=progress)
@@ -39,6 +62,7 @@ def measure_command(arch_path: Path, *, batch, steps, warmup, threads, impl, fmt
     check_memory(arch, impl)
     result = _with_costs(measure(arch, steps=steps, warmup=warmup, threads=threads, impl=impl,
                                  progress=progress), arch, impl)
+    warn_if_disturbed(result["load"])
     footer = [
         f"step: {fmt_seconds(result['step_seconds'])} (median of {steps} whole steps); "
         f"sum of ops: {fmt_seconds(result['total_seconds'])}; coverage {result['coverage']:.3f}",
@@ -52,8 +76,14 @@ def measure_torch_command(arch_path: Path, *, batch, steps, warmup, threads, fmt
     from calib.backends.torch import import_torch, measure_torch, with_costs
 
     import_torch()  # a missing torch fails first, in one line
+    from calib.noise import LoadMonitor
+
     arch = load_arch(arch_path).with_batch(batch)
-    result = with_costs(measure_torch(arch, steps=steps, warmup=warmup, threads=threads, progress=progress), arch)
+    with LoadMonitor() as monitor:  # other processes' CPU time and steal (no per-op spreads here)
+        result = with_costs(measure_torch(arch, steps=steps, warmup=warmup, threads=threads, progress=progress),
+                            arch)
+    result["load"] = monitor.load.as_dict()
+    warn_if_disturbed(result["load"])
     footer = [
         f"step: {fmt_seconds(result['step_seconds'])} (median of {steps} whole steps, profiler on; "
         f"{fmt_seconds(result['unprofiled_step_seconds'])} without it); "
@@ -97,6 +127,7 @@ def calibrate_command(*, quick, threads, dtypes, impls, output, progress=None, b
 
     from calib.calibrate import DTYPES, Plan, calibrate, to_profile
 
+    check_threads(threads)
     for d in dtypes or ():
         if d not in DTYPES:
             raise UsageError(f"--dtype: {d!r} is not one of {', '.join(DTYPES)}")
@@ -198,6 +229,7 @@ def compare(arch, profile, *, impl: str, threads, steps: int, warmup: int, progr
         "step_error_percent": 100 * step_error,
         "mean_fraction_error_pp": sum(abs(r["fraction_error_pp"]) for r in rows) / len(rows),
         "max_fraction_error_pp": max(abs(r["fraction_error_pp"]) for r in rows),
+        "load": measured.get("load"),
         "ops": rows,
     }
 
@@ -259,6 +291,7 @@ def compare_command(arch_path: Path, *, profile, batch, threads, impl, steps, wa
                     plot=None, backends: str = "numpy") -> str:
     from costmodel.machine.profile import find_profile
 
+    check_threads(threads)
     if parse_backends(backends) == ("numpy", "torch"):
         if plot:
             from costmodel.errors import UsageError
@@ -283,6 +316,7 @@ def compare_command(arch_path: Path, *, profile, batch, threads, impl, steps, wa
         plot_format(plot)  # a bad suffix fails before the steps are measured
     result = compare(arch, prof, impl=impl, threads=threads, steps=steps, warmup=warmup, progress=progress,
                      backend=backend)
+    warn_if_disturbed(result.get("load"))
     impl = result["impl"]
     if plot:
         compare_plot(result, prof, plot)
@@ -304,6 +338,7 @@ def latex_measured_command(arch_path: Path, *, output, standalone, profile, impl
 
     from calib.measure import measure
 
+    check_threads(threads)
     arch = load_arch(arch_path).with_batch(batch)
     result = measure(arch, steps=steps, warmup=warmup, threads=threads, impl=impl, progress=progress)
     fractions = {(op["layer"], op["op"], op["phase"]): op["fraction"] for op in result["ops"]}

@@ -31,8 +31,8 @@ from costmodel.errors import CostModelError, UsageError
 from costmodel.model.ops import OP_NAMES
 from costmodel.present.report import FORMATS, atomic_write, fmt_seconds, human, render_table, to_csv, to_json
 
-__all__ = ["SCHEMA_VERSION", "BandwidthPoint", "BlasInfo", "Bounds", "Ceilings", "Entry", "Fingerprint",
-           "LevelRate", "LoadRecord", "OpModel", "PeakPoint", "Probe", "ProductRate", "Profile", "Transfer",
+__all__ = ["SCHEMA_VERSION", "BandwidthPoint", "BlasInfo", "Ceilings", "Entry", "Fingerprint",
+           "LevelRate", "LoadRecord", "OpCeiling", "OpModel", "PeakPoint", "Probe", "ProductRate", "Profile", "Transfer",
            "calibrate_command", "default_profile_path", "embedded_profile_path", "fact",
            "find_profile", "load_profile", "render_profile", "save_profile"]
 
@@ -117,18 +117,6 @@ class Ceilings(_Model):
     peaks: list[PeakPoint] = Field([], description="peak FLOP/s by backend, dtype and threads (the fit's bounds)")
 
 
-class Bounds(_Model):
-    """The ceilings an entry's models were fitted under (calib.fit): no per-FLOP rate above
-    `flops_per_second` (`serial_flops_per_second` for a ':serial' model, single-threaded BLAS),
-    and no effective per-byte rate of a working-set level above bytes_per_second[level]
-    ("L2": in cache, "L3": beyond L2, "memory": beyond L3)."""
-
-    flops_per_second: PositiveFloat
-    serial_flops_per_second: PositiveFloat | None = None
-    bytes_per_second: dict[Literal["L2", "L3", "memory"], PositiveFloat] = {}
-    source: str = Field("", description="how the ceilings were measured")
-
-
 class LoadRecord(_Model):
     """The load on the machine while a calibration (or measurement) ran (calib.noise)."""
 
@@ -176,10 +164,20 @@ class Probe(_Model):
 class Transfer(_Model):
     """Where a transferred profile came from (costmodel.machine.transfer)."""
 
-    rule: str
-    source_fingerprint: Fingerprint
-    source_created: AwareDatetime
-    source_probe: Probe
+    rule: str = Field(description="the transfer rule (costmodel.machine.transfer.RULE)")
+    source_fingerprint: Fingerprint = Field(description="the machine the profile was made on")
+    source_probe: Probe = Field(description="that machine's probe")
+
+
+class OpCeiling(_Model):
+    """The ceilings an op model was fitted under (calib.fit): its per-FLOP rate at most
+    `flops_per_second`, its effective per-byte rate at each working-set level ("L2": in cache,
+    "L3": beyond L2, "memory": beyond L3) at most bytes_per_second[level]; both measured for
+    the `threads` the op runs on."""
+
+    threads: PositiveInt = 1
+    flops_per_second: PositiveFloat | None = None
+    bytes_per_second: dict[Literal["L2", "L3", "memory"], PositiveFloat] = {}
 
 
 class OpModel(_Model):
@@ -193,6 +191,7 @@ class OpModel(_Model):
     interval: tuple[PositiveFloat, PositiveFloat] = Field(
         description="low and high quantiles of measured/predicted time")
     n_samples: PositiveInt
+    ceiling: OpCeiling | None = Field(None, description="the ceilings the model was fitted under")
 
     @model_validator(mode="after")
     def _consistent(self) -> "OpModel":
@@ -215,7 +214,6 @@ class Entry(_Model):
     versions: dict[str, str] = Field({}, description="versions of what the backend ran on, e.g. torch")
     ops: dict[str, OpModel] = Field(min_length=1, description="op name, or 'op:variant' (e.g. loss:mse) -> model")
     sweep: dict[str, int | float] = Field({}, description="how the samples were taken (points, rounds, ...)")
-    bounds: Bounds | None = Field(None, description="the ceilings the models were fitted under")
     load: LoadRecord | None = Field(None, description="the machine's load while the entry was calibrated")
     accepted_noisy: bool = Field(False, description="written although disturbed (--accept-noisy)")
     transfer_factors: dict[str, PositiveFloat] = Field(
