@@ -118,8 +118,11 @@ def train_command(arch_path: Path, *, data, epochs, batch, impl, seed, fmt, prog
                          f"test accuracy {result['test_accuracy']:.4f}"])
 
 
-def calibrate_command(*, quick, threads, dtypes, impls, output, progress=None, backend: str = "numpy") -> str:
-    """Calibrate, write the profile atomically, and summarise the fitted parameters."""
+def calibrate_command(*, quick, threads, dtypes, impls, output, progress=None, backend: str = "numpy",
+                      accept_noisy: bool = False) -> str:
+    """Calibrate, write the profile atomically, and summarise the fitted parameters. A
+    calibration disturbed by other load (calib.noise) is refused, nothing written, unless
+    `accept_noisy`: then it is written with its entries marked."""
     import sys
 
     from costmodel.errors import UsageError
@@ -149,7 +152,15 @@ def calibrate_command(*, quick, threads, dtypes, impls, output, progress=None, b
     with _progress_bar(total) as advance:
         result = calibrate(plan, threads=threads, progress=progress or advance,
                            log=lambda line: print(line, file=sys.stderr))
-    profile = to_profile(result, merge_into=previous)
+    load = result["load"]
+    if load["disturbed"]:
+        reasons = "; ".join(load["reasons"])
+        if not accept_noisy:
+            raise UsageError(f"the machine was disturbed while calibrating ({reasons}): no profile written; "
+                             "calibrate again on a quiet machine, or pass --accept-noisy to write it marked noisy")
+        print(f"costmodel: warning: the machine was disturbed while calibrating ({reasons}): "
+              "the profile is written marked noisy (--accept-noisy)", file=sys.stderr)
+    profile = to_profile(result, merge_into=previous, accept_noisy=accept_noisy)
     save_profile(profile, path)
     print(f"profile written to {path} ({result['calibration_seconds']:.1f} s)", file=sys.stderr)
     return render_profile(profile, "table")

@@ -84,7 +84,7 @@ def test_the_fits_shape_validates():
                               sweep={"points": 44, "rounds": 3, "seconds": 61.5})
     profile = Profile.model_validate(data)
     assert profile.entries[0].sweep["points"] == 44
-    assert "33.3 GB/s beyond L3" in render_profile(profile)
+    assert "20 GB/s beyond L3" in render_profile(profile)  # effective: 1/(c_byte + c_L2 + c_L3)
 
 
 def test_created_is_utc_and_must_carry_a_time_zone():

@@ -132,14 +132,14 @@ def test_torch_models_use_torchs_ratios_and_other_its_call_time(moved):
     assert all(other[f] == pytest.approx(v * 1.5) for f, v in zip(FEATURES, COEF))  # torch.add's call: 1.5x
     assert coef(moved, "torch", "activation")["calls"] == pytest.approx(COEF[0] * 1.5)
     entry = next(e for e in moved.entries if e.backend == "torch")
-    assert entry.transfer_factors["flops:conv:torch:float32:2"] == pytest.approx(2)
+    assert entry.transfer_factors["product:conv:torch:float32:2"] == pytest.approx(2)
 
 
 def test_torch_models_fall_back_to_numpys_ratios_without_torch_here():
     made, here = probes(here_backends=("numpy",))
     moved = transfer(synthetic_profile(made), here, HERE)
     entry = next(e for e in moved.entries if e.backend == "torch")
-    assert "flops:conv:numpy:float32:2" in entry.transfer_factors and "calls:numpy" in entry.transfer_factors
+    assert "product:conv:numpy:float32:2" in entry.transfer_factors and "calls:numpy" in entry.transfer_factors
 
 
 def test_the_same_probe_changes_no_coefficient():

@@ -402,6 +402,47 @@ def fact(feature: str, coef: float) -> str:
     return f"{feature}: {coef:.3g} s each"
 
 
+#: byte features whose coefficients add up to the effective cost per byte of a level, and the
+#: level's name in OpCeiling.bytes_per_second
+BYTE_LEVELS = (("bytes", "L2", ""), ("bytes_beyond_L2", "L3", " beyond L2"), ("bytes_beyond_L3", "memory", " beyond L3"))
+
+
+def _of_ceiling(rate: float, ceiling: float | None, unit: str, what: str = "") -> str:
+    if ceiling is None or rate <= 0:
+        return ""
+    return f" ({100 * rate / ceiling:.0f} % of the {human(ceiling, unit)}{what})"
+
+
+def model_facts(model: OpModel) -> list[str]:
+    """An op model's coefficients read as machine facts, each beside the ceiling it was fitted
+    under when the model has one: '12.0 us per call', '74 GFLOP/s (35 % of the 210 GFLOP/s
+    peak)'. The byte terms read as the effective rate of each level: in cache 1/c_byte, beyond
+    L2 1/(c_byte + c_L2), beyond L3 1/(c_byte + c_L2 + c_L3), which is what data of that
+    level moves at (the coefficient beyond L2 alone is not a rate of anything)."""
+    coef = dict(zip(model.features, model.coef))
+    ceiling = model.ceiling
+    effective, total = {}, 0.0  # byte feature -> (cost per byte of its level, level, qualifier)
+    for feature, level, qualifier in BYTE_LEVELS:
+        if feature in coef:
+            total += coef[feature]
+            effective[feature] = (total, level, qualifier)
+    facts = []
+    for feature, c in coef.items():
+        if feature in effective:
+            cost, level, qualifier = effective[feature]
+            if cost <= 0:
+                facts.append(f"no cost per byte{qualifier}")
+                continue
+            bound = ceiling.bytes_per_second.get(level) if ceiling else None
+            what = f" of {_threads(ceiling.threads)}" if ceiling else ""
+            facts.append(human(1 / cost, "B/s") + qualifier + _of_ceiling(1 / cost, bound, "B/s", what))
+        elif feature == "flops" and ceiling is not None and c > 0:
+            facts.append(fact(feature, c) + _of_ceiling(1 / c, ceiling.flops_per_second, "FLOP/s", " peak"))
+        else:
+            facts.append(fact(feature, c))
+    return facts
+
+
 def _level(working_set: int, caches: Mapping[str, int]) -> str:
     """The smallest data cache a working set fits in, or 'memory'."""
     for name in ("L1d", "L2", "L3"):
@@ -430,7 +471,7 @@ def _fingerprint_lines(fp: Fingerprint) -> list[str]:
 
 def _op_rows(entry: Entry) -> list[dict]:
     return [{"op": op, "model": m.model, "features": m.features, "coef": m.coef,
-             "name": ", ".join(fact(f, c) for f, c in zip(m.features, m.coef)),  # "name": left-justified
+             "name": ", ".join(model_facts(m)),  # "name": left-justified
              "cv_error": m.cv_error, "interval": m.interval, "n_samples": m.n_samples}
             for op, m in sorted(entry.ops.items())]
 
@@ -458,14 +499,34 @@ def render_profile(profile: Profile, fmt: str = "table") -> str:
         raise UsageError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
     fp, ceil = profile.fingerprint, profile.ceilings
     created = profile.created.isoformat(timespec="seconds")
-    parts = [f"Machine profile (schema {profile.schema_version}, costmodel {profile.tool_version}, "
-             f"created {created})\n" + "".join(f"  {line}\n" for line in _fingerprint_lines(fp))]
-    parts.append(render_table(
-        f"Peak matrix product ({_threads(ceil.threads)})",
-        [("dtype", "name", str), ("peak", "flops", lambda v: human(v, "FLOP/s")),
-         ("machine balance", "balance", lambda v: "-" if v is None else f"{v:.3g} FLOP/B")],
-        [{"name": dt, "flops": v, "balance": ceil.machine_balance.get(dt)}
-         for dt, v in ceil.matmul_flops_per_second.items()]))
+    header = [f"Machine profile (schema {profile.schema_version}, costmodel {profile.tool_version}, "
+              f"created {created})\n" + "".join(f"  {line}\n" for line in _fingerprint_lines(fp))]
+    if profile.transfer is not None:
+        src = profile.transfer.source_fingerprint
+        header.append(f"  transferred to this machine by rule {profile.transfer.rule} (docs/transfer.md) from: "
+                      f"{src.cpu_model}, {_caches(src.caches)}, "
+                      f"BLAS {'; '.join(_blas_line(b) for b in src.blas) or 'none found'}\n")
+    if profile.probe is not None:
+        header.append(f"  probe of this machine (for transfers): {len(profile.probe.products)} products, "
+                      f"{len(profile.probe.bandwidth)} bandwidth levels, call times of "
+                      f"{', '.join(sorted(profile.probe.call_seconds))}; taken in {profile.probe.seconds:.1f} s\n")
+    parts = ["".join(header)]
+    if ceil.peaks:
+        parts.append(render_table(
+            "Peak matrix product (the fit's FLOP ceilings)",
+            [("dtype", "name", str), ("backend", "group", str), ("threads", "threads", str),
+             ("peak", "flops", lambda v: human(v, "FLOP/s")),
+             ("machine balance", "balance", lambda v: "-" if v is None else f"{v:.3g} FLOP/B")],
+            [{"name": p.dtype, "group": p.backend, "threads": p.threads, "flops": p.flops_per_second,
+              "balance": ceil.machine_balance.get(p.dtype)
+              if (p.backend, p.threads) == ("numpy", ceil.threads) else None} for p in ceil.peaks]))
+    else:
+        parts.append(render_table(
+            f"Peak matrix product ({_threads(ceil.threads)})",
+            [("dtype", "name", str), ("peak", "flops", lambda v: human(v, "FLOP/s")),
+             ("machine balance", "balance", lambda v: "-" if v is None else f"{v:.3g} FLOP/B")],
+            [{"name": dt, "flops": v, "balance": ceil.machine_balance.get(dt)}
+             for dt, v in ceil.matmul_flops_per_second.items()]))
     parts.append(render_table(
         "Bandwidth by working set",
         [("working set", "ws", _iec), ("fits in", "group", str), ("bandwidth", "bw", lambda v: human(v, "B/s"))],
@@ -478,5 +539,27 @@ def render_profile(profile: Profile, fmt: str = "table") -> str:
                ("samples", "n_samples", str)]
     parts += [render_table(f"Op models: {entry.describe()}"
                            + "".join(f", {name} {version}" for name, version in sorted(entry.versions.items())),
-                           columns, _op_rows(entry)) for entry in profile.entries]
+                           columns, _op_rows(entry), _entry_notes(entry)) for entry in profile.entries]
     return "\n".join(parts)
+
+
+def _entry_notes(entry: Entry) -> list[str]:
+    """The entry's load while it was calibrated and, for a transfer, the factors applied."""
+    notes = []
+    if any(m.ceiling is not None for m in entry.ops.values()):
+        notes.append("rates in parentheses: share of the ceiling the fit was bounded by (peak product, "
+                     "bandwidth of the level, for the threads the op runs on)")
+    load = entry.load
+    if load is not None:
+        spread = "" if load.spread is None else f", spread of repeated samples {100 * load.spread:.0f} %"
+        measured = (f"other processes {100 * load.other_cpu:.0f} % of {load.cores_available} "
+                    f"core{'s' if load.cores_available > 1 else ''}, steal {100 * load.steal:.0f} %{spread}")
+        if load.disturbed:
+            accepted = ": written with --accept-noisy" if entry.accepted_noisy else ""
+            notes.append(f"NOISY: calibrated on a disturbed machine ({'; '.join(load.reasons)}){accepted}")
+        else:
+            notes.append(f"load while calibrating: {measured}: quiet")
+    if entry.transfer_factors:
+        factors = ", ".join(f"{name} x{factor:.2f}" for name, factor in sorted(entry.transfer_factors.items()))
+        notes.append(f"transferred: time factors {factors}")
+    return notes

@@ -80,7 +80,7 @@ class _Ratios:
                     raise TransferError(f"the probes measured different {shape} products "
                                         f"({made.m}x{made.k}x{made.n} and {here.m}x{here.k}x{here.n}): "
                                         "probe this machine again with this costmodel")
-                return f"flops:{shape}:{b}:{dtype}:{threads}", made.flops_per_second / here.flops_per_second
+                return f"product:{shape}:{b}:{dtype}:{threads}", made.flops_per_second / here.flops_per_second
         raise TransferError(f"no probe of {backend} {shape} products in {dtype} with {threads} thread(s) on both "
                             "machines: probe this machine with costmodel.machine.transfer.probe_needs(profile)")
 
