@@ -101,7 +101,8 @@ def bounded_lstsq(A: np.ndarray, b: np.ndarray, lower: np.ndarray, G: np.ndarray
         for row, need in zip(G, h):  # onto the sums: raise the row's last term
             gap = need - row @ x0
             if gap > 0:
-                x0[np.flatnonzero(row)[-1]] += gap
+                j = np.flatnonzero(row)[-1]
+                x0[j] += gap / row[j]
         norm = max(float(b @ b), 1e-300)
         res = minimize(lambda v: float((A @ v - b) @ (A @ v - b)) / norm, x0,
                        jac=lambda v: 2 * A.T @ (A @ v - b) / norm, method="SLSQP",
@@ -113,7 +114,8 @@ def bounded_lstsq(A: np.ndarray, b: np.ndarray, lower: np.ndarray, G: np.ndarray
         for row, need in zip(G, h):
             gap = need - row @ x
             if gap > 0:
-                x[np.flatnonzero(row)[-1]] += gap
+                j = np.flatnonzero(row)[-1]
+                x[j] += gap / row[j]
     return x
 
 
@@ -167,12 +169,15 @@ class OpTimeModel:
         lower, G, h = (self.ceiling or Ceiling()).constraints(tuple(self.features))
         scale = np.abs(X).max(axis=0)
         unused = scale == 0
-        scale[unused] = 1.0
+        used = ~unused
+        # a sum with an undetermined coefficient never binds the others: that one meets it
+        rows = ~np.any(G[:, unused] != 0, axis=1) if G.size else np.zeros(0, bool)
         # weight 1/t^2 would make each residual a relative error; 1/t weighs those by t
         root = 1.0 / np.sqrt(t)
-        A = X / scale * root[:, None]
-        y = bounded_lstsq(A, t * root, lower * scale, G / scale, h)
-        coef = y / scale
+        A = X[:, used] / scale[used] * root[:, None]
+        y = bounded_lstsq(A, t * root, lower[used] * scale[used], G[rows][:, used] / scale[used], h[rows])
+        coef = np.zeros(len(self.features))
+        coef[used] = y / scale[used]
         # an undetermined coefficient: the least the bounds allow, in feature order
         for j in np.flatnonzero(unused):
             coef[j] = lower[j]
@@ -231,3 +236,25 @@ def fit_op(X: np.ndarray, t: np.ndarray, groups: np.ndarray, n_splits: int = 5,
         model=BOUNDED_MODEL_NAME if ceiling is not None else MODEL_NAME,
         ceiling=ceiling,
     )
+
+
+def over_ceiling(model, rtol: float = 1e-6) -> list[str]:
+    """The rates of a fitted op model (costmodel.machine.profile.OpModel) above the ceiling it
+    was fitted under, as text ('84 GFLOP/s > 80 GFLOP/s peak'); empty when all are within, or
+    when the model has no ceiling."""
+    ceiling = model.ceiling
+    if ceiling is None:
+        return []
+    coef = dict(zip(model.features, model.coef))
+    out = []
+    if ceiling.flops_per_second and coef.get("flops", 0) > 0:
+        if 1 / coef["flops"] > ceiling.flops_per_second * (1 + rtol):
+            out.append(f"{1 / coef['flops']:.3g} FLOP/s > {ceiling.flops_per_second:.3g} FLOP/s peak")
+    for level, bw in ceiling.bytes_per_second.items():
+        terms = [f for f in LEVEL_FEATURES[level] if f in coef]
+        if terms and terms[-1] == LEVEL_FEATURES[level][-1]:
+            cost = sum(coef[f] for f in terms)
+            if cost <= 0 or 1 / cost > bw * (1 + rtol):
+                rate = "no cost" if cost <= 0 else f"{1 / cost:.3g} B/s"
+                out.append(f"{rate} at level {level} > {bw:.3g} B/s")
+    return out

@@ -121,3 +121,10 @@ def test_bounded_lstsq_solves_a_small_constrained_problem():
     # min (x0 - 1)^2 + (x1 - 1)^2 subject to x >= 0 and x0 + x1 >= 4: x = (2, 2)
     x = bounded_lstsq(np.eye(2), np.ones(2), np.zeros(2), np.array([[1.0, 1.0]]), np.array([4.0]))
     np.testing.assert_allclose(x, [2, 2], rtol=1e-6)
+
+
+def test_the_sums_hold_when_the_columns_have_very_different_scales():
+    """The solver works on columns scaled to 1: a sum met there is met in seconds per unit too."""
+    G = np.array([[1.0, 1e-6]])
+    x = bounded_lstsq(np.array([[1.0, 0.0], [0.0, 1e-3]]), np.array([0.0, 0.0]), np.zeros(2), G, np.array([1.0]))
+    assert G @ x >= 1.0 * (1 - 1e-9) and min(x) >= 0
