@@ -5,7 +5,7 @@ and on the machine that uses the profile, so a transfer compares like with like:
 is this machine's probe over the profile machine's, for the same kernel on the same shape
 (costmodel.machine.transfer applies them). It measures:
 
-- **products** by shape class, dtype and thread count: ``square`` (768^3, a large product near
+- **products** by shape class, dtype and thread count: ``square`` (640^3, a large product near
   the BLAS's peak), ``conv`` (64 x 576 times 576 x 8192: W^m phi(pad(Z)) of a 3x3 layer of 64
   channels over 8 images of 32x32, the tall-skinny products of conv layers) and ``small``
   (64^3, where the call and the blocking overhead weigh); np.matmul with out= under
@@ -37,7 +37,7 @@ from costmodel.machine.profile import Probe, default_profile_path
 from calib.machine import _gc_off
 
 #: shape classes of the product probe: (m, k, n) of an (m x k) @ (k x n) product
-SHAPES = {"square": (768, 768, 768), "conv": (64, 576, 8192), "small": (64, 64, 64)}
+SHAPES = {"square": (640, 640, 640), "conv": (64, 576, 8192), "small": (64, 64, 64)}
 #: the convolution torch's "conv" class runs: input (I, d, a, b), d' filters of h x h, padding 1;
 #: as a product W (d' x h h d) phi (h h d x I a b): the "conv" shape above
 TORCH_CONV = {"input": (8, 64, 32, 32), "filters": 64, "kernel": 3}
@@ -57,16 +57,17 @@ def working_sets(caches: dict) -> dict[str, int]:
 
 
 def best_per_call(fn, budget: float) -> float:
-    """Seconds of one call of `fn`: the best over samples of `inner` calls (a sample lasts at least
-    MIN_SAMPLE_SECONDS), after one untimed call, while `budget` seconds last (at least 2 samples)."""
+    """Seconds of one call of `fn`: after one untimed call, the best over samples of `inner`
+    calls (a sample lasts at least MIN_SAMPLE_SECONDS; the first sample is one call) while
+    `budget` seconds last, and at least two samples."""
     with _gc_off():
         start = time.perf_counter()
         fn()
         t0 = time.perf_counter()
         fn()
-        once = max(time.perf_counter() - t0, 1e-9)
-        inner = max(1, int(MIN_SAMPLE_SECONDS / once))
-        best, samples = float("inf"), 0
+        best = max(time.perf_counter() - t0, 1e-9)
+        inner = max(1, int(MIN_SAMPLE_SECONDS / best))
+        samples = 1
         while samples < 2 or time.perf_counter() - start < budget:
             t0 = time.perf_counter()
             for _ in range(inner):

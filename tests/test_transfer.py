@@ -14,7 +14,7 @@ from tests.test_profile import CEILINGS, FINGERPRINT
 
 FEATURES = ["calls", "flops", "bytes", "bytes_beyond_L2", "bytes_beyond_L3"]
 COEF = [10e-6, 1 / 50e9, 1 / 20e9, 1 / 40e9, 1 / 40e9]  # effective 20, 13.3, 10 GB/s
-SHAPES = {"square": (768, 768, 768), "conv": (64, 576, 8192), "small": (64, 64, 64)}
+SHAPES = {"square": (640, 640, 640), "conv": (64, 576, 8192), "small": (64, 64, 64)}
 
 
 def model(features=FEATURES, coef=COEF, ceiling=None):
