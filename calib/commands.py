@@ -352,6 +352,7 @@ def latex_measured_command(arch_path: Path, *, output, standalone, profile, impl
     check_threads(threads)
     arch = load_arch(arch_path).with_batch(batch)
     result = measure(arch, steps=steps, warmup=warmup, threads=threads, impl=impl, progress=progress)
+    warn_if_disturbed(result["load"])
     fractions = {(op["layer"], op["op"], op["phase"]): op["fraction"] for op in result["ops"]}
     return latex_command(arch_path, output=output, standalone=standalone, profile=profile,
                          measured_fractions=fractions, impl=impl, batch=batch, threads=threads)
