@@ -140,9 +140,9 @@ def ceiling_of(key: str, *, backend: str, impl: str, threads: int, peaks: Mappin
                dtype: str, levels: Mapping[str, float]) -> Ceiling | None:
     """The ceiling of the op model `key` of an entry (backend, impl, dtype, threads).
 
-    `peaks`: (backend, dtype, threads) -> measured peak FLOP/s (a torch model is bounded by the
-    best of torch's and NumPy's: whichever library runs it, it cannot beat the machine's best
-    measured product); `levels`: one thread's bandwidth per level (calib.machine.level_bandwidth).
+    `peaks`: (backend, dtype, threads) -> measured peak FLOP/s; the bound of an op on n threads
+    is the best peak measured with at most n threads (a torch model's: of torch's and NumPy's,
+    whichever library runs it, it cannot beat the machine's best measured product); `levels`: one thread's bandwidth per level (calib.machine.level_bandwidth).
     An op on n threads is bounded by the peak measured with n threads and by n times one
     thread's bandwidth (an upper bound: no core moves more than one thread measured; a
     measurement of n threads through Python threads would be limited by the GIL in cache).
@@ -150,8 +150,10 @@ def ceiling_of(key: str, *, backend: str, impl: str, threads: int, peaks: Mappin
     if key.startswith("other"):
         return None
     n = threads if runs_parallel(key, backend, impl, threads) else 1
-    candidates = [peaks.get((b, dtype, n)) for b in ({"numpy", backend})]
-    peak = max((p for p in candidates if p), default=None)
+    # n threads can do at least what fewer did: a peak measured lower at n threads than at one
+    # (a busy core) must not bound the fit below what one thread reached
+    candidates = [flops for (b, dt, m), flops in peaks.items() if b in ("numpy", backend) and dt == dtype and m <= n]
+    peak = max(candidates, default=None)
     return Ceiling(peak, {level: n * bw for level, bw in levels.items()}, n)
 
 

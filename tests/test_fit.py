@@ -128,3 +128,25 @@ def test_the_sums_hold_when_the_columns_have_very_different_scales():
     G = np.array([[1.0, 1e-6]])
     x = bounded_lstsq(np.array([[1.0, 0.0], [0.0, 1e-3]]), np.array([0.0, 0.0]), np.zeros(2), G, np.array([1.0]))
     assert G @ x >= 1.0 * (1 - 1e-9) and min(x) >= 0
+
+
+def test_ceiling_of_an_op_follows_the_threads_it_runs_on():
+    from calib.fit import ceiling_of
+
+    peaks = {("numpy", "float32", 1): 60e9, ("numpy", "float32", 2): 110e9, ("torch", "float32", 2): 150e9,
+             ("numpy", "float64", 2): 50e9}
+    levels = {"L2": 60e9, "memory": 15e9}
+
+    def of(key, backend="numpy", impl="index"):
+        return ceiling_of(key, backend=backend, impl=impl, threads=2, peaks=peaks, dtype="float32", levels=levels)
+
+    assert of("conv_matmul") == Ceiling(110e9, {"L2": 120e9, "memory": 30e9}, 2)  # BLAS's two threads
+    assert of("phi") == Ceiling(60e9, levels, 1)  # NumPy indexing: one thread
+    assert of("conv_matmul:serial", impl="strided") == Ceiling(60e9, levels, 1)
+    assert of("phi:threaded", impl="strided").threads == 2
+    assert of("phi+conv_matmul+bias", backend="torch", impl="torch").flops_per_second == 150e9
+    assert of("other:forward", backend="torch", impl="torch") is None
+    # a peak measured lower with two threads (a busy core) does not bound below one thread's
+    slow = {**peaks, ("numpy", "float32", 2): 10e9}
+    assert ceiling_of("conv_matmul", backend="numpy", impl="index", threads=2, peaks=slow, dtype="float32",
+                      levels=levels).flops_per_second == 60e9
