@@ -31,7 +31,7 @@ from costmodel.errors import CostModelError, UsageError
 from costmodel.model.ops import OP_NAMES
 from costmodel.present.report import FORMATS, atomic_write, fmt_seconds, human, render_table, to_csv, to_json
 
-__all__ = ["SCHEMA_VERSION", "BandwidthPoint", "BlasInfo", "Ceilings", "Entry", "Fingerprint",
+__all__ = ["SCHEMA_VERSION", "BandwidthPoint", "BlasInfo", "Ceilings", "Entry", "Fingerprint", "model_facts",
            "LevelRate", "LoadRecord", "OpCeiling", "OpModel", "PeakPoint", "Probe", "ProductRate", "Profile", "Transfer",
            "calibrate_command", "default_profile_path", "embedded_profile_path", "fact",
            "find_profile", "load_profile", "render_profile", "save_profile"]
