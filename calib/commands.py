@@ -281,7 +281,12 @@ def compare_backends_command(arch_path: Path, *, batch, threads, impl, steps, wa
     from calib.memory import check_memory
 
     check_memory(arch, impl)
-    result = compare_backends(arch, impl=impl, threads=threads, steps=steps, warmup=warmup, progress=progress)
+    from calib.noise import LoadMonitor
+
+    with LoadMonitor() as monitor:  # other processes' CPU time and steal over both measurements
+        result = compare_backends(arch, impl=impl, threads=threads, steps=steps, warmup=warmup, progress=progress)
+    result["load"] = monitor.load.as_dict()
+    warn_if_disturbed(result["load"])
     n, t = result["numpy"], result["torch"]
     ratio = lambda r: "-" if r is None else f"{r:.2f}x"  # noqa: E731
     footer = [
