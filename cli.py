@@ -146,9 +146,20 @@ def costs(
     symbolic: Annotated[bool, typer.Option("--symbolic", help="Print the expressions and their leading-order terms.")] = False,
 ) -> None:
     """FLOPs, bytes, arithmetic intensity and memory kept of every op (symbolic cost model)."""
-    from costmodel.present.commands import costs_command
+    from costmodel.model.arch import load_arch
 
-    typer.echo(costs_command(arch, batch=batch, impl=impl.value, fmt=fmt.value, symbolic=symbolic), nl=False)
+    architecture = load_arch(arch).with_batch(batch)
+    if symbolic:
+        from costmodel.model.symbolic import symbolic_report
+        from costmodel.present.tables import symbolic_output
+
+        text = symbolic_output(symbolic_report(architecture, impl.value), fmt.value)
+    else:
+        from costmodel.model.step import step_costs
+        from costmodel.present.tables import costs_output
+
+        text = costs_output(step_costs(architecture, impl.value), fmt.value)
+    typer.echo(text, nl=False)
 
 
 class By(str, Enum):
@@ -178,10 +189,25 @@ def predict(
                                              "not torch itself).")] = Backend.numpy,
 ) -> None:
     """Predict the time of every op of an SG step, and its share of the step, from a machine profile."""
-    from costmodel.present.commands import predict_command
+    from costmodel.machine.backends import backend as get_backend
+    from costmodel.machine.predict import predict as predict_step
+    from costmodel.machine.profile import find_profile
+    from costmodel.model.arch import load_arch
+    from costmodel.present.tables import prediction_output
 
-    typer.echo(predict_command(arch, profile=profile, batch=batch, threads=threads, impl=impl.value,
-                               fmt=fmt.value, by=by.value, plot=plot, backend=backend.value), nl=False)
+    if plot:
+        from costmodel.present.plots import plot_format
+
+        plot_format(plot)  # a bad suffix fails before anything is computed
+    architecture = load_arch(arch).with_batch(batch)
+    prof = find_profile(profile)
+    pred = predict_step(architecture, prof, impl=impl.value, threads=threads, backend=backend.value)
+    if plot:
+        from costmodel.present.plots import plot_predict
+
+        plot_predict(pred, prof.ceilings, plot, by=by.value)
+        _plot_written(plot)
+    typer.echo(prediction_output(pred, fmt.value, by.value, get_backend(backend.value).setting(pred.impl)), nl=False)
 
 
 @app.command()
@@ -245,10 +271,13 @@ def explain(
 ) -> None:
     """Explain a predicted step from its numbers: major ops, compute- or memory-bound, FLOP share
     against time share, the slides' ratios, the other implementation, the mini-batch size."""
-    from costmodel.present.commands import explain_command
+    from costmodel.machine.profile import find_profile
+    from costmodel.model.arch import load_arch
+    from costmodel.present.explain import explain as explain_step, render_text
+    from costmodel.present.report import to_json
 
-    typer.echo(explain_command(arch, profile=profile, batch=batch, threads=threads, impl=impl.value,
-                               fmt=fmt.value), nl=False)
+    facts = explain_step(load_arch(arch), find_profile(profile), impl=impl.value, threads=threads, batch=batch)
+    typer.echo(to_json(facts) if fmt.value == "json" else render_text(facts), nl=False)
 
 
 @app.command()
@@ -266,10 +295,26 @@ def sweep(
     plot: PlotOpt = None,
 ) -> None:
     """Predict the step for each value of one size: its time and the fractions of its ops."""
-    from costmodel.present.commands import sweep_command
+    from costmodel.machine.profile import find_profile
+    from costmodel.machine.sweep import parse_vary, sweep as sweep_steps
+    from costmodel.model.arch import load_arch
+    from costmodel.present.data import sweep_report
+    from costmodel.present.tables import sweep_output
 
-    typer.echo(sweep_command(arch, vary=vary, profile=profile, batch=batch, threads=threads, impl=impl.value,
-                             by=by.value, fmt=fmt.value, plot=plot), nl=False)
+    name, values = parse_vary(vary)
+    if plot:
+        from costmodel.present.plots import plot_format
+
+        plot_format(plot)  # a bad suffix fails before any prediction
+    architecture = load_arch(arch).with_batch(batch)
+    points = sweep_steps(architecture, find_profile(profile), name, values, impl=impl.value, threads=threads)
+    result = sweep_report(architecture, name, points, by.value, impl.value)
+    if plot:
+        from costmodel.present.plots import plot_sweep
+
+        plot_sweep(result, plot)
+        _plot_written(plot)
+    typer.echo(sweep_output(result, fmt.value), nl=False)
 
 
 profile_app = typer.Typer(help="Machine profiles.", no_args_is_help=True)
@@ -303,15 +348,45 @@ def latex(
     """LaTeX tables in the course's notation: each op's complexity, the step's predicted times, the profile."""
     options = dict(output=output, standalone=standalone, profile=profile, impl=impl.value, batch=batch,
                    threads=threads)
+    fractions = None
     if measured:
-        from calib.commands import latex_measured_command
+        from calib.commands import measured_fractions
 
-        text = latex_measured_command(arch, **options, progress=_progress("measure"))
-    else:
-        from costmodel.present.commands import latex_command
-
-        text = latex_command(arch, **options)
+        fractions = measured_fractions(arch, impl=impl.value, batch=batch, threads=threads,
+                                       progress=_progress("measure"))
+    text = latex_text(arch, **options, measured_fractions=fractions)
     typer.echo(text, nl=False)
+
+
+def latex_text(arch_path: Path, *, output=None, standalone=False, profile=None, measured_fractions=None,
+               impl="index", batch=None, threads=None) -> str:
+    """The LaTeX tables of the arch's step (costmodel.present.latex): written atomically to
+    `output` (then "" is returned), else returned. Without `profile`, the user's or the shipped
+    one is used; if neither exists, the tables have no time columns and say so.
+    `measured_fractions`: (layer, op, phase) -> measured fraction of the step."""
+    from costmodel.errors import UsageError
+    from costmodel.machine.profile import default_profile_path, embedded_profile_path, find_profile
+    from costmodel.model.arch import load_arch
+    from costmodel.present.latex import latex_document
+    from costmodel.present.report import atomic_write
+
+    architecture = load_arch(arch_path).with_batch(batch)
+    found = None
+    if profile is not None or default_profile_path().exists() or embedded_profile_path().exists():
+        found = find_profile(profile)
+    text = latex_document(architecture, impl=impl, profile=found, threads=threads, measured=measured_fractions,
+                          standalone=standalone)
+    if output is None:
+        return text
+    try:
+        atomic_write(output, text)
+    except OSError as exc:
+        raise UsageError(f"{output}: cannot write: {exc.strerror or exc}") from None
+    return ""
+
+
+def _plot_written(path) -> None:
+    print(f"plot written to {path}", file=sys.stderr)
 
 
 def main() -> None:
