@@ -9,20 +9,22 @@ the median over the rounds of one op of one network.
 
 from __future__ import annotations
 
-import gc
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 
-from costmodel.model.arch import Architecture
 from costmodel.machine.backends import backend as get_backend
+from costmodel.machine.timemodel import Machine, design_matrix
+from costmodel.model.arch import Architecture
 
 from calib.backends import machine_backend
-from costmodel.machine.timemodel import Machine, design_matrix
 
 from calib.design import QUICK_LIMITS, SweepLimits, design
+
+if TYPE_CHECKING:
+    from costmodel.machine.profile import Profile
 
 IMPLS = ("index", "strided")
 DTYPES = ("float32", "float64")

@@ -17,7 +17,7 @@ from costmodel.machine.backends import OTHER
 from costmodel.machine.backends.torch import torch_groups
 from costmodel.model.ops import op_list
 from costmodel.present.notation import course_name, op_text
-from costmodel.present.units import fmt_fraction, fmt_seconds
+from costmodel.units import fmt_fraction, fmt_seconds
 
 
 #: a group (or a set of groups) counts as done faster by the framework from this ratio

@@ -261,7 +261,6 @@ def test_to_layout_and_one_hot():
 def test_strided_threads_agree_with_index(arch_id, threads, monkeypatch):
     """Every op split among threads (thresholds at 0) computes what the index
     implementation computes in one thread."""
-    from calib import kernels
 
     monkeypatch.setattr(costmodel.machine.backends.numpy, "SPLIT_BYTES", 0)
     monkeypatch.setattr(costmodel.machine.backends.numpy, "SPLIT_FLOPS", 0)

@@ -11,7 +11,7 @@ from costmodel.model import symbols as sym
 from costmodel.model.arch import load_arch
 from costmodel.errors import UsageError
 from costmodel.model.costs import IMPLS, UnknownOpError, bias
-from costmodel.model.ops import MATMUL, RECORDS, contract, needs_flatten, op, op_list, op_names, record
+from costmodel.model.ops import MATMUL, RECORDS, contract, needs_flatten, op, op_names, record
 from costmodel.model.step import layer_values, op_spec, step_costs
 from costmodel.model.symbolic import symbolic_cost, symbolic_op
 from costmodel.model.symbols import SIZES, I, a_conv, b_conv, big_o, d, d_next, h, leading_term, to_base
@@ -36,8 +36,8 @@ def test_W_phi_flops_are_2_I_hhd_dnext_aconv_bconv():
 @pytest.mark.parametrize("impl", IMPLS)
 def test_matmul_flops_are_a_multiple_d_next_of_the_elements_of_phi(impl):
     phi_elements = symbolic_op("conv", "phi", impl).writes[0].size
-    for op in ("conv_matmul", "conv_grad_W", "conv_grad_input"):
-        assert sp.simplify(symbolic_op("conv", op, impl).flops / phi_elements) == 2 * d_next
+    for name in ("conv_matmul", "conv_grad_W", "conv_grad_input"):
+        assert sp.simplify(symbolic_op("conv", name, impl).flops / phi_elements) == 2 * d_next
 
 
 def test_backward_products_reuse_the_forward_shapes_transposed():

@@ -22,7 +22,7 @@ from costmodel.model.symbols import d_next
 from costmodel.present.explain import MAJOR_SHARE, MAX_MAJOR, explain, render_text, roofline
 from costmodel.present.explain_text import STEADY_PP
 from costmodel.present.notation import course_name, course_tex, op_text
-from costmodel.present.units import fmt_fraction, fmt_seconds, human
+from costmodel.units import fmt_fraction, fmt_seconds, human
 
 from tests.conftest import ROOT, all_model_keys, predicted
 from tests.test_profile import profile_data

@@ -30,7 +30,7 @@ from costmodel.model.arch import DTYPES, _message
 from costmodel.errors import CostModelError, UsageError
 from costmodel.machine.timemodel import fact
 from costmodel.present.report import FORMATS, atomic_write, render_table, to_csv, to_json
-from costmodel.present.units import human, iec as _iec, threads_text as _threads
+from costmodel.units import human, iec as _iec, threads_text as _threads
 
 __all__ = ["SCHEMA_VERSION", "BandwidthPoint", "BlasInfo", "Ceilings", "Entry", "Fingerprint", "OpModel",
            "Profile", "calibrate_command", "check_machine", "default_profile_path", "embedded_profile_path", "fact",

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
-from costmodel.present.units import fmt_seconds, human
+from costmodel.units import fmt_seconds, human
 
 if TYPE_CHECKING:
     import numpy as np

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from costmodel.model.step import conventions
-from costmodel.present.units import fmt_seconds
+from costmodel.units import fmt_seconds
 
 if TYPE_CHECKING:
     from costmodel.machine.predict import GroupTotal, Prediction, PredictedRow

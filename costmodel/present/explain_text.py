@@ -8,7 +8,7 @@ import re
 import textwrap
 
 from costmodel.present.notation import course_name, kind_name, op_text
-from costmodel.present.units import fmt_fraction, fmt_seconds, human, iec as _iec, threads_text as _threads
+from costmodel.units import fmt_fraction, fmt_seconds, human, iec as _iec, threads_text as _threads
 
 #: a kind whose share moves by less than this (percentage points) keeps its share
 STEADY_PP = 1.0

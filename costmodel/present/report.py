@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from costmodel.present.units import fmt_fraction, fmt_seconds, human  # noqa: F401  (re-exported)
+from costmodel.units import fmt_fraction, fmt_seconds, human  # noqa: F401  (re-exported)
 
 FORMATS = ("table", "json", "csv")
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from costmodel.model.step import conventions
 from costmodel.present.data import costs_report, group_columns, long_rows, prediction_report, prediction_rows
 from costmodel.present.report import render, render_table, to_csv, to_json
-from costmodel.present.units import fmt_fraction, fmt_seconds, human
+from costmodel.units import fmt_fraction, fmt_seconds, human
 
 if TYPE_CHECKING:
     from costmodel.machine.predict import Prediction

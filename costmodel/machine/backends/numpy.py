@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from costmodel.machine.backends import ModelKey, Row, register
+from costmodel.machine.backends.base import ModelKey, Row, register
 from costmodel.machine.timemodel import FEATURES
 from costmodel.model.ops import MATMUL
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from costmodel.machine.backends import OTHER, ModelKey, Row, register
+from costmodel.machine.backends.base import OTHER, ModelKey, Row, register
 from costmodel.machine.timemodel import FEATURES
 from costmodel.model.arch import LayerSizes
 from costmodel.model.ops import MATMUL, OpRef
