@@ -77,7 +77,25 @@ def _root(
     """Predict and explain where the time of a CNN's SG step goes on a CPU."""
 
 
-ArchArg = Annotated[Path, typer.Argument(help="Architecture file (arch.yaml).", show_default=False)]
+ArchArg = Annotated[Optional[Path], typer.Argument(help="Architecture file (arch.yaml); or give --example NAME.",
+                                                   show_default=False)]
+ExampleOpt = Annotated[Optional[str], typer.Option("--example", help="A shipped architecture instead of a file "
+                                                   "(`costmodel examples` lists them).", show_default=False)]
+
+
+def _arch_file(arch: Optional[Path], example: Optional[str]) -> Path:
+    """The architecture file a command reads: ARCH, or the shipped example --example names."""
+    from costmodel.errors import UsageError
+
+    if (arch is None) == (example is None):
+        raise UsageError("give an architecture file ARCH or --example NAME (one of them)")
+    if example is None:
+        return arch
+    from costmodel.examples import example_path
+
+    return example_path(example)
+
+
 BatchOpt = Annotated[Optional[int], typer.Option("--batch", min=1, help="Mini-batch size I (overrides the file).")]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", min=1, help="BLAS threads (default: all).")]
 ImplOpt = Annotated[Impl, typer.Option("--impl", help="Implementation of the index-heavy ops.")]
@@ -100,7 +118,8 @@ def _progress(label: str):
 @app.command()
 @domain_errors
 def measure(
-    arch: ArchArg,
+    arch: ArchArg = None,
+    example: ExampleOpt = None,
     batch: BatchOpt = None,
     steps: Annotated[int, typer.Option(min=1, help="Timed SG steps.")] = 10,
     warmup: Annotated[int, typer.Option(min=0, help="Untimed steps first.")] = 2,
@@ -111,6 +130,7 @@ def measure(
                                              "step in PyTorch, per op from torch.profiler.")] = Backend.numpy,
 ) -> None:
     """Run real SG steps of the reference NumPy CNN (or PyTorch) and report the time of every op."""
+    arch = _arch_file(arch, example)
     from calib.commands import measure_command
 
     typer.echo(measure_command(arch, batch=batch, steps=steps, warmup=warmup, threads=threads,
@@ -121,8 +141,10 @@ def measure(
 @app.command()
 @domain_errors
 def train(
-    arch: ArchArg,
-    data: Annotated[str, typer.Option(help="'digits' (scikit-learn's 8x8 digits) or an .npz with X (N,H,W,C) and y.")],
+    data: Annotated[str, typer.Option(help="'digits' (scikit-learn's 8x8 digits) or an .npz with X (N,H,W,C) "
+                                      "and y.")],
+    arch: ArchArg = None,
+    example: ExampleOpt = None,
     epochs: Annotated[int, typer.Option(min=1)] = 10,
     batch: BatchOpt = None,
     impl: ImplOpt = Impl.index,
@@ -130,6 +152,7 @@ def train(
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Train the reference CNN with simpleNN's SG with momentum; report loss and test accuracy."""
+    arch = _arch_file(arch, example)
     from calib.commands import train_command
 
     typer.echo(train_command(arch, data=data, epochs=epochs, batch=batch, impl=impl.value, seed=seed,
@@ -139,13 +162,15 @@ def train(
 @app.command()
 @domain_errors
 def costs(
-    arch: ArchArg,
+    arch: ArchArg = None,
+    example: ExampleOpt = None,
     batch: BatchOpt = None,
     impl: ImplOpt = Impl.index,
     fmt: FormatOpt = Format.table,
     symbolic: Annotated[bool, typer.Option("--symbolic", help="Print the expressions and their leading-order terms.")] = False,
 ) -> None:
     """FLOPs, bytes, arithmetic intensity and memory kept of every op (symbolic cost model)."""
+    arch = _arch_file(arch, example)
     from costmodel.model.arch import load_arch
 
     architecture = load_arch(arch).with_batch(batch)
@@ -176,7 +201,8 @@ PlotOpt = Annotated[Optional[Path], typer.Option("--plot", help="Also draw the r
 @app.command()
 @domain_errors
 def predict(
-    arch: ArchArg,
+    arch: ArchArg = None,
+    example: ExampleOpt = None,
     profile: ProfileOpt = None,
     batch: BatchOpt = None,
     threads: ThreadsOpt = None,
@@ -189,6 +215,7 @@ def predict(
                                              "not torch itself).")] = Backend.numpy,
 ) -> None:
     """Predict the time of every op of an SG step, and its share of the step, from a machine profile."""
+    arch = _arch_file(arch, example)
     from costmodel.machine.backends import backend as get_backend
     from costmodel.machine.predict import predict as predict_step
     from costmodel.machine.profile import find_profile
@@ -232,7 +259,8 @@ def calibrate(
 @app.command()
 @domain_errors
 def compare(
-    arch: ArchArg,
+    arch: ArchArg = None,
+    example: ExampleOpt = None,
     profile: ProfileOpt = None,
     batch: BatchOpt = None,
     threads: ThreadsOpt = None,
@@ -247,6 +275,7 @@ def compare(
 ) -> None:
     """Measure real steps and predict them: per op, measured and predicted fractions beside FLOP and byte shares
     (or, with --backends numpy,torch, the NumPy step against PyTorch's per op group)."""
+    arch = _arch_file(arch, example)
     from calib.commands import compare_command
 
     typer.echo(compare_command(arch, profile=profile, batch=batch, threads=threads, impl=impl.value,
@@ -262,7 +291,8 @@ class TextFormat(str, Enum):
 @app.command()
 @domain_errors
 def explain(
-    arch: ArchArg,
+    arch: ArchArg = None,
+    example: ExampleOpt = None,
     profile: ProfileOpt = None,
     batch: BatchOpt = None,
     threads: ThreadsOpt = None,
@@ -271,6 +301,7 @@ def explain(
 ) -> None:
     """Explain a predicted step from its numbers: major ops, compute- or memory-bound, FLOP share
     against time share, the slides' ratios, the other implementation, the mini-batch size."""
+    arch = _arch_file(arch, example)
     from costmodel.machine.profile import find_profile
     from costmodel.model.arch import load_arch
     from costmodel.present.explain import explain as explain_step, render_text
@@ -283,9 +314,10 @@ def explain(
 @app.command()
 @domain_errors
 def sweep(
-    arch: ArchArg,
     vary: Annotated[str, typer.Option("--vary", help="NAME=V1,V2,...: batch=1,8,64,512, or a field of the "
                                       "architecture file such as layers[1].filters=16,32,64.")],
+    arch: ArchArg = None,
+    example: ExampleOpt = None,
     profile: ProfileOpt = None,
     batch: BatchOpt = None,
     threads: ThreadsOpt = None,
@@ -295,6 +327,7 @@ def sweep(
     plot: PlotOpt = None,
 ) -> None:
     """Predict the step for each value of one size: its time and the fractions of its ops."""
+    arch = _arch_file(arch, example)
     from costmodel.machine.profile import find_profile
     from costmodel.machine.sweep import parse_vary, sweep as sweep_steps
     from costmodel.model.arch import load_arch
@@ -317,6 +350,17 @@ def sweep(
     typer.echo(sweep_output(result, fmt.value), nl=False)
 
 
+@app.command()
+@domain_errors
+def examples() -> None:
+    """The architecture files shipped with costmodel: use one with --example NAME."""
+    from costmodel.examples import description, example_paths
+
+    for name, path in example_paths().items():
+        typer.echo(f"{name:<24} {description(path)}")
+    typer.echo(f"(in {next(iter(example_paths().values())).parent})")
+
+
 profile_app = typer.Typer(help="Machine profiles.", no_args_is_help=True)
 app.add_typer(profile_app, name="profile")
 
@@ -336,7 +380,8 @@ def profile_show(
 @app.command()
 @domain_errors
 def latex(
-    arch: ArchArg,
+    arch: ArchArg = None,
+    example: ExampleOpt = None,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write the LaTeX to this file (atomically).")] = None,
     standalone: Annotated[bool, typer.Option("--standalone", help="A complete document, not a fragment to \\input.")] = False,
     profile: ProfileOpt = None,
@@ -346,6 +391,7 @@ def latex(
     impl: ImplOpt = Impl.index,
 ) -> None:
     """LaTeX tables in the course's notation: each op's complexity, the step's predicted times, the profile."""
+    arch = _arch_file(arch, example)
     options = dict(output=output, standalone=standalone, profile=profile, impl=impl.value, batch=batch,
                    threads=threads)
     fractions = None
