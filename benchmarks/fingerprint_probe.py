@@ -33,7 +33,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     args = parser.parse_args()
 
-    import numpy  # noqa: F401  (predict imports it anyway: not the fingerprint's cost)
+    import numpy  # noqa: F401  (predict imports both anyway: not the fingerprint's cost)
+    import costmodel.machine.profile  # noqa: F401
 
     t0 = time.perf_counter()
     from costmodel.machine.fingerprint import take_fingerprint
@@ -45,7 +46,8 @@ def main() -> None:
         t0 = time.perf_counter()
         take_fingerprint()
         again.append(time.perf_counter() - t0)
-    print(f"fingerprint in a process with NumPy loaded: first {1e3 * first:.1f} ms (imports threadpoolctl), "
+    print(f"fingerprint in a process with NumPy and costmodel.machine.profile loaded: first {1e3 * first:.1f} ms "
+          "(imports threadpoolctl), "
           f"then median {1e3 * statistics.median(again):.2f} ms over 20")
     base = cold("import numpy")
     with_fp = cold("import numpy; from costmodel.machine.fingerprint import take_fingerprint; take_fingerprint()")

@@ -59,8 +59,8 @@ def child(args) -> None:
         if (arch.dtype, args.impl, args.threads, "numpy") not in {e.key for e in profile.entries}:
             continue  # the profile has no entry for it
         measured = measure(arch, steps=args.steps, warmup=1, threads=args.threads, impl=args.impl)
-        as_is = predict(arch, profile, impl=args.impl, threads=args.threads)["total_seconds"]
-        moved_s = predict(arch, moved, impl=args.impl, threads=args.threads)["total_seconds"]
+        as_is = predict(arch, profile, impl=args.impl, threads=args.threads).total_seconds
+        moved_s = predict(arch, moved, impl=args.impl, threads=args.threads).total_seconds
         rows.append({"arch": path.stem, "measured": measured["step_seconds"], "as_is": as_is, "transferred": moved_s,
                      "disturbed": measured["load"]["disturbed"]})
     print(json.dumps({"differences": describe_differences(compare_machines(profile.fingerprint, here, args.threads)),

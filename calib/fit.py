@@ -1,6 +1,6 @@
 """Fit of the per-op time models over the symbolic features (scikit-learn conventions).
 
-One `OpTimeModel` per op kind: a linear model over costmodel.machine.features.FEATURES, fitted on
+One `OpTimeModel` per op kind: a linear model over costmodel.machine.timemodel.FEATURES, fitted on
 relative error, each sample's squared relative error weighted by its time t (a sample weight
 of 1/t on the squared residual): a 10 us op still counts, but the large ops that make up most
 of a step count more (measured: with pure relative error, 1/t^2, the median step-time error of
@@ -40,7 +40,7 @@ from typing import Mapping
 
 import numpy as np
 
-from costmodel.machine.features import FEATURES
+from costmodel.machine.timemodel import FEATURES
 
 MODEL_NAME = "nnls-linear"  # non-negative coefficients
 BOUNDED_MODEL_NAME = "bounded-linear"  # within a Ceiling too
@@ -124,7 +124,7 @@ def runs_parallel(key: str, backend: str, impl: str, threads: int) -> bool:
     threads); in a threaded step of the strided implementation the ':threaded' ones (shared
     among its threads); otherwise the matrix products (BLAS's threads). The rest runs on one
     thread: NumPy's ufuncs and indexing, and the ':serial' products (single-threaded BLAS)."""
-    from costmodel.model.ops import MATMUL_OPS
+    from costmodel.machine.transfer import product_ops
 
     if threads <= 1:
         return False
@@ -133,7 +133,7 @@ def runs_parallel(key: str, backend: str, impl: str, threads: int) -> bool:
     op, _, variants = key.partition(":")
     if impl == "strided":  # a threaded step (costmodel.model.ops.threaded_step)
         return "threaded" in variants.split("+")
-    return op in MATMUL_OPS
+    return op in product_ops()
 
 
 def ceiling_of(key: str, *, backend: str, impl: str, threads: int, peaks: Mapping[tuple[str, str, int], float],

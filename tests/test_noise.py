@@ -86,7 +86,7 @@ def test_weighted_median_and_relative_spread():
 
 
 def test_a_calibration_sample_carries_the_spread_of_its_rounds():
-    from calib.calibrate import chunked_sweep
+    from calib.backends.timing import chunked_sweep
 
     laps = iter([{(1, "phi", "forward"): 1.0}, {(1, "phi", "forward"): 1.2}, {(1, "phi", "forward"): 0.8}])
     samples = chunked_sweep([None], chunk=1, rounds=3, seed=0, build=lambda i, a: None,

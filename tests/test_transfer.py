@@ -231,5 +231,5 @@ def test_a_transferred_prediction_scales_with_the_ratios():
     arch = load_arch(ROOT / "examples" / "mnist-demo-layer4.yaml")
     before = predict(arch, profile, impl="index", threads=2)
     after = predict(arch, transfer(profile, Probe.model_validate(here), FINGERPRINT), impl="index", threads=2)
-    assert after["total_seconds"] == pytest.approx(k * before["total_seconds"], rel=1e-9)
-    assert all(math.isclose(a["seconds"], k * b["seconds"], rel_tol=1e-9) for a, b in zip(after["ops"], before["ops"]))
+    assert after.total_seconds == pytest.approx(k * before.total_seconds, rel=1e-9)
+    assert all(math.isclose(a.seconds, k * b.seconds, rel_tol=1e-9) for a, b in zip(after.rows, before.rows))

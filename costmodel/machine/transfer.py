@@ -37,7 +37,7 @@ from typing import Mapping
 
 from costmodel.errors import CostModelError
 from costmodel.machine.profile import Ceilings, Entry, Fingerprint, OpModel, Probe, Profile, Transfer
-from costmodel.model.ops import MATMUL_OPS
+from costmodel.model.ops import MATMUL, records
 
 __all__ = ["RULE", "TransferError", "probe_needs", "transfer", "time_factor"]
 
@@ -102,6 +102,11 @@ def _ops_of(key: str) -> list[str]:
     return key.partition(":")[0].split("+")
 
 
+def product_ops() -> frozenset[str]:
+    """The ops that are matrix products (their record's kind), run by a BLAS."""
+    return frozenset(r.name for r in records().values() if r.kind == MATMUL)
+
+
 def time_factor(ratios: _Ratios, entry: Entry, key: str, feature: str) -> tuple[str, float]:
     """(name, factor) of one term of the model `key` of `entry` under the rule (module docstring);
     the byte terms of the levels are handled together by _transfer_model."""
@@ -109,7 +114,7 @@ def time_factor(ratios: _Ratios, entry: Entry, key: str, feature: str) -> tuple[
     backend = entry.backend
     if ops == ["other"]:
         return ratios.call("torch")
-    products = [op for op in ops if op in MATMUL_OPS]
+    products = [op for op in ops if op in product_ops()]
     threads = 1 if "serial" in key.partition(":")[2].split("+") else entry.threads
     if feature in ("flops", "flops_lane_waste"):
         if products:
