@@ -43,3 +43,10 @@ def test_profile_show_prints_the_peaks_the_bounds_and_the_load():
     assert "74 GFLOP/s (35 % of the 210 GFLOP/s peak)" in text
     assert "load while calibrating: other processes 2 % of 2 cores, steal 0 %, spread of repeated samples 4 %: quiet" \
         in text
+
+
+def test_a_rate_at_its_ceiling_says_it_is_the_fits_bound():
+    model = op_model(CEILING, coef=(12e-6, 1 / 210e9, 1 / 80e9, 0.0, 0.0))
+    facts = model_facts(OpModel.model_validate(model))
+    assert facts[1] == "210 GFLOP/s (at the 210 GFLOP/s peak: the fit's bound)"
+    assert facts[2] == "80 GB/s (at the 80 GB/s of 2 threads: the fit's bound)"

@@ -390,6 +390,8 @@ BYTE_LEVELS = (("bytes", "L2", ""), ("bytes_beyond_L2", "L3", " beyond L2"), ("b
 def _of_ceiling(rate: float, ceiling: float | None, unit: str, what: str = "") -> str:
     if ceiling is None or rate <= 0:
         return ""
+    if rate >= ceiling * (1 - 1e-6):  # the bound binds: the data alone asked for more, or nothing
+        return f" (at the {human(ceiling, unit)}{what}: the fit's bound)"
     return f" ({100 * rate / ceiling:.0f} % of the {human(ceiling, unit)}{what})"
 
 
