@@ -69,8 +69,8 @@ CASES = [
      "layers[1] (conv): kernel 5 does not fit the padded input 3x3"),
     (lambda d: d.update(dtype="float16"), "dtype: 'float16' is not allowed"),
     (lambda d: d.update(loss="hinge"), "loss: 'hinge' is not allowed"),
-    (set_layer(0, activation="tanh"), "layers[0] (conv): activation: 'tanh' is not allowed"),
-    (set_layer(3, activation="sigmoid"), "layers[3] (full): activation: 'sigmoid' is not allowed"),
+    (set_layer(0, activation="gelu"), "layers[0] (conv): activation: 'gelu' is not allowed"),
+    (set_layer(3, activation="softplus"), "layers[3] (full): activation: 'softplus' is not allowed"),
     (set_layer(0, type="dense"), "layers[0]: layer type must be 'conv' or 'full'"),
 ]
 
