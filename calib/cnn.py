@@ -673,8 +673,8 @@ class _ResidualAdd(_Layer):
                   trace: Trace | None) -> np.ndarray:
         """residual_add_grad: dX = (F's gradient at X) + (the shortcut's gradient at X); in
         place into F's (an array of the block's first layer) in the strided implementation."""
-        if self.strided:
-            self.workers.run(kernels.residual_add_strided, self.sz.d,
+        if self.strided:  # X has the block input's channels, not the addition's
+            self.workers.run(kernels.residual_add_strided, len(from_F),
                              (from_F, from_shortcut, from_F))
             dX = from_F
         else:
