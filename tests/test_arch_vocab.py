@@ -184,3 +184,32 @@ def test_parameter_count_of_a_grouped_and_normalised_layer():
     assert conv.n_params == 9 * 18 + 9 + 2 * 9
     assert full.n_params == 4 * 81 + 4 + 2 * 4 and out.n_params == 2 * 4 + 2
     assert arch.parameter_count() == conv.n_params + full.n_params + out.n_params
+
+
+# -- until the op records exist ------------------------------------------------------------------
+
+def test_extended_vocabulary_is_found_where_it_is_used():
+    assert all(load_arch(p).extended_vocabulary() is None for p in EXAMPLES)
+    # VGG11's 3x3 'same' convs are the course's padding 1
+    assert load_arch(ROOT / "examples" / "vgg11-cifar10.yaml").extended_vocabulary() is None
+    found = {p.stem: load_arch(p).extended_vocabulary() for p in VOCAB_EXAMPLES}
+    assert found["lenet5"] == "layers[0] (conv): pool_type avg"
+    assert found["simplenn-mnist-python"] == "layers[2] (conv): pool_ceil"  # 7 -> 4; 28 -> 14 is floor too
+    assert found["cifar10-quick"] == "layers[0] (conv): pool_stride 2"
+    assert found["resnet20-cifar10"] == "layers[0] (conv): batch_norm"
+    assert conv_net(kernel=2, padding="same").extended_vocabulary() == \
+        "layers[0] (conv): padding same (0/1 rows, 0/1 columns)"
+    assert conv_net(activation="tanh").extended_vocabulary() == "layers[0] (conv): activation tanh"
+
+
+def test_costs_of_the_extended_vocabulary_are_refused_in_one_line():
+    """No silent wrong costs (an average pooling costed as a max pooling) before the op
+    records of the extended vocabulary exist."""
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    result = CliRunner().invoke(app, ["costs", str(ROOT / "examples" / "lenet5.yaml")])
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.strip() == ("costmodel: error: lenet5: layers[0] (conv): pool_type avg: the costs "
+                                     "of the extended vocabulary are not modelled yet (issue 14)")

@@ -477,7 +477,16 @@ def vocab_cases():
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("case", vocab_cases(), ids=lambda c: c[0])
 def test_vocab_ops_run_in_the_documented_order(case, impl):
-    _, arch = case
+    check_ops(case[1], impl)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(arch=vocab_architectures(dtype="float32"), impl=st.sampled_from(IMPLS))
+def test_random_vocab_ops_run_in_the_documented_order(arch, impl):
+    check_ops(arch, impl)
+
+
+def check_ops(arch: Architecture, impl: str) -> None:
     timed, calls = ran_ops(arch, impl)
     assert timed == [key for key, _, _ in calls] == vocab_ops(arch)
     assert len(set(timed)) == len(timed)

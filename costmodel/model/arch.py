@@ -185,6 +185,31 @@ class Architecture(_Strict):
             return "none"
         return layer.activation
 
+    def extended_vocabulary(self) -> str | None:
+        """Where the network first uses what the course's layers cannot describe (e.g.
+        "layers[0] (conv): activation tanh"), None for a network of the course's vocabulary
+        (conv with symmetric padding and floor max pooling of stride = width, relu or none;
+        full layers). A ``padding: same`` that comes out symmetric, ``valid`` and a
+        ``pool_ceil`` that changes no size are the course's vocabulary."""
+        for sz in self.sizes():
+            if sz.kind not in ("conv", "full"):
+                return f"{sz.place}: {sz.kind}"
+            found = [
+                (sz.p is None, f"padding same ({sz.p_top}/{sz.p_bottom} rows, {sz.p_left}/{sz.p_right} columns)"),
+                (sz.g > 1, f"groups {sz.g}"),
+                (sz.pooled and sz.pool_stride != sz.pool, f"pool_stride {sz.pool_stride}"),
+                (sz.pooled and sz.pool_type != "max", f"pool_type {sz.pool_type}"),
+                (sz.pooled and (sz.a_next, sz.b_next) != (sz.a_conv // sz.pool, sz.b_conv // sz.pool),
+                 "pool_ceil"),
+                (sz.activation not in ("relu", "none"), f"activation {sz.activation}"),
+                (sz.batch_norm, "batch_norm"),
+                (sz.dropout > 0, f"dropout {sz.dropout}"),
+            ]
+            for present, what in found:
+                if present:
+                    return f"{sz.place}: {what}"
+        return None
+
     def parameter_count(self) -> int:
         """Trainable parameters: every W^m and b^m, and the scale gamma and shift beta of every
         batch normalization (its running averages are not trained and not counted), as torch's

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from costmodel.errors import CostModelError
 from costmodel.model.arch import Architecture, LayerSizes
 
 PHASES = ("forward", "backward", "update")
@@ -118,6 +119,10 @@ def op_list(arch: Architecture) -> list[OpRef]:
     when p^m = 0, no `pool`/`pool_grad` when the pool width is 1, no activation ops for a linear
     layer, no input gradient (and so no phi_grad, pad_grad, flatten_grad) for layer 1.
     """
+    extended = arch.extended_vocabulary()  # until the op records of issue 14 exist
+    if extended is not None:
+        raise CostModelError(f"{arch.name}: {extended}: the costs of the extended vocabulary "
+                             "are not modelled yet (issue 14)")
     sizes = arch.sizes()
     L = arch.L
     ops: list[OpRef] = []
