@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import costmodel.model.ops
+import costmodel.machine.backends.numpy
 from calib.cnn import IMPLS, ReferenceCNN, to_layout, one_hot
 from calib.timer import OpTimer
 from costmodel.model.arch import Architecture, load_arch, parse_arch
@@ -379,8 +379,8 @@ def test_random_vocab_index_and_strided_agree(arch):
 def test_vocab_strided_threads_agree_with_index(name, threads, monkeypatch):
     """Every op split among threads (thresholds at 0) computes what the index implementation
     computes in one thread."""
-    monkeypatch.setattr(costmodel.model.ops, "SPLIT_BYTES", 0)
-    monkeypatch.setattr(costmodel.model.ops, "SPLIT_FLOPS", 0)
+    monkeypatch.setattr(costmodel.machine.backends.numpy, "SPLIT_BYTES", 0)
+    monkeypatch.setattr(costmodel.machine.backends.numpy, "SPLIT_FLOPS", 0)
     arch = vocab_arch(name, batch=4)
     index_loss, index_arrays = _run(arch, "index")
     loss, arrays = _run(arch, "strided", threads=threads)
