@@ -8,8 +8,8 @@ set. The keys are named in the code that runs the op, so comparing the timer's r
 The layers are the flat list m = 1..L of ``Architecture.sizes()`` (docs/arch-format.md): conv,
 full, global average pooling and a residual block's addition; each reads the outputs of the
 layers in its ``inputs``. The backward runs the layers in reverse order; the input X of a
-residual block gets two gradients (F's and the shortcut's) and the block's ``residual_add_grad``
-op sums them right before the layer that produced X runs its backward.
+residual block gets two gradients (F's and the shortcut's), and the backward of the layer that
+produced X starts by summing them (its op ``residual_add_grad``).
 
 Parameters: ``cnn.W`` and ``cnn.b`` list W^m ((d', h h d/g) for conv, (n_out, n_in) for full)
 and b^m of the layers with weights, in the order of m (``cnn.weighted`` holds their m; without
@@ -72,6 +72,7 @@ class _Layer:
         self.keep_grad = False
         #: the layer computes the gradient of its input (not for the network's input)
         self.input_grad = 0 not in sz.inputs
+        self.k_fork_grad = self.key("residual_add_grad", "backward")
 
     def build(self, I: int, workers: kernels.Workers, scratch: np.ndarray | None) -> None:
         self.workers = workers
@@ -85,6 +86,22 @@ class _Layer:
 
     def update(self, I: int, opt, tm, trace: Trace | None) -> None:
         pass
+
+    def sum_grads(self, from_F: np.ndarray, from_shortcut: np.ndarray, tm,
+                  trace: Trace | None) -> np.ndarray:
+        """residual_add_grad, the first op of the backward of a layer whose output is a residual
+        block's input X: dX = (F's gradient at X) + (the shortcut's gradient at X); in place
+        into F's (an array of the block's first layer) in the strided implementation."""
+        if self.strided:
+            self.workers.run(kernels.residual_add_strided, len(from_F),
+                             (from_F, from_shortcut, from_F))
+            dX = from_F
+        else:
+            dX = kernels.residual_add_index(from_F, from_shortcut)
+        tm.lap(self.k_fork_grad)
+        if trace is not None:
+            trace(self.k_fork_grad, [from_F, from_shortcut], [dX])
+        return dX
 
 
 class _Weighted(_Layer):
@@ -616,7 +633,8 @@ class _ResidualAdd(_Layer):
     """The addition of a residual block: S = F(X) + shortcut(X), then sigma(S) in place.
 
     Backward: sigma'(S) (activation_grad), then the gradient goes unchanged to both branches;
-    ``residual_add_grad`` later sums the two gradients that reach the block's input X."""
+    the layer whose output is the block's input X sums the two gradients that reach it
+    (its ``residual_add_grad``)."""
 
     def __init__(self, sz: LayerSizes, impl: str, dtype: np.dtype) -> None:
         super().__init__(sz, impl, dtype)
@@ -624,7 +642,6 @@ class _ResidualAdd(_Layer):
         key = self.key
         self.k_add, self.k_activation = key("residual_add", "forward"), key("activation", "forward")
         self.k_activation_grad = key("activation_grad", "backward")
-        self.k_add_grad = key("residual_add_grad", "backward")
 
     def build(self, I: int, workers: kernels.Workers, scratch) -> None:
         self.workers = workers
@@ -670,21 +687,6 @@ class _ResidualAdd(_Layer):
                 trace(self.k_activation_grad, [dZ, self.A], [dZ])
         return [dZ, dZ]
 
-    def sum_grads(self, from_F: np.ndarray, from_shortcut: np.ndarray, tm,
-                  trace: Trace | None) -> np.ndarray:
-        """residual_add_grad: dX = (F's gradient at X) + (the shortcut's gradient at X); in
-        place into F's (an array of the block's first layer) in the strided implementation."""
-        if self.strided:  # X has the block input's channels, not the addition's
-            self.workers.run(kernels.residual_add_strided, len(from_F),
-                             (from_F, from_shortcut, from_F))
-            dX = from_F
-        else:
-            dX = kernels.residual_add_index(from_F, from_shortcut)
-        tm.lap(self.k_add_grad)
-        if trace is not None:
-            trace(self.k_add_grad, [from_F, from_shortcut], [dX])
-        return dX
-
 
 class ReferenceCNN:
     """simpleNN's CNN on NumPy arrays.
@@ -721,18 +723,12 @@ class ReferenceCNN:
             self.layers.append(layer)
         # the layers an addition hands its gradient to, besides the block's input: F's last
         # layer and the projection must not write into it
-        self.sums: dict[int, _ResidualAdd] = {}  # block input x -> the addition that sums its gradients
         for layer in self.layers:
             if isinstance(layer, _ResidualAdd):
                 f, short = layer.sz.inputs
                 self.layers[f - 1].keep_grad = True
-                if short > f:  # a projection (an identity shortcut reads the block's input x)
+                if short > f:  # a projection (an identity shortcut reads the block's input)
                     self.layers[short - 1].keep_grad = True
-                    x = self.layers[short - 1].sz.inputs[0]
-                else:
-                    x = short
-                if x > 0:
-                    self.sums[x] = layer
         weighted = [layer for layer in self.layers if isinstance(layer, _Weighted)]
         self.weighted = [layer.m for layer in weighted]
         self.W = [layer.W for layer in weighted]
@@ -842,7 +838,7 @@ class ReferenceCNN:
             m = layer.m
             if len(grads[m]) == 2:  # the input of a residual block: shortcut's, then F's
                 from_shortcut, from_F = grads[m]
-                grads[m] = [self.sums[m].sum_grads(from_F, from_shortcut, tm, trace)]
+                grads[m] = [layer.sum_grads(from_F, from_shortcut, tm, trace)]
             (dZ,) = grads[m]
             for i, dX in zip(layer.sz.inputs, layer.backward(dZ, tm, trace)):
                 if i > 0 and dX is not None:

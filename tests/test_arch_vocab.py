@@ -118,6 +118,7 @@ def test_residual_blocks_in_the_flat_list():
     assert projection.place == "layers[2] (residual): shortcut"
     assert sizes[2].place == "layers[1] (residual): layers[1] (conv)"
     assert not sizes[9].flatten and sizes[9].n_in == 8  # global average pooling: (d, I) already
+    assert [sz.m for sz in sizes if sz.fork] == [1, 4]  # the blocks' inputs
     assert [arch.activation_of(m) for m in range(1, 11)] == [sz.activation for sz in sizes]
 
 

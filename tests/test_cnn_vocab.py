@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 import costmodel.machine.backends.numpy
 from calib.cnn import IMPLS, ReferenceCNN, to_layout, one_hot
 from calib.timer import OpTimer
-from costmodel.model.arch import Architecture, load_arch, parse_arch
+from costmodel.model.arch import Architecture, block_input, load_arch, parse_arch
 from costmodel.model.ops import OpKey, op_keys
 
 from tests.conftest import EXAMPLES, ROOT, VOCAB_EXAMPLES
@@ -35,14 +35,15 @@ def vocab_ops(arch: Architecture) -> list[OpKey]:
       full: [flatten] full_matmul bias [batch_norm] [activation] [dropout]
       global_avg_pool: global_avg_pool
       residual_add: residual_add [activation]
-    loss, loss_grad; backward, per layer m in reverse order, preceded by the residual_add_grad
-    of the block whose input is layer m's output (layer type residual_add, the block's m):
-      conv: [dropout_grad] [pool_grad] [activation_grad] [batch_norm_grad] conv_grad_W bias_grad
-            [conv_grad_input phi_grad [pad_grad]]
+    loss, loss_grad; backward, per layer m in reverse order, each layer whose output is a
+    residual block's input (LayerSizes.fork) starting with residual_add_grad (the sum of the
+    two gradients that come back to its output):
+      conv: [residual_add_grad] [dropout_grad] [pool_grad] [activation_grad] [batch_norm_grad]
+            conv_grad_W bias_grad [conv_grad_input phi_grad [pad_grad]]
       full: [dropout_grad] [activation_grad] [batch_norm_grad] full_grad_W bias_grad
             [full_grad_input [flatten_grad]]
-      global_avg_pool: global_avg_pool_grad
-      residual_add: [activation_grad]
+      global_avg_pool: [residual_add_grad] global_avg_pool_grad
+      residual_add: [residual_add_grad] [activation_grad]
     update: update of every conv and full layer, in order.
     The input-gradient ops are absent for a layer that reads the network's input."""
     sizes = arch.sizes()
@@ -71,10 +72,11 @@ def vocab_ops(arch: Architecture) -> list[OpKey]:
     L = len(sizes)
     ops.append(OpKey(L + 1, "loss", "loss", "forward"))
     ops.append(OpKey(L + 1, "loss", "loss_grad", "backward"))
-    sums = {block_input(sizes, sz): sz for sz in sizes if sz.kind == "residual_add"}
+    forks = {block_input(sizes, sz) for sz in sizes if sz.kind == "residual_add"} - {0}
+    assert forks == {sz.m for sz in sizes if sz.fork}
     for sz in reversed(sizes):
-        if sz.m in sums:
-            add(sums[sz.m], "residual_add_grad", "backward")
+        if sz.fork:
+            add(sz, "residual_add_grad", "backward")
         act, grad = sz.activation != "none", 0 not in sz.inputs
 
         def back(names, when):
@@ -98,12 +100,6 @@ def vocab_ops(arch: Architecture) -> list[OpKey]:
         if sz.kind in ("conv", "full"):
             add(sz, "update", "update")
     return ops
-
-
-def block_input(sizes, add) -> int:
-    """The m of a residual block's input X (0: the network's input), from its addition."""
-    f, short = add.inputs
-    return short if short < f else sizes[short - 1].inputs[0]
 
 
 # -- networks --------------------------------------------------------------------------------
@@ -510,17 +506,17 @@ def expected_arrays(key: OpKey, arch: Architecture, impl: str) -> tuple[list, li
             return [((n, I), f)] * 2, ([((n, I), f)] if arch.loss == "softmax_ce" else []) + value
         return [((n, I), f)] * 2, [((n, I), f)]
     sz = arch.sizes()[key.layer - 1]
+    if op == "residual_add_grad":  # the two gradients at the layer's output, and their sum
+        X = output_shape(sz, I)
+        return [(X, f)] * 2, [(X, f)]
     if sz.kind == "global_avg_pool":
         Z, G = (sz.d, I, sz.a, sz.b), (sz.d, I, 1, 1)
         return {"global_avg_pool": ([(Z, f)], [(G, f)]),
                 "global_avg_pool_grad": ([(G, f)], [(Z, f)])}[op]
     if sz.kind == "residual_add":
         Z = (sz.d, I, sz.a, sz.b)
-        x = arch.sizes()[block_input(arch.sizes(), sz) - 1]
-        X = (x.d_next, I, x.a_next, x.b_next)  # the block's input
         return {"residual_add": ([(Z, f)] * 2, [(Z, f)]), "activation": ([(Z, f)], [(Z, f)]),
-                "activation_grad": ([(Z, f)] * 2, [(Z, f)]),
-                "residual_add_grad": ([(X, f)] * 2, [(X, f)])}[op]
+                "activation_grad": ([(Z, f)] * 2, [(Z, f)])}[op]
     W, b = sz.weight_shape, (sz.d_next,)
     if op == "update":
         n = 4 if sz.batch_norm else 2

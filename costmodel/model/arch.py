@@ -12,7 +12,7 @@ earlier layers it reads (docs/arch-format.md, "The flat list of layers").
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
@@ -234,8 +234,9 @@ class LayerSizes:
 
     Every kind: ``activation`` (relu, tanh, sigmoid, none), ``batch_norm``, ``dropout`` rate,
     ``inputs`` (the m of the layers whose outputs it reads; 0 is the network's input; a
-    residual addition reads two: F's last layer, then the shortcut) and ``place`` (where it is
-    in the file, as messages name it).
+    residual addition reads two: F's last layer, then the shortcut), ``fork`` (its output is a
+    residual block's input, read by F's first layer and by the shortcut, so two gradients come
+    back to it) and ``place`` (where it is in the file, as messages name it).
     """
 
     m: int
@@ -270,6 +271,7 @@ class LayerSizes:
     dropout: float = 0.0
     inputs: tuple[int, ...] = ()
     flatten: bool = False
+    fork: bool = False
     place: str = ""
 
     @property
@@ -409,7 +411,19 @@ def _propagate(arch: Architecture) -> list[LayerSizes]:
         a, b, d = out[-1].a_next, out[-1].b_next, out[-1].d_next
     if not seen_full or not isinstance(arch.layers[-1], FullLayer):
         raise ArchError(f"layers[{n_layers - 1}]: the network must end with a full layer")
+    for sz in out:
+        if sz.kind == "residual_add":
+            x = block_input(out, sz)
+            if x > 0:
+                out[x - 1] = replace(out[x - 1], fork=True)
     return out
+
+
+def block_input(sizes: list[LayerSizes], add: LayerSizes) -> int:
+    """The m of the input X of the residual block whose addition is `add` (0: the network's
+    input): the shortcut itself (identity) or what the projection reads."""
+    f, short = add.inputs
+    return short if short < f else sizes[short - 1].inputs[0]
 
 
 def _residual_sizes(block: ResidualBlock, m: int, a: int, b: int, d: int, x: int,
