@@ -49,7 +49,7 @@ def test_an_mlp_config_needs_no_conv_keys():
 
 
 @pytest.mark.parametrize("change, message", [
-    (("wd_filter = [5,3,3];", "wd_filter = [5,3,3]; x = system('rm -rf /')"), "line 9: one NAME = VALUE per line ('wd_filter = [5,3,3]; x = system"),
+    (("wd_filter = [5,3,3];", "wd_filter = [5,3,3]; x = system('rm -rf /')"), "line 9: one NAME = VALUE per line (\"wd_filter = [5,3,3]; x = system"),
     (("strides = [1,1,1];", "strides = [1,1,1];\nstrides = [2,2,2];"), "line 11: strides is set again (first on line 10)"),
     (("wd_filter", "wd_filtr"), "line 9: unknown key 'wd_filtr' (did you mean 'wd_filter'?)"),
     (("ch_input = [1,32,64,64];", "ch_input = [1,32,64];"), "line 7: ch_input has 3 values, LC + 1 = 4"),
