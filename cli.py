@@ -247,13 +247,15 @@ def calibrate(
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Profile file (default: your cache directory).")] = None,
     backend: Annotated[Backend, typer.Option("--backend", help="numpy: the reference CNN's op kernels; torch: "
                                              "PyTorch's op groups (needs the torch extra).")] = Backend.numpy,
+    accept_noisy: Annotated[bool, typer.Option("--accept-noisy", help="Write the profile even if other load "
+                                               "disturbed the calibration, marked noisy.")] = False,
 ) -> None:
     """Time the reference CNN's op kernels (or PyTorch's) on this CPU, fit the cost model, write a machine profile."""
     from calib.commands import calibrate_command
 
     typer.echo(calibrate_command(quick=quick, threads=threads, dtypes=dtype,
                                  impls=[i.value for i in impl] if impl else None, output=output,
-                                 backend=backend.value), nl=False)
+                                 backend=backend.value, accept_noisy=accept_noisy), nl=False)
 
 
 @app.command()
