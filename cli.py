@@ -218,7 +218,6 @@ def predict(
     arch = _arch_file(arch, example)
     from costmodel.machine.backends import backend as get_backend
     from costmodel.machine.predict import predict as predict_step
-    from costmodel.machine.profile import find_profile
     from costmodel.model.arch import load_arch
     from costmodel.present.tables import prediction_output
 
@@ -227,12 +226,13 @@ def predict(
 
         plot_format(plot)  # a bad suffix fails before anything is computed
     architecture = load_arch(arch).with_batch(batch)
-    prof = find_profile(profile)
-    pred = predict_step(architecture, prof, impl=impl.value, threads=threads, backend=backend.value)
+    res = _resolved(profile, architecture, impl.value, backend.value, threads)
+    pred = predict_step(architecture, res.profile, impl=impl.value, threads=res.threads, backend=backend.value,
+                        provenance=res.provenance)
     if plot:
         from costmodel.present.plots import plot_predict
 
-        plot_predict(pred, prof.ceilings, plot, by=by.value)
+        plot_predict(pred, res.profile.ceilings, plot, by=by.value)
         _plot_written(plot)
     typer.echo(prediction_output(pred, fmt.value, by.value, get_backend(backend.value).setting(pred.impl)), nl=False)
 
@@ -304,12 +304,13 @@ def explain(
     """Explain a predicted step from its numbers: major ops, compute- or memory-bound, FLOP share
     against time share, the slides' ratios, the other implementation, the mini-batch size."""
     arch = _arch_file(arch, example)
-    from costmodel.machine.profile import find_profile
     from costmodel.model.arch import load_arch
     from costmodel.present.explain import explain as explain_step, render_text
     from costmodel.present.report import to_json
 
-    facts = explain_step(load_arch(arch), find_profile(profile), impl=impl.value, threads=threads, batch=batch)
+    architecture = load_arch(arch).with_batch(batch)
+    res = _resolved(profile, architecture, impl.value, "numpy", threads)
+    facts = explain_step(architecture, res.profile, impl=impl.value, threads=res.threads, provenance=res.provenance)
     typer.echo(to_json(facts) if fmt.value == "json" else render_text(facts), nl=False)
 
 
@@ -330,7 +331,6 @@ def sweep(
 ) -> None:
     """Predict the step for each value of one size: its time and the fractions of its ops."""
     arch = _arch_file(arch, example)
-    from costmodel.machine.profile import find_profile
     from costmodel.machine.sweep import parse_vary, sweep as sweep_steps
     from costmodel.model.arch import load_arch
     from costmodel.present.data import sweep_report
@@ -342,7 +342,8 @@ def sweep(
 
         plot_format(plot)  # a bad suffix fails before any prediction
     architecture = load_arch(arch).with_batch(batch)
-    points = sweep_steps(architecture, find_profile(profile), name, values, impl=impl.value, threads=threads)
+    res = _resolved(profile, architecture, impl.value, "numpy", threads)
+    points = sweep_steps(architecture, res.profile, name, values, impl=impl.value, threads=res.threads)
     result = sweep_report(architecture, name, points, by.value, impl.value)
     if plot:
         from costmodel.present.plots import plot_sweep
@@ -374,9 +375,14 @@ def profile_show(
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Show a machine profile: fingerprint, ceilings, fitted parameters and their CV errors."""
-    from costmodel.machine.profile import find_profile, render_profile
+    from costmodel.machine.profile import render_profile
+    from costmodel.machine.resolve import locate
 
-    typer.echo(render_profile(find_profile(file), fmt.value), nl=False)
+    profile, path, reference = locate(file)
+    if reference:
+        typer.echo(f"costmodel: warning: no profile of this machine: the reference profile shipped with costmodel "
+                   f"({path})", err=True)
+    typer.echo(render_profile(profile, fmt.value), nl=False)
 
 
 @app.command()
@@ -413,7 +419,7 @@ def latex_text(arch_path: Path, *, output=None, standalone=False, profile=None, 
     one is used; if neither exists, the tables have no time columns and say so.
     `measured_fractions`: (layer, op, phase) -> measured fraction of the step."""
     from costmodel.errors import UsageError
-    from costmodel.machine.profile import default_profile_path, embedded_profile_path, find_profile
+    from costmodel.machine.profile import default_profile_path, embedded_profile_path
     from costmodel.model.arch import load_arch
     from costmodel.present.latex import latex_document
     from costmodel.present.report import atomic_write
@@ -421,7 +427,8 @@ def latex_text(arch_path: Path, *, output=None, standalone=False, profile=None, 
     architecture = load_arch(arch_path).with_batch(batch)
     found = None
     if profile is not None or default_profile_path().exists() or embedded_profile_path().exists():
-        found = find_profile(profile)
+        res = _resolved(profile, architecture, impl, "numpy", threads)
+        found, threads = res.profile, res.threads
     text = latex_document(architecture, impl=impl, profile=found, threads=threads, measured=measured_fractions,
                           standalone=standalone)
     if output is None:
@@ -431,6 +438,21 @@ def latex_text(arch_path: Path, *, output=None, standalone=False, profile=None, 
     except OSError as exc:
         raise UsageError(f"{output}: cannot write: {exc.strerror or exc}") from None
     return ""
+
+
+def _prober(**needs):
+    """This machine's probe (calib.probe, cached): what transfers the reference profile."""
+    from calib.probe import cached_probe
+
+    return cached_probe(**needs)[0]
+
+
+def _resolved(profile, architecture, impl: str = "index", backend: str = "numpy", threads=None):
+    """The profile a prediction uses (costmodel.machine.resolve): given, $COSTMODEL_PROFILE, yours,
+    or the reference one transferred to this machine by a probe; its one line on stderr."""
+    from costmodel.machine.resolve import resolve
+
+    return resolve(profile, dtype=architecture.dtype, impl=impl, backend=backend, threads=threads, prober=_prober)
 
 
 def _plot_written(path) -> None:

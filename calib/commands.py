@@ -306,8 +306,6 @@ def compare_backends_command(arch_path: Path, *, batch, threads, impl, steps, wa
 
 def compare_command(arch_path: Path, *, profile, batch, threads, impl, steps, warmup, fmt, progress=None,
                     plot=None, backends: str = "numpy") -> str:
-    from costmodel.machine.profile import find_profile
-
     check_threads(threads)
     if parse_backends(backends) == ("numpy", "torch"):
         if plot:
@@ -323,7 +321,12 @@ def compare_command(arch_path: Path, *, profile, batch, threads, impl, steps, wa
 
         import_torch()  # a missing torch fails first, in one line
     arch = load_arch(arch_path).with_batch(batch)
-    prof = find_profile(profile)
+    from costmodel.machine.resolve import resolve
+
+    from calib.probe import cached_probe
+
+    prof = resolve(profile, dtype=arch.dtype, impl=impl, backend=backend, threads=threads,
+                   prober=lambda **needs: cached_probe(**needs)[0]).profile
     from calib.memory import check_memory
 
     check_memory(arch, impl)

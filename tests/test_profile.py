@@ -18,7 +18,7 @@ import costmodel.machine.profile as prof
 from calib import machine
 from costmodel.errors import CostModelError, UsageError
 from costmodel.machine.profile import (SCHEMA_VERSION, Ceilings, Fingerprint, Profile,
-                               default_profile_path, embedded_profile_path, find_profile, load_profile,
+                               default_profile_path, embedded_profile_path, load_profile,
                                render_profile, save_profile)
 
 from tests.conftest import ROOT
@@ -244,47 +244,6 @@ def test_embedded_profile_is_package_data():
     path = embedded_profile_path()
     assert path.name == "reference_profile.json"
     assert path.parent == Path(costmodel.__file__).parent / "data" and path.parent.is_dir()
-
-
-@pytest.fixture
-def places(tmp_path, monkeypatch, profile):
-    """An empty user cache and a reference profile made on another CPU."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    reference = tmp_path / "pkg" / "reference_profile.json"
-    fp = {**FINGERPRINT, "cpu_model": "Reference CPU"}
-    save_profile(profile.model_copy(update={"fingerprint": Fingerprint.model_validate(fp)}), reference)
-    monkeypatch.setattr(prof, "embedded_profile_path", lambda: reference)
-    return tmp_path
-
-
-def test_find_profile_falls_back_to_the_reference_with_one_warning(places):
-    warnings = []
-    found = find_profile(warn=warnings.append)
-    assert found.fingerprint.cpu_model == "Reference CPU"
-    assert warnings == ["no profile for this machine: using the reference profile shipped with costmodel "
-                        "(made on Reference CPU); run `costmodel calibrate` for yours"]
-
-
-def test_find_profile_prefers_the_users_then_the_explicit_one(places, profile):
-    save_profile(profile, default_profile_path())
-    warnings = []
-    assert find_profile(warn=warnings.append).fingerprint.cpu_model == "Test CPU 9000" and not warnings
-    other = places / "other.json"
-    save_profile(profile.model_copy(update={"tool_version": "0.0.1"}), other)
-    assert find_profile(other, warn=warnings.append).tool_version == "0.0.1" and not warnings
-
-
-def test_find_profile_does_not_hide_a_corrupt_user_profile(places):
-    default_profile_path().parent.mkdir(parents=True)
-    default_profile_path().write_text("{")
-    with pytest.raises(UsageError, match="profile.json: not valid JSON"):
-        find_profile(warn=lambda m: None)
-
-
-def test_find_profile_without_any(places, monkeypatch):
-    monkeypatch.setattr(prof, "embedded_profile_path", lambda: places / "missing.json")
-    with pytest.raises(CostModelError, match="no profile: .* run `costmodel calibrate`"):
-        find_profile(warn=lambda m: None)
 
 
 # -- lookup and checks -----------------------------------------------------------------------

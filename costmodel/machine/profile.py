@@ -35,7 +35,7 @@ from costmodel.units import human, iec as _iec, threads_text as _threads
 __all__ = ["SCHEMA_VERSION", "BandwidthPoint", "BlasInfo", "Ceilings", "Entry", "Fingerprint", "model_facts",
            "LevelRate", "LoadRecord", "OpCeiling", "OpModel", "PeakPoint", "Probe", "ProductRate", "Profile", "Transfer",
            "calibrate_command", "default_profile_path", "embedded_profile_path", "fact",
-           "find_profile", "load_profile", "render_profile", "save_profile"]
+           "load_profile", "render_profile", "save_profile"]
 
 SCHEMA_VERSION = 1
 PROFILE_NAME = "profile.json"
@@ -345,29 +345,6 @@ def load_profile(path: str | Path) -> Profile:
         if first["type"] == "value_error":  # our validators' messages, without pydantic's prefix
             first = {**first, "msg": str(first["ctx"]["error"])}
         raise UsageError(f"{path}: {_message(first)}") from None
-
-
-def _stderr_warning(message: str) -> None:
-    print(f"costmodel: warning: {message}", file=sys.stderr)
-
-
-def find_profile(path: str | Path | None = None,
-                 warn: Callable[[str], None] = _stderr_warning) -> Profile:
-    """The profile at `path`; else the user's default if it exists; else the reference one,
-    with a one-line warning."""
-    if path is not None:
-        return load_profile(path)
-    user = default_profile_path()
-    if user.exists():
-        return load_profile(user)
-    reference = embedded_profile_path()
-    if not reference.exists():
-        raise CostModelError(f"no profile: {user} does not exist and this costmodel ships no reference "
-                             "profile: run `costmodel calibrate`")
-    profile = load_profile(reference)
-    warn("no profile for this machine: using the reference profile shipped with costmodel "
-         f"(made on {profile.fingerprint.cpu_model}); run `costmodel calibrate` for yours")
-    return profile
 
 
 # -- rendering -------------------------------------------------------------------------------
