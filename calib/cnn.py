@@ -44,6 +44,9 @@ def _interior(Zpad: np.ndarray, p: int) -> np.ndarray:
 class _Layer:
     """Parameters W^m, b^m, their gradients and momentum buffers, and the update op."""
 
+    #: grads_ready(layer, timer), called as soon as dW^m and db^m are final (ReferenceCNN.hook_grads)
+    grads_ready: Callable | None = None
+
     def __init__(self, sz: LayerSizes, kind: str, fan_in: int, n_out: int, activation: str,
                  dtype: np.dtype, rng: np.random.Generator) -> None:
         self.sz = sz
@@ -92,6 +95,8 @@ class _Layer:
         tm.lap(self.k_bias_grad)
         if trace is not None:
             trace(self.k_bias_grad, [dS], [self.db])
+        if self.grads_ready is not None:
+            self.grads_ready(self, tm)
 
         if self.m == 1:
             return False
@@ -338,7 +343,21 @@ class ReferenceCNN:
         self.k_loss = OpKey(L + 1, "loss", "loss", "forward")
         self.k_loss_grad = OpKey(L + 1, "loss", "loss_grad", "backward")
         self.I = 0
+        self.before_update: Callable | None = None
+        self.update_batch: int | None = None
         self.build(arch.batch)
+
+    def hook_grads(self, grads_ready: Callable | None, before_update: Callable | None = None,
+                   update_batch: int | None = None) -> None:
+        """Hooks for data-parallel SG (calib/parallel): grads_ready(layer, timer) runs as soon as
+        a layer's dW^m and db^m are final (after its bias_grad, before its input gradient),
+        before_update(timer) after the backward, and the update divides the (summed) gradient by
+        update_batch (the whole mini-batch of all workers) instead of this step's I. None
+        removes a hook."""
+        for layer in self.layers:
+            layer.grads_ready = grads_ready
+        self.before_update = before_update
+        self.update_batch = update_batch
 
     # -- batch-dependent buffers -------------------------------------------------------------
     def build(self, I: int) -> None:
@@ -420,7 +439,9 @@ class ReferenceCNN:
         with self.workers.single_blas():
             loss = self._loss(self._forward(X, tm), Y, tm)
             self._backward(tm)
-            opt, I, trace = self.arch.optimizer, self.I, self.trace
+            if self.before_update is not None:
+                self.before_update(tm)
+            opt, I, trace = self.arch.optimizer, self.update_batch or self.I, self.trace
             for layer in self.layers:
                 layer.update(I, opt, tm, trace)
         return loss

@@ -28,7 +28,15 @@ def _with_costs(result: dict, arch, impl: str) -> dict:
 
 
 def measure_command(arch_path: Path, *, batch, steps, warmup, threads, impl, fmt, progress=None,
-                    backend: str = "numpy") -> str:
+                    backend: str = "numpy", workers=None, overlap=False, init=None, rank=None, world_size=None,
+                    oversubscribe=False, timeout=None) -> str:
+    from calib.parallel.commands import measure_parallel_command
+
+    text = measure_parallel_command(arch_path, batch=batch, steps=steps, warmup=warmup, threads=threads, impl=impl,
+                                    fmt=fmt, backend=backend, workers=workers, overlap=overlap, init=init, rank=rank,
+                                    world_size=world_size, oversubscribe=oversubscribe, timeout=timeout)
+    if text is not None:  # data-parallel SG: --workers, --init or torchrun's environment
+        return text
     if backend == "torch":
         return measure_torch_command(arch_path, batch=batch, steps=steps, warmup=warmup, threads=threads,
                                      fmt=fmt, progress=progress)
@@ -119,6 +127,8 @@ def calibrate_command(*, quick, threads, dtypes, impls, output, progress=None, b
         result = calibrate(plan, threads=threads, progress=progress or advance,
                            log=lambda line: print(line, file=sys.stderr))
     profile = to_profile(result, merge_into=previous)
+    if previous is not None and previous.network is not None:  # `calibrate --network` keeps its section
+        profile = profile.model_copy(update={"network": previous.network})
     save_profile(profile, path)
     print(f"profile written to {path} ({result['calibration_seconds']:.1f} s)", file=sys.stderr)
     return render_profile(profile, "table")
@@ -319,3 +329,10 @@ def compare_plot(result: dict, profile, path: Path) -> None:
 
     plot_compare(result, profile.ceilings, path)
     print(f"plot written to {path}", file=sys.stderr)
+
+
+def calibrate_network_command(**options) -> str:
+    """`costmodel calibrate --network` (calib.parallel.commands)."""
+    from calib.parallel.commands import calibrate_network_command as command
+
+    return command(**options)

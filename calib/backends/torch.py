@@ -110,6 +110,7 @@ class TorchStep:
         self.x = torch.from_numpy(np.ascontiguousarray(x))
         self.y = torch.from_numpy(np.ascontiguousarray(Y.T))
         self.labels = self.y.argmax(dim=1)
+        self.update_batch: int | None = None  # data-parallel SG: the whole mini-batch (calib/parallel)
 
     def restore(self) -> None:
         with self.torch.no_grad():
@@ -124,14 +125,20 @@ class TorchStep:
 
         return nullcontext()
 
-    def step(self) -> None:
-        torch, opt, I = self.torch, self.arch.optimizer, self.x.shape[0]
-        for p in self.params:
-            p.grad = None
-        z = self.x
+    def forward(self, x):
+        """The layers' forward, each in its profiler range (DistributedDataParallel wraps it:
+        calib/parallel)."""
+        z = x
         for m, layer in enumerate(self.layers, start=1):
             with self._range(f"layer{m}:forward"):
                 z = layer(z)
+        return z
+
+    def step(self) -> None:
+        torch, opt, I = self.torch, self.arch.optimizer, self.update_batch or self.x.shape[0]
+        for p in self.params:
+            p.grad = None
+        z = self.forward(self.x)
         with self._range("loss"):
             if self.arch.loss == "mse":
                 loss = ((z - self.y) ** 2).sum()
