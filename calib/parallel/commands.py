@@ -9,7 +9,7 @@ from pathlib import Path
 from costmodel.errors import UsageError
 from costmodel.present.report import fmt_fraction, fmt_seconds, human, render_table, to_csv, to_json
 
-from calib.parallel.group import DEFAULT_TIMEOUT, GroupPlan, plan_group
+from calib.parallel.group import DEFAULT_TIMEOUT, GroupPlan, plan_group, quiet_torch_logs
 
 
 def _log(line: str) -> None:
@@ -147,6 +147,7 @@ def measure_parallel_command(arch_path: Path, *, batch, steps, warmup, threads, 
         return None
     from calib.backends.torch import import_torch
 
+    quiet_torch_logs()
     import_torch()  # torch.distributed carries the NumPy reference's gradients too
     arch = load_arch(arch_path).with_batch(batch)
     from calib.parallel.step import per_worker
@@ -162,7 +163,8 @@ def measure_parallel_command(arch_path: Path, *, batch, steps, warmup, threads, 
 # -- calibrate --network ---------------------------------------------------------------------
 
 POINT_COLUMNS = [("message", "message_bytes", lambda b: human(b, "B")), ("measured", "seconds", fmt_seconds),
-                 ("predicted", "predicted_seconds", fmt_seconds), ("error", "error", lambda e: f"{100 * e:+.1f} %")]
+                 ("predicted", "predicted_seconds", fmt_seconds), ("error", "error", lambda e: f"{100 * e:+.1f} %"),
+                 ("fitted", "fitted", lambda f: "yes" if f else "no: < 2P elements")]
 
 
 def calibrate_network_command(*, workers, init, rank, world_size, threads, timeout, oversubscribe, link, latency,
@@ -190,6 +192,7 @@ def calibrate_network_command(*, workers, init, rank, world_size, threads, timeo
                              "give 2 or more")
         from calib.backends.torch import import_torch
 
+        quiet_torch_logs()
         import_torch()
         repeats = QUICK_REPEATS if quick else REPEATS
         per_worker = run_benchmark(plan, repeats, log)
@@ -201,16 +204,16 @@ def calibrate_network_command(*, workers, init, rank, world_size, threads, timeo
         return to_json(result)
     points = [p.model_dump() for p in network.points]
     if fmt == "csv":
-        return to_csv(points, ["message_bytes", "seconds", "predicted_seconds", "error"])
+        return to_csv(points, ["message_bytes", "seconds", "predicted_seconds", "error", "fitted"])
     where = {"loopback": f"{network.workers} workers on this machine", "measured": f"{network.workers} workers",
              "given": f"given link {network.name}"}[network.link]
     footer = [f"ring allreduce t(n) = 2 (P-1) alpha + 2 (P-1)/P n beta: {facts(network)} "
               f"(alpha = {network.alpha_seconds:.3g} s, beta = {network.beta_seconds_per_byte:.3g} s/B); gloo, {where}"]
     if network.points:
-        worst = max(network.points, key=lambda p: abs(p.error))
+        worst = max((p for p in network.points if p.fitted), key=lambda p: abs(p.error))
         footer.append(f"fit error: median {100 * network.fit_error:.1f} %, largest {100 * network.max_error:.1f} % "
                       f"(at {human(worst.message_bytes, 'B')}); each size the median of {network.repeats} rounds of "
-                      "the slowest worker")
+                      "the slowest worker; sizes under 2P elements take fewer of gloo's ring steps and are not fitted")
     footer.append(f"stored in the network section of {path}")
     title = "Allreduce microbenchmark (gloo)" if network.points else "Network (given)"
     return render_table(title, POINT_COLUMNS, points, footer)

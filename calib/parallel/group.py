@@ -88,6 +88,13 @@ class WorkerContext:
     pid: int
 
 
+def quiet_torch_logs() -> None:
+    """Keep torch's C++ log lines (a failed connection's retries, with C++ stack frames) off
+    stderr: the command reports the cause in one line. Set before torch is imported (workers
+    inherit it); TORCH_CPP_LOG_LEVEL set by the user wins."""
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")
+
+
 def parse_init(text: str) -> str:
     """``tcp://HOST:PORT`` or ``env://`` as given, or a UsageError."""
     if text == "env://":
@@ -182,6 +189,7 @@ def join_group(p: Placement) -> WorkerContext:
     failure is one ParallelError line."""
     from calib.backends.torch import import_torch
 
+    quiet_torch_logs()
     import_torch()
     import torch.distributed as dist
 
@@ -313,6 +321,7 @@ def run_local(plan: GroupPlan, task: Callable, args: tuple = (),
     line. ^C stops every worker. No worker outlives this call."""
     from calib.backends.torch import import_torch
 
+    quiet_torch_logs()
     import_torch()
     import multiprocessing.connection
 
@@ -332,7 +341,8 @@ def run_local(plan: GroupPlan, task: Callable, args: tuple = (),
             if not joined and Path(outdir, "joined").exists():
                 joined = True
                 if log is not None:
-                    log(f"{plan.world_size} workers joined the gloo group ({plan.init_method}), cores "
+                    log(f"{plan.world_size} workers joined the gloo group ({plan.init_method}): pids "
+                        + " ".join(str(p.pid) for p in procs) + ", cores "
                         + " ".join(",".join(map(str, p.cores)) for p in plan.placements))
             alive = [p for p in procs if p.exitcode is None]
             if deadline is None and any(p.exitcode not in (None, 0) for p in procs):

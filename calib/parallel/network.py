@@ -10,6 +10,13 @@ worker has its result), and a size's time is the median over the rounds.
 
 Fit: scipy.optimize.nnls on rows scaled by 1/t (least squares of the relative error, alpha and
 beta >= 0). Reported per size: measured, predicted, predicted/measured - 1.
+
+gloo's ring (gloo/allreduce.cc) splits the buffer into at least 2P segments and sends them in
+turn, 2P - 2 per phase for a small message (the textbook ring's P - 1 sends of n/P bytes, split
+in two for pipelining); a message of fewer than 2P elements leaves segments empty and takes fewer
+sends. Such sizes (4 B for P = 2) are measured and shown but left out of the fit: a step's
+messages are larger (every gradient has at least one value per output), and alpha is then the
+latency per step of the ring model as gloo runs it.
 """
 
 from __future__ import annotations
@@ -131,6 +138,11 @@ def combine(per_worker: list[dict[int, list[float]]]) -> dict[int, float]:
     return {n: float(np.median(np.max([w[n] for w in per_worker], axis=0))) for n in per_worker[0]}
 
 
+def fitted(nbytes: int, P: int, element_bytes: int = 4) -> bool:
+    """Whether a message size enters the fit: at least 2P elements (module docstring)."""
+    return nbytes >= 2 * P * element_bytes
+
+
 def fit_ring(seconds: dict[int, float], P: int) -> tuple[float, float]:
     """(alpha, beta) >= 0 minimising the squared relative error of the ring model over the points
     (scipy.optimize.nnls on the rows divided by the measured times). Errors: ValueError for
@@ -152,13 +164,13 @@ def measured_network(seconds: dict[int, float], P: int, link: str, repeats: int)
     """The fit as a costmodel.machine.profile.Network with its points and errors."""
     from costmodel.machine.profile import Network, NetworkPoint
 
-    alpha, beta = fit_ring(seconds, P)
+    alpha, beta = fit_ring({n: t for n, t in seconds.items() if fitted(n, P)}, P)
     points = []
     for n in sorted(seconds):
         predicted = ring_allreduce_seconds(n, P, alpha, beta)
         points.append(NetworkPoint(message_bytes=n, seconds=seconds[n], predicted_seconds=predicted,
-                                   error=predicted / seconds[n] - 1))
-    errors = [abs(p.error) for p in points]
+                                   error=predicted / seconds[n] - 1, fitted=fitted(n, P)))
+    errors = [abs(p.error) for p in points if p.fitted]
     return Network(alpha_seconds=alpha, beta_seconds_per_byte=beta, workers=P, link=link, points=points,
                    fit_error=float(np.median(errors)), max_error=float(max(errors)), repeats=repeats,
                    created=datetime.now(timezone.utc))

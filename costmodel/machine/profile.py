@@ -161,6 +161,7 @@ class NetworkPoint(_Model):
     seconds: PositiveFloat = Field(description="median over the repeats of the slowest worker's time")
     predicted_seconds: Annotated[float, Field(ge=0)]
     error: float = Field(description="predicted / measured - 1")
+    fitted: bool = Field(True, description="false: measured and shown, left out of the fit")
 
 
 class Network(_Model):
@@ -170,7 +171,7 @@ class Network(_Model):
     link: "loopback" (workers on this machine), "measured" (workers on several machines,
     `--init`), or "given" (a link the user does not have: `--link`, `--latency`/`--bandwidth`;
     no points). fit_error and max_error: median and largest |predicted/measured - 1| over the
-    points."""
+    fitted points."""
 
     alpha_seconds: Annotated[float, Field(ge=0)] = Field(description="latency: seconds per message")
     beta_seconds_per_byte: Annotated[float, Field(ge=0)]
