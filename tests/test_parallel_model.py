@@ -182,3 +182,26 @@ def test_the_pure_model_imports_no_torch():
             "print(any(m in sys.modules for m in ('torch', 'calib', 'scipy', 'pandas', 'sympy')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "False"
+
+
+def test_profiles_without_a_network_section_still_load_and_one_with_it_round_trips(tmp_path):
+    from datetime import datetime, timezone
+
+    from costmodel.machine.profile import (Network, NetworkPoint, embedded_profile_path, load_profile,
+                                           save_profile)
+
+    reference = load_profile(embedded_profile_path())
+    assert reference.network is None
+    network = Network(alpha_seconds=4.5e-5, beta_seconds_per_byte=9e-10, workers=2, link="loopback",
+                      points=[NetworkPoint(message_bytes=16, seconds=1e-4, predicted_seconds=9e-5, error=-0.1)],
+                      fit_error=0.1, max_error=0.1, repeats=7, created=datetime.now(timezone.utc))
+    path = tmp_path / "profile.json"
+    save_profile(reference.model_copy(update={"network": network}), path)
+    assert load_profile(path).network == network
+    # a bad section is refused like any other part of the profile
+    text = path.read_text().replace('"link": "loopback"', '"link": "carrier pigeon"')
+    path.write_text(text)
+    from costmodel.errors import UsageError
+
+    with pytest.raises(UsageError, match="link"):
+        load_profile(path)

@@ -350,6 +350,7 @@ def run_local(plan: GroupPlan, task: Callable, args: tuple = (),
             if not alive or (deadline is not None and time.monotonic() > deadline):
                 break
             multiprocessing.connection.wait([p.sentinel for p in alive], timeout=0.2)
+        stopped = {r for r, p in enumerate(procs) if p.exitcode is None}  # still running at the deadline
         _stop(procs)
         records = {}
         for r in range(plan.world_size):
@@ -358,7 +359,7 @@ def run_local(plan: GroupPlan, task: Callable, args: tuple = (),
                 records[r] = pickle.loads(path.read_bytes())
         failed = [r for r, p in enumerate(procs) if p.exitcode != 0 or records.get(r, ("",))[0] != "ok"]
         if failed:
-            raise ParallelError(_cause(procs, records, failed))
+            raise ParallelError(_cause(procs, records, [r for r in failed if r not in stopped] or failed))
         return [records[r][1] for r in range(plan.world_size)]
     except KeyboardInterrupt:
         _stop(procs, grace=2.0)

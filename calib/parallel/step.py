@@ -68,7 +68,8 @@ def worker_summary(compute: list[dict], comm: list[dict], step_seconds: list[flo
     OpKey -> seconds per step), then the allreduce rows: `comm` holds per step {key: (call
     seconds, wait seconds)}, `comm_rows` per key the row's fixed fields (layer, layer_type,
     bytes, calls, ...). total_seconds sums every row's median seconds and waits; compute_seconds,
-    communication_seconds (calls and waits) and wait_seconds are medians over the steps."""
+    communication_seconds (calls and waits) and wait_seconds are medians over the steps, and
+    wait_seconds_per_step lists what each step waited before its update."""
     from calib.measure import summarize
 
     base = summarize(compute, step_seconds, order)
@@ -91,6 +92,7 @@ def worker_summary(compute: list[dict], comm: list[dict], step_seconds: list[flo
         "compute_seconds": float(np.median(per_step_compute)),
         "communication_seconds": float(np.median(per_step_comm)),
         "wait_seconds": float(np.median(per_step_wait)),
+        "wait_seconds_per_step": per_step_wait,
         "ops": ops,
     }
 
