@@ -26,7 +26,8 @@ from typing import Callable
 import numpy as np
 
 from costmodel.model.arch import Architecture, LayerSizes
-from costmodel.model.ops import OpKey, needs_flatten, threaded_step
+from costmodel.machine.backends.numpy import threaded_step
+from costmodel.model.ops import OpKey, needs_flatten
 
 from calib import kernels
 from calib.timer import NULL_TIMER
@@ -368,8 +369,8 @@ class ReferenceCNN:
                          for sz in sizes if sz.kind == "conv" and sz.m > 1), default=0)
         # conv_grad_input of one layer at a time: every layer's dphi is a view of one buffer
         dphi_scratch = np.empty(dphi_size, dtype=self.dtype) if dphi_size else None
-        # the strided implementation's own threads (kernels.Workers, costmodel.model.ops.threaded_step)
-        threaded = threaded_step(self.arch.with_batch(I), self.impl, self.threads)
+        # the strided implementation's own threads (kernels.Workers, costmodel.machine.backends.numpy.threaded_step)
+        threaded = threaded_step(self.impl, self.threads)
         self.workers = kernels.Workers(self.threads if threaded else 1)
         for layer in self.layers:
             layer.build(I, dphi_scratch, self.workers)

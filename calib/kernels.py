@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from costmodel.model import ops as cost_ops
+import costmodel.machine.backends.numpy as rules
 
 # -- index arrays (index implementation) --------------------------------------------------
 
@@ -266,8 +266,8 @@ def sgd_momentum(W: np.ndarray, dW: np.ndarray, v: np.ndarray, *, lr: float,
 
 # -- threads ----------------------------------------------------------------------------------
 
-# When a step uses threads (costmodel.model.ops.threaded_step) and which ops they share
-# (costmodel.model.ops.SPLIT_BYTES, SPLIT_FLOPS) are rules of the cost model too, so they live there.
+# When a step uses threads (costmodel.machine.backends.numpy.threaded_step) and which ops they share
+# (costmodel.machine.backends.numpy.SPLIT_BYTES, SPLIT_FLOPS) are rules of the cost model too, so they live there.
 # Handing work to a sleeping thread costs 20-60 us (on a 2-core VM), more than it saves for a
 # small op.
 
@@ -320,7 +320,7 @@ class Workers:
         """kernel(*arrays, *sizes) on up to ``threads`` ranges of the d channels: every
         array's first axis holds d channels of equal size (rows c h h ... of phi)."""
         parts = min(self.threads, d)
-        if parts < 2 or sum(a.nbytes for a in arrays) < cost_ops.SPLIT_BYTES:
+        if parts < 2 or sum(a.nbytes for a in arrays) < rules.SPLIT_BYTES:
             kernel(*arrays, *sizes)
             return
         bounds = [d * k // parts for k in range(parts + 1)]
@@ -339,7 +339,7 @@ class Workers:
         axis = 2 if k > 4 * max(m, n) else 0 if m >= n else 1
         size = (m, n, k)[axis]
         parts = min(self.threads, size // 64)
-        if parts < 2 or 2 * m * n * k < cost_ops.SPLIT_FLOPS:
+        if parts < 2 or 2 * m * n * k < rules.SPLIT_FLOPS:
             np.matmul(A, B, out=out)
             return
         bounds = [size * p // parts // 16 * 16 for p in range(parts)] + [size]

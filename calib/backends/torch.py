@@ -22,7 +22,8 @@ import numpy as np
 
 from costmodel.model.arch import Architecture
 from costmodel.errors import CostModelError
-from costmodel.machine.fused import FUSED, OTHER, torch_groups
+from costmodel.machine.backends import OTHER
+from costmodel.machine.backends.torch import FUSED, torch_groups
 from costmodel.model.ops import OpKey, needs_flatten, op_list
 
 from calib.measure import summarize
@@ -157,8 +158,8 @@ class TorchStep:
 # ---------------------------------------------------------------------------------------------
 # The mapping of profiler events onto the contract (docs/torch-mapping.md)
 
-_CONV_FWD = FUSED[("forward", "conv")]
-_CONV_BWD = FUSED[("backward", "conv")]
+_CONV_FWD = FUSED[("forward", "conv")][0]
+_CONV_BWD = FUSED[("backward", "conv")][0]
 
 #: top-level aten op of a layer's forward range -> the contract's ops it covers
 FORWARD_MAP: dict[str, tuple[str, ...]] = {
@@ -170,8 +171,8 @@ FORWARD_MAP: dict[str, tuple[str, ...]] = {
     **{name: ("pool",) for name in ("aten::max_pool2d", "aten::max_pool2d_with_indices")},
     **{name: ("flatten",) for name in ("aten::flatten", "aten::view", "aten::reshape",
                                         "aten::_reshape_alias")},
-    "aten::linear": FUSED[("forward", "full")],
-    "aten::addmm": FUSED[("forward", "full")],
+    "aten::linear": FUSED[("forward", "full")][0],
+    "aten::addmm": FUSED[("forward", "full")][0],
     "aten::matmul": ("full_matmul",),
     "aten::mm": ("full_matmul",),
     "aten::t": ("full_matmul",),
@@ -191,7 +192,7 @@ BACKWARD_MAP: dict[str, tuple[str, ...]] = {
     "ReshapeAliasBackward0": ("flatten_grad",),
     "UnsafeViewBackward0": ("flatten_grad",),
     "CloneBackward0": ("flatten_grad",),  # flatten of a non-contiguous tensor copies
-    "AddmmBackward0": FUSED[("backward", "full")],
+    "AddmmBackward0": FUSED[("backward", "full")][0],
     "MmBackward0": ("full_grad_W", "full_grad_input"),
     "TBackward0": ("full_grad_W",),
     "AddBackward0": ("bias_grad",),
@@ -205,20 +206,20 @@ def _children(event) -> list:
 
 
 def classify(events, arch: Architecture) -> dict[tuple[int, str, str], float]:
-    """Seconds per (layer, op group or "other", phase) of the events of one profiled step, from
-    its top-level ranges. An op group is the contract's ops an event covers, joined with "+"
-    in the order of costmodel.model.ops.op_list, restricted to the ops the layer has; an event that
-    covers none of them is "other". Layer 0 holds what belongs to no layer (other, backward)."""
+    """Seconds per (layer, row name, phase) of the events of one profiled step, from its
+    top-level ranges. A row is the contract's ops an event covers, in the order of
+    costmodel.model.ops.op_list, restricted to the ops the layer has, named as
+    costmodel.machine.backends.Row names it (joined with "+"); an event that covers none of
+    them is "other". Layer 0 holds what belongs to no layer (other, backward)."""
     L = arch.L
     present: dict[tuple[int, str], list[str]] = defaultdict(list)
     for ref in op_list(arch):
         present[(ref.layer, ref.phase)].append(ref.op)
 
-    def group(m: int, phase: str, ops: tuple[str, ...]) -> str:
-        chosen = [op for op in present.get((m, phase), []) if op in ops]
-        return "+".join(chosen) if chosen else OTHER
+    def group(m: int, phase: str, ops: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(op for op in present.get((m, phase), []) if op in ops)
 
-    seconds: dict[tuple[int, str, str], float] = defaultdict(float)
+    seconds: dict[tuple[int, tuple[str, ...], str], float] = defaultdict(float)
     seq_layer: dict[int, int] = {}
     backward = []
     for rng in events:
@@ -228,12 +229,12 @@ def classify(events, arch: Architecture) -> dict[tuple[int, str, str], float]:
             continue
         if name == "loss":
             _mark(rng, L + 1, seq_layer)
-            seconds[(L + 1, "loss", "forward")] += rng.cpu_time_total * 1e-6
+            seconds[(L + 1, ("loss",), "forward")] += rng.cpu_time_total * 1e-6
             continue
         layer, _, phase = name.removeprefix("layer").partition(":")
         m = int(layer)
         if phase != "forward":
-            seconds[(m, "update", "update")] += rng.cpu_time_total * 1e-6
+            seconds[(m, ("update",), "update")] += rng.cpu_time_total * 1e-6
             continue
         _mark(rng, m, seq_layer)
         inside = 0.0
@@ -242,25 +243,25 @@ def classify(events, arch: Architecture) -> dict[tuple[int, str, str], float]:
             seconds[key] += e.cpu_time_total * 1e-6
             inside += e.cpu_time_total * 1e-6
         # time in the range outside its aten ops (nn.Module calls, dispatch): maps to no op
-        seconds[(m, OTHER, "forward")] += max(rng.cpu_time_total * 1e-6 - inside, 0.0)
+        seconds[(m, (), "forward")] += max(rng.cpu_time_total * 1e-6 - inside, 0.0)
     for rng in backward:
         inside = 0.0
         for e in _children(rng):
             inside += e.cpu_time_total * 1e-6
             m = seq_layer.get(e.sequence_nr, 0) if e.name.startswith(EVALUATE) else 0
             if m == L + 1 or (m == 0 and e.name == "aten::ones_like"):  # the seed gradient too
-                key = (L + 1, "loss_grad", "backward")
+                key = (L + 1, ("loss_grad",), "backward")
             elif m == 0:
-                key = (0, OTHER, "backward")
+                key = (0, (), "backward")
             else:
                 node = e.name.removeprefix(EVALUATE)
                 grp = group(m, "backward", BACKWARD_MAP.get(node, ()))
                 # a node that maps to no op of its layer is the backward's "other"
-                key = (m, grp, "backward") if grp != OTHER else (0, OTHER, "backward")
+                key = (m, grp, "backward") if grp else (0, (), "backward")
             seconds[key] += e.cpu_time_total * 1e-6
         # the autograd engine's own time between its nodes
-        seconds[(0, OTHER, "backward")] += max(rng.cpu_time_total * 1e-6 - inside, 0.0)
-    return _merge_subsets(seconds)
+        seconds[(0, (), "backward")] += max(rng.cpu_time_total * 1e-6 - inside, 0.0)
+    return {(m, "+".join(ops) if ops else OTHER, phase): s for (m, ops, phase), s in _merge_subsets(seconds).items()}
 
 
 def _merge_subsets(seconds: dict) -> dict:
@@ -268,12 +269,10 @@ def _merge_subsets(seconds: dict) -> dict:
     (TBackward0's full_grad_W goes to AddmmBackward0's full_grad_W+bias_grad+full_grad_input)."""
     out = dict(seconds)
     for key in list(out):
-        m, grp, phase = key
-        if grp == OTHER:
+        m, ops, phase = key
+        if not ops:
             continue
-        ops = set(grp.split("+"))
-        bigger = [k for k in out if k != key and k[0] == m and k[2] == phase and k[1] != OTHER
-                  and ops < set(k[1].split("+"))]
+        bigger = [k for k in out if k != key and k[0] == m and k[2] == phase and k[1] and set(ops) < set(k[1])]
         if bigger:
             out[max(bigger, key=lambda k: len(k[1]))] += out.pop(key)
     return out
@@ -289,9 +288,10 @@ def _mark(event, m: int, seq_layer: dict[int, int]) -> None:
 
 
 def ordered(arch: Architecture, keys) -> list[tuple[int, str, str]]:
-    """(layer, group, phase) keys in the order of costmodel.machine.fused.torch_groups; a key that is
-    not one of its groups (an unexpected "other") after the rest."""
-    rank = {(g.key.layer, g.key.op, g.key.phase): i for i, g in enumerate(torch_groups(arch))}
+    """(layer, row name, phase) keys in the order of costmodel.machine.backends.torch's rows; a
+    key that is not one of its rows (an unexpected "other") after the rest."""
+    rank = {(g.layer, "+".join(g.ops) if g.ops else OTHER, g.phase): i
+            for i, g in enumerate(torch_groups(op_list(arch)))}
     return sorted(keys, key=lambda k: (rank.get(k, len(rank)), str(k)))
 
 
@@ -401,24 +401,30 @@ class torch_threads:
 
 
 def with_costs(result: dict, arch) -> dict:
-    """FLOPs and bytes of each group, as predict --backend torch counts them
-    (costmodel.machine.fused.torch_rows: a fused kernel's own traffic); None for "other"."""
-    from costmodel.machine.fused import torch_rows
+    """FLOPs and bytes of each row, as predict --backend torch counts them
+    (costmodel.machine.backends.torch: a fused kernel's own traffic); None for "other"."""
+    from costmodel.machine.backends.torch import BYTES_IMPL, TorchBackend
+    from costmodel.model.step import step_costs
 
-    table = {(r["layer"], r["op"], r["phase"]): r for r in torch_rows(arch)}
+    table = {r.key: r for r in TorchBackend().rows_of(step_costs(arch, BYTES_IMPL))}
     for row in result["ops"]:
         cost = table.get((row["layer"], row["op"], row["phase"]))
         if row["op"] == OTHER or cost is None:
             row["flops"] = row["bytes"] = None
         else:
-            row["flops"], row["bytes"] = cost["flops"], cost["bytes"]
+            row["flops"], row["bytes"] = cost.flops, cost.bytes
     return result
 
 
 # ---------------------------------------------------------------------------------------------
 # Calibration: the same sweep as the NumPy backend, timed per op group
 
-def time_sweep_torch(archs: list[Architecture], *, threads: int, rounds: int, chunk: int, seed: int,
+def versions() -> dict[str, str]:
+    """The torch version an entry was calibrated with."""
+    return {"torch": import_torch().__version__}
+
+
+def time_sweep(archs: list[Architecture], impl: str = "torch", *, threads: int, rounds: int, chunk: int, seed: int,
                      progress: Callable[[int], None] | None = None) -> list[dict]:
     """Samples {"point", "layer", "op", "phase", "seconds"} of every op group of every sweep
     network in PyTorch (median over `rounds` profiled steps), as calib.calibrate.time_sweep
@@ -429,7 +435,7 @@ def time_sweep_torch(archs: list[Architecture], *, threads: int, rounds: int, ch
     `measure`) has the same network's step before: PyTorch's allocator and oneDNN's
     primitive cache are then warm (measured: the median step error of the examples went from
     14.4 % to 11.6 % on the same 96 networks)."""
-    from calib.calibrate import chunked_sweep
+    from calib.backends.timing import chunked_sweep
     from calib.cnn import ReferenceCNN
     from calib.measure import synthetic_batch
 

@@ -25,22 +25,25 @@ def group_options(*, workers, init, rank, world_size, threads, timeout, oversubs
 # -- measure ---------------------------------------------------------------------------------
 
 def _with_costs(rows: list[dict], arch, impl: str, backend: str) -> None:
-    """FLOPs and bytes of the compute rows at I/P (the symbolic model; torch: its groups); an
-    allreduce row keeps its message bytes and has no FLOPs."""
-    if backend == "torch":
-        from costmodel.machine.fused import torch_rows
-
-        table = {(r["layer"], r["op"], r["phase"]): (r["flops"], r["bytes"]) for r in torch_rows(arch)}
-    else:
-        from costmodel.model.evaluate import costs
-
-        frame = costs(arch, impl=impl)
-        table = {(int(r.layer), r.op, r.phase): (int(r.flops), int(r.bytes)) for r in frame.itertuples()}
+    """FLOPs and bytes of the compute rows at I/P, as `measure` gives them (the cost model; for
+    torch its op groups, None for "other"); an allreduce row keeps its message bytes and has no
+    FLOPs."""
+    compute = [r for r in rows if r["phase"] != "communication"]
     for row in rows:
         if row["phase"] == "communication":
             row["flops"] = None
-            continue
-        row["flops"], row["bytes"] = table.get((row["layer"], row["op"], row["phase"]), (None, None))
+    if backend == "torch":
+        from calib.backends.torch import with_costs
+
+        with_costs({"ops": compute}, arch)
+        return
+    from costmodel.model.step import step_costs
+
+    costs = step_costs(arch, impl)
+    index = {(ref.layer, ref.op, ref.phase): i for i, ref in enumerate(costs.ops)}
+    for row in compute:
+        i = index.get((row["layer"], row["op"], row["phase"]))
+        row["flops"], row["bytes"] = (None, None) if i is None else (int(costs.flops[i]), int(costs.bytes[i]))
 
 
 def measure_parallel(arch, plan: GroupPlan, *, backend: str, impl: str, steps: int, warmup: int, overlap: bool,
