@@ -341,7 +341,8 @@ def run_local(plan: GroupPlan, task: Callable, args: tuple = (),
             if not joined and Path(outdir, "joined").exists():
                 joined = True
                 if log is not None:
-                    log(f"{plan.world_size} workers joined the gloo group ({plan.init_method}): pids "
+                    who = "1 worker" if plan.world_size == 1 else f"{plan.world_size} workers"
+                    log(f"{who} joined the gloo group ({plan.init_method}): pids "
                         + " ".join(str(p.pid) for p in procs) + ", cores "
                         + " ".join(",".join(map(str, p.cores)) for p in plan.placements))
             alive = [p for p in procs if p.exitcode is None]
