@@ -16,7 +16,7 @@ from calib.cnn import IMPLS, ReferenceCNN, one_hot, to_layout
 from costmodel.model.arch import Architecture, load_arch, parse_arch
 from costmodel.errors import ArchError
 
-EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
+from tests.conftest import EXAMPLES
 LOSSES = ("mse", "softmax_ce")
 
 

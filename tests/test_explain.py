@@ -19,7 +19,7 @@ from costmodel.machine.profile import Profile, save_profile
 from costmodel.model.ops import RECORDS
 from costmodel.model.symbolic import symbolic_op
 from costmodel.model.symbols import d_next
-from costmodel.present.explain import MAJOR_SHARE, MAX_MAJOR, explain, render_text, roofline
+from costmodel.present.explain import IMPLEMENTATION_SHARE, MAJOR_SHARE, MAX_MAJOR, explain, render_text, roofline
 from costmodel.present.explain_text import STEADY_PP
 from costmodel.present.notation import course_name, course_tex, op_text
 from costmodel.units import fmt_fraction, fmt_seconds, human
@@ -103,6 +103,7 @@ def test_major_ops_are_the_largest_and_their_numbers_are_the_predictions(mnist, 
                                    f"{fmt_fraction(op['fraction'])} of the step ({fmt_seconds(op['seconds'])})")
         assert human(op["rate"], op["unit"]) in sentence
         assert f"{op['bound']}-bound" in sentence
+        assert op["bound"] in ("compute", "memory", "implementation")
 
 
 def test_a_profile_coefficient_changes_the_rate_in_the_sentence(mnist):
@@ -115,12 +116,12 @@ def test_a_profile_coefficient_changes_the_rate_in_the_sentence(mnist):
         top[name] = (op, _sentences(f, "The major ops")[f["major_ops"].index(op)])
     (slow_op, slow_text), (fast_op, fast_text) = top["slow"], top["fast"]
     assert fast_op["rate"] > 2 * slow_op["rate"]
-    assert f"it moves {human(slow_op['rate'], 'B/s')}" in slow_text
-    assert f"it moves {human(fast_op['rate'], 'B/s')}" in fast_text
+    assert f"moves {human(slow_op['rate'], 'B/s')}" in slow_text
+    assert f"moves {human(fast_op['rate'], 'B/s')}" in fast_text
 
 
-@pytest.mark.parametrize("factor, bound, side", [(0.5, "compute", "above"), (2.0, "memory", "below")])
-def test_the_verdict_flips_when_the_machine_balance_passes_the_intensity(mnist, factor, bound, side):
+@pytest.mark.parametrize("factor, roof, side", [(0.5, "compute", "above"), (2.0, "memory", "below")])
+def test_the_roof_flips_when_the_machine_balance_passes_the_intensity(mnist, factor, roof, side):
     slow_matmul = {"matrix product": (5e-6, 1 / 1e9, 0.0)}  # the matrix products become the major ops
     probe = explain(mnist, synthetic_profile(rates=slow_matmul), threads=2)
     top = probe["major_ops"][0]
@@ -129,16 +130,50 @@ def test_the_verdict_flips_when_the_machine_balance_passes_the_intensity(mnist, 
     prof = synthetic_profile(rates=slow_matmul, machine_balance={"float32": balance, "float64": balance})
     f = explain(mnist, prof, threads=2)
     op = f["major_ops"][0]
-    assert (op["op"], op["layer"], op["bound"]) == (top["op"], top["layer"], bound)
+    assert (op["op"], op["layer"], op["roof"]) == (top["op"], top["layer"], roof)
     assert (f"= {op['intensity']:.3g} FLOP/B, {side} the machine balance of {balance:.3g} FLOP/B, "
-            f"so {bound}-bound") in _sentences(f, "The major ops")[0]
+            "so its roof is") in _sentences(f, "The major ops")[0]
 
 
-def test_roofline_of_an_op_without_flops_is_memory_bound(mnist, profile):
+def _timed(row, seconds):
+    """A predicted row with its seconds replaced (its rates follow)."""
+    import dataclasses
+
+    return dataclasses.replace(row, seconds=seconds)
+
+
+@pytest.mark.parametrize("share, bound", [(0.9, "compute"), (0.3, "compute"), (0.2, "implementation"),
+                                          (0.01, "implementation")])
+def test_the_verdict_is_the_roof_it_attains_or_its_implementation(mnist, profile, share, bound):
+    """A product at `share` of the peak: compute-bound down to IMPLEMENTATION_SHARE of it, below
+    that (and far below the bandwidth) bound by its implementation."""
+    row = next(r for r in predict(mnist, profile, threads=2).rows if r.name == "conv_matmul" and r.layer == 2)
+    peak = profile.ceilings.matmul_flops_per_second["float32"]
+    facts = roofline(_timed(row, row.flops / (share * peak)), profile.ceilings, "float32", "index")
+    assert facts["roof"] == "compute" and facts["bound"] == bound
+    assert facts["compute_share"] == pytest.approx(share)
+    assert facts["roof_seconds"] == pytest.approx(max(row.flops / peak, row.bytes / facts["bandwidth"]))
+
+
+def test_an_op_far_below_both_roofs_is_bound_by_its_implementation(mnist, profile):
+    """The slides' col2im: a scatter-add that moves a few percent of the measured bandwidth."""
+    f = explain(mnist, synthetic_profile(rates={"index manipulation": (5e-6, 0.0, 1 / 1e9)}), threads=2)
+    op = next(o for o in f["major_ops"] if o["op"] == "phi_grad")
+    assert op["roof"] == "memory" and op["bound"] == "implementation"
+    assert op["memory_share"] < IMPLEMENTATION_SHARE and op["compute_share"] < IMPLEMENTATION_SHARE
+    sentence = _sentences(f, "The major ops")[f["major_ops"].index(op)]
+    assert "far below both roofs" in sentence and "implementation-bound" in sentence
+    assert "scatter-add (np.add.at)" in sentence  # the record says how the index kernel does it
+    assert f"at the roofline it would take {fmt_seconds(op['roof_seconds'])}" in sentence
+
+
+def test_roofline_of_an_op_without_flops_has_the_memory_roof(mnist, profile):
     phi = next(r for r in predict(mnist, profile, threads=2).rows if r.name == "phi")
     facts = roofline(phi, profile.ceilings, "float32")
-    assert facts["intensity"] == 0 and facts["bound"] == "memory"
+    assert facts["intensity"] == 0 and facts["roof"] == "memory" and facts["compute_share"] == 0
     assert facts["rate"] == pytest.approx(phi.bytes / phi.seconds)
+    fast = roofline(_timed(phi, phi.bytes / (0.8 * facts["bandwidth"])), profile.ceilings, "float32")
+    assert fast["bound"] == "memory" and fast["memory_share"] == pytest.approx(0.8)
 
 
 # -- FLOPs against time ----------------------------------------------------------------------

@@ -70,9 +70,12 @@ def test_gradients_and_weights_match_one_process_on_the_whole_batch():
 
     X, Y = synthetic_batch(arch, 0)
     cnn = ReferenceCNN(arch, seed=0)
-    _, dW, db = cnn.loss_and_grads(X, Y)
+    cnn.loss_and_grads(X, Y)
+    grads = cnn.gradients()
+    cnn = ReferenceCNN(arch, seed=0)
     for _ in range(steps + 1):
         cnn.step(X, Y)
+    params = cnn.parameters()
     ts = TorchStep(arch, ReferenceCNN(arch, seed=0), X, Y)
     ts.step()
     torch_grads = [p.grad.detach().numpy().copy() for p in ts.params]
@@ -82,12 +85,12 @@ def test_gradients_and_weights_match_one_process_on_the_whole_batch():
     for overlap in (False, True):
         first, second = (r[("numpy", overlap)] for r in results)
         for rank in (first, second):
-            for m in range(arch.L):
-                assert _rel(rank["dW"][m], dW[m]) <= 1e-10
-                assert _rel(rank["db"][m], db[m]) <= 1e-10
-                assert _rel(rank["W"][m], cnn.W[m]) <= 1e-10
-        for a, b in zip(first["W"] + first["b"], second["W"] + second["b"]):  # identical on every worker
-            assert np.array_equal(a, b)
+            assert list(rank["grads"]) == list(grads) == ["W1", "b1", "W2", "b2", "W3", "b3", "W4", "b4"]
+            for name in grads:
+                assert _rel(rank["grads"][name], grads[name]) <= 1e-10
+                assert _rel(rank["params"][name], params[name]) <= 1e-10
+        for name in params:  # identical on every worker
+            assert np.array_equal(first["params"][name], second["params"][name])
 
         first, second = (r[("torch", overlap)] for r in results)
         for rank in (first, second):

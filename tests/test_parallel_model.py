@@ -205,3 +205,22 @@ def test_profiles_without_a_network_section_still_load_and_one_with_it_round_tri
 
     with pytest.raises(UsageError, match="link"):
         load_profile(path)
+
+
+def test_gradient_tensors_with_batch_norm_and_layers_without_weights():
+    from costmodel.model.arch import parse_arch
+
+    arch = parse_arch({"name": "bn", "input": {"height": 8, "width": 8, "channels": 3}, "batch": 4,
+                       "dtype": "float64", "layers": [
+                           {"type": "conv", "filters": 8, "kernel": 3, "padding": 1, "batch_norm": True},
+                           {"type": "conv", "filters": 8, "kernel": 3, "padding": 1, "groups": 2},
+                           {"type": "global_avg_pool"},
+                           {"type": "full", "units": 10}]})
+    tensors = gradient_tensors(arch)
+    assert [(t.layer, t.name, t.numel) for t in tensors] == [
+        (1, "W", 8 * 27), (1, "b", 8), (1, "gamma", 8), (1, "beta", 8),
+        (2, "W", 8 * 9 * 4), (2, "b", 8),  # groups 2: each filter sees 4 of the 8 channels
+        (4, "W", 80), (4, "b", 10)]
+    assert all(t.nbytes == 8 * t.numel for t in tensors)
+    rows = layer_collectives(tensors, 2, 1e-5, 1e-9)
+    assert [(r.layer, len(r.messages)) for r in rows] == [(4, 2), (2, 2), (1, 4)]

@@ -24,7 +24,7 @@ from costmodel.model.arch import Architecture
 from costmodel.errors import CostModelError
 from costmodel.machine.backends import OTHER
 from costmodel.machine.backends.torch import FUSED, torch_groups
-from costmodel.model.ops import OpKey, needs_flatten, op_list
+from costmodel.model.ops import OpKey, op_list
 
 from calib.measure import summarize
 
@@ -49,58 +49,155 @@ def import_torch():
 # ---------------------------------------------------------------------------------------------
 # The network (also used by benchmarks/vs_torch.py)
 
-def torch_layers(arch: Architecture, cnn) -> list:
-    """One nn.Sequential per layer m = 1..L (conv/linear, ReLU, max pooling; the first full
-    layer after a conv layer starts with nn.Flatten), with the reference CNN's weights."""
+def _modules(torch):
+    """The small modules torch has no ready form of, made once torch is imported."""
+    from torch import nn
+
+    class ResidualAdd(nn.Module):
+        """A residual block's addition F(X) + shortcut(X), then its activation."""
+
+        def __init__(self, activation: nn.Module | None):
+            super().__init__()
+            self.activation = activation
+
+        def forward(self, f, x):
+            s = f + x
+            return s if self.activation is None else self.activation(s)
+
+    class FixedDropout(nn.Module):
+        """Inverted dropout with a given mask (tests): x * keep / (1 - rate)."""
+
+        def __init__(self, keep: np.ndarray, rate: float):
+            super().__init__()
+            self.register_buffer("keep", torch.from_numpy(np.ascontiguousarray(keep)))
+            self.scale = 1.0 / (1.0 - rate)
+
+        def forward(self, x):
+            return x * self.keep * self.scale
+
+    return ResidualAdd, FixedDropout
+
+
+def _activation(nn, name: str):
+    return {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}[name]() if name != "none" else None
+
+
+def _to_nchw(keep: np.ndarray) -> np.ndarray:
+    """A dropout mask in the reference CNN's layout ((d, I, a, b) or (n, I)) in torch's."""
+    return keep.transpose(1, 0, 2, 3) if keep.ndim == 4 else keep.T
+
+
+def torch_layers(arch: Architecture, cnn=None, dropout_masks: dict | None = None) -> list:
+    """One module per layer m = 1..L of the flat list, with the reference CNN's parameters and
+    batch norm's running averages (cnn None: torch's own initial values):
+
+    - conv: [nn.ZeroPad2d for an asymmetric 'same' padding,] nn.Conv2d (stride, symmetric
+      padding, groups), [nn.BatchNorm2d,] [nn.ReLU | nn.Tanh | nn.Sigmoid,] [nn.MaxPool2d |
+      nn.AvgPool2d (window, stride, ceil_mode),] [nn.Dropout];
+    - full: [nn.Flatten when its input is an image,] nn.Linear, [nn.BatchNorm1d,] [activation,]
+      [nn.Dropout];
+    - global_avg_pool: nn.AdaptiveAvgPool2d((1, 1));
+    - residual_add: a module of two inputs, F(X) + shortcut(X), then the activation.
+
+    Batch norm has eps 1e-5 and momentum 0.1 and runs in training mode. ``dropout_masks``
+    ({m: bool mask in the reference CNN's layout}) replaces nn.Dropout by a fixed mask."""
     torch = import_torch()
     from torch import nn
 
+    ResidualAdd, FixedDropout = _modules(torch)
+    dtype = torch.float64 if arch.dtype == "float64" else torch.float32
     layers = []
-    for sz, W, b in zip(arch.sizes(), cnn.W, cnn.b):
+    sizes = arch.sizes()
+    for sz in sizes:
+        ref = None if cnn is None else cnn.layers[sz.m - 1]
+        if sz.kind == "global_avg_pool":
+            layers.append(nn.AdaptiveAvgPool2d((1, 1)))
+            continue
+        if sz.kind == "residual_add":
+            layers.append(ResidualAdd(_activation(nn, sz.activation)))
+            continue
         modules = []
         if sz.kind == "conv":
-            layer = nn.Conv2d(sz.d, sz.d_next, sz.h, stride=sz.s, padding=sz.p)
-            layer.weight.data = torch.from_numpy(W.reshape(sz.d_next, sz.d, sz.h, sz.h).copy())
+            if sz.p is None:  # padding: same, with the extra row/column at the bottom/right
+                modules.append(nn.ZeroPad2d((sz.p_left, sz.p_right, sz.p_top, sz.p_bottom)))
+            layer = nn.Conv2d(sz.d, sz.d_next, sz.h, stride=sz.s, padding=sz.p or 0, groups=sz.g)
+            shape = (sz.d_next, sz.d // sz.g, sz.h, sz.h)
+            norm = nn.BatchNorm2d(sz.d_next, eps=1e-5, momentum=0.1) if sz.batch_norm else None
         else:
-            if needs_flatten(arch, sz.m):
+            previous = sizes[sz.inputs[0] - 1] if sz.inputs[0] > 0 else None
+            if previous is not None and previous.kind != "full":
                 modules.append(nn.Flatten())
             layer = nn.Linear(sz.n_in, sz.n_out)
-            layer.weight.data = torch.from_numpy(W.copy())
-        layer.bias.data = torch.from_numpy(b.copy())
+            shape = (sz.n_out, sz.n_in)
+            norm = nn.BatchNorm1d(sz.n_out, eps=1e-5, momentum=0.1) if sz.batch_norm else None
+        if ref is not None:
+            layer.weight.data = torch.from_numpy(ref.W.reshape(shape).copy())
+            layer.bias.data = torch.from_numpy(ref.b.copy())
         modules.append(layer)
-        if arch.activation_of(sz.m) == "relu":
-            modules.append(nn.ReLU())
-        if sz.kind == "conv" and sz.pool > 1:
-            modules.append(nn.MaxPool2d(sz.pool, stride=sz.pool))
-        layers.append(nn.Sequential(*modules))
+        if norm is not None:
+            norm.to(dtype)
+            if ref is not None:
+                norm.weight.data = torch.from_numpy(ref.gamma.copy())
+                norm.bias.data = torch.from_numpy(ref.beta.copy())
+                norm.running_mean.copy_(torch.from_numpy(ref.running_mean))
+                norm.running_var.copy_(torch.from_numpy(ref.running_var))
+            modules.append(norm)
+        activation = _activation(nn, sz.activation)
+        if activation is not None:
+            modules.append(activation)
+        if sz.pooled:
+            pool = nn.AvgPool2d if sz.pool_type == "avg" else nn.MaxPool2d
+            modules.append(pool(sz.pool, stride=sz.pool_stride, ceil_mode=sz.pool_ceil))
+        if sz.dropout:
+            keep = (dropout_masks or {}).get(sz.m)
+            modules.append(nn.Dropout(sz.dropout) if keep is None
+                           else FixedDropout(_to_nchw(np.asarray(keep, dtype=bool)), sz.dropout))
+        layers.append(nn.Sequential(*modules).to(dtype))
     return layers
 
 
-def torch_net(arch: Architecture, cnn):
-    """nn.Sequential of the layers of torch_layers, with the reference CNN's weights."""
-    import_torch()
-    from torch import nn
+def torch_net(arch: Architecture, cnn=None, dropout_masks: dict | None = None):
+    """The network of torch_layers as one module: forward(x) runs the layers m = 1..L, each on
+    the outputs of its ``inputs`` (x is the network's input, NCHW or (I, n))."""
+    torch = import_torch()
 
-    return nn.Sequential(*torch_layers(arch, cnn))
+    class TorchNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = torch.nn.ModuleList(torch_layers(arch, cnn, dropout_masks))
+            self.inputs = [sz.inputs for sz in arch.sizes()]
+
+        def forward(self, x):
+            outputs = [x]
+            for layer, inputs in zip(self.layers, self.inputs):
+                outputs.append(layer(*(outputs[i] for i in inputs)))
+            return outputs[-1]
+
+    return TorchNet()
 
 
 class TorchStep:
-    """One SG step in PyTorch with simpleNN's update: Grad = dW/I + W/C, v = mu v - lr Grad.
+    """One SG step in PyTorch with simpleNN's update: Grad = dW/I + W/C, v = mu v - lr Grad,
+    on every parameter (batch norm's gamma and beta too).
 
     With ``ranges`` the step marks its layers, loss, backward and updates with
     record_function ranges for the profiler (see the module's docstring)."""
 
-    def __init__(self, arch: Architecture, cnn, X: np.ndarray, Y: np.ndarray, ranges: bool = False):
+    def __init__(self, arch: Architecture, cnn, X: np.ndarray, Y: np.ndarray, ranges: bool = False,
+                 dropout_masks: dict | None = None):
         torch = import_torch()
 
         self.torch = torch
         self.arch = arch
         self.ranges = ranges
-        self.layers = torch_layers(arch, cnn)
-        self.net = torch.nn.Sequential(*self.layers)
+        self.layers = torch_layers(arch, cnn, dropout_masks)
+        self.inputs = [sz.inputs for sz in arch.sizes()]
+        self.net = torch.nn.ModuleList(self.layers)
         self.params = list(self.net.parameters())
+        self.buffers = [b for b in self.net.buffers() if b.is_floating_point()]
         self.layer_params = [list(layer.parameters()) for layer in self.layers]
         self.start = [p.detach().clone() for p in self.params]
+        self.start_buffers = [b.detach().clone() for b in self.buffers]
         self.v = [torch.zeros_like(p) for p in self.params]
         self.layer_v = []
         i = 0
@@ -118,6 +215,8 @@ class TorchStep:
             for p, p0, v in zip(self.params, self.start, self.v):
                 p.copy_(p0)
                 v.zero_()
+            for b, b0 in zip(self.buffers, self.start_buffers):
+                b.copy_(b0)
 
     def _range(self, name: str):
         if self.ranges:
@@ -129,11 +228,11 @@ class TorchStep:
     def forward(self, x):
         """The layers' forward, each in its profiler range (DistributedDataParallel wraps it:
         calib/parallel)."""
-        z = x
-        for m, layer in enumerate(self.layers, start=1):
+        outputs = [x]
+        for m, (layer, inputs) in enumerate(zip(self.layers, self.inputs), start=1):
             with self._range(f"layer{m}:forward"):
-                z = layer(z)
-        return z
+                outputs.append(layer(*(outputs[i] for i in inputs)))
+        return outputs[-1]
 
     def step(self) -> None:
         torch, opt, I = self.torch, self.arch.optimizer, self.update_batch or self.x.shape[0]
@@ -149,6 +248,8 @@ class TorchStep:
             loss.backward()
         with torch.no_grad():
             for m, (ps, vs) in enumerate(zip(self.layer_params, self.layer_v), start=1):
+                if not ps:  # global average pooling, a residual addition: nothing to update
+                    continue
                 with self._range(f"layer{m}:update"):
                     for p, v in zip(ps, vs):
                         v.mul_(opt.momentum).sub_(opt.lr * (p.grad / I + p / opt.C))

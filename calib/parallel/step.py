@@ -105,11 +105,12 @@ def _identity(ctx) -> dict:
 # -- the NumPy reference -----------------------------------------------------------------------
 
 class LayerAllreduce:
-    """The reference CNN's hooks (ReferenceCNN.hook_grads): allreduce (SUM) dW^m and db^m in place
+    """The reference CNN's hooks (ReferenceCNN.hook_grads): allreduce (SUM) every gradient of a
+    layer (dW^m, db^m; dgamma^m, dbeta^m with batch normalization: layer.parameters()) in place
     as soon as the backward has them; with `overlap` asynchronously, waited for before the update.
 
     Timer laps: OpKey(m, kind, "allreduce", "communication") closes after the calls,
-    OpKey(m, kind, "allreduce_wait", "communication") after waiting for layer m's two."""
+    OpKey(m, kind, "allreduce_wait", "communication") after waiting for layer m's."""
 
     def __init__(self, overlap: bool):
         import torch
@@ -119,7 +120,7 @@ class LayerAllreduce:
         self.pending: list[tuple] = []
 
     def grads_ready(self, layer, tm) -> None:
-        tensors = (self.torch.from_numpy(layer.dW), self.torch.from_numpy(layer.db))
+        tensors = [self.torch.from_numpy(grad) for _, grad in layer.parameters().values()]
         if self.overlap:
             self.pending.append((layer, [self.dist.all_reduce(t, async_op=True) for t in tensors]))
         else:
@@ -147,7 +148,7 @@ def numpy_worker(arch: Architecture, impl: str, seed: int, threads: int, rank: i
     X, Y = synthetic_batch(arch, seed)
     Xr, Yr = shard(X, Y, rank, P)
     cnn = ReferenceCNN(local, impl=impl, seed=seed, threads=threads)
-    broadcast_(cnn.W + cnn.b)
+    broadcast_(list(cnn.parameters().values()))
     comm = LayerAllreduce(overlap)
     cnn.hook_grads(comm.grads_ready, comm.before_update, update_batch=arch.batch)
     return cnn, Xr, Yr
@@ -162,7 +163,7 @@ def measure_numpy(ctx, arch: Architecture, impl: str, steps: int, warmup: int, o
     from calib.timer import OpTimer
 
     cnn, Xr, Yr = numpy_worker(arch, impl, seed, ctx.threads, ctx.rank, ctx.world_size, overlap)
-    params = cnn.W + cnn.b + cnn.vW + cnn.vb
+    params = cnn.state()
     start = [a.copy() for a in params]
     timer = OpTimer()
     compute, comm, walls = [], [], []
@@ -182,8 +183,9 @@ def measure_numpy(ctx, arch: Architecture, impl: str, steps: int, warmup: int, o
         comm.append({k.layer: (s, seconds.get(k._replace(op=WAIT), 0.0))
                      for k, s in seconds.items() if k.op == ALLREDUCE})
     rows = {layer.m: {"layer": layer.m, "layer_type": layer.sz.kind,
-                      "bytes": layer.dW.nbytes + layer.db.nbytes, "calls": 2}
-            for layer in reversed(cnn.layers)}
+                      "bytes": sum(grad.nbytes for _, grad in layer.parameters().values()),
+                      "calls": len(layer.parameters())}
+            for layer in reversed(cnn.layers) if layer.parameters()}
     order = [k for k in timer.keys() if k.phase != COMMUNICATION]
     return {**_identity(ctx), "batch": cnn.I, "impl": impl,
             **worker_summary(compute, comm, walls, order, rows)}
@@ -379,14 +381,15 @@ def measure_ddp(ctx, arch: Architecture, steps: int, warmup: int, overlap: bool,
 # -- checks (tests and the benchmark) ----------------------------------------------------------
 
 def numpy_grads_after_allreduce(ctx, arch: Architecture, impl: str, overlap: bool, steps: int, seed: int = 0) -> dict:
-    """Task: one data-parallel step of the reference CNN, then its dW^m and db^m (the sums over the
-    whole mini-batch), then `steps` more steps; the weights at the end."""
+    """Task: one data-parallel step of the reference CNN, then its gradients by name (the sums over
+    the whole mini-batch: ReferenceCNN.gradients), then `steps` more steps; the parameters at the
+    end by name."""
     cnn, Xr, Yr = numpy_worker(arch, impl, seed, ctx.threads, ctx.rank, ctx.world_size, overlap)
     cnn.step(Xr, Yr)
-    grads = ([layer.dW.copy() for layer in cnn.layers], [layer.db.copy() for layer in cnn.layers])
+    grads = cnn.gradients()
     for _ in range(steps):
         cnn.step(Xr, Yr)
-    return {"dW": grads[0], "db": grads[1], "W": [w.copy() for w in cnn.W], "b": [b.copy() for b in cnn.b]}
+    return {"grads": grads, "params": {name: a.copy() for name, a in cnn.parameters().items()}}
 
 
 def ddp_grads_after_allreduce(ctx, arch: Architecture, overlap: bool, steps: int, seed: int = 0) -> dict:

@@ -76,18 +76,22 @@ class GradTensor:
 
 
 def gradient_tensors(arch: Architecture) -> list[GradTensor]:
-    """The gradients of a step in forward order (W^1, b^1, W^2, ...), as the reference CNN
-    and PyTorch hold them: conv W^m is d^{m+1} x h^m h^m d^m, full W^m n_out x n_in, b^m one
-    value per output; bytes at the architecture's dtype."""
-    width = 8 if arch.dtype == "float64" else 4
+    """The gradients of a step in forward order (W^1, b^1, [gamma^1, beta^1,] W^2, ...), as the
+    reference CNN and PyTorch hold them: W^m of LayerSizes.weight_shape (conv d^{m+1} x
+    h^m h^m d^m/g, full n_out x n_in), b^m one value per output, and with batch normalization
+    gamma^m and beta^m one each; layers without weights have none. Bytes at the architecture's
+    dtype."""
+    width = arch.itemsize
     out: list[GradTensor] = []
     for sz in arch.sizes():
-        if sz.kind == "conv":
-            n_W, n_b = sz.d_next * sz.h * sz.h * sz.d, sz.d_next
-        else:
-            n_W, n_b = sz.n_out * sz.n_in, sz.n_out
-        out.append(GradTensor(sz.m, sz.kind, "W", n_W, n_W * width))
-        out.append(GradTensor(sz.m, sz.kind, "b", n_b, n_b * width))
+        shape = sz.weight_shape
+        if shape is None:
+            continue
+        n_out = shape[0]
+        names = [("W", shape[0] * shape[1]), ("b", n_out)]
+        if sz.batch_norm:
+            names += [("gamma", n_out), ("beta", n_out)]
+        out += [GradTensor(sz.m, sz.kind, name, n, n * width) for name, n in names]
     return out
 
 
@@ -113,8 +117,8 @@ class Collective:
 
 def layer_collectives(tensors: Sequence[GradTensor], P: int, alpha: float, beta: float) -> list[Collective]:
     """The reference CNN's allreduces (calib/parallel): one row per layer with weights, in the
-    order the backward produces them (L down to 1), each two collectives (dW^m, then db^m) of the
-    ring model's time."""
+    order the backward produces them (L down to 1), one collective per gradient of the layer
+    (dW^m, db^m, and dgamma^m, dbeta^m with batch normalization), each of the ring model's time."""
     by_layer: dict[int, list[GradTensor]] = {}
     for t in tensors:
         by_layer.setdefault(t.layer, []).append(t)

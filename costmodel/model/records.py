@@ -8,7 +8,7 @@ layer's ops within a phase is the order in which their records are registered.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Mapping, NamedTuple
 
 from costmodel.model.arch import Architecture, LayerSizes
@@ -68,7 +68,8 @@ class OpRecord:
     `latex` is the slides' LaTeX of the op (for the loss ops a mapping loss -> LaTeX).
     `runs` says whether a layer runs the op (an op a layer does not run is absent from the
     op list, never listed as zero). `twin` names the forward op whose shapes a backward op
-    reuses. Records compare and hash by identity: each is registered once.
+    reuses; `how` says, per implementation, how its kernel does the op (explain cites it).
+    Records compare and hash by identity: each is registered once.
     """
 
     name: str
@@ -81,6 +82,7 @@ class OpRecord:
     cost: "CostFunction"
     runs: Callable[[LayerContext], bool] = _always
     twin: str | None = None
+    how: Mapping[str, str] = field(default_factory=dict)  # implementation -> how its kernel does it
 
     def latex_for(self, loss: str) -> str:
         return self.latex[loss] if isinstance(self.latex, Mapping) else self.latex
@@ -92,7 +94,7 @@ RECORDS: dict[tuple[str, str], OpRecord] = {}
 
 def op(layer_kind: str, name: str, phase: str, kind: str, *, text: str, mathtext: str,
        latex: str | Mapping[str, str], runs: Callable[[LayerContext], bool] = _always,
-       twin: str | None = None, cost: "CostFunction | None" = None):
+       twin: str | None = None, how: Mapping[str, str] | None = None, cost: "CostFunction | None" = None):
     """Register the record of op `name` of `layer_kind` layers, with the decorated function
     (or `cost`) as its cost function. A second registration of the same op is an error
     (as torch/utils/flop_counter.py's register)."""
@@ -102,7 +104,8 @@ def op(layer_kind: str, name: str, phase: str, kind: str, *, text: str, mathtext
     def register(fn: "CostFunction") -> "CostFunction":
         if (layer_kind, name) in RECORDS:
             raise ValueError(f"op {name!r} of {layer_kind} layers is registered twice")
-        RECORDS[(layer_kind, name)] = OpRecord(name, phase, layer_kind, kind, text, mathtext, latex, fn, runs, twin)
+        RECORDS[(layer_kind, name)] = OpRecord(name, phase, layer_kind, kind, text, mathtext, latex, fn, runs, twin,
+                                               dict(how or {}))
         return fn
 
     return register(cost) if cost is not None else register

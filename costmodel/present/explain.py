@@ -15,7 +15,7 @@ from costmodel.errors import CostModelError
 from costmodel.machine.predict import Prediction, PredictedRow, predict
 from costmodel.machine.sweep import sweep
 from costmodel.model.costs import IMPLS, OpSpec
-from costmodel.present.explain_text import render_text, sentences
+from costmodel.present.explain_text import IMPLEMENTATION_SHARE, render_text, sentences
 from costmodel.present.notation import course_name
 
 if TYPE_CHECKING:
@@ -27,7 +27,8 @@ MAJOR_SHARE = 0.75
 MAX_MAJOR = 6
 BATCHES = (1, 8, 64, 512)
 
-__all__ = ["BATCHES", "MAJOR_SHARE", "MAX_MAJOR", "bandwidth_at", "explain", "memory_bandwidth", "render_text"]
+__all__ = ["BATCHES", "IMPLEMENTATION_SHARE", "MAJOR_SHARE", "MAX_MAJOR", "bandwidth_at", "explain",
+           "memory_bandwidth", "render_text", "roofline"]
 
 
 def bandwidth_at(ceilings: "Ceilings", nbytes: float) -> tuple[float, int]:
@@ -43,22 +44,36 @@ def memory_bandwidth(ceilings: "Ceilings") -> float:
     return max(ceilings.bandwidth, key=lambda p: p.working_set_bytes).bytes_per_second
 
 
-def roofline(row: PredictedRow, ceilings: "Ceilings", dtype: str) -> dict:
-    """One row against the roofline: intensity, the bound it falls under, the rate it reaches
-    (its FLOPs or bytes over its seconds) and that rate's share of the matching ceiling."""
+def roofline(row: PredictedRow, ceilings: "Ceilings", dtype: str, impl: str = "") -> dict:
+    """One row against the roofline (Williams, Waterman and Patterson, 2009): its intensity, the
+    roof it would reach (the matrix-product peak above the machine balance, the bandwidth of
+    its working set's level below it), the share of each roof it attains, and the verdict:
+    compute- or memory-bound when it attains at least IMPLEMENTATION_SHARE of a roof, else
+    implementation-bound (far below both roofs: per-call overhead, scatter-adds, Python
+    loops), with `roof_seconds`, its time at the roofline, max(FLOPs / peak, bytes / bandwidth)."""
     flops, nbytes, secs = row.flops, row.bytes, row.seconds
     intensity = flops / nbytes if nbytes else 0.0
     balance = ceilings.machine_balance[dtype]
-    facts = {"intensity": intensity, "machine_balance": balance}
-    if flops and intensity >= balance:
-        peak = ceilings.matmul_flops_per_second[dtype]
-        rate = flops / secs if secs > 0 else 0.0
-        facts.update(bound="compute", rate=rate, unit="FLOP/s", ceiling=peak, ceiling_share=rate / peak)
+    peak = ceilings.matmul_flops_per_second[dtype]
+    bandwidth, working_set = bandwidth_at(ceilings, nbytes)
+    flop_rate = flops / secs if secs > 0 else 0.0
+    byte_rate = nbytes / secs if secs > 0 else 0.0
+    shares = {"compute": flop_rate / peak, "memory": byte_rate / bandwidth}
+    roof = "compute" if flops and intensity >= balance else "memory"
+    attained = max(shares, key=shares.get)
+    bound = attained if shares[attained] >= IMPLEMENTATION_SHARE else "implementation"
+    facts = {"intensity": intensity, "machine_balance": balance, "roof": roof, "bound": bound,
+             "peak": peak, "bandwidth": bandwidth, "ceiling_working_set_bytes": working_set,
+             "flop_rate": flop_rate, "byte_rate": byte_rate, "compute_share": shares["compute"],
+             "memory_share": shares["memory"], "roof_seconds": max(flops / peak, nbytes / bandwidth),
+             "call_share": row.terms.get("calls", 0.0) / secs if secs > 0 else 0.0}
+    if roof == "compute":
+        facts.update(rate=flop_rate, unit="FLOP/s", ceiling=peak, ceiling_share=shares["compute"])
     else:
-        bandwidth, working_set = bandwidth_at(ceilings, nbytes)
-        rate = nbytes / secs if secs > 0 else 0.0
-        facts.update(bound="memory", rate=rate, unit="B/s", ceiling=bandwidth, ceiling_share=rate / bandwidth,
-                     ceiling_working_set_bytes=working_set)
+        facts.update(rate=byte_rate, unit="B/s", ceiling=bandwidth, ceiling_share=shares["memory"])
+    how = row.row.how.get(impl)
+    if how:
+        facts["how"] = how
     return facts
 
 
@@ -74,7 +89,7 @@ def major_ops(pred: Prediction, ceilings: "Ceilings") -> list[dict]:
     rows = sorted(pred.rows, key=lambda r: r.seconds, reverse=True)
     chosen, share = [], 0.0
     for row in rows[:MAX_MAJOR]:
-        chosen.append(_op_facts(row) | roofline(row, ceilings, pred.dtype))
+        chosen.append(_op_facts(row) | roofline(row, ceilings, pred.dtype, pred.impl))
         share += row.fraction
         if share >= MAJOR_SHARE:
             break

@@ -12,6 +12,12 @@ from costmodel.units import fmt_fraction, fmt_seconds, human, iec as _iec, threa
 
 #: a kind whose share moves by less than this (percentage points) keeps its share
 STEADY_PP = 1.0
+#: an op that reaches less than this share of both roofs is bound by its implementation
+#: (costmodel.present.explain.roofline)
+IMPLEMENTATION_SHARE = 0.25
+#: an implementation-bound op whose per-call term is at least this share of its time is
+#: bound by per-call overhead
+OVERHEAD_SHARE = 0.5
 
 
 def label(op: dict) -> str:
@@ -31,21 +37,37 @@ def _num(x: float) -> str:
 
 
 def _op_sentence(op: dict) -> str:
+    """One major op against the roofline: where its roof is, what it attains of each roof, the
+    verdict that follows from the numbers, and what would move it."""
     head = f"{label(op)}: {fmt_fraction(op['fraction'])} of the step ({fmt_seconds(op['seconds'])}); "
     if op["flops"]:
-        side = "above" if op["bound"] == "compute" else "below"
+        side = "above" if op["intensity"] >= op["machine_balance"] else "below"
         work = (f"{human(op['flops'], 'FLOP')} over {human(op['bytes'], 'B')} = {op['intensity']:.3g} FLOP/B, "
-                f"{side} the machine balance of {op['machine_balance']:.3g} FLOP/B, so {op['bound']}-bound")
+                f"{side} the machine balance of {op['machine_balance']:.3g} FLOP/B")
     else:
-        work = f"no FLOPs over {human(op['bytes'], 'B')}, so memory-bound"
+        work = f"no FLOPs over {human(op['bytes'], 'B')}"
+    roof = (f"the {human(op['peak'], 'FLOP/s')} matrix-product peak" if op["roof"] == "compute" else
+            f"the {human(op['bandwidth'], 'B/s')} measured with a working set of "
+            f"{_iec(op['ceiling_working_set_bytes'])}")
+    compute = f"runs at {human(op['flop_rate'], 'FLOP/s')} ({fmt_fraction(op['compute_share'])} of the peak)"
+    memory = f"moves {human(op['byte_rate'], 'B/s')} ({fmt_fraction(op['memory_share'])} of that bandwidth)" \
+        if op["roof"] == "memory" else \
+        f"moves {human(op['byte_rate'], 'B/s')} ({fmt_fraction(op['memory_share'])} of the bandwidth)"
     if op["bound"] == "compute":
-        rate = (f"it runs at {human(op['rate'], 'FLOP/s')}, {fmt_fraction(op['ceiling_share'])} of the "
-                f"matrix-product peak of {human(op['ceiling'], 'FLOP/s')}")
+        verdict = f"It {compute}: compute-bound; fewer FLOPs or more cores would move it"
+    elif op["bound"] == "memory":
+        verdict = (f"It {memory}: memory-bound; fewer bytes (fused with its neighbours, a smaller dtype) "
+                   "would move it")
     else:
-        rate = (f"it moves {human(op['rate'], 'B/s')}, {fmt_fraction(op['ceiling_share'])} of the "
-                f"{human(op['ceiling'], 'B/s')} measured with a working set of "
-                f"{_iec(op['ceiling_working_set_bytes'])}")
-    return f"{head}{work}; {rate}."
+        cause = (f"per-call overhead is {fmt_fraction(op['call_share'])} of its time"
+                 if op["call_share"] >= OVERHEAD_SHARE else
+                 f"its kernel ({op['how']}) is the cost" if op.get("how") else "its kernel is the cost")
+        at_roof = (f"; at the roofline it would take {fmt_seconds(op['roof_seconds'])}, "
+                   f"{_num(op['seconds'] / op['roof_seconds'])} times less" if op["roof_seconds"] > 0 else "")
+        first, second = (memory, compute) if op["roof"] == "memory" else (compute, memory)
+        verdict = (f"It {first} and {second}: far below both roofs (under {fmt_fraction(IMPLEMENTATION_SHARE)}), "
+                   f"so implementation-bound: {cause}{at_roof}")
+    return f"{head}{work}, so its roof is {roof}. {verdict}."
 
 
 def _kind_sentences(kinds: list[dict]) -> list[str]:
@@ -136,7 +158,7 @@ def sentences(facts: dict) -> list[dict]:
         f"{fmt_seconds(facts['total_seconds_low'])} - {fmt_seconds(facts['total_seconds_high'])}).",
         f"The profile's machine ({facts['profile']['cpu_model']}) reaches {human(facts['matmul_peak'], 'FLOP/s')} "
         f"in a matrix product and streams {human(facts['memory_bandwidth'], 'B/s')} from memory: a machine balance "
-        f"of {facts['machine_balance']:.3g} FLOP/B, below which an op is memory-bound.",
+        f"of {facts['machine_balance']:.3g} FLOP/B, below which an op's roof is the bandwidth, not the peak.",
     ]
     return [
         {"title": "The step", "sentences": step},

@@ -57,6 +57,7 @@ class Row:
     mathtext: str
     basis: Mapping[str, float] = field(default_factory=dict)
     extra: Mapping[str, float] = field(default_factory=dict)  # backend columns shown in outputs
+    how: Mapping[str, str] = field(default_factory=dict)  # implementation -> how its kernel does it
 
     @property
     def name(self) -> str:

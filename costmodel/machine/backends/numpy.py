@@ -70,7 +70,7 @@ class NumpyBackend:
             rows.append(Row(ref.layer, ref.layer_type, (ref.op,), ref.phase, ref.kind, flops,
                             int(costs.bytes_read[i]), int(costs.bytes_written[i]), int(costs.memory_kept[i]),
                             model_key(ref.op, loss, regime(ref.kind, flops, nbytes, threaded)),
-                            ref.record.text, ref.record.mathtext))
+                            ref.record.text, ref.record.mathtext, how=ref.record.how))
         return rows
 
     def rows(self, arch: "Architecture", impl: str, threads: int, machine: "Machine") -> list[Row]:

@@ -13,7 +13,8 @@ from costmodel.model.records import (ELEMENTWISE, INDEX, MATMUL, UPDATE, has_act
 # -- conv layers: forward, in step order -------------------------------------------------------
 
 @op("conv", "pad", "forward", INDEX, runs=has_padding, text="pad(Z$m)", mathtext=r"\mathrm{pad}(Z$m)",
-    latex=r"\mathsf{pad}(Z^{m,i})")
+    latex=r"\mathsf{pad}(Z^{m,i})",
+    how={"index": "a new zero-filled array, then a strided copy of Z", "strided": "a strided copy into a kept array"})
 def pad(x, spec: OpSpec) -> OpCost:
     """Zero padding; index writes a new zero-filled Zpad, strided only the interior of a
     preallocated one. Keeps nothing (phi(pad(Z)) is kept instead)."""
@@ -24,7 +25,9 @@ def pad(x, spec: OpSpec) -> OpCost:
 
 
 @op("conv", "phi", "forward", INDEX, text="phi(pad(Z$m))", mathtext=r"\phi(\mathrm{pad}(Z$m))",
-    latex=r"\phi(\mathsf{pad}(Z^{m,i}))")
+    latex=r"\phi(\mathsf{pad}(Z^{m,i}))",
+    how={"index": "a gather (np.take) through the index array idx_phi",
+         "strided": "h^m h^m copies of strided windows"})
 def phi(x, spec: OpSpec) -> OpCost:
     """im2col: gathers Zpad into phi(pad(Z)) (K,N) (through idx_phi in index).
     Keeps phi, which conv_grad_W reads. With p^m = 0, a^m_pad = a^m: it reads Z."""
@@ -52,7 +55,9 @@ op("conv", "activation", "forward", ELEMENTWISE, runs=has_activation, text="sigm
 
 @op("conv", "pool", "forward", INDEX, runs=has_pooling, text="P_pool$m vec(sigma(S$m))",
     mathtext=r"P_{\mathrm{pool}}$m\mathrm{vec}(\sigma(S$m))",
-    latex=r"\mathsf{mat}(P^{m,i}_{\mathrm{pool}} \mathsf{vec}(\sigma(S^{m,i})))")
+    latex=r"\mathsf{mat}(P^{m,i}_{\mathrm{pool}} \mathsf{vec}(\sigma(S^{m,i})))",
+    how={"index": "a gather of the windows through idx_pool, then argmax", "strided": "a running maximum over the "
+         "window's offsets"})
 def pool(x, spec: OpSpec) -> OpCost:
     """Max-pooling of A over non-overlapping windows (the last rows/columns cropped):
     h_pool^2 - 1 comparisons per output; index gathers the windows through idx_pool.
@@ -69,7 +74,9 @@ def pool(x, spec: OpSpec) -> OpCost:
 
 @op("conv", "pool_grad", "backward", INDEX, runs=has_pooling, twin="pool", text="(P_pool$m)^T dZ$n",
     mathtext=r"(P_{\mathrm{pool}}$m)^T dZ$n",
-    latex=r"P^{mT}_{\mathrm{pool}} \mathsf{vec}\bigl(\frac{\partial f}{\partial Z^{m+1}}\bigr)")
+    latex=r"P^{mT}_{\mathrm{pool}} \mathsf{vec}\bigl(\frac{\partial f}{\partial Z^{m+1}}\bigr)",
+    how={"index": "a scatter into a new zero array through the positions of the maxima",
+         "strided": "a masked product per window offset"})
 def pool_grad(x, spec: OpSpec) -> OpCost:
     """Scatters dZ^{m+1} into the positions of the maxima of a zero dA."""
     c = conv_arrays(x)
@@ -102,7 +109,8 @@ def conv_grad_input(x, spec: OpSpec) -> OpCost:
 
 
 @op("conv", "phi_grad", "backward", INDEX, runs=has_input_gradient, twin="phi", text="(P_phi$m)^T (col2im)",
-    mathtext=r"(P_{\phi}$m)^T\,(\mathrm{col2im})", latex=r"P^{mT}_{\phi} \mathsf{vec}(\cdot)")
+    mathtext=r"(P_{\phi}$m)^T\,(\mathrm{col2im})", latex=r"P^{mT}_{\phi} \mathsf{vec}(\cdot)",
+    how={"index": "a scatter-add (np.add.at) through idx_phi", "strided": "h^m h^m shifted adds"})
 def phi_grad(x, spec: OpSpec) -> OpCost:
     """col2im: scatter-adds dphi (K,N) into dZpad, one add per element of dphi."""
     c = conv_arrays(x)
