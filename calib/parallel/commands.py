@@ -24,26 +24,30 @@ def group_options(*, workers, init, rank, world_size, threads, timeout, oversubs
 
 # -- measure ---------------------------------------------------------------------------------
 
-def _with_costs(rows: list[dict], arch, impl: str, backend: str) -> None:
-    """FLOPs and bytes of the compute rows at I/P, as `measure` gives them (the cost model; for
-    torch its op groups, None for "other"); an allreduce row keeps its message bytes and has no
-    FLOPs."""
-    compute = [r for r in rows if r["phase"] != "communication"]
-    for row in rows:
-        if row["phase"] == "communication":
-            row["flops"] = None
+def cost_table(arch, impl: str, backend: str) -> dict:
+    """(layer, op, phase) -> (FLOPs, bytes) of the compute rows at I/P, as `measure` gives them
+    (the cost model; for torch its op groups). Made before the workers start: an architecture
+    the cost model refuses fails at once."""
     if backend == "torch":
-        from calib.backends.torch import with_costs
+        from costmodel.machine.backends.torch import BYTES_IMPL, TorchBackend
+        from costmodel.model.step import step_costs
 
-        with_costs({"ops": compute}, arch)
-        return
+        return {r.key: (r.flops, r.bytes) for r in TorchBackend().rows_of(step_costs(arch, BYTES_IMPL))}
     from costmodel.model.step import step_costs
 
     costs = step_costs(arch, impl)
-    index = {(ref.layer, ref.op, ref.phase): i for i, ref in enumerate(costs.ops)}
-    for row in compute:
-        i = index.get((row["layer"], row["op"], row["phase"]))
-        row["flops"], row["bytes"] = (None, None) if i is None else (int(costs.flops[i]), int(costs.bytes[i]))
+    return {(ref.layer, ref.op, ref.phase): (int(costs.flops[i]), int(costs.bytes[i]))
+            for i, ref in enumerate(costs.ops)}
+
+
+def _with_costs(rows: list[dict], table: dict) -> None:
+    """FLOPs and bytes onto the rows (None where the table has none, as torch's "other"); an
+    allreduce row keeps its message bytes and has no FLOPs."""
+    for row in rows:
+        if row["phase"] == "communication":
+            row["flops"] = None
+        else:
+            row["flops"], row["bytes"] = table.get((row["layer"], row["op"], row["phase"]), (None, None))
 
 
 def measure_parallel(arch, plan: GroupPlan, *, backend: str, impl: str, steps: int, warmup: int, overlap: bool,
@@ -54,6 +58,8 @@ def measure_parallel(arch, plan: GroupPlan, *, backend: str, impl: str, steps: i
 
     P = plan.world_size
     n = per_worker(arch.batch, P)
+    local = arch.with_batch(n)
+    table = cost_table(local, impl, backend)
     if backend == "torch":
         ranks = run(plan, measure_ddp, (arch, steps, warmup, overlap, seed), log=log)
         impl = "torch"
@@ -62,9 +68,8 @@ def measure_parallel(arch, plan: GroupPlan, *, backend: str, impl: str, steps: i
 
         check_memory(arch.with_batch(n), impl)
         ranks = run(plan, measure_numpy, (arch, impl, steps, warmup, overlap, seed), log=log)
-    local = arch.with_batch(n)
     for r in ranks:
-        _with_costs(r["ops"], local, impl, backend)
+        _with_costs(r["ops"], table)
     slowest = max(ranks, key=lambda r: r["step_seconds"])
     return {
         "arch": arch.name, "batch": arch.batch, "batch_per_worker": n, "workers": P, "dtype": arch.dtype,
