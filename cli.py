@@ -102,6 +102,17 @@ ImplOpt = Annotated[Impl, typer.Option("--impl", help="Implementation of the ind
 FormatOpt = Annotated[Format, typer.Option("--format", help="Output format.")]
 
 
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="Data-parallel SG: P worker processes on this "
+                                                   "machine (gloo), each on its share of the cores.")]
+InitOpt = Annotated[Optional[str], typer.Option("--init", help="Join a data-parallel group across machines: "
+                                                "tcp://HOST:PORT of rank 0 (or env:// for torchrun's variables).")]
+RankOpt = Annotated[Optional[int], typer.Option("--rank", help="With --init: this process's rank R.")]
+WorldSizeOpt = Annotated[Optional[int], typer.Option("--world-size", help="With --init: the number of workers P.")]
+OversubscribeOpt = Annotated[bool, typer.Option("--oversubscribe", help="Allow more worker threads than cores.")]
+TimeoutOpt = Annotated[Optional[float], typer.Option("--timeout", help="Seconds the rendezvous and every "
+                                                     "collective may take (default 60).")]
+
+
 def _progress(label: str):
     """A progress callback writing one updating line to stderr (silent when stderr is not a tty)."""
     interactive = sys.stderr.isatty()
@@ -128,14 +139,24 @@ def measure(
     fmt: FormatOpt = Format.table,
     backend: Annotated[Backend, typer.Option("--backend", help="numpy: the reference CNN; torch: the same "
                                              "step in PyTorch, per op from torch.profiler.")] = Backend.numpy,
+    workers: WorkersOpt = None,
+    overlap: Annotated[bool, typer.Option("--overlap", help="Data-parallel: allreduce asynchronously while the "
+                                          "backward goes on (waited for before the update).")] = False,
+    init: InitOpt = None,
+    rank: RankOpt = None,
+    world_size: WorldSizeOpt = None,
+    oversubscribe: OversubscribeOpt = False,
+    timeout: TimeoutOpt = None,
 ) -> None:
-    """Run real SG steps of the reference NumPy CNN (or PyTorch) and report the time of every op."""
+    """Run real SG steps of the reference NumPy CNN (or PyTorch) and report the time of every op;
+    with --workers P (or --init), data-parallel SG on torch.distributed (docs/data-parallel.md)."""
     arch = _arch_file(arch, example)
     from calib.commands import measure_command
 
     typer.echo(measure_command(arch, batch=batch, steps=steps, warmup=warmup, threads=threads,
                                impl=impl.value, fmt=fmt.value, progress=_progress("measure"),
-                               backend=backend.value), nl=False)
+                               backend=backend.value, workers=workers, overlap=overlap, init=init, rank=rank,
+                               world_size=world_size, oversubscribe=oversubscribe, timeout=timeout), nl=False)
 
 
 @app.command()
@@ -249,8 +270,45 @@ def calibrate(
                                              "PyTorch's op groups (needs the torch extra).")] = Backend.numpy,
     accept_noisy: Annotated[bool, typer.Option("--accept-noisy", help="Write the profile even if other load "
                                                "disturbed the calibration, marked noisy.")] = False,
+    network: Annotated[bool, typer.Option("--network", help="Calibrate the network instead: a gloo allreduce "
+                                          "microbenchmark, fitted to the ring model (alpha, beta).")] = False,
+    workers: WorkersOpt = None,
+    link: Annotated[Optional[str], typer.Option("--link", help="With --network: a link you do not have: 1GbE, "
+                                                "10GbE, 25GbE or 100GbE (docs/data-parallel.md).")] = None,
+    latency: Annotated[Optional[str], typer.Option("--latency", help="With --network: a given link's latency, "
+                                                   "e.g. 50us.")] = None,
+    bandwidth: Annotated[Optional[str], typer.Option("--bandwidth", help="With --network: a given link's "
+                                                     "bandwidth, e.g. 1.25GB/s or 10Gbit/s.")] = None,
+    init: InitOpt = None,
+    rank: RankOpt = None,
+    world_size: WorldSizeOpt = None,
+    oversubscribe: OversubscribeOpt = False,
+    timeout: TimeoutOpt = None,
 ) -> None:
-    """Time the reference CNN's op kernels (or PyTorch's) on this CPU, fit the cost model, write a machine profile."""
+    """Time the reference CNN's op kernels (or PyTorch's) on this CPU, fit the cost model, write a machine profile;
+    with --network, the allreduce between data-parallel workers."""
+    network_options = {"--workers": workers, "--link": link, "--latency": latency, "--bandwidth": bandwidth,
+                       "--init": init, "--rank": rank, "--world-size": world_size,
+                       "--oversubscribe": oversubscribe or None, "--timeout": timeout}
+    if network:
+        from costmodel.errors import UsageError
+
+        for name, value in {"--dtype": dtype, "--impl": impl,
+                            "--backend": backend if backend != Backend.numpy else None}.items():
+            if value:
+                raise UsageError(f"{name} is for the op models; leave it out with --network")
+        from calib.commands import calibrate_network_command
+
+        typer.echo(calibrate_network_command(workers=workers, init=init, rank=rank, world_size=world_size,
+                                             threads=threads, timeout=timeout, oversubscribe=oversubscribe, link=link,
+                                             latency=latency, bandwidth=bandwidth, quick=quick, output=output,
+                                             fmt="table"), nl=False)
+        return
+    given = [name for name, value in network_options.items() if value is not None]
+    if given:
+        from costmodel.errors import UsageError
+
+        raise UsageError(f"{given[0]} goes with --network")
     from calib.commands import calibrate_command
 
     typer.echo(calibrate_command(quick=quick, threads=threads, dtypes=dtype,

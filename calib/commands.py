@@ -51,7 +51,15 @@ def _with_costs(result: dict, arch, impl: str) -> dict:
 
 
 def measure_command(arch_path: Path, *, batch, steps, warmup, threads, impl, fmt, progress=None,
-                    backend: str = "numpy") -> str:
+                    backend: str = "numpy", workers=None, overlap=False, init=None, rank=None, world_size=None,
+                    oversubscribe=False, timeout=None) -> str:
+    from calib.parallel.commands import measure_parallel_command
+
+    text = measure_parallel_command(arch_path, batch=batch, steps=steps, warmup=warmup, threads=threads, impl=impl,
+                                    fmt=fmt, backend=backend, workers=workers, overlap=overlap, init=init, rank=rank,
+                                    world_size=world_size, oversubscribe=oversubscribe, timeout=timeout)
+    if text is not None:  # data-parallel SG: --workers, --init or torchrun's environment
+        return text
     check_threads(threads)
     if backend == "torch":
         return measure_torch_command(arch_path, batch=batch, steps=steps, warmup=warmup, threads=threads,
@@ -162,6 +170,8 @@ def calibrate_command(*, quick, threads, dtypes, impls, output, progress=None, b
         print(f"costmodel: warning: the machine was disturbed while calibrating ({reasons}): "
               "the profile is written marked noisy (--accept-noisy)", file=sys.stderr)
     profile = to_profile(result, merge_into=previous, accept_noisy=accept_noisy)
+    if previous is not None and previous.network is not None:  # `calibrate --network` keeps its section
+        profile = profile.model_copy(update={"network": previous.network})
     save_profile(profile, path)
     print(f"profile written to {path} ({result['calibration_seconds']:.1f} s)", file=sys.stderr)
     return render_profile(profile, "table")
@@ -370,3 +380,10 @@ def compare_plot(result: dict, profile, path: Path, by: str = "kind") -> None:
 
     plot_compare(result, profile.ceilings, path, by)
     print(f"plot written to {path}", file=sys.stderr)
+
+
+def calibrate_network_command(**options) -> str:
+    """`costmodel calibrate --network` (calib.parallel.commands)."""
+    from calib.parallel.commands import calibrate_network_command as command
+
+    return command(**options)

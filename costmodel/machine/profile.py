@@ -33,9 +33,9 @@ from costmodel.present.report import FORMATS, atomic_write, render_table, to_csv
 from costmodel.units import human, iec as _iec, threads_text as _threads
 
 __all__ = ["SCHEMA_VERSION", "BandwidthPoint", "BlasInfo", "Ceilings", "Entry", "Fingerprint", "model_facts",
-           "LevelRate", "LoadRecord", "OpCeiling", "OpModel", "PeakPoint", "Probe", "ProductRate", "Profile", "Transfer",
-           "calibrate_command", "default_profile_path", "embedded_profile_path", "fact",
-           "load_profile", "render_profile", "save_profile"]
+           "LevelRate", "LoadRecord", "Network", "NetworkPoint", "OpCeiling", "OpModel", "PeakPoint", "Probe",
+           "ProductRate", "Profile", "Transfer", "calibrate_command", "default_profile_path", "embedded_profile_path",
+           "fact", "load_profile", "render_profile", "save_profile"]
 
 SCHEMA_VERSION = 1
 PROFILE_NAME = "profile.json"
@@ -249,6 +249,38 @@ class Entry(_Model):
         return _setting(*self.key)
 
 
+class NetworkPoint(_Model):
+    """One message size of the allreduce microbenchmark (calib/parallel/network.py)."""
+
+    message_bytes: PositiveInt
+    seconds: PositiveFloat = Field(description="median over the repeats of the slowest worker's time")
+    predicted_seconds: Annotated[float, Field(ge=0)]
+    error: float = Field(description="predicted / measured - 1")
+    fitted: bool = Field(True, description="false: measured and shown, left out of the fit")
+
+
+class Network(_Model):
+    """The network between data-parallel workers as the ring allreduce model's two numbers,
+    t(n) = 2 (P-1) alpha + 2 (P-1)/P n beta (costmodel.machine.parallel).
+
+    link: "loopback" (workers on this machine), "measured" (workers on several machines,
+    `--init`), or "given" (a link the user does not have: `--link`, `--latency`/`--bandwidth`;
+    no points). fit_error and max_error: median and largest |predicted/measured - 1| over the
+    fitted points."""
+
+    alpha_seconds: Annotated[float, Field(ge=0)] = Field(description="latency: seconds per message")
+    beta_seconds_per_byte: Annotated[float, Field(ge=0)]
+    workers: PositiveInt | None = Field(None, description="P the benchmark ran with")
+    backend: Literal["gloo"] = "gloo"
+    link: Literal["loopback", "measured", "given"]
+    name: str | None = Field(None, description="the link's name, e.g. 10GbE")
+    points: list[NetworkPoint] = []
+    fit_error: Annotated[float, Field(ge=0)] | None = None
+    max_error: Annotated[float, Field(ge=0)] | None = None
+    repeats: PositiveInt | None = None
+    created: AwareDatetime | None = None
+
+
 class Profile(_Model):
     """One machine profile (schema version 1)."""
 
@@ -261,6 +293,7 @@ class Profile(_Model):
     calibration_seconds: Annotated[float, Field(ge=0)] | None = None
     probe: Probe | None = Field(None, description="the probe of this profile's machine, for transfers")
     transfer: Transfer | None = Field(None, description="set when the profile was transferred from another machine")
+    network: Network | None = Field(None, description="data-parallel SG: `costmodel calibrate --network`")
 
     @field_validator("created")
     @classmethod
