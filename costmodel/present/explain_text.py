@@ -191,9 +191,12 @@ def _data_parallel_sentences(d: dict) -> list[str]:
     if d["communication_bound"]:
         out.append(f"The allreduces ({fmt_seconds(comm)}) take at least a worker's compute ({fmt_seconds(compute)}), "
                    f"{_num(comm / compute)} times it: the step is communication-bound, and no overlap can hide them.")
-    else:
+    elif comm > 0:
         out.append(f"A worker's compute ({fmt_seconds(compute)}) is {_num(compute / comm)} times the allreduces "
                    f"({fmt_seconds(comm)}): the step is compute-bound.")
+    else:
+        out.append(f"The allreduces take {fmt_seconds(comm)} on this link (alpha = beta = 0): the step is the compute, "
+                   f"{fmt_seconds(compute)}.")
     bound, at = d["communication_bound_batch"], d["compute_at_bound_seconds"]
     fixed = (f"The allreduces' {fmt_seconds(comm)} do not depend on I (they carry the gradients, "
              f"{human(d['gradient_bytes'], 'B')}), while the compute grows with I/P")
