@@ -3,8 +3,10 @@
 `explain` gathers them: the major ops, each one's arithmetic intensity against the profile's
 machine balance and the rate it reaches; FLOP and byte shares against time shares by op kind;
 the slides' symbolic ratio of W^m phi(pad(Z^m)) to phi(pad(Z^m)) per layer; what the other
-implementation would change; how the shares move with the mini-batch size.
-costmodel.present.explain_text turns the facts into sentences. Pure: no clock, no kernel.
+implementation would change; how the shares move with the mini-batch size; with P data-parallel
+workers, a worker's compute against its allreduces and the mini-batch below which the step is
+communication-bound. costmodel.present.explain_text turns the facts into sentences. Pure: no
+clock, no kernel.
 """
 
 from __future__ import annotations
