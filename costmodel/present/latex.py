@@ -312,7 +312,7 @@ def step_table(report: dict, prediction: dict | None = None,
 
 def profile_table(profile: "Profile", used: "Entry | None" = None) -> str:
     """Table 3: every entry's fitted op models, their parameters read as machine facts."""
-    from costmodel.machine.timemodel import fact
+    from costmodel.machine.timemodel import model_facts
 
     head = r"op & fitted parameters & CV error & meas./pred. & samples \\"
     body = []
@@ -322,7 +322,7 @@ def profile_table(profile: "Profile", used: "Entry | None" = None) -> str:
         label = latex_escape(entry.describe()) + (" (used for the predictions)" if entry is used else "")
         body.append(_group_heading(label, 5))
         for op, model in sorted(entry.ops.items()):
-            facts = ", ".join(rf"\mbox{{{latex_escape(fact(f, c))}}}" for f, c in zip(model.features, model.coef))
+            facts = ", ".join(rf"\mbox{{{latex_escape(fact)}}}" for fact in model_facts(model))
             body.append(" & ".join([
                 rf"\texttt{{{latex_escape(op)}}}", facts, fmt_fraction(model.cv_error),
                 rf"{model.interval[0]:.2f}--{model.interval[1]:.2f}", str(model.n_samples),
