@@ -217,6 +217,12 @@ class Entry(_Model):
     accepted_noisy: bool = Field(False, description="written although disturbed (--accept-noisy)")
     transfer_factors: dict[str, PositiveFloat] = Field(
         {}, description="transferred: the factor each term's coefficient was multiplied by")
+    step_interval: tuple[PositiveFloat, PositiveFloat] | None = Field(
+        None, description="5 % and 95 % quantiles of measured/predicted whole steps of the calibration's networks, "
+                          "each predicted by the folds that left it out (calib.fit.step_interval)")
+    step_cv_error: Annotated[float, Field(ge=0)] | None = Field(
+        None, description="median |predicted/measured - 1| of those steps")
+    step_networks: PositiveInt | None = Field(None, description="networks the step interval comes from")
 
     @model_validator(mode="after")
     def _known_ops(self) -> "Entry":

@@ -68,6 +68,11 @@ def fmt_seconds(s: float | None) -> str:
     return rf"{s / 1e-9:.3g}\,ns"
 
 
+def _percents(text: str) -> str:
+    r"""Text with percentages typeset: '5-95 %' -> ``5--95\,\%``."""
+    return latex_escape(text).replace(" \\%", "\\,\\%").replace("5-95", "5--95")
+
+
 def fmt_fraction(f: float | None) -> str:
     r"""0.345 -> ``34.5\,\%``."""
     return "--" if f is None else rf"{100 * f:.1f}\,\%"
@@ -295,7 +300,7 @@ def step_table(report: dict, prediction: dict | None = None,
             rf"thread{'s' if threads != 1 else ''}; fraction: of the predicted step, "
             rf"{fmt_seconds(prediction['total_seconds'])} (interval "
             rf"{fmt_seconds(prediction['total_seconds_low'])}--{fmt_seconds(prediction['total_seconds_high'])}: "
-            r"5--95\,\% of cross-validated measured/predicted, summed over the ops). Profile made on "
+            rf"{_percents(prediction['interval'])}). Profile made on "
             rf"{latex_escape(prediction['profile']['cpu_model'])}.")
     else:
         notes.append(r"No machine profile was found, so the table has no time columns: run "
