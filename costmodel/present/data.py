@@ -107,7 +107,8 @@ def prediction_report(pred: "Prediction", by: str = "op") -> dict:
     head = {"arch": pred.arch.name, "batch": pred.batch, "dtype": pred.dtype, "threads": pred.threads,
             "impl": pred.impl, "backend": pred.backend, "total_seconds": pred.total_seconds,
             "total_seconds_low": pred.total_seconds_low, "total_seconds_high": pred.total_seconds_high,
-            **data_parallel_fields(pred), "profile": dict(pred.profile_info), **conventions()}
+            "interval": pred.interval, **data_parallel_fields(pred), "profile": dict(pred.profile_info),
+            **conventions()}
     if by == "op":
         return {**head, "ops": prediction_rows(pred)}
     return {**head, "by": by, "groups": prediction_rows(pred, by)}

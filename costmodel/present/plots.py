@@ -399,7 +399,7 @@ def figure_sweep(result: dict) -> "Figure":
     below = [p["total_seconds"] - p["total_seconds_low"] for p in points]
     above = [p["total_seconds_high"] - p["total_seconds"] for p in points]
     times.errorbar(x, seconds, yerr=[below, above], marker="o", color="black", capsize=3,
-                   label="predicted step (interval: 5-95 % of CV measured/predicted)")
+                   label="predicted step and its interval")
     times.set_xticks(x, names)
     if all(s > 0 for s in seconds) and max(seconds) / min(seconds) > 10:
         times.set_yscale("log")

@@ -114,9 +114,7 @@ def prediction_output(pred: "Prediction", fmt: str, by: str = "op", setting: str
     arch = pred.arch
     footer = [
         f"step: {fmt_seconds(pred.total_seconds)} predicted "
-        f"(interval {fmt_seconds(pred.total_seconds_low)} - {fmt_seconds(pred.total_seconds_high)}, "
-        "5-95 % of cross-validated measured/predicted, "
-        f"{'summed over the ops' if pred.data_parallel is None else 'of the compute rows, composed'})",
+        f"(interval {fmt_seconds(pred.total_seconds_low)} - {fmt_seconds(pred.total_seconds_high)}: {pred.interval})",
         f"{arch.name}: batch I={arch.batch}, {arch.dtype}, {setting}, threads={pred.threads}; "
         f"profile made on {pred.profile_info['cpu_model']} ({str(pred.profile_info['created'])[:10]})",
     ]

@@ -25,9 +25,9 @@ What the numbers of the result (a `Prediction` with its `data_parallel`) mean:
   Under ``sum`` the fractions add up to 1. Under ``overlap`` the communication the backward
   hides runs at the same time as compute rows and is counted in both, so the fractions add up
   to 1 + hidden / step: a row's fraction is then "its time against the step", not a slice of it;
-- the step's interval is the composition of the compute rows' bounds (5-95 % of their
-  cross-validated measured/predicted); an allreduce row has no interval of its own
-  (seconds_low = seconds_high = seconds);
+- the step's interval is the single-machine interval of the worker's compute at I/P (a factor on
+  every compute row: the profile's step interval, or the rows' bounds summed), composed with the
+  allreduces; an allreduce row has no interval of its own (seconds_low = seconds_high = seconds);
 - P = 1: nothing is allreduced, so there are NO communication rows (an op that does not run is
   absent, never a row of 0 s), and the rows and totals are the single-machine prediction's,
   exactly; speedup and efficiency are 1.
@@ -234,11 +234,12 @@ class DataParallelBackend:
         return f"{self.inner.setting(impl)}, {self.workers} worker{'s' if self.workers != 1 else ''}"
 
 
-def _compute_rows(rows: Sequence[PredictedRow], seconds: str = "seconds") -> list[ComputeRow]:
-    """The compute rows as costmodel.machine.parallel.Row, in phase order (stable)."""
+def _compute_rows(rows: Sequence[PredictedRow], scale: float = 1.0) -> list[ComputeRow]:
+    """The compute rows as costmodel.machine.parallel.Row, in phase order (stable), their seconds
+    times `scale`."""
     rank = {phase: i for i, phase in enumerate(COMPUTE_PHASES)}
     ordered = sorted(rows, key=lambda r: rank.get(r.phase, len(rank)))
-    return [ComputeRow(r.layer, r.name, r.phase, getattr(r, seconds)) for r in ordered]
+    return [ComputeRow(r.layer, r.name, r.phase, r.seconds * scale) for r in ordered]
 
 
 def data_parallel(arch: "Architecture", worker: Prediction, one_worker_seconds: float, setting: Setting) -> Prediction:
@@ -252,8 +253,12 @@ def data_parallel(arch: "Architecture", worker: Prediction, one_worker_seconds: 
     step = compose(_compute_rows(worker.rows), collectives, setting.composition, P)
     if collectives:
         total = step.step_seconds
-        low = compose(_compute_rows(worker.rows, "seconds_low"), collectives, setting.composition, P).step_seconds
-        high = compose(_compute_rows(worker.rows, "seconds_high"), collectives, setting.composition, P).step_seconds
+        # the compute's interval (the worker's step bounds, as a factor on every compute row), composed
+        bounds = []
+        for bound in (worker.total_seconds_low, worker.total_seconds_high):
+            scale = bound / worker.total_seconds if worker.total_seconds > 0 else 1.0
+            bounds.append(compose(_compute_rows(worker.rows, scale), collectives, setting.composition, P).step_seconds)
+        low, high = bounds
         comm = tuple(PredictedRow(communication_row(c, P, tensors), c.seconds, c.seconds, c.seconds, None,
                                   c.seconds / total, ring_terms(c, P, setting.link)) for c in collectives)
         rows = tuple(replace(r, fraction=r.seconds / total) for r in worker.rows) + comm
@@ -270,8 +275,10 @@ def data_parallel(arch: "Architecture", worker: Prediction, one_worker_seconds: 
                       latency_seconds=sum(t["latency"] for t in terms),
                       bandwidth_seconds=sum(t["bandwidth"] for t in terms), collectives=len(collectives),
                       schedule=step.schedule)
+    interval = worker.interval if not collectives else (f"{worker.interval}, of one worker's compute at I/P, "
+                                                           "composed with the allreduces")
     return Prediction(arch, worker.backend, worker.impl, worker.threads, rows, total, low, high, worker.profile_info,
-                      data_parallel=dp)
+                      interval=interval, data_parallel=dp)
 
 
 def predict_data_parallel(arch: "Architecture", profile: "Profile", setting: Setting, *, impl: str = "index",
