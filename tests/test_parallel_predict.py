@@ -156,6 +156,25 @@ def test_sum_is_compute_plus_communication_and_the_fractions_add_up_to_one(digit
     assert (pred.total_seconds_low, pred.total_seconds_high) == (pytest.approx(low), pytest.approx(high))
 
 
+@pytest.mark.parametrize("composition", ["sum", "overlap"])
+def test_with_a_step_interval_the_compute_interval_is_composed_with_the_allreduces(digits, profile, composition):
+    entries = [e.model_copy(update={"step_interval": (0.8, 1.3), "step_networks": 40}) for e in profile.entries]
+    stepped = profile.model_copy(update={"entries": entries})
+    P = 4
+    worker = predict(digits.with_batch(digits.batch // P), stepped, threads=2)
+    assert (worker.total_seconds_low, worker.total_seconds_high) == \
+           (pytest.approx(0.8 * worker.total_seconds), pytest.approx(1.3 * worker.total_seconds))
+    pred = dp_predict(digits, stepped, P, composition)
+    dp = pred.data_parallel
+    assert pred.total_seconds_low < pred.total_seconds < pred.total_seconds_high
+    assert "composed with the allreduces" in pred.interval and worker.interval in pred.interval
+    if composition == "sum":  # the compute's bounds plus the allreduces, which have none
+        assert pred.total_seconds_low == pytest.approx(0.8 * dp.compute_seconds + dp.communication_seconds)
+        assert pred.total_seconds_high == pytest.approx(1.3 * dp.compute_seconds + dp.communication_seconds)
+    else:
+        assert pred.total_seconds_low >= max(0.8 * dp.compute_seconds, dp.communication_seconds)
+
+
 def test_overlap_hides_part_of_the_communication_behind_the_backward(digits, profile):
     P = 4
     summed, overlapped = dp_predict(digits, profile, P), dp_predict(digits, profile, P, "overlap")
