@@ -259,9 +259,10 @@ def data_parallel(arch: "Architecture", worker: Prediction, one_worker_seconds: 
             scale = bound / worker.total_seconds if worker.total_seconds > 0 else 1.0
             bounds.append(compose(_compute_rows(worker.rows, scale), collectives, setting.composition, P).step_seconds)
         low, high = bounds
+        share = 1 / total if total > 0 else 0.0
         comm = tuple(PredictedRow(communication_row(c, P, tensors), c.seconds, c.seconds, c.seconds, None,
-                                  c.seconds / total, ring_terms(c, P, setting.link)) for c in collectives)
-        rows = tuple(replace(r, fraction=r.seconds / total) for r in worker.rows) + comm
+                                  c.seconds * share, ring_terms(c, P, setting.link)) for c in collectives)
+        rows = tuple(replace(r, fraction=r.seconds * share) for r in worker.rows) + comm
         exposed = step.exposed_communication_seconds
     else:  # P = 1: the single-machine prediction, exactly
         total, low, high, rows, comm, exposed = (worker.total_seconds, worker.total_seconds_low,
