@@ -234,7 +234,9 @@ def test_compare_command_draws_the_comparison(tmp_path, monkeypatch, profile_pat
 
 def test_every_op_kind_has_a_colour():
     from costmodel.machine.backends.torch import FUSED, OTHER_KIND
+    from costmodel.machine.parallel import COMMUNICATION
     from costmodel.model.ops import OP_KINDS
     from costmodel.present.plots import KIND_COLORS
 
-    assert set(KIND_COLORS) == set(OP_KINDS) | {kind for _, kind, _ in FUSED.values()} | {OTHER_KIND}
+    assert set(KIND_COLORS) == (set(OP_KINDS) | {kind for _, kind, _ in FUSED.values()} | {OTHER_KIND}
+                                | {COMMUNICATION})

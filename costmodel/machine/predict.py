@@ -21,6 +21,7 @@ from costmodel.machine.backends import Row, backend as get_backend
 from costmodel.machine.timemodel import ALL_FEATURES, Machine, feature_values, terms
 
 if TYPE_CHECKING:
+    from costmodel.machine.backends.parallel import DataParallel
     from costmodel.machine.profile import Profile
     from costmodel.model.arch import Architecture
 
@@ -62,7 +63,11 @@ class GroupTotal:
 
 @dataclass(frozen=True)
 class Prediction:
-    """The predicted step: its rows in step order and the step's totals."""
+    """The predicted step: its rows in step order and the step's totals.
+
+    `data_parallel` is set by the data-parallel wrapper (costmodel.machine.backends.parallel): the
+    rows are then one worker's (its compute at I/P, then the allreduces), `batch` is still the
+    whole mini-batch I, and total_seconds is the composed step."""
 
     arch: "Architecture"
     backend: str
@@ -74,6 +79,7 @@ class Prediction:
     total_seconds_high: float
     profile_info: Mapping[str, object]
     interval: str = "5-95 % of cross-validated measured/predicted, summed over the ops"  # what the step's bounds are
+    data_parallel: "DataParallel | None" = None
 
     @property
     def dtype(self) -> str:
