@@ -99,10 +99,15 @@ def test_a_calibration_sample_carries_the_spread_of_its_rounds():
 
 @contextmanager
 def busy_cores():
-    """One process spinning on each core this process may run on."""
-    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    """One process spinning on each core this process may run on, each already spinning when the
+    block starts (a spinner says so on its stdout once its loop runs: a Python start-up takes
+    longer than a short `measure`)."""
+    spin = "import sys\nprint('spinning', flush=True)\nwhile True: pass"
+    spinners = [subprocess.Popen([sys.executable, "-c", spin], stdout=subprocess.PIPE, text=True)
                 for _ in range(len(os.sched_getaffinity(0)))]
     try:
+        for p in spinners:
+            assert p.stdout.readline() == "spinning\n"
         yield
     finally:
         for p in spinners:
@@ -137,7 +142,7 @@ def test_busy_cores_refuse_a_calibration_and_accept_noisy_marks_it(tmp_path, tin
 
 def test_busy_cores_make_measure_warn(tmp_path):
     with busy_cores():
-        result = CliRunner().invoke(app, ["measure", str(DIGITS), "--steps", "3", "--warmup", "1",
+        result = CliRunner().invoke(app, ["measure", str(DIGITS), "--steps", "30", "--warmup", "1",
                                           "--threads", "1", "--format", "json"])
     assert result.exit_code == 0, result.output
     load = json.loads(result.stdout)["load"]
