@@ -85,7 +85,8 @@ def test_invalid_architecture_names_the_place(change, expected):
 
 
 @pytest.mark.parametrize("text, expected", [
-    ("name: [unclosed", "not valid YAML at line 1"),
+    ("name: [unclosed", "not valid YAML at line 2, column 1: did not find expected ',' or ']' "
+                        r"\(while parsing a flow sequence from line 1, column 7\)"),
     ("- 1\n- 2\n", "the file must be a YAML mapping, not list"),
     ("", "the file is empty"),
     ("!!python/object/apply:os.system ['echo pwned']\n", "line 1: YAML tag refused"),
@@ -158,7 +159,7 @@ def test_cli_bad_file_one_line_exit_2(tmp_path):
     path.write_text(yaml.safe_dump(variant(set_layer(2, kernal=3))))
     result = CliRunner().invoke(app, ["measure", str(path)])
     assert result.exit_code == 2
-    assert result.stderr.strip() == f"costmodel: error: {path}: layers[2] (conv): unknown key 'kernal'"
+    assert result.stderr.strip() == f"costmodel: error: {path}: layers[2] (conv): unknown key 'kernal' (did you mean 'kernel'?)"
     assert result.stdout == ""
 
 

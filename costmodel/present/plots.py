@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from costmodel.errors import UsageError
 from costmodel.present.explain import course_tex, memory_bandwidth
 from costmodel.machine.profile import Ceilings
-from costmodel.present.report import atomic_write
+from costmodel.files import atomic_write
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -52,6 +52,13 @@ def save(fig: "Figure", path: str | Path) -> None:
         raise UsageError(f"--plot {path}: cannot write the plot: {exc.strerror or exc}") from None
 
 
+def plain(text: object) -> str:
+    """A user's string (an architecture's name, a --vary path) as matplotlib text that prints
+    literally: a ``$`` would start mathtext (``$...$`` in a name breaks the figure), so it is
+    escaped as ``\\$``, the one character matplotlib's mathtext parser treats specially outside math."""
+    return str(text).replace("$", r"\$")
+
+
 def _figure(width: float, height: float) -> "Figure":
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -63,7 +70,7 @@ def _figure(width: float, height: float) -> "Figure":
 
 def _setting(result: dict) -> str:
     threads = result["threads"]
-    return (f"{result['arch']}: I={result['batch']}, {result['dtype']}, impl {result['impl']}, "
+    return (f"{plain(result['arch'])}: I={result['batch']}, {result['dtype']}, impl {result['impl']}, "
             f"{threads} thread{'s' if threads != 1 else ''}")
 
 
@@ -318,7 +325,7 @@ def _tex_symbol(symbol: str) -> str:
     'h^1_pool' -> '$h^{1}_{\\mathrm{pool}}$'; any other name unchanged."""
     match = re.fullmatch(r"([A-Za-z])(?:\^\{?(\d+)\}?)?(_pool)?", symbol)
     if not match:
-        return symbol
+        return plain(symbol)
     letter, m, pool = match.groups()
     sup = "^{%s}" % m if m else ""
     sub = r"_{\mathrm{pool}}" if pool else ""
@@ -361,10 +368,11 @@ def plot_sweep(result: dict, path: str | Path) -> None:
     if all(s > 0 for s in seconds) and max(seconds) / min(seconds) > 10:
         times.set_yscale("log")
     _engineering(times, None, "s")
-    times.set_xlabel(f"{result['vary']} ({symbol})" if result["symbol"] != result["vary"] else result["vary"])
+    vary = plain(result["vary"])
+    times.set_xlabel(f"{vary} ({symbol})" if result["symbol"] != result["vary"] else vary)
     times.set_ylabel("predicted time of the step")
     times.set_title("Step time", fontsize=10)
     times.legend(loc="upper left", fontsize=8, frameon=False)
-    fig.suptitle(f"Sweep of {result['vary']}: {result['arch']}, {result['dtype']}, impl {result['impl']}, "
+    fig.suptitle(f"Sweep of {vary}: {plain(result['arch'])}, {result['dtype']}, impl {result['impl']}, "
                  f"{result['threads']} thread{'s' if result['threads'] != 1 else ''}")
     save(fig, path)
