@@ -53,6 +53,9 @@ def measure_torch_command(arch_path: Path, *, batch, steps, warmup, threads, fmt
 
     import_torch()  # a missing torch fails first, in one line
     arch = load_arch(arch_path).with_batch(batch)
+    from calib.memory import check_memory
+
+    check_memory(arch, "torch")
     result = with_costs(measure_torch(arch, steps=steps, warmup=warmup, threads=threads, progress=progress), arch)
     footer = [
         f"step: {fmt_seconds(result['step_seconds'])} (median of {steps} whole steps, profiler on; "
@@ -108,20 +111,76 @@ def calibrate_command(*, quick, threads, dtypes, impls, output, progress=None, b
         import_torch()  # a missing torch fails first, in one line
     plan = Plan.make(quick=quick, dtypes=dtypes, impls=impls, backend=backend)
     path = Path(output) if output else default_profile_path()
-    previous = None
-    if path.exists():
-        try:
-            previous = load_profile(path)
-        except Exception:  # a corrupt old profile is replaced, not merged
-            previous = None
+    check_profile_output(path)  # before a minute of calibration, not after it
+    from costmodel.files import clean_stale_temps, locked
+
+    clean_stale_temps(path)
     total = plan.points * len(plan.dtypes) * len(plan.impls)
     with _progress_bar(total) as advance:
         result = calibrate(plan, threads=threads, progress=progress or advance,
                            log=lambda line: print(line, file=sys.stderr))
-    profile = to_profile(result, merge_into=previous)
-    save_profile(profile, path)
+    with locked(path):  # another calibration may write the same file: read, merge and write as one
+        previous = None
+        if path.exists():
+            try:
+                previous = load_profile(path)
+            except UsageError as exc:  # a damaged profile (checked above) is replaced, not merged
+                print(f"costmodel: warning: {exc}: replacing it", file=sys.stderr)
+        profile = to_profile(result, merge_into=previous)
+        save_profile(profile, path)
     print(f"profile written to {path} ({result['calibration_seconds']:.1f} s)", file=sys.stderr)
     return render_profile(profile, "table")
+
+
+def check_profile_output(path: Path) -> None:
+    """Refuse, in one line and before anything runs, a place a profile cannot be written to or
+    must not be: an existing file that is not a costmodel profile (it would be overwritten), a
+    directory or any other non-regular file, a path under a regular file, a folder where no file
+    can be created (read-only, /proc, no permission). A damaged profile (JSON with a
+    schema_version that no longer validates) may be replaced. Nothing is left on disk."""
+    import os
+    import stat
+    import tempfile
+
+    from costmodel.errors import UsageError
+    from costmodel.files import MiB, file_kind
+    from costmodel.machine.profile import load_profile
+
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        info = None
+    except OSError as exc:  # ENOTDIR: a path under a regular file; ELOOP, EACCES, ...
+        raise UsageError(f"-o {path}: cannot write a profile there ({exc.strerror or exc.__class__.__name__})") from None
+    if info is not None:
+        if not stat.S_ISREG(info.st_mode):
+            raise UsageError(f"-o {path}: {file_kind(info.st_mode)}, not a profile file: choose a file name")
+        try:
+            load_profile(path)
+        except UsageError as exc:
+            head = b""
+            try:
+                with open(path, "rb") as fh:
+                    head = fh.read(1 * MiB)
+            except OSError:
+                pass
+            if not (head.lstrip().startswith(b"{") and b'"schema_version"' in head):
+                raise UsageError(f"-o {path}: the file exists and is not a costmodel profile "
+                                 f"({str(exc).removeprefix(f'{path}: ')[:80]}): refusing to replace it; "
+                                 "remove it or choose another file") from None
+    ancestor = path.parent
+    while not ancestor.exists():  # atomic_write creates the missing folders
+        if ancestor == ancestor.parent:
+            break
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UsageError(f"-o {path}: {ancestor} is not a directory")
+    try:  # the only faithful test of "can a file be created here": create one
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=ancestor)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(f"-o {path}: cannot write in {ancestor} ({exc.strerror or exc.__class__.__name__})") from None
 
 
 class _progress_bar:
@@ -238,6 +297,7 @@ def compare_backends_command(arch_path: Path, *, batch, threads, impl, steps, wa
     from calib.memory import check_memory
 
     check_memory(arch, impl)
+    check_memory(arch, "torch")
     result = compare_backends(arch, impl=impl, threads=threads, steps=steps, warmup=warmup, progress=progress)
     n, t = result["numpy"], result["torch"]
     ratio = lambda r: "-" if r is None else f"{r:.2f}x"  # noqa: E731
@@ -276,7 +336,7 @@ def compare_command(arch_path: Path, *, profile, batch, threads, impl, steps, wa
     prof = find_profile(profile)
     from calib.memory import check_memory
 
-    check_memory(arch, impl)
+    check_memory(arch, "torch" if backend == "torch" else impl)
     if plot:
         from costmodel.present.plots import plot_format
 

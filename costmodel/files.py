@@ -155,6 +155,10 @@ def locked(path: str | Path, *, error: type[CostModelError] = UsageError) -> Ite
     """
     path = Path(path)
     lock = path.parent / f".{path.name}.lock"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise error(f"{path}: cannot create its folder ({exc.strerror or exc.__class__.__name__})") from None
     while True:
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
