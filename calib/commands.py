@@ -49,13 +49,17 @@ def measure_command(arch_path: Path, *, batch, steps, warmup, threads, impl, fmt
 
 def measure_torch_command(arch_path: Path, *, batch, steps, warmup, threads, fmt, progress=None) -> str:
     """`measure --backend torch`: the same step in PyTorch, per op group from torch.profiler."""
+    import importlib.util
+
     from calib.backends.torch import import_torch, measure_torch, with_costs
 
-    import_torch()  # a missing torch fails first, in one line
-    arch = load_arch(arch_path).with_batch(batch)
+    if importlib.util.find_spec("torch") is None:
+        import_torch()  # a missing torch fails first, in one line
+    arch = load_arch(arch_path).with_batch(batch)  # a bad file is refused before torch's import (~200 MB)
     from calib.memory import check_memory
 
     check_memory(arch, "torch")
+    import_torch()
     result = with_costs(measure_torch(arch, steps=steps, warmup=warmup, threads=threads, progress=progress), arch)
     footer = [
         f"step: {fmt_seconds(result['step_seconds'])} (median of {steps} whole steps, profiler on; "
@@ -138,23 +142,13 @@ def check_profile_output(path: Path) -> None:
     directory or any other non-regular file, a path under a regular file, a folder where no file
     can be created (read-only, /proc, no permission). A damaged profile (JSON with a
     schema_version that no longer validates) may be replaced. Nothing is left on disk."""
-    import os
-    import stat
-    import tempfile
-
     from costmodel.errors import UsageError
-    from costmodel.files import MiB, file_kind
+    from costmodel.files import MiB, check_writable
     from costmodel.machine.profile import load_profile
 
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        info = None
-    except OSError as exc:  # ENOTDIR: a path under a regular file; ELOOP, EACCES, ...
-        raise UsageError(f"-o {path}: cannot write a profile there ({exc.strerror or exc.__class__.__name__})") from None
-    if info is not None:
-        if not stat.S_ISREG(info.st_mode):
-            raise UsageError(f"-o {path}: {file_kind(info.st_mode)}, not a profile file: choose a file name")
+    label = f"-o {path}"
+    check_writable(path, label=label)
+    if path.exists():
         try:
             load_profile(path)
         except UsageError as exc:
@@ -165,22 +159,9 @@ def check_profile_output(path: Path) -> None:
             except OSError:
                 pass
             if not (head.lstrip().startswith(b"{") and b'"schema_version"' in head):
-                raise UsageError(f"-o {path}: the file exists and is not a costmodel profile "
+                raise UsageError(f"{label}: the file exists and is not a costmodel profile "
                                  f"({str(exc).removeprefix(f'{path}: ')[:80]}): refusing to replace it; "
                                  "remove it or choose another file") from None
-    ancestor = path.parent
-    while not ancestor.exists():  # atomic_write creates the missing folders
-        if ancestor == ancestor.parent:
-            break
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise UsageError(f"-o {path}: {ancestor} is not a directory")
-    try:  # the only faithful test of "can a file be created here": create one
-        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=ancestor)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise UsageError(f"-o {path}: cannot write in {ancestor} ({exc.strerror or exc.__class__.__name__})") from None
 
 
 class _progress_bar:
@@ -329,9 +310,12 @@ def compare_command(arch_path: Path, *, profile, batch, threads, impl, steps, wa
 
     backend = parse_backends(backends)[0]
     if backend == "torch":
+        import importlib.util
+
         from calib.backends.torch import import_torch
 
-        import_torch()  # a missing torch fails first, in one line
+        if importlib.util.find_spec("torch") is None:
+            import_torch()  # a missing torch fails first, in one line
     arch = load_arch(arch_path).with_batch(batch)
     prof = find_profile(profile)
     from calib.memory import check_memory

@@ -150,8 +150,6 @@ def load_data(data: str | Path, arch: Architecture):
     with X (N, H, W, C) (used as given) and y (N,) integer labels. Both are split the same
     way: train_test_split(test_size=0.25, random_state=0, stratified by label).
     """
-    from sklearn.model_selection import train_test_split
-
     if str(data) == "digits":
         from sklearn.datasets import load_digits
 
@@ -168,6 +166,8 @@ def load_data(data: str | Path, arch: Architecture):
     if y.size and (y.min() < 0 or y.max() >= arch.n_classes):
         raise UsageError(f"{where}: labels must lie in 0..{arch.n_classes - 1} "
                          f"(the output layer has {arch.n_classes} units)")
+    from sklearn.model_selection import train_test_split  # after the checks: ~1 s and ~100 MB to import
+
     try:
         X_train, X_test, y_train, y_test = train_test_split(
             X, y, test_size=0.25, random_state=0, stratify=y)

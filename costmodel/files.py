@@ -27,8 +27,8 @@ from typing import Iterator
 
 from costmodel.errors import CostModelError, UsageError
 
-__all__ = ["KiB", "MiB", "STALE_SECONDS", "atomic_write", "clean_stale_temps", "file_kind", "locked",
-           "read_regular", "temp_pattern"]
+__all__ = ["KiB", "MiB", "STALE_SECONDS", "atomic_write", "check_writable", "clean_stale_temps", "file_kind",
+           "locked", "read_regular", "temp_pattern"]
 
 KiB, MiB = 1 << 10, 1 << 20
 #: a temporary file of atomic_write older than this was left by a writer that was killed
@@ -121,6 +121,36 @@ def atomic_write(path: str | Path, data: str | bytes) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def check_writable(path: str | Path, *, label: str | None = None,
+                   error: type[CostModelError] = UsageError) -> None:
+    """Refuse, before any work, a place atomic_write could not write `path` to: an existing
+    directory, device, FIFO or socket; a path under a regular file; a folder in which no file
+    can be created (read-only, /proc, /sys, no permission). `label` starts the message (default:
+    the path). Nothing is left on disk: the test is a temporary file, created and removed, in
+    the nearest folder that exists (atomic_write creates the missing ones)."""
+    path = Path(path)
+    label = label or str(path)
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        info = None
+    except OSError as exc:  # ENOTDIR: a path under a regular file; ELOOP, EACCES, ENAMETOOLONG
+        raise error(f"{label}: cannot write there ({exc.strerror or exc.__class__.__name__})") from None
+    if info is not None and not stat.S_ISREG(info.st_mode):
+        raise error(f"{label}: {file_kind(info.st_mode)}, not a file that can be replaced: choose a file name")
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise error(f"{label}: {ancestor} is not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name[:100]}.", suffix=".probe", dir=ancestor)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise error(f"{label}: cannot write in {ancestor} ({exc.strerror or exc.__class__.__name__})") from None
 
 
 def clean_stale_temps(path: str | Path, older_than: float = STALE_SECONDS, now: float | None = None) -> list[Path]:

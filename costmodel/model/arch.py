@@ -67,7 +67,7 @@ Layer = Annotated[Union[ConvLayer, FullLayer], Field(discriminator="type")]
 class Architecture(_Strict):
     """One CNN and the mini-batch it is trained with (ARCH_FORMAT.md)."""
 
-    name: str
+    name: Annotated[str, Field(min_length=1, max_length=256)]  # printed in every title
     input: InputShape
     batch: PositiveInt = 128
     dtype: Literal["float32", "float64"] = "float32"
@@ -202,8 +202,10 @@ from typing import get_args, get_origin  # noqa: E402
 
 #: an arch file's size (a 10,000-layer network in block style is about 400 KiB)
 MAX_ARCH_BYTES = 4 << 20
-#: layers of one network (printing and costing grow with it; 10,000 take a few seconds)
-MAX_LAYERS = 20_000
+#: layers of one network (reading, costing and printing grow with it; 10,000 take seconds)
+MAX_LAYERS = 10_000
+#: YAML events of an arch file (10,000 layers of 12 fields each have about 260,000)
+MAX_ARCH_EVENTS = 300_000
 INT64_MAX = 2 ** 63 - 1
 #: names other frameworks use for the fields of a layer (PyTorch, Keras), for "did you mean"
 FOREIGN_NAMES = {
@@ -233,7 +235,13 @@ class _ShortRepr(reprlib.Repr):
         return repr(x)
 
 
-_short = _ShortRepr().repr
+_repr = _ShortRepr().repr
+
+
+def _short(value, n: int = 80) -> str:
+    """A user's value for a message: reprlib's short repr, and at most `n` characters."""
+    text = _repr(value)
+    return text if len(text) <= n else text[:n - 3] + "..."
 
 
 def _unwrap(t):
@@ -545,7 +553,7 @@ def load_arch(path: str | Path) -> Architecture:
     except UnicodeDecodeError as exc:
         raise ArchError(f"{path}: not UTF-8 text (byte {exc.start} is {raw[exc.start]:#04x})") from None
     try:
-        data = yamlload.load(text)
+        data = yamlload.load(text, max_events=MAX_ARCH_EVENTS)
     except yaml.constructor.ConstructorError as exc:
         mark = exc.problem_mark
         where = f"line {mark.line + 1}: " if mark else ""
@@ -556,7 +564,8 @@ def load_arch(path: str | Path) -> Architecture:
         raise ArchError(f"{path}: {where}{problem}") from None
     except yamlload.YAMLLimitError as exc:  # valid YAML, but not what an arch file may be
         mark = exc.problem_mark
-        raise ArchError(f"{path}: line {mark.line + 1}, column {mark.column + 1}: {_cut(exc.problem)}") from None
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ArchError(f"{path}: {where}{_cut(exc.problem)}") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -33,11 +33,15 @@ MAX_GROUPS = 9
 
 
 def plot_format(path: str | Path) -> str:
-    """'png' or 'pdf' from the file's suffix; a one-line UsageError for anything else."""
+    """'png' or 'pdf' from the file's suffix; a one-line UsageError for anything else, and for a
+    place the plot could not be written to (before anything is drawn: costmodel.files.check_writable)."""
+    from costmodel.files import check_writable
+
     suffix = Path(path).suffix.lower()
     if suffix not in PLOT_FORMATS:
         raise UsageError(f"--plot {path}: the suffix {suffix or '(none)'} is not one of "
                          f"{', '.join(PLOT_FORMATS)}")
+    check_writable(path, label=f"--plot {path}")
     return PLOT_FORMATS[suffix]
 
 
