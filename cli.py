@@ -66,13 +66,15 @@ def _raise_terminated(signum, frame):
     raise Terminated()
 
 
-def handle_sigterm() -> None:
-    """Treat SIGTERM like SIGINT (from the main thread; elsewhere signals cannot be set)."""
+def handle_sigterm():
+    """Treat SIGTERM like SIGINT (from the main thread; elsewhere signals cannot be set).
+    Returns the handler it replaced (None when it set none)."""
     import signal
     import threading
 
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _raise_terminated)
+        return signal.signal(signal.SIGTERM, _raise_terminated)
+    return None
 
 
 def domain_errors(fn):
@@ -82,7 +84,7 @@ def domain_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        handle_sigterm()
+        previous = handle_sigterm()
         try:
             return fn(*args, **kwargs)
         except CostModelError as exc:
@@ -103,6 +105,11 @@ def domain_errors(fn):
         except RecursionError:
             _err("input nested too deeply")
             raise typer.Exit(2) from None
+        finally:
+            if previous is not None:  # a command run in process (tests, an API) leaves SIGTERM as it was
+                import signal
+
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper
 

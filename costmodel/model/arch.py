@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from costmodel.errors import ArchError
 
-PositiveInt = Annotated[int, Field(strict=True, gt=0)]
-NonNegativeInt = Annotated[int, Field(strict=True, ge=0)]
+PositiveInt = Annotated[int, Field(strict=True, gt=0, le=2**63 - 1)]  # sizes are counted in int64
+NonNegativeInt = Annotated[int, Field(strict=True, ge=0, le=2**63 - 1)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 
@@ -424,6 +424,8 @@ def _message(err: dict, model=None, group: list[dict] = ()) -> str:
         what = "integer" if isinstance(inp, int) else "number"
         sign = "positive" if kind == "greater_than" else "non-negative"
         return f"{where}{_short(inp)} is not a {sign} {what}"
+    if kind == "less_than_equal" and err.get("ctx", {}).get("le") == INT64_MAX:
+        return f"{where}{_short(inp)} is larger than int64 (at most {INT64_MAX})"
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         return f"{where}{_short(inp)} is out of range ({expected})"
     if kind == "finite_number":
@@ -462,56 +464,40 @@ def first_error(exc: ValidationError, model=None) -> str:
     return _message(first, model, group)
 
 
-def _int_places(value, loc=()):
-    """(loc, value) of every integer in a model_dump, locs as pydantic writes them (a layer's
-    type after its index)."""
-    if isinstance(value, bool):
-        return
-    if isinstance(value, int):
-        yield loc, value
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield from _int_places(item, (*loc, key))
-    elif isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            tag = (item["type"],) if isinstance(item, dict) and isinstance(item.get("type"), str) else ()
-            yield from _int_places(item, (*loc, i, *tag))
-
-
-def _check_exact(arch: "Architecture") -> None:
-    """Every integer of the file, and the bytes of every array of one step that the sizes
-    define, must fit in int64 (at 8 bytes per element, the widest dtype and index), or the
-    counts of FLOPs and bytes computed from them would wrap. Raises ArchError naming the place."""
-    for loc, value in _int_places(arch.model_dump()):
-        if value > INT64_MAX:
-            raise ArchError(f"{_loc_to_place(loc, Architecture)}{_short(value)} is larger than int64 "
-                            f"(at most {INT64_MAX})")
-    I = arch.batch
+def _check_exact(arch: "Architecture", sizes: list | None = None) -> None:
+    """The bytes of every array of one step that the sizes define must fit in int64 (at 8
+    bytes per element, the widest dtype and index), and so must the FLOPs of the step's matrix
+    products, or the counts computed from them would wrap (each integer field is checked by
+    its type: PositiveInt and NonNegativeInt are at most INT64_MAX).
+    Raises ArchError naming the place. (The exact check of every op's FLOPs and bytes belongs
+    to the code that computes them.)"""
+    I = arch.batch  # each integer field is at most INT64_MAX (PositiveInt, NonNegativeInt)
     first = arch.input
-    arrays = [("input", "the mini-batch of inputs Z^1 (I a b d)", I * first.height * first.width * first.channels)]
-    products = []  # (where, M K N) of each layer's forward matrix product
-    for idx, (layer, sz) in enumerate(zip(arch.layers, arch.sizes())):
-        where = f"layers[{idx}] ({getattr(layer, 'type', sz.kind)})"
-        get = lambda name: getattr(sz, name, 0) or 0  # noqa: E731
-        if sz.kind == "conv":
-            K, N = get("h") ** 2 * get("d"), I * get("a_conv") * get("b_conv")
-            arrays += [(where, "phi(pad(Z)) of the batch (h h d x a_conv b_conv I)", K * N),
-                       (where, "pad(Z) of the batch (I d a_pad b_pad)", I * get("d") * get("a_pad") * get("b_pad")),
-                       (where, "S of the batch (d^{m+1} x a_conv b_conv I)", get("d_next") * N),
-                       (where, "W (d^{m+1} x h h d)", get("d_next") * K)]
-            products.append((where, get("d_next") * K * N))
-        else:
-            arrays += [(where, "the layer's input of the batch (n_in x I)", get("n_in") * I),
-                       (where, "S of the batch (n_out x I)", get("n_out") * I),
-                       (where, "W (n_out x n_in)", get("n_out") * get("n_in"))]
-            products.append((where, get("n_out") * get("n_in") * I))
-    for where, what, n in arrays:
-        if n * 8 > INT64_MAX:
-            raise ArchError(f"{where}: {what} has {n:.3g} elements: its bytes do not fit in int64 "
-                            f"(at most {INT64_MAX // 8:.3g} elements)")
+    limit = INT64_MAX // 8  # elements whose bytes fit
+    n = I * first.height * first.width * first.channels
+    if n > limit:
+        raise ArchError(f"input: the mini-batch of inputs Z^1 (I a b d) has {n:.3g} elements: its bytes do "
+                        f"not fit in int64 (at most {limit:.3g} elements)")
     flops = 0
-    for where, mkn in products:  # W phi, and backward dW = dS phi^T and W^T dS: 2 M K N each
-        flops += 3 * 2 * mkn
+    for idx, (layer, sz) in enumerate(zip(arch.layers, sizes if sizes is not None else arch.sizes())):
+        if sz.kind == "conv":
+            K, N = sz.h * sz.h * sz.d, I * sz.a_conv * sz.b_conv
+            arrays = (("phi(pad(Z)) of the batch (h h d x a_conv b_conv I)", K * N),
+                      ("pad(Z) of the batch (I d a_pad b_pad)", I * sz.d * sz.a_pad * sz.b_pad),
+                      ("S of the batch (d^{m+1} x a_conv b_conv I)", sz.d_next * N),
+                      ("W (d^{m+1} x h h d)", sz.d_next * K))
+            mkn = sz.d_next * K * N
+        else:
+            arrays = (("the layer's input of the batch (n_in x I)", sz.n_in * I),
+                      ("S of the batch (n_out x I)", sz.n_out * I),
+                      ("W (n_out x n_in)", sz.n_out * sz.n_in))
+            mkn = sz.n_out * sz.n_in * I
+        where = f"layers[{idx}] ({getattr(layer, 'type', sz.kind)})"
+        for what, n in arrays:
+            if n > limit:
+                raise ArchError(f"{where}: {what} has {n:.3g} elements: its bytes do not fit in int64 "
+                                f"(at most {limit:.3g} elements)")
+        flops += 6 * mkn  # W phi, and backward dW = dS phi^T and W^T dS: 2 M K N each
         if flops > INT64_MAX:
             raise ArchError(f"{where}: the step's matrix products up to this layer come to {flops:.3g} "
                             f"FLOPs, beyond int64 (at most {INT64_MAX:.3g})")
@@ -533,8 +519,7 @@ def parse_arch(data: object, source: str = "<arch>") -> Architecture:
     except RecursionError:
         raise ArchError(f"{source}: nested too deeply") from None
     try:
-        arch.sizes()
-        _check_exact(arch)
+        _check_exact(arch, arch.sizes())
     except ArchError as exc:
         raise ArchError(f"{source}: {exc}") from None
     return arch
