@@ -279,13 +279,15 @@ def _bounds_text(metadata, integer: bool) -> str:
                 value = getattr(inner, name, None)
                 if value is not None:
                     bounds[name] = value
+    if bounds.get("le") == INT64_MAX:  # every integer's bound, said when it is broken
+        del bounds["le"]
     noun = "integer" if integer else "number"
     if bounds == {"gt": 0}:
         return f"a positive {noun}"
     if bounds == {"ge": 0}:
         return f"a non-negative {noun}"
     signs = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
-    limits = [f"{signs[k]} {v}" for k, v in bounds.items() if not (k == "le" and v == INT64_MAX)]
+    limits = [f"{signs[k]} {v}" for k, v in bounds.items()]
     article = "an" if integer else "a"
     return f"{article} {noun} {' and '.join(limits)}".rstrip()
 
