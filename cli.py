@@ -140,7 +140,25 @@ def _root(
     """Predict and explain where the time of a CNN's SG step goes on a CPU."""
 
 
-ArchArg = Annotated[Path, typer.Argument(help="Architecture file (arch.yaml).", show_default=False)]
+ArchArg = Annotated[Optional[Path], typer.Argument(help="Architecture file (arch.yaml); or give --example NAME.",
+                                                   show_default=False)]
+ExampleOpt = Annotated[Optional[str], typer.Option("--example", help="A shipped architecture instead of a file "
+                                                   "(`costmodel examples` lists them).", show_default=False)]
+
+
+def _arch_file(arch: Optional[Path], example: Optional[str]) -> Path:
+    """The architecture file a command reads: ARCH, or the shipped example --example names."""
+    from costmodel.errors import UsageError
+
+    if (arch is None) == (example is None):
+        raise UsageError("give an architecture file ARCH or --example NAME (one of them)")
+    if example is None:
+        return arch
+    from costmodel.examples import example_path
+
+    return example_path(example)
+
+
 BatchOpt = Annotated[Optional[int], typer.Option("--batch", min=1, max=INT64_MAX,
                                                  help="Mini-batch size I (overrides the file).")]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", min=1, max=1024, help="BLAS threads (default: all).")]
@@ -166,7 +184,8 @@ def _progress(label: str):
 @app.command()
 @domain_errors
 def measure(
-    arch: ArchArg,
+    arch: ArchArg = None,
+    example: ExampleOpt = None,
     batch: BatchOpt = None,
     steps: StepsOpt = 10,
     warmup: WarmupOpt = 2,
@@ -177,6 +196,7 @@ def measure(
                                              "step in PyTorch, per op from torch.profiler.")] = Backend.numpy,
 ) -> None:
     """Run real SG steps of the reference NumPy CNN (or PyTorch) and report the time of every op."""
+    arch = _arch_file(arch, example)
     from calib.commands import measure_command
 
     typer.echo(measure_command(arch, batch=batch, steps=steps, warmup=warmup, threads=threads,
@@ -187,8 +207,10 @@ def measure(
 @app.command()
 @domain_errors
 def train(
-    arch: ArchArg,
-    data: Annotated[str, typer.Option(help="'digits' (scikit-learn's 8x8 digits) or an .npz with X (N,H,W,C) and y.")],
+    data: Annotated[str, typer.Option(help="'digits' (scikit-learn's 8x8 digits) or an .npz with X (N,H,W,C) "
+                                      "and y.")],
+    arch: ArchArg = None,
+    example: ExampleOpt = None,
     epochs: Annotated[int, typer.Option(min=1, max=1_000_000)] = 10,
     batch: BatchOpt = None,
     impl: ImplOpt = Impl.index,
@@ -196,6 +218,7 @@ def train(
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Train the reference CNN with simpleNN's SG with momentum; report loss and test accuracy."""
+    arch = _arch_file(arch, example)
     from calib.commands import train_command
 
     typer.echo(train_command(arch, data=data, epochs=epochs, batch=batch, impl=impl.value, seed=seed,
@@ -205,16 +228,29 @@ def train(
 @app.command()
 @domain_errors
 def costs(
-    arch: ArchArg,
+    arch: ArchArg = None,
+    example: ExampleOpt = None,
     batch: BatchOpt = None,
     impl: ImplOpt = Impl.index,
     fmt: FormatOpt = Format.table,
     symbolic: Annotated[bool, typer.Option("--symbolic", help="Print the expressions and their leading-order terms.")] = False,
 ) -> None:
     """FLOPs, bytes, arithmetic intensity and memory kept of every op (symbolic cost model)."""
-    from costmodel.present.commands import costs_command
+    arch = _arch_file(arch, example)
+    from costmodel.model.arch import load_arch
 
-    typer.echo(costs_command(arch, batch=batch, impl=impl.value, fmt=fmt.value, symbolic=symbolic), nl=False)
+    architecture = load_arch(arch).with_batch(batch)
+    if symbolic:
+        from costmodel.model.symbolic import symbolic_report
+        from costmodel.present.tables import symbolic_output
+
+        text = symbolic_output(symbolic_report(architecture, impl.value), fmt.value)
+    else:
+        from costmodel.model.step import step_costs
+        from costmodel.present.tables import costs_output
+
+        text = costs_output(step_costs(architecture, impl.value), fmt.value)
+    typer.echo(text, nl=False)
 
 
 class By(str, Enum):
@@ -231,7 +267,8 @@ PlotOpt = Annotated[Optional[Path], typer.Option("--plot", help="Also draw the r
 @app.command()
 @domain_errors
 def predict(
-    arch: ArchArg,
+    arch: ArchArg = None,
+    example: ExampleOpt = None,
     profile: ProfileOpt = None,
     batch: BatchOpt = None,
     threads: ThreadsOpt = None,
@@ -244,10 +281,26 @@ def predict(
                                              "not torch itself).")] = Backend.numpy,
 ) -> None:
     """Predict the time of every op of an SG step, and its share of the step, from a machine profile."""
-    from costmodel.present.commands import predict_command
+    arch = _arch_file(arch, example)
+    from costmodel.machine.backends import backend as get_backend
+    from costmodel.machine.predict import predict as predict_step
+    from costmodel.machine.profile import find_profile
+    from costmodel.model.arch import load_arch
+    from costmodel.present.tables import prediction_output
 
-    typer.echo(predict_command(arch, profile=profile, batch=batch, threads=threads, impl=impl.value,
-                               fmt=fmt.value, by=by.value, plot=plot, backend=backend.value), nl=False)
+    if plot:
+        from costmodel.present.plots import plot_format
+
+        plot_format(plot)  # a bad suffix fails before anything is computed
+    architecture = load_arch(arch).with_batch(batch)
+    prof = find_profile(profile)
+    pred = predict_step(architecture, prof, impl=impl.value, threads=threads, backend=backend.value)
+    if plot:
+        from costmodel.present.plots import plot_predict
+
+        plot_predict(pred, prof.ceilings, plot, by=by.value)
+        _plot_written(plot)
+    typer.echo(prediction_output(pred, fmt.value, by.value, get_backend(backend.value).setting(pred.impl)), nl=False)
 
 
 @app.command()
@@ -272,7 +325,8 @@ def calibrate(
 @app.command()
 @domain_errors
 def compare(
-    arch: ArchArg,
+    arch: ArchArg = None,
+    example: ExampleOpt = None,
     profile: ProfileOpt = None,
     batch: BatchOpt = None,
     threads: ThreadsOpt = None,
@@ -287,6 +341,7 @@ def compare(
 ) -> None:
     """Measure real steps and predict them: per op, measured and predicted fractions beside FLOP and byte shares
     (or, with --backends numpy,torch, the NumPy step against PyTorch's per op group)."""
+    arch = _arch_file(arch, example)
     from calib.commands import compare_command
 
     typer.echo(compare_command(arch, profile=profile, batch=batch, threads=threads, impl=impl.value,
@@ -302,7 +357,8 @@ class TextFormat(str, Enum):
 @app.command()
 @domain_errors
 def explain(
-    arch: ArchArg,
+    arch: ArchArg = None,
+    example: ExampleOpt = None,
     profile: ProfileOpt = None,
     batch: BatchOpt = None,
     threads: ThreadsOpt = None,
@@ -311,18 +367,23 @@ def explain(
 ) -> None:
     """Explain a predicted step from its numbers: major ops, compute- or memory-bound, FLOP share
     against time share, the slides' ratios, the other implementation, the mini-batch size."""
-    from costmodel.present.commands import explain_command
+    arch = _arch_file(arch, example)
+    from costmodel.machine.profile import find_profile
+    from costmodel.model.arch import load_arch
+    from costmodel.present.explain import explain as explain_step, render_text
+    from costmodel.present.report import to_json
 
-    typer.echo(explain_command(arch, profile=profile, batch=batch, threads=threads, impl=impl.value,
-                               fmt=fmt.value), nl=False)
+    facts = explain_step(load_arch(arch), find_profile(profile), impl=impl.value, threads=threads, batch=batch)
+    typer.echo(to_json(facts) if fmt.value == "json" else render_text(facts), nl=False)
 
 
 @app.command()
 @domain_errors
 def sweep(
-    arch: ArchArg,
     vary: Annotated[str, typer.Option("--vary", help="NAME=V1,V2,...: batch=1,8,64,512, or a field of the "
                                       "architecture file such as layers[1].filters=16,32,64.")],
+    arch: ArchArg = None,
+    example: ExampleOpt = None,
     profile: ProfileOpt = None,
     batch: BatchOpt = None,
     threads: ThreadsOpt = None,
@@ -332,10 +393,38 @@ def sweep(
     plot: PlotOpt = None,
 ) -> None:
     """Predict the step for each value of one size: its time and the fractions of its ops."""
-    from costmodel.present.commands import sweep_command
+    arch = _arch_file(arch, example)
+    from costmodel.machine.profile import find_profile
+    from costmodel.machine.sweep import parse_vary, sweep as sweep_steps
+    from costmodel.model.arch import load_arch
+    from costmodel.present.data import sweep_report
+    from costmodel.present.tables import sweep_output
 
-    typer.echo(sweep_command(arch, vary=vary, profile=profile, batch=batch, threads=threads, impl=impl.value,
-                             by=by.value, fmt=fmt.value, plot=plot), nl=False)
+    name, values = parse_vary(vary)
+    if plot:
+        from costmodel.present.plots import plot_format
+
+        plot_format(plot)  # a bad suffix fails before any prediction
+    architecture = load_arch(arch).with_batch(batch)
+    points = sweep_steps(architecture, find_profile(profile), name, values, impl=impl.value, threads=threads)
+    result = sweep_report(architecture, name, points, by.value, impl.value)
+    if plot:
+        from costmodel.present.plots import plot_sweep
+
+        plot_sweep(result, plot)
+        _plot_written(plot)
+    typer.echo(sweep_output(result, fmt.value), nl=False)
+
+
+@app.command()
+@domain_errors
+def examples() -> None:
+    """The architecture files shipped with costmodel: use one with --example NAME."""
+    from costmodel.examples import description, example_paths
+
+    for name, path in example_paths().items():
+        typer.echo(f"{name:<24} {description(path)}")
+    typer.echo(f"(in {next(iter(example_paths().values())).parent})")
 
 
 profile_app = typer.Typer(help="Machine profiles.", no_args_is_help=True)
@@ -357,7 +446,8 @@ def profile_show(
 @app.command()
 @domain_errors
 def latex(
-    arch: ArchArg,
+    arch: ArchArg = None,
+    example: ExampleOpt = None,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write the LaTeX to this file (atomically).")] = None,
     standalone: Annotated[bool, typer.Option("--standalone", help="A complete document, not a fragment to \\input.")] = False,
     profile: ProfileOpt = None,
@@ -367,17 +457,48 @@ def latex(
     impl: ImplOpt = Impl.index,
 ) -> None:
     """LaTeX tables in the course's notation: each op's complexity, the step's predicted times, the profile."""
+    arch = _arch_file(arch, example)
     options = dict(output=output, standalone=standalone, profile=profile, impl=impl.value, batch=batch,
                    threads=threads)
+    fractions = None
     if measured:
-        from calib.commands import latex_measured_command
+        from calib.commands import measured_fractions
 
-        text = latex_measured_command(arch, **options, progress=_progress("measure"))
-    else:
-        from costmodel.present.commands import latex_command
-
-        text = latex_command(arch, **options)
+        fractions = measured_fractions(arch, impl=impl.value, batch=batch, threads=threads,
+                                       progress=_progress("measure"))
+    text = latex_text(arch, **options, measured_fractions=fractions)
     typer.echo(text, nl=False)
+
+
+def latex_text(arch_path: Path, *, output=None, standalone=False, profile=None, measured_fractions=None,
+               impl="index", batch=None, threads=None) -> str:
+    """The LaTeX tables of the arch's step (costmodel.present.latex): written atomically to
+    `output` (then "" is returned), else returned. Without `profile`, the user's or the shipped
+    one is used; if neither exists, the tables have no time columns and say so.
+    `measured_fractions`: (layer, op, phase) -> measured fraction of the step."""
+    from costmodel.errors import UsageError
+    from costmodel.machine.profile import default_profile_path, embedded_profile_path, find_profile
+    from costmodel.model.arch import load_arch
+    from costmodel.present.latex import latex_document
+    from costmodel.present.report import atomic_write
+
+    architecture = load_arch(arch_path).with_batch(batch)
+    found = None
+    if profile is not None or default_profile_path().exists() or embedded_profile_path().exists():
+        found = find_profile(profile)
+    text = latex_document(architecture, impl=impl, profile=found, threads=threads, measured=measured_fractions,
+                          standalone=standalone)
+    if output is None:
+        return text
+    try:
+        atomic_write(output, text)
+    except OSError as exc:
+        raise UsageError(f"{output}: cannot write: {exc.strerror or exc}") from None
+    return ""
+
+
+def _plot_written(path) -> None:
+    print(f"plot written to {path}", file=sys.stderr)
 
 
 def main() -> None:

@@ -1,9 +1,14 @@
-"""Cold `costmodel predict` and `costmodel costs` processes (target: <= 1.0 s each), and what
-the predict path imports (nothing heavy: no scikit-learn, matplotlib or torch).
+"""Cold `costmodel predict`, `costmodel costs` and `costmodel --help` processes against a cold
+`python -c "import numpy"` measured in the same run (targets: predict <= 3x, --help <= 2x), and
+what the predict path imports (nothing heavy: no SymPy, pandas, scikit-learn, matplotlib, torch).
 
-    python benchmarks/predict_speed.py
+Runs are interleaved (numpy, predict, costs, help, numpy, ...) so that a slower moment of the
+machine hits every command alike; the figures are medians.
+
+    python benchmarks/predict_speed.py [--runs 9]
 """
 
+import argparse
 import statistics
 import subprocess
 import sys
@@ -12,29 +17,49 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 ARCH = ROOT / "examples" / "cifar10-layer7.yaml"
+HEAVY = ("sympy", "pandas", "sklearn", "matplotlib", "torch", "scipy")
+
+COMMANDS = {
+    "python -c 'import numpy'": [sys.executable, "-c", "import numpy"],
+    "costmodel predict": [sys.executable, str(ROOT / "cli.py"), "predict", str(ARCH)],
+    "costmodel costs": [sys.executable, str(ROOT / "cli.py"), "costs", str(ARCH)],
+    "costmodel --help": [sys.executable, str(ROOT / "cli.py"), "--help"],
+}
 
 
-def cold(args: list[str], runs: int = 5) -> float:
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], check=True,
-                       capture_output=True)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def timed(args: list[str]) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(args, check=True, capture_output=True)
+    return time.perf_counter() - t0
 
 
 def heavy_imports() -> list[str]:
     code = ("import sys, runpy; sys.argv = ['costmodel', 'predict', %r]\n"
             "try:\n    runpy.run_path(%r, run_name='__main__')\nexcept SystemExit:\n    pass\n"
-            "print('HEAVY:' + ','.join(m for m in ('sklearn', 'matplotlib', 'torch', 'scipy') if m in sys.modules))"
-            % (str(ARCH), str(ROOT / "cli.py")))
+            "print('HEAVY:' + ','.join(m for m in %r if m in sys.modules))"
+            % (str(ARCH), str(ROOT / "cli.py"), HEAVY))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     line = next(line for line in out.splitlines() if line.startswith("HEAVY:"))
     return [m for m in line[len("HEAVY:"):].split(",") if m]
 
 
-if __name__ == "__main__":
-    print(f"costmodel predict {ARCH.name}: {cold(['predict', str(ARCH)]):.2f} s cold (median of 5; target 1.0 s)")
-    print(f"costmodel costs {ARCH.name}:   {cold(['costs', str(ARCH)]):.2f} s cold (median of 5; target 1.0 s)")
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=9)
+    args = parser.parse_args()
+    times: dict[str, list[float]] = {name: [] for name in COMMANDS}
+    for _ in range(args.runs):
+        for name, command in COMMANDS.items():
+            times[name].append(timed(command))
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    base = medians["python -c 'import numpy'"]
+    targets = {"costmodel predict": 3.0, "costmodel --help": 2.0}
+    for name, median in medians.items():
+        ratio = median / base
+        target = f" (target <= {targets[name]:g}x)" if name in targets else ""
+        print(f"{name:<28} {median:6.3f} s  {ratio:4.2f}x numpy{target}")
     print(f"heavy modules imported by predict: {heavy_imports() or 'none'}")
+
+
+if __name__ == "__main__":
+    main()

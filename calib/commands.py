@@ -16,14 +16,15 @@ MEASURE_CSV = ["layer", "layer_type", "op", "phase", "seconds", "fraction", "flo
 
 
 def _with_costs(result: dict, arch, impl: str) -> dict:
-    """Add the symbolic model's FLOPs and bytes to each measured op."""
-    from costmodel.model.evaluate import costs
+    """Add the cost model's FLOPs and bytes to each measured op."""
+    from costmodel.model.step import step_costs
 
-    table = costs(arch, impl=impl).set_index(["layer", "op", "phase"])
+    costs = step_costs(arch, impl)
+    table = {(ref.layer, ref.op, ref.phase): i for i, ref in enumerate(costs.ops)}
     for row in result["ops"]:
-        c = table.loc[(row["layer"], row["op"], row["phase"])]
-        row["flops"] = int(c["flops"])
-        row["bytes"] = int(c["bytes"])
+        i = table[(row["layer"], row["op"], row["phase"])]
+        row["flops"] = int(costs.flops[i])
+        row["bytes"] = int(costs.bytes[i])
     return result
 
 
@@ -215,26 +216,26 @@ def compare(arch, profile, *, impl: str, threads, steps: int, warmup: int, progr
 
         measured = measure(arch, steps=steps, warmup=warmup, threads=threads, impl=impl, progress=progress)
     predicted = predict(arch, profile, impl=impl, threads=measured["threads"], backend=backend)
-    flops = sum(o["flops"] for o in predicted["ops"])
-    nbytes = sum(o["bytes"] for o in predicted["ops"])
+    flops = sum(r.flops for r in predicted.rows)
+    nbytes = sum(r.bytes for r in predicted.rows)
     rows = []
-    for m, p in zip(measured["ops"], predicted["ops"], strict=True):
-        assert (m["layer"], m["op"], m["phase"]) == (p["layer"], p["op"], p["phase"])
+    for m, p in zip(measured["ops"], predicted.rows, strict=True):
+        assert (m["layer"], m["op"], m["phase"]) == p.key
         rows.append({
             "layer": m["layer"], "layer_type": m["layer_type"], "op": m["op"], "phase": m["phase"],
-            "kind": p["kind"], "flops": p["flops"], "bytes": p["bytes"],
-            "measured_seconds": m["seconds"], "predicted_seconds": p["seconds"],
-            "measured_fraction": m["fraction"], "predicted_fraction": p["fraction"],
-            "flop_share": p["flops"] / flops if flops else 0.0,
-            "byte_share": p["bytes"] / nbytes if nbytes else 0.0,
-            "fraction_error_pp": 100 * (p["fraction"] - m["fraction"]),
+            "kind": p.kind, "flops": p.flops, "bytes": p.bytes, "mathtext": p.mathtext,
+            "measured_seconds": m["seconds"], "predicted_seconds": p.seconds,
+            "measured_fraction": m["fraction"], "predicted_fraction": p.fraction,
+            "flop_share": p.flops / flops if flops else 0.0,
+            "byte_share": p.bytes / nbytes if nbytes else 0.0,
+            "fraction_error_pp": 100 * (p.fraction - m["fraction"]),
         })
-    step_error = predicted["total_seconds"] / measured["step_seconds"] - 1
+    step_error = predicted.total_seconds / measured["step_seconds"] - 1
     return {
         "arch": arch.name, "batch": arch.batch, "dtype": arch.dtype, "threads": measured["threads"],
         "impl": impl, "backend": backend,
         "measured_step_seconds": measured["step_seconds"], "coverage": measured["coverage"],
-        "predicted_seconds": predicted["total_seconds"],
+        "predicted_seconds": predicted.total_seconds,
         "step_error_percent": 100 * step_error,
         "mean_fraction_error_pp": sum(abs(r["fraction_error_pp"]) for r in rows) / len(rows),
         "max_fraction_error_pp": max(abs(r["fraction_error_pp"]) for r in rows),
@@ -340,26 +341,21 @@ def compare_command(arch_path: Path, *, profile, batch, threads, impl, steps, wa
     return render(result, fmt, COMPARE_COLUMNS, f"Predicted against measured: {arch.name}", footer, COMPARE_CSV)
 
 
-def latex_measured_command(arch_path: Path, *, output, standalone, profile, impl, batch, threads,
-                           steps=10, warmup=2, progress=None) -> str:
-    """`costmodel latex --measured`: measure the ops' fractions of real steps on this machine,
-    then write the LaTeX tables with them (costmodel.present.commands.latex_command)."""
-    from costmodel.present.commands import latex_command
-
-    from calib.measure import measure
+def measured_fractions(arch_path: Path, *, impl, batch, threads, steps=10, warmup=2, progress=None) -> dict:
+    """`costmodel latex --measured`: the ops' fractions of real steps on this machine,
+    (layer, op, phase) -> fraction."""
+    from .measure import measure
 
     arch = load_arch(arch_path).with_batch(batch)
     result = measure(arch, steps=steps, warmup=warmup, threads=threads, impl=impl, progress=progress)
-    fractions = {(op["layer"], op["op"], op["phase"]): op["fraction"] for op in result["ops"]}
-    return latex_command(arch_path, output=output, standalone=standalone, profile=profile,
-                         measured_fractions=fractions, impl=impl, batch=batch, threads=threads)
+    return {(op["layer"], op["op"], op["phase"]): op["fraction"] for op in result["ops"]}
 
 
-def compare_plot(result: dict, profile, path: Path) -> None:
+def compare_plot(result: dict, profile, path: Path, by: str = "kind") -> None:
     """Draw a comparison (shares, predicted against measured, roofline) into a PNG or PDF."""
     import sys
 
     from costmodel.present.plots import plot_compare
 
-    plot_compare(result, profile.ceilings, path)
+    plot_compare(result, profile.ceilings, path, by)
     print(f"plot written to {path}", file=sys.stderr)

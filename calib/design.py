@@ -108,7 +108,7 @@ def design(n: int, *, dtype: str, seed: int = 0, limits: SweepLimits = SweepLimi
 
     Every third point is a large conv network (phi(pad(Z)) of at least LARGE_PHI_BYTES,
     as the examples' first layers at I = 128): the strided implementation runs those on its
-    own threads (costmodel.model.ops.threaded_step), so both regimes get samples, and the working
+    own threads (costmodel.machine.backends.numpy.threaded_step), so both regimes get samples, and the working
     sets reach main memory."""
     rng = np.random.default_rng(seed)
     itemsize = np.dtype(dtype).itemsize

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from costmodel.machine.features import FEATURES
+from costmodel.machine.timemodel import FEATURES
 
 MODEL_NAME = "nnls-linear"
 #: a time of 0 is read as this: torch.profiler's resolution is 1 us, and an op group whose

@@ -1,29 +1,37 @@
 """costmodel: predict and explain where the time of a CNN's SG step goes on a CPU.
 
-The analytical half: the architecture schema, simpleNN's symbols, the op contract and the
-symbolic cost registry. Pure and fast to import: no clock, no kernels, no heavy imports.
+The analytical half, in three layers: costmodel.model (the architecture schema, simpleNN's
+symbols, the op records with their cost functions, the costs of a step), costmodel.machine
+(machine profiles, the time model, the backends' rows, prediction and sweeps) and
+costmodel.present (tables, JSON, explanations, LaTeX, plots). Pure and fast to import: no
+clock, no kernels; every name below is imported on first use.
 """
 
 __version__ = "0.1.0"
 
-from costmodel.model.arch import Architecture, load_arch, parse_arch  # noqa: E402
-from costmodel.errors import ArchError, CostModelError, UsageError  # noqa: E402
-from costmodel.model.ops import OpKey, OpRef, op_list  # noqa: E402
+#: public names -> the module that defines them (imported on first use, PEP 562)
+_LAZY = {
+    "Architecture": "costmodel.model.arch", "load_arch": "costmodel.model.arch", "parse_arch": "costmodel.model.arch",
+    "ArchError": "costmodel.errors", "CostModelError": "costmodel.errors", "UsageError": "costmodel.errors",
+    "OpKey": "costmodel.model.ops", "OpRef": "costmodel.model.ops", "op_list": "costmodel.model.ops",
+    "StepCosts": "costmodel.model.step", "step_costs": "costmodel.model.step",
+    "Prediction": "costmodel.machine.predict", "predict": "costmodel.machine.predict",
+    "costs_frame": "costmodel.api", "explain_report": "costmodel.api", "predict_frame": "costmodel.api",
+    "sweep_frame": "costmodel.api",
+}
 
-#: the DataFrame API of costmodel.api, imported on first use (it needs pandas)
-_API = ("costs_frame", "explain_report", "predict_frame", "sweep_frame")
-
-__all__ = ["Architecture", "ArchError", "CostModelError", "OpKey", "OpRef", "UsageError",
-           "__version__", "load_arch", "op_list", "parse_arch", *_API]
+__all__ = ["__version__", *_LAZY]
 
 
 def __getattr__(name: str):
-    if name in _API:
-        from costmodel import api
+    if name in _LAZY:
+        import importlib
 
-        return getattr(api, name)
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_API})
+    return sorted({*globals(), *_LAZY})

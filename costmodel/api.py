@@ -6,9 +6,6 @@
 Every function takes the architecture as an `Architecture`, a path to its YAML file, or the
 file's content as a dict; and the profile as a `Profile`, a path, or None (yours, else the
 reference profile shipped with costmodel). Step-level numbers are in ``frame.attrs``.
-
-The names end in ``_frame`` and ``_report`` because ``costmodel.machine.predict``, ``costmodel.model.costs``,
-``costmodel.machine.sweep`` and ``costmodel.present.explain`` are the modules that compute them.
 """
 
 from __future__ import annotations
@@ -18,9 +15,9 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
-from costmodel.model.arch import Architecture, load_arch, parse_arch
-from costmodel.machine.predict import group, predict
+from costmodel.machine.predict import predict
 from costmodel.machine.profile import Profile, find_profile
+from costmodel.model.arch import Architecture, load_arch, parse_arch
 
 #: the columns of predict_frame(by="op"), in order
 PREDICT_COLUMNS = ["layer", "layer_type", "op", "phase", "kind", "flops", "bytes", "intensity", "seconds",
@@ -30,6 +27,9 @@ GROUP_COLUMNS = ["ops", "flops", "bytes", "seconds", "seconds_low", "seconds_hig
 #: the step-level numbers every prediction's frame carries in .attrs
 STEP_ATTRS = ("arch", "batch", "dtype", "threads", "impl", "total_seconds", "total_seconds_low",
               "total_seconds_high")
+#: the columns of costs_frame, after the variant columns
+COSTS_COLUMNS = ["layer", "layer_type", "op", "phase", "flops", "bytes_read", "bytes_written", "bytes", "intensity",
+                 "memory_kept_bytes"]
 
 
 def _arch(arch: Architecture | str | Path | Mapping) -> Architecture:
@@ -45,30 +45,50 @@ def _profile(profile: Profile | str | Path | None) -> Profile:
 
 
 def predict_frame(arch, profile=None, *, impl: str = "index", threads: int | None = None,
-                  batch: int | None = None, by: str = "op") -> pd.DataFrame:
+                  batch: int | None = None, by: str = "op", backend: str = "numpy") -> pd.DataFrame:
     """The predicted SG step, one row per op (PREDICT_COLUMNS) or per layer, phase or kind
     (`by`, then GROUP_COLUMNS); ``.attrs`` holds STEP_ATTRS."""
-    result = predict(_arch(arch), _profile(profile), impl=impl, threads=threads, batch=batch)
-    rows = group(result, by)
+    from costmodel.present.data import prediction_report, prediction_rows
+
+    pred = predict(_arch(arch), _profile(profile), impl=impl, threads=threads, batch=batch, backend=backend)
+    rows = prediction_rows(pred, by)
     if by == "op":
-        frame = pd.DataFrame(rows)
-        frame["intensity"] = frame["flops"] / frame["bytes"]
-        frame = frame[PREDICT_COLUMNS]
+        frame = pd.DataFrame(rows, columns=PREDICT_COLUMNS)
     else:
         frame = pd.DataFrame(rows, columns=[by, *GROUP_COLUMNS])
-    frame.attrs.update({k: result[k] for k in STEP_ATTRS})
+    report = prediction_report(pred, by)
+    frame.attrs.update({k: report[k] for k in STEP_ATTRS})
+    return frame
+
+
+def _table(columns: dict) -> pd.DataFrame:
+    from costmodel.model.step import conventions
+
+    total = columns["bytes_read"] + columns["bytes_written"]
+    frame = pd.DataFrame({**{k: v for k, v in columns.items() if k != "memory_kept"}, "bytes": total,
+                          "intensity": columns["flops"] / total, "memory_kept_bytes": columns["memory_kept"]})
+    frame.attrs.update(conventions())
     return frame
 
 
 def costs_frame(arch, *, impl: str = "index", batch: int | None = None,
                 vary: Mapping[str, Sequence] | None = None) -> pd.DataFrame:
-    """FLOPs, bytes, intensity and memory kept of every op (costmodel.model.evaluate.COLUMNS); with
-    `vary` ({"batch": [...], "layers[0].filters": [...]}), of every combination, in one long
-    frame that starts with a `variant` column and one column per varied name."""
-    from costmodel.model.evaluate import costs, costs_many
+    """FLOPs, bytes, intensity and memory kept of every op (COSTS_COLUMNS); with `vary`
+    ({"batch": [...], "layers[0].filters": [...]}), of every combination, in one long frame that
+    starts with a `variant` column and one column per varied name."""
+    import numpy as np
+
+    from costmodel.model.step import QUANTITIES, step_costs
+    from costmodel.model.variants import costs_many
 
     arch = _arch(arch).with_batch(batch)
-    return costs_many(arch, impl, **vary) if vary else costs(arch, impl)
+    if vary is not None:
+        return _table(costs_many(arch, impl, **vary))
+    costs = step_costs(arch, impl)
+    columns = {"layer": np.array([r.layer for r in costs.ops], dtype=np.int64),
+               **{k: np.array([getattr(r, k) for r in costs.ops], dtype=object) for k in ("layer_type", "op", "phase")},
+               **{q: getattr(costs, q) for q in QUANTITIES}}
+    return _table(columns)
 
 
 def sweep_frame(arch, profile=None, *, vary: str | Mapping[str, Sequence], impl: str = "index",
@@ -80,7 +100,8 @@ def sweep_frame(arch, profile=None, *, vary: str | Mapping[str, Sequence], impl:
     `vary` is "batch=1,8,64,512" as on the command line, or {"layers[1].filters": [16, 32]}.
     """
     from costmodel.errors import UsageError
-    from costmodel.machine.sweep import group_columns, long_rows, parse_vary, sweep
+    from costmodel.machine.sweep import parse_vary, sweep
+    from costmodel.present.data import group_columns, long_rows, sweep_report
 
     if isinstance(vary, str):
         name, values = parse_vary(vary)
@@ -88,8 +109,9 @@ def sweep_frame(arch, profile=None, *, vary: str | Mapping[str, Sequence], impl:
         [(name, values)] = vary.items()
     else:
         raise UsageError(f"vary: give one name and its values, not {len(vary)}")
-    result = sweep(_arch(arch).with_batch(batch), _profile(profile), name, list(values), impl=impl,
-                   threads=threads, by=by)
+    a = _arch(arch).with_batch(batch)
+    points = sweep(a, _profile(profile), name, list(values), impl=impl, threads=threads)
+    result = sweep_report(a, name, points, by, impl)
     frame = pd.DataFrame(long_rows(result), columns=[name, *group_columns(by), "seconds", "seconds_low",
                                                      "seconds_high", "fraction", "flops", "bytes", "step_seconds"])
     frame.attrs.update({k: result[k] for k in ("arch", "dtype", "impl", "threads", "vary", "symbol", "by")})

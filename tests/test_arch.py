@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from cli import app
 from costmodel.model.arch import load_arch, parse_arch
 from costmodel.errors import ArchError
-from costmodel.model.ops import OP_NAMES, op_keys
+from costmodel.model.ops import op_keys, op_names
 
 from tests.conftest import EXAMPLES, ROOT
 
@@ -69,9 +69,64 @@ CASES = [
      "layers[1] (conv): kernel 5 does not fit the padded input 3x3"),
     (lambda d: d.update(dtype="float16"), "dtype: 'float16' is not allowed"),
     (lambda d: d.update(loss="hinge"), "loss: 'hinge' is not allowed"),
-    (set_layer(0, activation="tanh"), "layers[0] (conv): activation: 'tanh' is not allowed"),
-    (set_layer(3, activation="sigmoid"), "layers[3] (full): activation: 'sigmoid' is not allowed"),
+    (set_layer(0, activation="gelu"), "layers[0] (conv): activation: 'gelu' is not allowed"),
+    (set_layer(3, activation="softplus"), "layers[3] (full): activation: 'softplus' is not allowed"),
     (set_layer(0, type="dense"), "layers[0]: layer type must be 'conv' or 'full'"),
+    # the extended vocabulary (ARCH_FORMAT.md, "Extended vocabulary")
+    (set_layer(1, groups=3), "layers[1] (conv): groups 3 divides neither 32 input channels nor 64 filters"),
+    (set_layer(1, groups=64), "layers[1] (conv): groups 64 does not divide the 32 input channels"),
+    (set_layer(1, groups=32, filters=48), "layers[1] (conv): groups 32 does not divide the 48 filters"),
+    (set_layer(1, groups=0), "layers[1] (conv): groups: 0 is not a positive integer"),
+    (set_layer(0, pool=1, pool_ceil=True), "layers[0] (conv): pool_ceil needs a pooling window (pool is 1)"),
+    (set_layer(0, pool=1, pool_stride=2), "layers[0] (conv): pool_stride 2 needs a pooling window (pool is 1)"),
+    (set_layer(0, pool_stride=0), "layers[0] (conv): pool_stride: 0 is not a positive integer"),
+    (set_layer(2, pool=8, pool_stride=1), "layers[2] (conv): pooling window 8 is larger than the convolution output 7x7"),
+    (set_layer(0, padding="full"), "layers[0] (conv): padding: 'full' is not allowed (expected a non-negative integer, 'same' or 'valid')"),
+    (set_layer(0, padding=1.5), "layers[0] (conv): padding: 1.5 has the wrong type"),
+    (set_layer(0, padding=True), "layers[0] (conv): padding: True has the wrong type"),
+    (set_layer(0, kernel=9, padding="valid", stride=4, pool=8),
+     "layers[0] (conv): pooling window 8 is larger than the convolution output 5x5"),
+    (set_layer(0, pool_type="min"), "layers[0] (conv): pool_type: 'min' is not allowed (expected 'max' or 'avg')"),
+    (set_layer(0, pool_ceil="yes"), "layers[0] (conv): pool_ceil: 'yes' has the wrong type"),
+    (set_layer(0, batch_norm=1), "layers[0] (conv): batch_norm: 1 has the wrong type"),
+    (set_layer(3, batch_norm="true"), "layers[3] (full): batch_norm: 'true' has the wrong type"),
+    (set_layer(0, dropout=1.0), "layers[0] (conv): dropout 1.0 is not in [0, 1)"),
+    (set_layer(3, dropout=-0.1), "layers[3] (full): dropout -0.1 is not in [0, 1)"),
+    (set_layer(3, dropout=float("nan")), "layers[3] (full): dropout nan is not in [0, 1)"),
+    (set_layer(3, dropout="0.5"), "layers[3] (full): dropout: '0.5' has the wrong type"),
+    (lambda d: d["layers"].insert(3, {"type": "residual", "layers": [
+        {"type": "conv", "filters": 64, "kernel": 3, "padding": 1, "pool": 2}]}),
+     "layers[3] (residual): layers[0] (conv): no pooling inside a residual block (pool 2)"),
+    (lambda d: d["layers"].insert(3, {"type": "residual", "shortcut": "identity", "layers": [
+        {"type": "conv", "filters": 32, "kernel": 3, "padding": 1}]}),
+     "layers[3] (residual): an identity shortcut needs F to keep the shape 3x3x64, but F gives 3x3x32"),
+    (lambda d: d["layers"].insert(3, {"type": "residual", "layers": [
+        {"type": "conv", "filters": 64, "kernel": 3}]}),
+     "layers[3] (residual): the projection shortcut (1x1, stride 1) gives 3x3x64, but F gives 1x1x64"),
+    (lambda d: d["layers"].insert(3, {"type": "residual", "shortcut": "zero", "layers": [
+        {"type": "conv", "filters": 64, "kernel": 3, "padding": 1}]}),
+     "layers[3] (residual): shortcut: 'zero' is not allowed (expected 'identity', 'projection' or 'auto')"),
+    (lambda d: d["layers"].insert(3, {"type": "residual", "activation": "gelu", "layers": [
+        {"type": "conv", "filters": 64, "kernel": 3, "padding": 1}]}),
+     "layers[3] (residual): activation: 'gelu' is not allowed"),
+    (lambda d: d["layers"].insert(3, {"type": "residual", "layers": []}),
+     "layers[3] (residual): layers: must not be empty"),
+    (lambda d: d["layers"].insert(3, {"type": "residual"}), "layers[3] (residual): missing required key 'layers'"),
+    (lambda d: d["layers"].insert(3, {"type": "residual", "layers": [{"type": "full", "units": 3}]}),
+     "layers[3] (residual): layers[0]: type: 'full' is not allowed (expected 'conv')"),
+    (lambda d: d["layers"].insert(3, {"type": "residual", "layers": [
+        {"type": "conv", "filters": 64, "kernel": 3, "kernal": 3}]}),
+     "layers[3] (residual): layers[0]: unknown key 'kernal'"),
+    (lambda d: d["layers"].append({"type": "residual", "layers": [{"type": "conv", "filters": 1, "kernel": 1}]}),
+     "layers[4] (residual): a residual block cannot follow a full layer"),
+    (lambda d: d["layers"].append({"type": "global_avg_pool"}),
+     "layers[4] (global_avg_pool): global_avg_pool cannot follow a full layer"),
+    (lambda d: d["layers"].insert(0, {"type": "global_avg_pool"}),
+     "layers[0] (global_avg_pool): global_avg_pool must follow a conv layer or a residual block"),
+    (lambda d: d["layers"].__setitem__(slice(3, 3), [{"type": "global_avg_pool"}, {"type": "global_avg_pool"}]),
+     "layers[4] (global_avg_pool): global_avg_pool must follow a conv layer or a residual block"),
+    (lambda d: d["layers"].insert(3, {"type": "global_avg_pool", "size": 2}),
+     "layers[3] (global_avg_pool): unknown key 'size'"),
 ]
 
 
@@ -118,7 +173,7 @@ def test_examples_load_and_list_only_contract_ops(path):
     arch = load_arch(path)
     keys = op_keys(arch)
     assert len(keys) == len(set(keys))
-    assert {k.op for k in keys} <= OP_NAMES
+    assert {k.op for k in keys} <= op_names()
 
 
 def test_simplenn_sizes_of_the_7_layer_network():

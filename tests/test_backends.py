@@ -15,8 +15,14 @@ from tests.test_cnn import EXAMPLES, example
 
 pytest.importorskip("torch")
 
-from calib.compare import (FASTER_RATIO, OTHER, assemble,  # noqa: E402
-                            group_rows, static_groups)
+from calib.compare import FASTER_RATIO, OTHER, assemble, group_rows  # noqa: E402
+from costmodel.machine.backends.torch import torch_groups  # noqa: E402
+
+
+def static_groups(arch) -> dict[tuple[int, str, str], str]:
+    """The torch group of every op of the contract (costmodel.machine.backends.torch)."""
+    refs = op_list(arch)
+    return {(refs[i].layer, refs[i].op, refs[i].phase): "+".join(g.ops) for g in torch_groups(refs) for i in g.members}
 
 runner = CliRunner()
 
@@ -42,13 +48,16 @@ def _synthetic(arch, seed: int = 0, scale_numpy=None, scale_torch=None):
     return numpy_rows, torch_rows
 
 
-def _result(arch, numpy_rows, torch_rows, threads=2):
-    def side(rows, impl):
+def _result(arch, numpy_rows, torch_rows, threads=2, thread_speedup=2.0):
+    """The comparison of synthetic rows; PyTorch's 1-thread run is its rows times `thread_speedup`."""
+    def side(rows, impl, n=threads):
         total = sum(r["seconds"] for r in rows)
-        return {"impl": impl, "threads": threads, "step_seconds": total, "total_seconds": total,
+        return {"impl": impl, "threads": n, "step_seconds": total, "total_seconds": total,
                 "coverage": 1.0, "ops": rows}
 
-    return assemble(arch, side(numpy_rows, "index"), {**side(torch_rows, "torch"), "torch_version": "x"})
+    one = [{**r, "seconds": r["seconds"] * thread_speedup} for r in torch_rows]
+    return assemble(arch, side(numpy_rows, "index"), {**side(torch_rows, "torch"), "torch_version": "x"},
+                    side(one, "torch", 1))
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
@@ -64,7 +73,8 @@ def test_grouping_sums_numpy_ops_exactly(path):
         if g["group"] == OTHER:
             assert g["numpy_seconds"] is None and g["ratio"] is None
             continue
-        ops = g["group"].split("+")
+        ops = g["ops"]
+        assert "+".join(ops) == g["group"]
         assert g["numpy_seconds"] == pytest.approx(sum(by_op[(g["layer"], op, g["phase"])] for op in ops), rel=1e-12)
         assert set(g["numpy_ops"]) == set(ops)
         assert g["ratio"] == pytest.approx(g["numpy_seconds"] / g["torch_seconds"])
@@ -110,8 +120,6 @@ def _verdict(result, reason):
 @pytest.mark.parametrize("reason,groups", [
     ("fused convolution instead of phi + product", lambda g: g["phase"] == "forward" and "phi" in g["group"]),
     ("fused backward instead of scatter-add", lambda g: g["phase"] == "backward" and "phi_grad" in g["group"]),
-    ("threads used by elementwise ops", lambda g: g["group"] in ("activation", "activation_grad", "pool",
-                                                                 "pool_grad", "update")),
 ])
 def test_verdict_flips_at_its_threshold(reason, groups):
     arch = example(next(p for p in EXAMPLES if p.stem == "cifar10-demo-layer4"), batch=4)
@@ -138,6 +146,31 @@ def test_verdict_flips_at_its_threshold(reason, groups):
     text = lambda r: " ".join(s for sec in r["explanation"] for s in sec["sentences"])  # noqa: E731
     assert f'"{reason}": supported.' in text(above)
     assert f'"{reason}": not supported by these numbers.' in text(below)
+
+
+@pytest.mark.parametrize("speedup, supported", [(FASTER_RATIO * 1.05, True), (FASTER_RATIO * 0.95, False)])
+def test_the_threads_verdict_follows_the_1_thread_run(speedup, supported):
+    """Threads explain PyTorch's faster elementwise ops only if its 1-thread run is at least
+    FASTER_RATIO slower; the rest of the gap is its kernels'."""
+    arch = example(next(p for p in EXAMPLES if p.stem == "cifar10-demo-layer4"), batch=4)
+    numpy_rows, torch_rows = _synthetic(arch, seed=3)
+    verdict = _verdict(_result(arch, numpy_rows, torch_rows, thread_speedup=speedup),
+                       "threads used by elementwise ops")
+    assert verdict["supported"] is supported
+    numbers = verdict["numbers"]
+    assert numbers["thread_speedup"] == pytest.approx(speedup)
+    assert numbers["kernel_ratio"] == pytest.approx(numbers["ratio"] / speedup)
+
+
+def test_the_threads_verdict_needs_the_1_thread_run():
+    arch = example(next(p for p in EXAMPLES if p.stem == "cifar10-demo-layer4"), batch=4)
+    numpy_rows, torch_rows = _synthetic(arch, seed=3)
+    side = {"impl": "torch", "threads": 2, "step_seconds": 1.0, "total_seconds": 1.0, "coverage": 1.0,
+            "ops": torch_rows, "torch_version": "x"}
+    result = assemble(arch, {**side, "impl": "index", "ops": numpy_rows}, side)
+    verdict = _verdict(result, "threads used by elementwise ops")
+    assert verdict["supported"] is False
+    assert "Without a 1-thread run" in " ".join(s for sec in result["explanation"] for s in sec["sentences"])
 
 
 def test_elementwise_threads_needs_more_than_one_thread():

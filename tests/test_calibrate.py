@@ -11,10 +11,14 @@ import pytest
 
 from calib.calibrate import Plan, calibrate, to_profile
 from calib.design import SweepLimits, design
-from costmodel.machine.features import model_key
-from costmodel.model.ops import op_keys
+import json
+
+from costmodel.machine.backends.numpy import model_key
 from costmodel.machine.predict import predict
 from costmodel.machine.profile import load_profile, save_profile
+from costmodel.model.arch import load_arch
+from costmodel.model.ops import op_list
+from costmodel.model.step import step_costs
 
 from tests.conftest import ROOT
 
@@ -43,7 +47,7 @@ def test_tiny_calibration_fits_every_op_kind_of_the_sweep(tiny_profile):
     path, plan = tiny_profile
     profile = load_profile(path)
     archs = design(plan.points, dtype="float32", seed=plan.seed, limits=plan.limits)
-    kinds = {model_key(k.op, a.loss) for a in archs for k in op_keys(a)}
+    kinds = {str(model_key(r.op, a.loss)) for a in archs for r in op_list(a)}
     for impl in plan.impls:
         entry = profile.entry("float32", impl, 1)
         assert set(entry.ops) == kinds
@@ -52,15 +56,25 @@ def test_tiny_calibration_fits_every_op_kind_of_the_sweep(tiny_profile):
             assert model.cv_error is not None and model.cv_error >= 0
 
 
-def test_profile_predicts_an_architecture_it_never_saw(tiny_profile):
+def test_a_prediction_is_the_profiles_coefficients_times_the_ops_costs(tiny_profile):
+    """An architecture the sweep never saw: every op has a model, and each op's predicted time
+    is the dot product of the coefficients in the profile FILE with the features worked out
+    here from the op's FLOPs and bytes and the fingerprint's caches."""
     path, _ = tiny_profile
-    from costmodel.model.arch import load_arch
-
+    data = json.loads(path.read_text())
+    [entry] = [e for e in data["entries"] if e["impl"] == "index"]
+    l2, l3 = data["fingerprint"]["caches"].get("L2", float("inf")), data["fingerprint"]["caches"].get("L3", float("inf"))
     arch = load_arch(ROOT / "examples" / "digits-small.yaml")
-    result = predict(arch, load_profile(path), impl="strided", threads=1)
-    assert result["total_seconds"] > 0
-    assert abs(sum(o["fraction"] for o in result["ops"]) - 1) < 1e-9
-    assert all(o["seconds_low"] <= o["seconds"] <= o["seconds_high"] or o["seconds"] == 0 for o in result["ops"])
+    costs = step_costs(arch, "index")
+    pred = predict(arch, load_profile(path), impl="index", threads=1)
+    for i, row in enumerate(pred.rows):
+        model = entry["ops"][f"{row.name}:{arch.loss}" if row.name.startswith("loss") else row.name]
+        flops, nbytes = int(costs.flops[i]), int(costs.bytes[i])
+        values = {"calls": 1, "flops": flops, "bytes": nbytes, "bytes_beyond_L2": nbytes if nbytes > l2 else 0,
+                  "bytes_beyond_L3": nbytes if nbytes > l3 else 0}
+        expected = sum(c * values[f] for f, c in zip(model["features"], model["coef"]))
+        assert row.seconds == pytest.approx(expected, rel=1e-12), row.key
+        assert row.seconds_low == pytest.approx(expected * model["interval"][0], rel=1e-12)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])

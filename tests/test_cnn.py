@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import costmodel.model.ops
+import costmodel.machine.backends.numpy
 from calib.cnn import IMPLS, ReferenceCNN, one_hot, to_layout
 from costmodel.model.arch import Architecture, load_arch, parse_arch
 from costmodel.errors import ArchError
 
-EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
+from tests.conftest import EXAMPLES
 LOSSES = ("mse", "softmax_ce")
 
 
@@ -261,10 +261,9 @@ def test_to_layout_and_one_hot():
 def test_strided_threads_agree_with_index(arch_id, threads, monkeypatch):
     """Every op split among threads (thresholds at 0) computes what the index
     implementation computes in one thread."""
-    from calib import kernels
 
-    monkeypatch.setattr(costmodel.model.ops, "SPLIT_BYTES", 0)
-    monkeypatch.setattr(costmodel.model.ops, "SPLIT_FLOPS", 0)
+    monkeypatch.setattr(costmodel.machine.backends.numpy, "SPLIT_BYTES", 0)
+    monkeypatch.setattr(costmodel.machine.backends.numpy, "SPLIT_FLOPS", 0)
     if arch_id.startswith("random-"):
         arch = random_arch(np.random.default_rng(200 + int(arch_id[7:])), batch=5)
     else:

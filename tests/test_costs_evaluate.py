@@ -1,30 +1,46 @@
-"""Evaluation of the symbolic costs: vectorised tables, many variants, the JSON report and the
-symbolic form."""
+"""Evaluation of the costs: StepCosts, the cost tables, many variants, the JSON report, the
+symbolic form, and the exact range of the quantities."""
 
 import json
 
 import numpy as np
 import pytest
+import sympy as sp
 
-from costmodel.model.arch import load_arch, parse_arch
-from costmodel.model.costs import BYTE_CONVENTION, FLOP_CONVENTION, IMPLS, op_cost
+from costmodel.api import COSTS_COLUMNS as COLUMNS, costs_frame
 from costmodel.errors import ArchError, UsageError
-from costmodel.model.evaluate import (COLUMNS, costs, costs_many, costs_report, evaluate,
-                                symbolic_report)
+from costmodel.model.arch import load_arch, parse_arch
+from costmodel.model.costs import BYTE_CONVENTION, FLOP_CONVENTION, IMPLS
 from costmodel.model.ops import op_keys
-from costmodel.model.shapes import bound_ops
+from costmodel.model.step import INT64_MAX, layer_values, op_spec, step_costs
+from costmodel.model.symbolic import symbolic_cost, symbolic_report
+from costmodel.model.symbols import SIZES
+from costmodel.present.data import costs_report as report_of
 
 from tests.conftest import EXAMPLES, ROOT
 
 MNIST = ROOT / "examples" / "mnist-demo-layer4.yaml"
 
 
+def costs(arch, impl="index", batch=None):
+    return costs_frame(arch, impl=impl, batch=batch)
+
+
+def costs_many(arch, impl, **vary):
+    return costs_frame(arch, impl=impl, vary=vary)
+
+
+def costs_report(arch, impl, batch):
+    return report_of(step_costs(arch, impl, batch))
+
+
 def _per_row(arch, impl):
     """Each op's costs by substituting its values into its SymPy expressions, one at a time."""
     rows = []
-    for op in bound_ops(arch, impl):
-        cost = op_cost(op.spec)
-        rows.append([int(getattr(cost, q).xreplace(op.values))
+    for ref in step_costs(arch, impl).ops:
+        cost = symbolic_cost(ref.record, op_spec(arch, ref, impl))
+        values = {getattr(SIZES, k): v for k, v in layer_values(arch, ref.sizes).items()}
+        rows.append([int(sp.sympify(getattr(cost, q)).xreplace(values))
                      for q in ("flops", "bytes_read", "bytes_written", "memory_kept")])
     return np.array(rows)
 
@@ -45,13 +61,27 @@ def test_vectorised_evaluation_equals_per_row_evaluation(path, impl):
     assert frame.attrs["flop_convention"] == FLOP_CONVENTION
 
 
-def test_evaluate_gives_one_column_per_batch_size():
+def test_step_costs_are_int64_and_sums_match_the_ops():
     arch = load_arch(MNIST)
-    ops = bound_ops(arch, "index")
-    q = evaluate(ops, np.array([1, 7, 128]))
-    assert q["flops"].shape == (len(ops), 3)
-    for j, batch in enumerate((1, 7, 128)):
-        np.testing.assert_array_equal(q["flops"][:, j], costs(arch, batch=batch).flops)
+    step = step_costs(arch, "index", batch=7)
+    assert step.arch.batch == 7 and len(step) == len(op_keys(arch))
+    assert all(getattr(step, q).dtype == np.int64 for q in ("flops", "bytes_read", "bytes_written", "memory_kept"))
+    sums = step.sums()
+    assert sums["flops"] == int(step.flops.sum()) and sums["bytes"] == int(step.bytes.sum())
+    i = next(i for i, ref in enumerate(step.ops) if ref.op == "conv_matmul")
+    cost = step.cost(i)  # the op's arrays with integer shapes
+    assert sum(x.size * 4 for x in cost.reads) == step.bytes_read[i]
+
+
+def test_a_quantity_beyond_int64_is_refused_naming_the_op():
+    data = {"name": "huge", "input": {"height": 1000000, "width": 1000000, "channels": 1}, "batch": 100000,
+            "layers": [{"type": "conv", "filters": 1000, "kernel": 1}, {"type": "full", "units": 10}]}
+    with pytest.raises(ArchError, match=r"huge: layer 1 \(conv\), op \w+: its .* exceed the 64-bit range"):
+        step_costs(parse_arch(data))
+    with pytest.raises(ArchError, match="64-bit range"):
+        costs_many(parse_arch(data | {"batch": 1}), "index", batch=[1, 100000])
+    small = step_costs(parse_arch(data | {"batch": 1, "input": {"height": 100, "width": 100, "channels": 1}}))
+    assert int(small.flops.max()) < INT64_MAX
 
 
 def test_costs_many_over_ten_thousand_batch_sizes():

@@ -7,8 +7,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from costmodel.model.arch import load_arch, parse_arch
-from costmodel.model.costs import IMPLS, op_cost
-from costmodel.model.shapes import array_shapes, bound_ops
+from costmodel.model.costs import IMPLS
+from costmodel.model.step import step_costs
 
 from tests.conftest import EXAMPLES
 
@@ -37,20 +37,19 @@ def _shape_and_kind(x):
 
 
 def _check_against_reference(arch, impl):
-    ops, record = bound_ops(arch, impl), _traced_step(arch, impl)
-    assert [op.ref.key for op in ops] == [key for key, _, _ in record]
-    for op, (key, reads, writes) in zip(ops, record):
-        shapes = array_shapes(op)
-        assert shapes["reads"] == [_shape_and_kind(x) for x in reads], key
-        assert shapes["writes"] == [_shape_and_kind(x) for x in writes], key
+    costs, record = step_costs(arch, impl), _traced_step(arch, impl)
+    assert [ref.key for ref in costs.ops] == [key for key, _, _ in record]
+    for i, (key, reads, writes) in enumerate(record):
+        cost = costs.cost(i)  # the op's arrays with integer shapes
+        assert [(tuple(x.shape), x.kind) for x in cost.reads] == [_shape_and_kind(x) for x in reads], key
+        assert [(tuple(x.shape), x.kind) for x in cost.writes] == [_shape_and_kind(x) for x in writes], key
         assert all(np.asarray(x).dtype in (np.intp, np.dtype(arch.dtype)) for x in reads + writes)
-        cost = op_cost(op.spec)
-        assert int(cost.bytes_read.xreplace(op.values)) == sum(np.asarray(x).nbytes for x in reads), key
-        assert int(cost.bytes_written.xreplace(op.values)) == sum(np.asarray(x).nbytes for x in writes), key
-    _check_memory_kept(ops, record)
+        assert costs.bytes_read[i] == sum(np.asarray(x).nbytes for x in reads), key
+        assert costs.bytes_written[i] == sum(np.asarray(x).nbytes for x in writes), key
+    _check_memory_kept(costs, record)
 
 
-def _check_memory_kept(ops, record):
+def _check_memory_kept(costs, record):
     """What the step holds between forward and backward: the distinct arrays forward ops
     write that backward ops read (compared by memory, so views and in-place updates count
     once) weigh exactly the model's memory kept, summed over the step."""
@@ -61,8 +60,7 @@ def _check_memory_kept(ops, record):
     for y in sorted(written, key=lambda y: -y.nbytes):
         if any(np.shares_memory(x, y) for x in read) and not any(np.shares_memory(y, z) for z in held):
             held.append(y)
-    model = sum(int(op_cost(op.spec).memory_kept.xreplace(op.values)) for op in ops)
-    assert model == sum(y.nbytes for y in held)
+    assert int(costs.memory_kept.sum()) == sum(y.nbytes for y in held)
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)

@@ -14,17 +14,17 @@ from typer.testing import CliRunner
 
 from cli import app
 from costmodel.model.arch import load_arch
-from costmodel.model.costs import OpSpec, op_cost
-from costmodel.present.explain import (MAJOR_SHARE, MAX_MAJOR, NOTATION, STEADY_PP, course_name, course_tex, explain,
-                               render_text, roofline)
-from costmodel.machine.features import model_key
-from costmodel.model.ops import OP_KIND, OP_NAMES
-from costmodel.machine.predict import group, predict
+from costmodel.machine.predict import predict
 from costmodel.machine.profile import Profile, save_profile
-from costmodel.present.report import fmt_fraction, fmt_seconds, human
+from costmodel.model.ops import RECORDS
+from costmodel.model.symbolic import symbolic_op
 from costmodel.model.symbols import d_next
+from costmodel.present.explain import IMPLEMENTATION_SHARE, MAJOR_SHARE, MAX_MAJOR, explain, render_text, roofline
+from costmodel.present.explain_text import STEADY_PP
+from costmodel.present.notation import course_name, course_tex, op_text
+from costmodel.units import fmt_fraction, fmt_seconds, human
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, all_model_keys, predicted
 from tests.test_profile import profile_data
 
 MNIST = ROOT / "examples" / "mnist-demo-layer4.yaml"
@@ -39,11 +39,6 @@ RATES = {
 RATES["strided"] = RATES["index"] | {"index manipulation": (5e-6, 0.0, 1 / 12e9)}
 
 
-def _model_keys() -> list[str]:
-    return sorted({model_key(op, loss, regime) for op in OP_NAMES for loss in ("mse", "softmax_ce")
-                   for regime in ("", "threaded", "serial")})
-
-
 def synthetic_profile(impls=("index", "strided"), rates=None, **ceilings) -> Profile:
     """A profile with a (calls, flops, bytes) model of every op for float32, 2 threads, and each
     of `impls`; `rates` overrides RATES[impl][kind]; `ceilings` replaces ceiling fields."""
@@ -53,9 +48,8 @@ def synthetic_profile(impls=("index", "strided"), rates=None, **ceilings) -> Pro
     for impl in impls:
         kinds = RATES[impl] | (rates or {})
         ops = {key: {"model": "nnls-linear", "features": ["calls", "flops", "bytes"],
-                     "coef": list(kinds[OP_KIND[key.partition(":")[0]]]), "cv_error": 0.1,
-                     "interval": [0.9, 1.2], "n_samples": 20}
-               for key in _model_keys()}
+                     "coef": list(kinds[kind]), "cv_error": 0.1, "interval": [0.9, 1.2], "n_samples": 20}
+               for key, kind in all_model_keys()}
         data["entries"].append({"dtype": "float32", "impl": impl, "threads": 2, "ops": ops})
     return Profile.model_validate(data)
 
@@ -83,18 +77,18 @@ def _sentences(facts: dict, title_start: str) -> list[str]:
 # -- the course's notation -------------------------------------------------------------------
 
 def test_every_op_has_a_name_in_the_course_notation():
-    assert set(NOTATION) == OP_NAMES
-    assert course_name("conv_matmul", 2) == "W^2 phi(pad(Z^2))"
-    assert course_name("phi", "m") == "phi(pad(Z^m))"
-    assert course_name("pool_grad", 12) == "(P_pool^{12})^T dZ^{13}"
-    assert course_name("pool_grad", "m") == "(P_pool^m)^T dZ^{m+1}"
-    assert course_tex("conv_matmul", 3) == r"$W^{3}\phi(\mathrm{pad}(Z^{3}))$"
+    assert all(rec.text and rec.mathtext for rec in RECORDS.values())
+    assert course_name(op_text("conv", "conv_matmul"), 2) == "W^2 phi(pad(Z^2))"
+    assert course_name(op_text("conv", "phi"), "m") == "phi(pad(Z^m))"
+    assert course_name(op_text("conv", "pool_grad"), 12) == "(P_pool^{12})^T dZ^{13}"
+    assert course_name(op_text("conv", "pool_grad"), "m") == "(P_pool^m)^T dZ^{m+1}"
+    assert course_tex(RECORDS[("conv", "conv_matmul")].mathtext, 3) == r"$W^{3}\phi(\mathrm{pad}(Z^{3}))$"
 
 
 # -- the major ops ---------------------------------------------------------------------------
 
 def test_major_ops_are_the_largest_and_their_numbers_are_the_predictions(mnist, profile, facts):
-    result = predict(mnist, profile, threads=2)
+    result = predicted(mnist, profile, threads=2)
     largest = sorted(result["ops"], key=lambda o: o["seconds"], reverse=True)
     major = facts["major_ops"]
     assert [(o["layer"], o["op"]) for o in major] == [(o["layer"], o["op"]) for o in largest[:len(major)]]
@@ -105,10 +99,11 @@ def test_major_ops_are_the_largest_and_their_numbers_are_the_predictions(mnist, 
         quantity = op["flops"] if op["bound"] == "compute" else op["bytes"]
         assert op["rate"] == pytest.approx(quantity / op["seconds"])
         assert op["rate"] / op["ceiling"] == pytest.approx(op["ceiling_share"])
-        assert sentence.startswith(f"{course_name(op['op'], op['layer'])} [{op['op']}, layer {op['layer']}]: "
+        assert sentence.startswith(f"{course_name(op_text('conv', op['op']), op['layer'])} [{op['op']}, layer {op['layer']}]: "
                                    f"{fmt_fraction(op['fraction'])} of the step ({fmt_seconds(op['seconds'])})")
         assert human(op["rate"], op["unit"]) in sentence
         assert f"{op['bound']}-bound" in sentence
+        assert op["bound"] in ("compute", "memory", "implementation")
 
 
 def test_a_profile_coefficient_changes_the_rate_in_the_sentence(mnist):
@@ -121,12 +116,12 @@ def test_a_profile_coefficient_changes_the_rate_in_the_sentence(mnist):
         top[name] = (op, _sentences(f, "The major ops")[f["major_ops"].index(op)])
     (slow_op, slow_text), (fast_op, fast_text) = top["slow"], top["fast"]
     assert fast_op["rate"] > 2 * slow_op["rate"]
-    assert f"it moves {human(slow_op['rate'], 'B/s')}" in slow_text
-    assert f"it moves {human(fast_op['rate'], 'B/s')}" in fast_text
+    assert f"moves {human(slow_op['rate'], 'B/s')}" in slow_text
+    assert f"moves {human(fast_op['rate'], 'B/s')}" in fast_text
 
 
-@pytest.mark.parametrize("factor, bound, side", [(0.5, "compute", "above"), (2.0, "memory", "below")])
-def test_the_verdict_flips_when_the_machine_balance_passes_the_intensity(mnist, factor, bound, side):
+@pytest.mark.parametrize("factor, roof, side", [(0.5, "compute", "above"), (2.0, "memory", "below")])
+def test_the_roof_flips_when_the_machine_balance_passes_the_intensity(mnist, factor, roof, side):
     slow_matmul = {"matrix product": (5e-6, 1 / 1e9, 0.0)}  # the matrix products become the major ops
     probe = explain(mnist, synthetic_profile(rates=slow_matmul), threads=2)
     top = probe["major_ops"][0]
@@ -135,24 +130,58 @@ def test_the_verdict_flips_when_the_machine_balance_passes_the_intensity(mnist, 
     prof = synthetic_profile(rates=slow_matmul, machine_balance={"float32": balance, "float64": balance})
     f = explain(mnist, prof, threads=2)
     op = f["major_ops"][0]
-    assert (op["op"], op["layer"], op["bound"]) == (top["op"], top["layer"], bound)
+    assert (op["op"], op["layer"], op["roof"]) == (top["op"], top["layer"], roof)
     assert (f"= {op['intensity']:.3g} FLOP/B, {side} the machine balance of {balance:.3g} FLOP/B, "
-            f"so {bound}-bound") in _sentences(f, "The major ops")[0]
+            "so its roof is") in _sentences(f, "The major ops")[0]
 
 
-def test_roofline_of_an_op_without_flops_is_memory_bound(mnist, profile):
-    phi = next(o for o in predict(mnist, profile, threads=2)["ops"] if o["op"] == "phi")
+def _timed(row, seconds):
+    """A predicted row with its seconds replaced (its rates follow)."""
+    import dataclasses
+
+    return dataclasses.replace(row, seconds=seconds)
+
+
+@pytest.mark.parametrize("share, bound", [(0.9, "compute"), (0.3, "compute"), (0.2, "implementation"),
+                                          (0.01, "implementation")])
+def test_the_verdict_is_the_roof_it_attains_or_its_implementation(mnist, profile, share, bound):
+    """A product at `share` of the peak: compute-bound down to IMPLEMENTATION_SHARE of it, below
+    that (and far below the bandwidth) bound by its implementation."""
+    row = next(r for r in predict(mnist, profile, threads=2).rows if r.name == "conv_matmul" and r.layer == 2)
+    peak = profile.ceilings.matmul_flops_per_second["float32"]
+    facts = roofline(_timed(row, row.flops / (share * peak)), profile.ceilings, "float32", "index")
+    assert facts["roof"] == "compute" and facts["bound"] == bound
+    assert facts["compute_share"] == pytest.approx(share)
+    assert facts["roof_seconds"] == pytest.approx(max(row.flops / peak, row.bytes / facts["bandwidth"]))
+
+
+def test_an_op_far_below_both_roofs_is_bound_by_its_implementation(mnist, profile):
+    """The slides' col2im: a scatter-add that moves a few percent of the measured bandwidth."""
+    f = explain(mnist, synthetic_profile(rates={"index manipulation": (5e-6, 0.0, 1 / 1e9)}), threads=2)
+    op = next(o for o in f["major_ops"] if o["op"] == "phi_grad")
+    assert op["roof"] == "memory" and op["bound"] == "implementation"
+    assert op["memory_share"] < IMPLEMENTATION_SHARE and op["compute_share"] < IMPLEMENTATION_SHARE
+    sentence = _sentences(f, "The major ops")[f["major_ops"].index(op)]
+    assert "far below both roofs" in sentence and "implementation-bound" in sentence
+    assert "scatter-add (np.add.at)" in sentence  # the record says how the index kernel does it
+    assert f"at the roofline it would take {fmt_seconds(op['roof_seconds'])}" in sentence
+
+
+def test_roofline_of_an_op_without_flops_has_the_memory_roof(mnist, profile):
+    phi = next(r for r in predict(mnist, profile, threads=2).rows if r.name == "phi")
     facts = roofline(phi, profile.ceilings, "float32")
-    assert facts["intensity"] == 0 and facts["bound"] == "memory"
-    assert facts["rate"] == pytest.approx(phi["bytes"] / phi["seconds"])
+    assert facts["intensity"] == 0 and facts["roof"] == "memory" and facts["compute_share"] == 0
+    assert facts["rate"] == pytest.approx(phi.bytes / phi.seconds)
+    fast = roofline(_timed(phi, phi.bytes / (0.8 * facts["bandwidth"])), profile.ceilings, "float32")
+    assert fast["bound"] == "memory" and fast["memory_share"] == pytest.approx(0.8)
 
 
 # -- FLOPs against time ----------------------------------------------------------------------
 
 def test_flop_and_time_shares_by_kind_are_the_predictions(mnist, profile, facts):
-    result = predict(mnist, profile, threads=2)
+    result = predicted(mnist, profile, threads=2)
     flops = sum(o["flops"] for o in result["ops"])
-    groups = {g["kind"]: g for g in group(result, "kind")}
+    groups = {g["kind"]: g for g in predicted(mnist, profile, "kind", threads=2)["groups"]}
     sentences = _sentences(facts, "FLOPs and bytes")
     for kind in facts["kinds"]:
         g = groups[kind["kind"]]
@@ -169,9 +198,9 @@ def test_flop_and_time_shares_by_kind_are_the_predictions(mnist, profile, facts)
 # -- the slides' ratio -----------------------------------------------------------------------
 
 def test_the_slides_ratio_is_2_d_next_per_layer(mnist, profile, facts):
-    phi = op_cost(OpSpec("phi", "conv")).writes[0]
-    assert sp.simplify(op_cost(OpSpec("conv_matmul", "conv")).flops / phi.size) == 2 * d_next
-    seconds = {(o["layer"], o["op"]): o["seconds"] for o in predict(mnist, profile, threads=2)["ops"]}
+    phi = symbolic_op("conv", "phi").writes[0]
+    assert sp.simplify(symbolic_op("conv", "conv_matmul").flops / phi.size) == 2 * d_next
+    seconds = {(o["layer"], o["op"]): o["seconds"] for o in predicted(mnist, profile, threads=2)["ops"]}
     forward, backward = facts["ratios"]["forward"], facts["ratios"]["backward"]
     assert (forward["ratio"], forward["order"]) == ("2 d^{m+1}", "d^{m+1}")
     assert backward["ratio"] == "2 d^{m+1}"
@@ -193,7 +222,7 @@ def test_a_network_without_conv_layers_says_so(profile):
 # -- the other implementation ----------------------------------------------------------------
 
 def test_the_other_implementation_is_predicted_when_the_profile_has_it(mnist, profile, facts):
-    strided = predict(mnist, profile, impl="strided", threads=2)
+    strided = predicted(mnist, profile, impl="strided", threads=2)
     other = facts["other_impl"]
     assert other["available"] and other["impl"] == "strided"
     assert other["total_seconds"] == pytest.approx(strided["total_seconds"])
@@ -218,9 +247,9 @@ def test_shares_by_batch_size_are_the_predictions_at_each_size(mnist, profile, f
     points = facts["batches"]["points"]
     assert [p["batch"] for p in points] == [1, 8, 64, 512]
     for p in points:
-        result = predict(mnist, profile, threads=2, batch=p["batch"])
+        result = predicted(mnist, profile, "kind", threads=2, batch=p["batch"])
         assert p["total_seconds"] == pytest.approx(result["total_seconds"])
-        assert p["shares"] == pytest.approx({g["kind"]: g["fraction"] for g in group(result, "kind")})
+        assert p["shares"] == pytest.approx({g["kind"]: g["fraction"] for g in result["groups"]})
     last = _sentences(facts, "The mini-batch size")[-1]
     for kind in facts["batches"]["kinds"]:
         change = 100 * (points[-1]["shares"][kind["kind"]] - points[0]["shares"][kind["kind"]])

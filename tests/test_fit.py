@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from calib.fit import OpTimeModel, fit_op
-from costmodel.machine.features import FEATURES, feature_rows
+from costmodel.machine.backends import ModelKey, Row
+from costmodel.machine.timemodel import FEATURES, Machine, design_matrix
 
 
 def synthetic(n=300, noise=0.0, seed=0):
@@ -43,10 +44,24 @@ def test_coefficients_are_never_negative():
     assert min(fit_op(X, t, groups).coef) >= 0
 
 
-def test_feature_rows_use_the_cache_sizes():
-    pd = pytest.importorskip("pandas")
-    costs = pd.DataFrame({"flops": [10.0, 0.0, 5.0], "bytes": [100.0, 5e6, 1e9]})
-    X = feature_rows(costs, {"L2": 1e6, "L3": 3.2e7})
+def _row(n_flops: int, n_bytes: int, **basis) -> Row:
+    return Row(1, "conv", ("phi",), "forward", "index manipulation", n_flops, n_bytes, 0, 0, ModelKey(("phi",)),
+               "phi", "phi", basis)
+
+
+def test_the_design_matrix_uses_the_cache_sizes():
+    rows = [_row(10, 100), _row(0, 5_000_000), _row(5, 1_000_000_000)]
+    X = design_matrix(rows, Machine({"L2": 1_000_000, "L3": 32_000_000}), FEATURES)
     assert X.shape == (3, len(FEATURES))
+    np.testing.assert_array_equal(X[:, FEATURES.index("calls")], [1, 1, 1])
+    np.testing.assert_array_equal(X[:, FEATURES.index("flops")], [10, 0, 5])
     np.testing.assert_array_equal(X[:, FEATURES.index("bytes_beyond_L2")], [0, 5e6, 1e9])
     np.testing.assert_array_equal(X[:, FEATURES.index("bytes_beyond_L3")], [0, 0, 1e9])
+
+
+def test_the_design_matrix_reads_a_rows_basis_and_refuses_an_unknown_feature():
+    other = _row(0, 0, flops=7, bytes=9, bytes_fresh=3)  # a row costed by its scope (torch's "other")
+    X = design_matrix([other], Machine(), ("flops", "bytes", "bytes_fresh", "flops_lane_waste"))
+    np.testing.assert_array_equal(X, [[7, 9, 3, 0]])
+    with pytest.raises(ValueError, match="unknown feature 'joules'"):
+        design_matrix([other], Machine(), ("joules",))

@@ -11,20 +11,20 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-import costmodel.model.costs as costs
-import costmodel.model.evaluate as evaluate
-import costmodel.machine.profile as prof
-from cli import app
-from costmodel.model.arch import load_arch, parse_arch
-from costmodel.errors import CostModelError
-from costmodel.machine.features import model_key
-from costmodel.present.latex import (PACKAGES, complexity_table, describe, fmt_count, fmt_fraction, fmt_seconds,
-                             latex_document, latex_escape, layer_ranges)
-from costmodel.model.ops import CONTRACT, OP_NAMES, op_keys
-from costmodel.machine.profile import Profile, save_profile
-from costmodel.model.symbols import d_next
+import dataclasses
 
-from tests.conftest import EXAMPLES, ROOT
+import costmodel.machine.profile as prof
+import costmodel.model.symbolic as symbolic
+from cli import app
+from costmodel.errors import CostModelError
+from costmodel.machine.profile import Profile, save_profile
+from costmodel.model.arch import load_arch, parse_arch
+from costmodel.model.costs import Array, OpCost
+from costmodel.model.ops import RECORDS, op_keys
+from costmodel.present.latex import (PACKAGES, complexity_table, describe, fmt_count, fmt_fraction, fmt_seconds,
+                                     latex_document, latex_escape, layer_ranges)
+
+from tests.conftest import EXAMPLES, ROOT, all_model_keys
 from tests.test_profile import CEILINGS, FINGERPRINT
 
 DIGITS = ROOT / "examples" / "digits-small.yaml"
@@ -38,7 +38,7 @@ def synthetic_profile() -> Profile:
     model = {"model": "nnls-linear", "features": ["calls", "flops", "bytes", "bytes_beyond_L2"],
              "coef": [3e-6, 1 / 50e9, 1 / 10e9, 1 / 30e9], "cv_error": 0.12, "interval": [0.8, 1.3],
              "n_samples": 40}
-    keys = sorted({model_key(op, loss) for op in OP_NAMES for loss in ("mse", "softmax_ce")})
+    keys = sorted(key for key, _ in all_model_keys() if not key.endswith(("threaded", "serial")))
     return Profile.model_validate({
         "created": "2025-01-02T03:04:05Z", "fingerprint": {**FINGERPRINT, "cpu_model": CPU},
         "ceilings": CEILINGS,
@@ -81,13 +81,13 @@ def test_numbers_are_formatted_for_reading(value, expected):
 
 
 def test_every_op_of_the_contract_has_the_slides_notation():
-    for (_, kind), ops in CONTRACT.items():
-        for op in ops:
-            for loss in ("mse", "softmax_ce"):
-                assert describe(kind, op, loss)
+    for kind, op in RECORDS:
+        for loss in ("mse", "softmax_ce"):
+            assert describe(kind, op, loss)
     assert describe("conv", "phi") == r"\phi(\mathsf{pad}(Z^{m,i}))"
     assert describe("conv", "conv_matmul") == r"W^{m} \phi(\mathsf{pad}(Z^{m,i}))"
-    with pytest.raises(CostModelError, match="no notation for op 'phi' of a full layer"):
+    assert describe("loss", "loss", "mse") != describe("loss", "loss", "softmax_ce")
+    with pytest.raises(CostModelError, match="no op 'phi' for full layers"):
         describe("full", "phi")
 
 
@@ -150,22 +150,22 @@ def test_standalone_document_of_every_example_compiles(tmp_path, path):
 
 # -- the O() column comes from the SymPy expressions ------------------------------------------
 
-CACHES = (costs.op_cost, evaluate.compiled, evaluate._symbolic)
+CACHES = (symbolic.symbolic_cost, symbolic._printed)
 
 
 @pytest.fixture
 def fresh_costs():
-    """The symbolic costs' caches emptied after the test, so that later tests see the registry."""
+    """The symbolic costs' caches emptied after the test, so that later tests see the records."""
     yield
     for cache in CACHES:
         cache.cache_clear()
 
 
 def _complexity(arch) -> str:
-    """Table 1 computed afresh from the registry (no cached expression)."""
+    """Table 1 computed afresh from the records (no cached expression)."""
     for cache in CACHES:
         cache.cache_clear()
-    return complexity_table(evaluate.symbolic_report(arch), arch)
+    return complexity_table(symbolic.symbolic_report(arch), arch)
 
 
 def _row(table: str, op: str) -> str:
@@ -179,16 +179,16 @@ def test_the_order_column_follows_the_cost_expressions(fresh_costs):
     new = r"\mathcal{O}(I h^{m} h^{m} d^{m} d^{m+1} a^{m}_{\mathrm{conv}} b^{m}_{\mathrm{conv}})"
     assert old in _row(before, "phi") and new not in _row(before, "phi")
 
-    original = costs.REGISTRY["phi"]
+    original = RECORDS[("conv", "phi")]
 
-    def wider_phi(spec):
+    def wider_phi(x, spec):
         """phi with d^{m+1} times more rows in the array it writes; nothing else changes."""
-        cost = original(spec)
-        writes = [costs.Array(x.name, (x.shape[0] * d_next, *x.shape[1:]), x.kind, x.kept) for x in cost.writes]
-        return costs._cost(cost.flops, list(cost.reads), writes)
+        cost = original.cost(x, spec)
+        writes = tuple(Array(a.name, (a.shape[0] * x.d_next, *a.shape[1:]), a.kind, a.kept) for a in cost.writes)
+        return OpCost(cost.flops, cost.reads, writes, cost.width)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(costs.REGISTRY, "phi", wider_phi)
+        mp.setitem(RECORDS, ("conv", "phi"), dataclasses.replace(original, cost=wider_phi))
         after = _complexity(arch)
     assert new in _row(after, "phi") and old not in _row(after, "phi")
     assert _row(after, "conv_matmul") == _row(before, "conv_matmul")

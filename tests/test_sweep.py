@@ -14,12 +14,16 @@ from cli import app
 from costmodel.api import GROUP_COLUMNS, PREDICT_COLUMNS, STEP_ATTRS
 from costmodel.model.arch import load_arch
 from costmodel.errors import CostModelError, UsageError
-from costmodel.model.evaluate import COLUMNS, costs
-from costmodel.machine.predict import group, predict
+from costmodel.api import COSTS_COLUMNS as COLUMNS
 from costmodel.machine.profile import save_profile
-from costmodel.machine.sweep import parse_vary, sweep, symbol
+from costmodel.machine.sweep import parse_vary, sweep as sweep_steps, symbol
+from costmodel.present.data import sweep_report
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, predicted
+
+
+def sweep(arch, profile, name, values, by="kind", **options) -> dict:
+    return sweep_report(arch, name, sweep_steps(arch, profile, name, values, **options), by, "index")
 from tests.test_explain import synthetic_profile
 
 MNIST = ROOT / "examples" / "mnist-demo-layer4.yaml"
@@ -96,9 +100,10 @@ def test_sweep_equals_predict_at_each_value(profile, name, values, by):
     for value, point in zip(values, result["points"]):
         varied = arch.with_batch(value) if name == "batch" else arch.model_copy(
             update={"layers": _with_layer_field(arch, name, value)})
-        expected = predict(varied, profile, threads=2)
+        expected = predicted(varied, profile, by, threads=2)
         assert point["total_seconds"] == pytest.approx(expected["total_seconds"])
-        assert point["groups"] == group(expected, by)
+        groups = [{k: v for k, v in g.items() if k not in ("name", "mathtext")} for g in point["groups"]]
+        assert groups == expected["ops" if by == "op" else "groups"]
 
 
 def _with_layer_field(arch, name, value):
@@ -117,7 +122,7 @@ def test_sweep_command_table_csv_json(profile_path, profile):
     csv = runner.invoke(app, base + ["--format", "csv", "--by", "op"]).stdout.splitlines()
     assert csv[0] == ("batch,layer,layer_type,op,phase,kind,seconds,seconds_low,seconds_high,fraction,flops,bytes,"
                       "step_seconds")
-    n_ops = len(predict(load_arch(DIGITS), profile, threads=2)["ops"])
+    n_ops = len(predicted(load_arch(DIGITS), profile, threads=2)["ops"])
     assert len(csv) == 1 + 2 * n_ops
     data = json.loads(runner.invoke(app, base + ["--format", "json"]).stdout)
     assert [p["value"] for p in data["points"]] == [1, 8] and data["symbol"] == "I"
@@ -134,7 +139,7 @@ def test_sweep_command_bad_vary_is_one_line_exit_2(profile_path):
 
 def test_predict_frame_has_the_documented_columns_and_the_predictions(profile):
     frame = costmodel.predict_frame(DIGITS, profile, threads=2)
-    result = predict(load_arch(DIGITS), profile, threads=2)
+    result = predicted(load_arch(DIGITS), profile, threads=2)
     assert isinstance(frame, pd.DataFrame) and list(frame.columns) == PREDICT_COLUMNS
     assert frame["seconds"].tolist() == pytest.approx([o["seconds"] for o in result["ops"]])
     assert (frame["intensity"] == frame["flops"] / frame["bytes"]).all()
@@ -147,7 +152,8 @@ def test_predict_frame_has_the_documented_columns_and_the_predictions(profile):
 def test_costs_frame_is_the_cost_table_and_varies(profile):
     arch_dict = load_arch(DIGITS).model_dump()
     frame = costmodel.costs_frame(arch_dict, impl="strided", batch=4)
-    pd.testing.assert_frame_equal(frame, costs(load_arch(DIGITS), "strided", batch=4))
+    pd.testing.assert_frame_equal(frame, costmodel.costs_frame(load_arch(DIGITS), impl="strided", batch=4))
+    assert list(frame.columns) == COLUMNS and frame.attrs["flop_convention"].startswith("FLOPs:")
     many = costmodel.costs_frame(DIGITS, vary={"batch": [1, 2], "layers[0].filters": [8, 16]})
     assert list(many.columns) == ["variant", "layers[0].filters", "batch", *COLUMNS]
     assert many["variant"].nunique() == 4

@@ -22,8 +22,9 @@ import numpy as np
 
 from costmodel.model.arch import Architecture
 from costmodel.errors import CostModelError
-from costmodel.machine.fused import FUSED, OTHER, torch_groups
-from costmodel.model.ops import OpKey, needs_flatten, op_list
+from costmodel.machine.backends import OTHER
+from costmodel.machine.backends.torch import FUSED, torch_groups
+from costmodel.model.ops import OpKey, op_list
 
 from calib.measure import summarize
 
@@ -48,58 +49,155 @@ def import_torch():
 # ---------------------------------------------------------------------------------------------
 # The network (also used by benchmarks/vs_torch.py)
 
-def torch_layers(arch: Architecture, cnn) -> list:
-    """One nn.Sequential per layer m = 1..L (conv/linear, ReLU, max pooling; the first full
-    layer after a conv layer starts with nn.Flatten), with the reference CNN's weights."""
+def _modules(torch):
+    """The small modules torch has no ready form of, made once torch is imported."""
+    from torch import nn
+
+    class ResidualAdd(nn.Module):
+        """A residual block's addition F(X) + shortcut(X), then its activation."""
+
+        def __init__(self, activation: nn.Module | None):
+            super().__init__()
+            self.activation = activation
+
+        def forward(self, f, x):
+            s = f + x
+            return s if self.activation is None else self.activation(s)
+
+    class FixedDropout(nn.Module):
+        """Inverted dropout with a given mask (tests): x * keep / (1 - rate)."""
+
+        def __init__(self, keep: np.ndarray, rate: float):
+            super().__init__()
+            self.register_buffer("keep", torch.from_numpy(np.ascontiguousarray(keep)))
+            self.scale = 1.0 / (1.0 - rate)
+
+        def forward(self, x):
+            return x * self.keep * self.scale
+
+    return ResidualAdd, FixedDropout
+
+
+def _activation(nn, name: str):
+    return {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}[name]() if name != "none" else None
+
+
+def _to_nchw(keep: np.ndarray) -> np.ndarray:
+    """A dropout mask in the reference CNN's layout ((d, I, a, b) or (n, I)) in torch's."""
+    return keep.transpose(1, 0, 2, 3) if keep.ndim == 4 else keep.T
+
+
+def torch_layers(arch: Architecture, cnn=None, dropout_masks: dict | None = None) -> list:
+    """One module per layer m = 1..L of the flat list, with the reference CNN's parameters and
+    batch norm's running averages (cnn None: torch's own initial values):
+
+    - conv: [nn.ZeroPad2d for an asymmetric 'same' padding,] nn.Conv2d (stride, symmetric
+      padding, groups), [nn.BatchNorm2d,] [nn.ReLU | nn.Tanh | nn.Sigmoid,] [nn.MaxPool2d |
+      nn.AvgPool2d (window, stride, ceil_mode),] [nn.Dropout];
+    - full: [nn.Flatten when its input is an image,] nn.Linear, [nn.BatchNorm1d,] [activation,]
+      [nn.Dropout];
+    - global_avg_pool: nn.AdaptiveAvgPool2d((1, 1));
+    - residual_add: a module of two inputs, F(X) + shortcut(X), then the activation.
+
+    Batch norm has eps 1e-5 and momentum 0.1 and runs in training mode. ``dropout_masks``
+    ({m: bool mask in the reference CNN's layout}) replaces nn.Dropout by a fixed mask."""
     torch = import_torch()
     from torch import nn
 
+    ResidualAdd, FixedDropout = _modules(torch)
+    dtype = torch.float64 if arch.dtype == "float64" else torch.float32
     layers = []
-    for sz, W, b in zip(arch.sizes(), cnn.W, cnn.b):
+    sizes = arch.sizes()
+    for sz in sizes:
+        ref = None if cnn is None else cnn.layers[sz.m - 1]
+        if sz.kind == "global_avg_pool":
+            layers.append(nn.AdaptiveAvgPool2d((1, 1)))
+            continue
+        if sz.kind == "residual_add":
+            layers.append(ResidualAdd(_activation(nn, sz.activation)))
+            continue
         modules = []
         if sz.kind == "conv":
-            layer = nn.Conv2d(sz.d, sz.d_next, sz.h, stride=sz.s, padding=sz.p)
-            layer.weight.data = torch.from_numpy(W.reshape(sz.d_next, sz.d, sz.h, sz.h).copy())
+            if sz.p is None:  # padding: same, with the extra row/column at the bottom/right
+                modules.append(nn.ZeroPad2d((sz.p_left, sz.p_right, sz.p_top, sz.p_bottom)))
+            layer = nn.Conv2d(sz.d, sz.d_next, sz.h, stride=sz.s, padding=sz.p or 0, groups=sz.g)
+            shape = (sz.d_next, sz.d // sz.g, sz.h, sz.h)
+            norm = nn.BatchNorm2d(sz.d_next, eps=1e-5, momentum=0.1) if sz.batch_norm else None
         else:
-            if needs_flatten(arch, sz.m):
+            previous = sizes[sz.inputs[0] - 1] if sz.inputs[0] > 0 else None
+            if previous is not None and previous.kind != "full":
                 modules.append(nn.Flatten())
             layer = nn.Linear(sz.n_in, sz.n_out)
-            layer.weight.data = torch.from_numpy(W.copy())
-        layer.bias.data = torch.from_numpy(b.copy())
+            shape = (sz.n_out, sz.n_in)
+            norm = nn.BatchNorm1d(sz.n_out, eps=1e-5, momentum=0.1) if sz.batch_norm else None
+        if ref is not None:
+            layer.weight.data = torch.from_numpy(ref.W.reshape(shape).copy())
+            layer.bias.data = torch.from_numpy(ref.b.copy())
         modules.append(layer)
-        if arch.activation_of(sz.m) == "relu":
-            modules.append(nn.ReLU())
-        if sz.kind == "conv" and sz.pool > 1:
-            modules.append(nn.MaxPool2d(sz.pool, stride=sz.pool))
-        layers.append(nn.Sequential(*modules))
+        if norm is not None:
+            norm.to(dtype)
+            if ref is not None:
+                norm.weight.data = torch.from_numpy(ref.gamma.copy())
+                norm.bias.data = torch.from_numpy(ref.beta.copy())
+                norm.running_mean.copy_(torch.from_numpy(ref.running_mean))
+                norm.running_var.copy_(torch.from_numpy(ref.running_var))
+            modules.append(norm)
+        activation = _activation(nn, sz.activation)
+        if activation is not None:
+            modules.append(activation)
+        if sz.pooled:
+            pool = nn.AvgPool2d if sz.pool_type == "avg" else nn.MaxPool2d
+            modules.append(pool(sz.pool, stride=sz.pool_stride, ceil_mode=sz.pool_ceil))
+        if sz.dropout:
+            keep = (dropout_masks or {}).get(sz.m)
+            modules.append(nn.Dropout(sz.dropout) if keep is None
+                           else FixedDropout(_to_nchw(np.asarray(keep, dtype=bool)), sz.dropout))
+        layers.append(nn.Sequential(*modules).to(dtype))
     return layers
 
 
-def torch_net(arch: Architecture, cnn):
-    """nn.Sequential of the layers of torch_layers, with the reference CNN's weights."""
-    import_torch()
-    from torch import nn
+def torch_net(arch: Architecture, cnn=None, dropout_masks: dict | None = None):
+    """The network of torch_layers as one module: forward(x) runs the layers m = 1..L, each on
+    the outputs of its ``inputs`` (x is the network's input, NCHW or (I, n))."""
+    torch = import_torch()
 
-    return nn.Sequential(*torch_layers(arch, cnn))
+    class TorchNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = torch.nn.ModuleList(torch_layers(arch, cnn, dropout_masks))
+            self.inputs = [sz.inputs for sz in arch.sizes()]
+
+        def forward(self, x):
+            outputs = [x]
+            for layer, inputs in zip(self.layers, self.inputs):
+                outputs.append(layer(*(outputs[i] for i in inputs)))
+            return outputs[-1]
+
+    return TorchNet()
 
 
 class TorchStep:
-    """One SG step in PyTorch with simpleNN's update: Grad = dW/I + W/C, v = mu v - lr Grad.
+    """One SG step in PyTorch with simpleNN's update: Grad = dW/I + W/C, v = mu v - lr Grad,
+    on every parameter (batch norm's gamma and beta too).
 
     With ``ranges`` the step marks its layers, loss, backward and updates with
     record_function ranges for the profiler (see the module's docstring)."""
 
-    def __init__(self, arch: Architecture, cnn, X: np.ndarray, Y: np.ndarray, ranges: bool = False):
+    def __init__(self, arch: Architecture, cnn, X: np.ndarray, Y: np.ndarray, ranges: bool = False,
+                 dropout_masks: dict | None = None):
         torch = import_torch()
 
         self.torch = torch
         self.arch = arch
         self.ranges = ranges
-        self.layers = torch_layers(arch, cnn)
-        self.net = torch.nn.Sequential(*self.layers)
+        self.layers = torch_layers(arch, cnn, dropout_masks)
+        self.inputs = [sz.inputs for sz in arch.sizes()]
+        self.net = torch.nn.ModuleList(self.layers)
         self.params = list(self.net.parameters())
+        self.buffers = [b for b in self.net.buffers() if b.is_floating_point()]
         self.layer_params = [list(layer.parameters()) for layer in self.layers]
         self.start = [p.detach().clone() for p in self.params]
+        self.start_buffers = [b.detach().clone() for b in self.buffers]
         self.v = [torch.zeros_like(p) for p in self.params]
         self.layer_v = []
         i = 0
@@ -116,6 +214,8 @@ class TorchStep:
             for p, p0, v in zip(self.params, self.start, self.v):
                 p.copy_(p0)
                 v.zero_()
+            for b, b0 in zip(self.buffers, self.start_buffers):
+                b.copy_(b0)
 
     def _range(self, name: str):
         if self.ranges:
@@ -128,10 +228,11 @@ class TorchStep:
         torch, opt, I = self.torch, self.arch.optimizer, self.x.shape[0]
         for p in self.params:
             p.grad = None
-        z = self.x
-        for m, layer in enumerate(self.layers, start=1):
+        outputs = [self.x]
+        for m, (layer, inputs) in enumerate(zip(self.layers, self.inputs), start=1):
             with self._range(f"layer{m}:forward"):
-                z = layer(z)
+                outputs.append(layer(*(outputs[i] for i in inputs)))
+        z = outputs[-1]
         with self._range("loss"):
             if self.arch.loss == "mse":
                 loss = ((z - self.y) ** 2).sum()
@@ -141,6 +242,8 @@ class TorchStep:
             loss.backward()
         with torch.no_grad():
             for m, (ps, vs) in enumerate(zip(self.layer_params, self.layer_v), start=1):
+                if not ps:  # global average pooling, a residual addition: nothing to update
+                    continue
                 with self._range(f"layer{m}:update"):
                     for p, v in zip(ps, vs):
                         v.mul_(opt.momentum).sub_(opt.lr * (p.grad / I + p / opt.C))
@@ -150,8 +253,8 @@ class TorchStep:
 # ---------------------------------------------------------------------------------------------
 # The mapping of profiler events onto the contract (docs/torch-mapping.md)
 
-_CONV_FWD = FUSED[("forward", "conv")]
-_CONV_BWD = FUSED[("backward", "conv")]
+_CONV_FWD = FUSED[("forward", "conv")][0]
+_CONV_BWD = FUSED[("backward", "conv")][0]
 
 #: top-level aten op of a layer's forward range -> the contract's ops it covers
 FORWARD_MAP: dict[str, tuple[str, ...]] = {
@@ -163,8 +266,8 @@ FORWARD_MAP: dict[str, tuple[str, ...]] = {
     **{name: ("pool",) for name in ("aten::max_pool2d", "aten::max_pool2d_with_indices")},
     **{name: ("flatten",) for name in ("aten::flatten", "aten::view", "aten::reshape",
                                         "aten::_reshape_alias")},
-    "aten::linear": FUSED[("forward", "full")],
-    "aten::addmm": FUSED[("forward", "full")],
+    "aten::linear": FUSED[("forward", "full")][0],
+    "aten::addmm": FUSED[("forward", "full")][0],
     "aten::matmul": ("full_matmul",),
     "aten::mm": ("full_matmul",),
     "aten::t": ("full_matmul",),
@@ -184,7 +287,7 @@ BACKWARD_MAP: dict[str, tuple[str, ...]] = {
     "ReshapeAliasBackward0": ("flatten_grad",),
     "UnsafeViewBackward0": ("flatten_grad",),
     "CloneBackward0": ("flatten_grad",),  # flatten of a non-contiguous tensor copies
-    "AddmmBackward0": FUSED[("backward", "full")],
+    "AddmmBackward0": FUSED[("backward", "full")][0],
     "MmBackward0": ("full_grad_W", "full_grad_input"),
     "TBackward0": ("full_grad_W",),
     "AddBackward0": ("bias_grad",),
@@ -198,20 +301,20 @@ def _children(event) -> list:
 
 
 def classify(events, arch: Architecture) -> dict[tuple[int, str, str], float]:
-    """Seconds per (layer, op group or "other", phase) of the events of one profiled step, from
-    its top-level ranges. An op group is the contract's ops an event covers, joined with "+"
-    in the order of costmodel.model.ops.op_list, restricted to the ops the layer has; an event that
-    covers none of them is "other". Layer 0 holds what belongs to no layer (other, backward)."""
+    """Seconds per (layer, row name, phase) of the events of one profiled step, from its
+    top-level ranges. A row is the contract's ops an event covers, in the order of
+    costmodel.model.ops.op_list, restricted to the ops the layer has, named as
+    costmodel.machine.backends.Row names it (joined with "+"); an event that covers none of
+    them is "other". Layer 0 holds what belongs to no layer (other, backward)."""
     L = arch.L
     present: dict[tuple[int, str], list[str]] = defaultdict(list)
     for ref in op_list(arch):
         present[(ref.layer, ref.phase)].append(ref.op)
 
-    def group(m: int, phase: str, ops: tuple[str, ...]) -> str:
-        chosen = [op for op in present.get((m, phase), []) if op in ops]
-        return "+".join(chosen) if chosen else OTHER
+    def group(m: int, phase: str, ops: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(op for op in present.get((m, phase), []) if op in ops)
 
-    seconds: dict[tuple[int, str, str], float] = defaultdict(float)
+    seconds: dict[tuple[int, tuple[str, ...], str], float] = defaultdict(float)
     seq_layer: dict[int, int] = {}
     backward = []
     for rng in events:
@@ -221,12 +324,12 @@ def classify(events, arch: Architecture) -> dict[tuple[int, str, str], float]:
             continue
         if name == "loss":
             _mark(rng, L + 1, seq_layer)
-            seconds[(L + 1, "loss", "forward")] += rng.cpu_time_total * 1e-6
+            seconds[(L + 1, ("loss",), "forward")] += rng.cpu_time_total * 1e-6
             continue
         layer, _, phase = name.removeprefix("layer").partition(":")
         m = int(layer)
         if phase != "forward":
-            seconds[(m, "update", "update")] += rng.cpu_time_total * 1e-6
+            seconds[(m, ("update",), "update")] += rng.cpu_time_total * 1e-6
             continue
         _mark(rng, m, seq_layer)
         inside = 0.0
@@ -235,25 +338,25 @@ def classify(events, arch: Architecture) -> dict[tuple[int, str, str], float]:
             seconds[key] += e.cpu_time_total * 1e-6
             inside += e.cpu_time_total * 1e-6
         # time in the range outside its aten ops (nn.Module calls, dispatch): maps to no op
-        seconds[(m, OTHER, "forward")] += max(rng.cpu_time_total * 1e-6 - inside, 0.0)
+        seconds[(m, (), "forward")] += max(rng.cpu_time_total * 1e-6 - inside, 0.0)
     for rng in backward:
         inside = 0.0
         for e in _children(rng):
             inside += e.cpu_time_total * 1e-6
             m = seq_layer.get(e.sequence_nr, 0) if e.name.startswith(EVALUATE) else 0
             if m == L + 1 or (m == 0 and e.name == "aten::ones_like"):  # the seed gradient too
-                key = (L + 1, "loss_grad", "backward")
+                key = (L + 1, ("loss_grad",), "backward")
             elif m == 0:
-                key = (0, OTHER, "backward")
+                key = (0, (), "backward")
             else:
                 node = e.name.removeprefix(EVALUATE)
                 grp = group(m, "backward", BACKWARD_MAP.get(node, ()))
                 # a node that maps to no op of its layer is the backward's "other"
-                key = (m, grp, "backward") if grp != OTHER else (0, OTHER, "backward")
+                key = (m, grp, "backward") if grp else (0, (), "backward")
             seconds[key] += e.cpu_time_total * 1e-6
         # the autograd engine's own time between its nodes
-        seconds[(0, OTHER, "backward")] += max(rng.cpu_time_total * 1e-6 - inside, 0.0)
-    return _merge_subsets(seconds)
+        seconds[(0, (), "backward")] += max(rng.cpu_time_total * 1e-6 - inside, 0.0)
+    return {(m, "+".join(ops) if ops else OTHER, phase): s for (m, ops, phase), s in _merge_subsets(seconds).items()}
 
 
 def _merge_subsets(seconds: dict) -> dict:
@@ -261,12 +364,10 @@ def _merge_subsets(seconds: dict) -> dict:
     (TBackward0's full_grad_W goes to AddmmBackward0's full_grad_W+bias_grad+full_grad_input)."""
     out = dict(seconds)
     for key in list(out):
-        m, grp, phase = key
-        if grp == OTHER:
+        m, ops, phase = key
+        if not ops:
             continue
-        ops = set(grp.split("+"))
-        bigger = [k for k in out if k != key and k[0] == m and k[2] == phase and k[1] != OTHER
-                  and ops < set(k[1].split("+"))]
+        bigger = [k for k in out if k != key and k[0] == m and k[2] == phase and k[1] and set(ops) < set(k[1])]
         if bigger:
             out[max(bigger, key=lambda k: len(k[1]))] += out.pop(key)
     return out
@@ -282,9 +383,10 @@ def _mark(event, m: int, seq_layer: dict[int, int]) -> None:
 
 
 def ordered(arch: Architecture, keys) -> list[tuple[int, str, str]]:
-    """(layer, group, phase) keys in the order of costmodel.machine.fused.torch_groups; a key that is
-    not one of its groups (an unexpected "other") after the rest."""
-    rank = {(g.key.layer, g.key.op, g.key.phase): i for i, g in enumerate(torch_groups(arch))}
+    """(layer, row name, phase) keys in the order of costmodel.machine.backends.torch's rows; a
+    key that is not one of its rows (an unexpected "other") after the rest."""
+    rank = {(g.layer, "+".join(g.ops) if g.ops else OTHER, g.phase): i
+            for i, g in enumerate(torch_groups(op_list(arch)))}
     return sorted(keys, key=lambda k: (rank.get(k, len(rank)), str(k)))
 
 
@@ -394,24 +496,30 @@ class torch_threads:
 
 
 def with_costs(result: dict, arch) -> dict:
-    """FLOPs and bytes of each group, as predict --backend torch counts them
-    (costmodel.machine.fused.torch_rows: a fused kernel's own traffic); None for "other"."""
-    from costmodel.machine.fused import torch_rows
+    """FLOPs and bytes of each row, as predict --backend torch counts them
+    (costmodel.machine.backends.torch: a fused kernel's own traffic); None for "other"."""
+    from costmodel.machine.backends.torch import BYTES_IMPL, TorchBackend
+    from costmodel.model.step import step_costs
 
-    table = {(r["layer"], r["op"], r["phase"]): r for r in torch_rows(arch)}
+    table = {r.key: r for r in TorchBackend().rows_of(step_costs(arch, BYTES_IMPL))}
     for row in result["ops"]:
         cost = table.get((row["layer"], row["op"], row["phase"]))
         if row["op"] == OTHER or cost is None:
             row["flops"] = row["bytes"] = None
         else:
-            row["flops"], row["bytes"] = cost["flops"], cost["bytes"]
+            row["flops"], row["bytes"] = cost.flops, cost.bytes
     return result
 
 
 # ---------------------------------------------------------------------------------------------
 # Calibration: the same sweep as the NumPy backend, timed per op group
 
-def time_sweep_torch(archs: list[Architecture], *, threads: int, rounds: int, chunk: int, seed: int,
+def versions() -> dict[str, str]:
+    """The torch version an entry was calibrated with."""
+    return {"torch": import_torch().__version__}
+
+
+def time_sweep(archs: list[Architecture], impl: str = "torch", *, threads: int, rounds: int, chunk: int, seed: int,
                      progress: Callable[[int], None] | None = None) -> list[dict]:
     """Samples {"point", "layer", "op", "phase", "seconds"} of every op group of every sweep
     network in PyTorch (median over `rounds` profiled steps), as calib.calibrate.time_sweep
@@ -422,7 +530,7 @@ def time_sweep_torch(archs: list[Architecture], *, threads: int, rounds: int, ch
     `measure`) has the same network's step before: PyTorch's allocator and oneDNN's
     primitive cache are then warm (measured: the median step error of the examples went from
     14.4 % to 11.6 % on the same 96 networks)."""
-    from calib.calibrate import chunked_sweep
+    from calib.backends.timing import chunked_sweep
     from calib.cnn import ReferenceCNN
     from calib.measure import synthetic_batch
 

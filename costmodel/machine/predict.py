@@ -1,25 +1,34 @@
-"""Predicted per-op time of an SG step: the symbolic costs combined with a machine profile.
+"""Predicted time of an SG step: its rows (a backend's) timed by a machine profile's models.
 
-For every op of the step, its features (costmodel.machine.features) are evaluated from the symbolic
-cost model and multiplied by the coefficients the profile fitted for that op kind, dtype,
+For every row of the step, its features (costmodel.machine.timemodel) are evaluated and
+multiplied by the coefficients the profile fitted for that row's model key, dtype,
 implementation and thread count. The time composition is the sum of the terms (a per-call
-overhead, compute time and memory time). The prediction interval of an op is its prediction
+overhead, compute time and memory time). The prediction interval of a row is its prediction
 scaled by the 5 % and 95 % quantiles of measured/predicted that cross-validation found; the
-step's interval sums the ops' bounds (no cancellation of errors assumed).
+step's interval sums the rows' bounds (no cancellation of errors assumed).
+
+`predict` returns a `Prediction`; the tables, JSON and CSV are made from it at the edge
+(costmodel.present).
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Mapping
 
-from costmodel.model.arch import Architecture
 from costmodel.errors import CostModelError
-from costmodel.machine.features import ALL_FEATURES, ROW_FEATURES, feature_rows, model_key, simd_lanes
-from costmodel.model.ops import OP_KIND, op_regime, threaded_step
-from costmodel.machine.profile import Profile, calibrate_command
+from costmodel.machine.backends import Row, backend as get_backend
+from costmodel.machine.timemodel import ALL_FEATURES, Machine, feature_values, terms
+
+if TYPE_CHECKING:
+    from costmodel.machine.profile import Profile
+    from costmodel.model.arch import Architecture
+
+BY = ("op", "layer", "phase", "kind")
 
 
-def default_threads(profile: Profile, dtype: str, impl: str, backend: str = "numpy") -> int:
+def default_threads(profile: "Profile", dtype: str, impl: str, backend: str = "numpy") -> int:
     """The thread count to predict for when none is given: this machine's core count if the
     profile has it, else the largest the profile has for (dtype, impl)."""
     have = sorted({e.threads for e in profile.entries
@@ -30,105 +39,122 @@ def default_threads(profile: Profile, dtype: str, impl: str, backend: str = "num
     return have[-1]
 
 
-BACKENDS = ("numpy", "torch")
+@dataclass(frozen=True)
+class PredictedRow:
+    """One row of the step with its predicted seconds, interval, share and terms."""
+
+    row: Row
+    seconds: float
+    seconds_low: float
+    seconds_high: float
+    cv_error: float | None
+    fraction: float
+    terms: Mapping[str, float]
+
+    def __getattr__(self, name):  # the row's fields: layer, ops, phase, kind, flops, bytes, ...
+        if name == "row":
+            raise AttributeError(name)
+        return getattr(self.row, name)
 
 
-def step_rows(arch: Architecture, impl: str, threads: int, backend: str = "numpy", lanes: int = 1) -> list[dict]:
-    """The rows whose times a profile models, for one step of `arch`: with the NumPy backend
-    the contract's ops of `impl`, with the torch backend PyTorch's op groups
-    (costmodel.machine.fused). Each row has layer, layer_type, op, phase, kind, flops, bytes and
-    ``model``, the key of the op model that times it (model_key / group_model_key); a torch
-    row also flops_lane_waste for a machine with `lanes` SIMD lanes (features.simd_lanes)."""
-    from costmodel.model.evaluate import costs_report
+@dataclass(frozen=True)
+class GroupTotal:
+    """The rows of a prediction summed by layer, phase or kind."""
 
-    if backend == "numpy":
-        threaded = threaded_step(arch, impl, threads)
-        rows = costs_report(arch, impl)["ops"]
-        for row in rows:
-            row["kind"] = OP_KIND[row["op"]]
-            row["model"] = model_key(row["op"], arch.loss,
-                                     op_regime(row["op"], row["flops"], row["bytes"], threaded))
-        return rows
-    if backend != "torch":
-        raise CostModelError(f"--backend: {backend!r} is not one of {', '.join(BACKENDS)}")
-    from costmodel.machine.fused import torch_rows
-
-    return torch_rows(arch, lanes)
+    by: str
+    name: object
+    ops: int
+    seconds: float
+    seconds_low: float
+    seconds_high: float
+    flops: int
+    bytes: int
+    fraction: float
 
 
-def row_features(rows: list[dict]) -> dict[str, list]:
-    """The columns of step_rows that features.feature_rows reads: a row's FLOPs and bytes, or
-    for PyTorch's "other" those of its scope (scope_flops, scope_bytes)."""
-    out = {"flops": [r.get("scope_flops", r["flops"]) for r in rows],
-           "bytes": [r.get("scope_bytes", r["bytes"]) for r in rows]}
-    for name in ROW_FEATURES:
-        if rows and name in rows[0]:
-            out[name] = [r[name] for r in rows]
+@dataclass(frozen=True)
+class Prediction:
+    """The predicted step: its rows in step order and the step's totals."""
+
+    arch: "Architecture"
+    backend: str
+    impl: str
+    threads: int
+    rows: tuple[PredictedRow, ...]
+    total_seconds: float
+    total_seconds_low: float
+    total_seconds_high: float
+    profile_info: Mapping[str, object]
+
+    @property
+    def dtype(self) -> str:
+        return self.arch.dtype
+
+    @property
+    def batch(self) -> int:
+        return self.arch.batch
+
+    def by(self, by: str) -> list[GroupTotal]:
+        """The rows summed by "layer", "phase" or "kind", in order of first appearance."""
+        if by not in BY or by == "op":
+            raise CostModelError(f"--by: {by!r} is not one of layer, phase, kind (or op)")
+        groups: dict = {}
+        for r in self.rows:
+            name = getattr(r.row, by)
+            g = groups.setdefault(name, [0, 0.0, 0.0, 0.0, 0, 0])
+            g[0] += 1
+            g[1] += r.seconds
+            g[2] += r.seconds_low
+            g[3] += r.seconds_high
+            g[4] += r.flops
+            g[5] += r.bytes
+        total = self.total_seconds
+        return [GroupTotal(by, name, n, s, lo, hi, f, b, s / total if total else 0.0)
+                for name, (n, s, lo, hi, f, b) in groups.items()]
+
+
+def predict_rows(rows: list[Row], entry, machine: Machine, missing) -> list[tuple]:
+    """Per row: (row, seconds, interval factors, terms, CV error) from the entry's models;
+    a row without a model raises CostModelError(missing(row))."""
+    out = []
+    for row in rows:
+        model = entry.model(row.model)
+        if model is None:
+            raise CostModelError(missing(row))
+        unknown = [f for f in model.features if f not in ALL_FEATURES]
+        if unknown:
+            raise CostModelError(f"the profile's {entry.describe()} model of {str(row.model)!r} uses feature "
+                                 f"{unknown[0]!r}, which this costmodel does not know: upgrade costmodel "
+                                 "or calibrate again")
+        parts = terms(model, feature_values(row, machine))
+        out.append((row, sum(parts.values()), model.interval, parts, model.cv_error))
     return out
 
 
-def predict(arch: Architecture, profile: Profile, *, impl: str = "index", threads: int | None = None,
-            batch: int | None = None, backend: str = "numpy") -> dict:
-    """The per-op prediction as DESIGN.md's JSON object (with `total_seconds`), each op with
-    `seconds`, `fraction`, `seconds_low`/`seconds_high`, FLOPs, bytes and its kind.
-
-    With backend "torch" the rows are PyTorch's op groups (costmodel.machine.fused) and `impl` is
-    "torch"."""
-    from costmodel.model.evaluate import conventions
-
-    if backend == "torch":
-        impl = "torch"
+def predict(arch: "Architecture", profile: "Profile", *, impl: str = "index", threads: int | None = None,
+            batch: int | None = None, backend: str = "numpy") -> Prediction:
+    """The predicted step of `arch` on the profile's machine: a Prediction whose rows are the
+    backend's (the contract's ops for "numpy", PyTorch's op groups for "torch", whose one
+    implementation is "torch"). A row without a model in the profile is an error naming the
+    command that calibrates it, never a silent 0."""
+    be = get_backend(backend)
+    if backend != "numpy":
+        impl = be.impls[0]
     arch = arch.with_batch(batch)
     threads = threads or default_threads(profile, arch.dtype, impl, backend)
     entry = profile.entry(arch.dtype, impl, threads, backend)
-    ops = step_rows(arch, impl, threads, backend, simd_lanes(profile.fingerprint.cpu_flags, arch.itemsize))
-    X = feature_rows(row_features(ops), profile.fingerprint.caches, ALL_FEATURES)
-    for row, x in zip(ops, X):
-        key = row.pop("model")
-        model = entry.ops.get(key)
-        if model is None:
-            raise CostModelError(f"the profile's {entry.describe()} calibration has no model for "
-                                 f"{'op' if backend == 'numpy' else 'op group'} {key!r}: "
-                                 f"run `{calibrate_command(arch.dtype, impl, threads, backend)}` again")
-        unknown = [f for f in model.features if f not in ALL_FEATURES]
-        if unknown:
-            raise CostModelError(f"the profile's {entry.describe()} model of {key!r} uses feature "
-                                 f"{unknown[0]!r}, which this costmodel does not know: upgrade costmodel "
-                                 "or calibrate again")
-        seconds = sum(c * x[ALL_FEATURES.index(f)] for f, c in zip(model.features, model.coef))
-        lo, hi = model.interval
-        row.update(seconds=seconds, seconds_low=seconds * lo, seconds_high=seconds * hi, cv_error=model.cv_error)
-    total = sum(o["seconds"] for o in ops)
-    for row in ops:
-        row["fraction"] = row["seconds"] / total if total > 0 else 0.0
-    return {
-        "arch": arch.name, "batch": arch.batch, "dtype": arch.dtype, "threads": threads, "impl": impl,
-        "backend": backend,
-        "total_seconds": total,
-        "total_seconds_low": sum(o["seconds_low"] for o in ops),
-        "total_seconds_high": sum(o["seconds_high"] for o in ops),
-        "profile": {"cpu_model": profile.fingerprint.cpu_model, "created": profile.created.isoformat()},
-        **conventions(),
-        "ops": ops,
-    }
+    machine = Machine.of(profile.fingerprint)
+    rows = be.rows(arch, impl, threads, machine)
+    what = "op" if backend == "numpy" else "op group"
 
+    def missing(row: Row) -> str:
+        return (f"the profile's {entry.describe()} calibration has no model for {what} {str(row.model)!r}: "
+                f"run `{be.calibrate_command(arch.dtype, impl, threads)}` again")
 
-def group(result: dict, by: str) -> list[dict]:
-    """Sum the ops of a prediction (or measurement) by 'layer', 'phase' or 'kind'; 'op' keeps them."""
-    if by == "op":
-        return result["ops"]
-    if by not in ("layer", "phase", "kind"):
-        raise CostModelError(f"--by: {by!r} is not one of op, layer, phase, kind")
-    total = result.get("total_seconds") or 0.0
-    groups: dict = {}
-    for row in result["ops"]:
-        name = row[by] if by != "kind" else row.get("kind") or OP_KIND[row["op"]]
-        g = groups.setdefault(name, {by: name, "ops": 0, "seconds": 0.0, "flops": 0, "bytes": 0,
-                                     "seconds_low": 0.0, "seconds_high": 0.0})
-        g["ops"] += 1
-        for k in ("seconds", "flops", "bytes", "seconds_low", "seconds_high"):
-            if row.get(k) is not None:
-                g[k] += row[k]
-    for g in groups.values():
-        g["fraction"] = g["seconds"] / total if total else 0.0
-    return list(groups.values())
+    timed = predict_rows(rows, entry, machine, missing)
+    total = sum(t[1] for t in timed)
+    predicted = tuple(PredictedRow(row, s, s * lo, s * hi, cv, s / total if total > 0 else 0.0, parts)
+                      for row, s, (lo, hi), parts, cv in timed)
+    return Prediction(arch, backend, impl, threads, predicted, total,
+                      sum(r.seconds_low for r in predicted), sum(r.seconds_high for r in predicted),
+                      {"cpu_model": profile.fingerprint.cpu_model, "created": profile.created.isoformat()})

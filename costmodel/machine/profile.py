@@ -30,8 +30,9 @@ from costmodel import __version__
 from costmodel.model.arch import DTYPES, _loc_to_place, _short, first_error
 from costmodel.errors import CostModelError, UsageError
 from costmodel.files import MiB, atomic_write, read_regular
-from costmodel.model.ops import OP_NAMES
-from costmodel.present.report import FORMATS, fmt_seconds, human, render_table, to_csv, to_json
+from costmodel.machine.timemodel import fact
+from costmodel.present.report import FORMATS, render_table, to_csv, to_json
+from costmodel.units import human, iec as _iec, threads_text as _threads
 
 __all__ = ["SCHEMA_VERSION", "BandwidthPoint", "BlasInfo", "Ceilings", "Entry", "Fingerprint", "OpModel",
            "Profile", "calibrate_command", "check_machine", "default_profile_path", "embedded_profile_path", "fact",
@@ -43,8 +44,6 @@ REFERENCE_NAME = "reference_profile.json"
 
 #: features whose coefficient (seconds per unit) reads as a rate: feature -> (rate, unit);
 #: a qualified name such as bytes_beyond_L2 reads as the same rate, qualified
-RATE_FEATURES = {"flops": ("FLOP/s", "FLOP"), "bytes": ("B/s", "byte")}
-CALL_FEATURE = "calls"
 #: CPU flags shown in the fingerprint summary when present (x86 and Arm vector units)
 SIMD_FLAGS = ("avx512f", "avx2", "fma", "avx", "sse4_2", "asimd", "sve", "sve2")
 
@@ -148,18 +147,26 @@ class Entry(_Model):
 
     @model_validator(mode="after")
     def _known_ops(self) -> "Entry":
-        # a NumPy entry models the contract's ops; a torch entry PyTorch's op groups
-        # (ops joined with "+", costmodel.machine.fused) and "other"
+        # a NumPy entry models the contract's ops; a torch entry PyTorch's op groups and "other"
+        from costmodel.machine.backends import OTHER, ModelKey
+        from costmodel.model.ops import op_names
+
+        names = op_names()
+
         def known(key: str) -> bool:
-            parts = key.partition(":")[0].split("+")
+            ops = ModelKey.parse(key).ops
             if self.backend == "numpy":
-                return len(parts) == 1 and parts[0] in OP_NAMES
-            return all(p in OP_NAMES or p == "other" for p in parts)
+                return len(ops) == 1 and ops[0] in names
+            return all(op in names or op == OTHER for op in ops)
 
         unknown = sorted(key for key in self.ops if not known(key))
         if unknown:
             raise ValueError(f"unknown op {unknown[0]!r} (not in the op contract)")
         return self
+
+    def model(self, key) -> "OpModel | None":
+        """The model of a ModelKey (costmodel.machine.backends), or None."""
+        return self.ops.get(str(key))
 
     @property
     def key(self) -> tuple[str, str, int, str]:
@@ -219,15 +226,14 @@ class Profile(_Model):
         source = _SOURCES.get(id(self))
         raise UsageError(f"{source + ': ' if source else ''}"
                          f"the profile has no entry for {_setting(dtype, impl, threads, backend)}: "
-                             f"run `{command}` "
-                             f"(it has: {has})")
+                         f"run `{command}` (it has: {has})")
 
 
 def calibrate_command(dtype: str, impl: str, threads: int, backend: str = "numpy") -> str:
     """The command that calibrates the entry for these settings."""
-    if backend == "numpy":
-        return f"costmodel calibrate --dtype {dtype} --impl {impl} --threads {threads}"
-    return f"costmodel calibrate --dtype {dtype} --threads {threads} --backend {backend}"
+    from costmodel.machine.backends import backend as get_backend
+
+    return get_backend(backend).calibrate_command(dtype, impl, threads)
 
 
 # -- files -----------------------------------------------------------------------------------
@@ -393,41 +399,14 @@ def check_machine(profile: Profile, current: Fingerprint | Mapping, threads: int
 
 # -- rendering -------------------------------------------------------------------------------
 
-def _threads(n: int) -> str:
-    return f"{n} thread" if n == 1 else f"{n} threads"
-
-
 def _setting(dtype: str, impl: str, threads: int, backend: str) -> str:
     """'float32, impl index, 2 threads' (and the backend when it is not NumPy)."""
     text = f"{dtype}, impl {impl}, {_threads(threads)}"
     return text if backend == "numpy" else f"{text}, backend {backend}"
 
 
-def _iec(n: int | None) -> str:
-    """32768 -> '32 KiB'; None -> 'none'."""
-    if n is None:
-        return "none"
-    for factor, unit in ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
-        if n >= factor:
-            return f"{n / factor:.3g} {unit}"
-    return f"{n} B"
-
-
 def _caches(caches: Mapping[str, int]) -> str:
     return ", ".join(f"{name} {_iec(size)}" for name, size in sorted(caches.items())) or "unknown"
-
-
-def fact(feature: str, coef: float) -> str:
-    """One coefficient read as a machine fact: ('flops', 1.35e-11) -> '74 GFLOP/s',
-    ('bytes_beyond_L3', 5e-11) -> '20 GB/s beyond L3', ('calls', 1.2e-5) -> '12.0 us per call'."""
-    if feature == CALL_FEATURE:
-        return f"{fmt_seconds(coef)} per call"
-    quantity, _, qualifier = feature.partition("_")
-    if quantity in RATE_FEATURES:
-        rate, unit = RATE_FEATURES[quantity]
-        text = human(1 / coef, rate) if coef > 0 else f"no cost per {unit}"
-        return f"{text} {qualifier.replace('_', ' ')}".rstrip()
-    return f"{feature}: {coef:.3g} s each"
 
 
 def _level(working_set: int, caches: Mapping[str, int]) -> str:

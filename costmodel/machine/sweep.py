@@ -12,7 +12,7 @@ from typing import Sequence
 
 from costmodel.model.arch import Architecture
 from costmodel.errors import UsageError
-from costmodel.machine.predict import group, predict
+from costmodel.machine.predict import Prediction, predict
 from costmodel.machine.profile import Profile
 
 _INT = re.compile(r"[+-]?\d+")
@@ -71,38 +71,17 @@ def symbol(name: str) -> str:
 def vary(arch: Architecture, name: str, value) -> Architecture:
     """`arch` with `name` ('batch' or a path such as 'layers[1].filters') set to `value`,
     validated as an architecture file is (a one-line error names the place)."""
-    from costmodel.model.evaluate import _with_value
+    from costmodel.model.variants import with_value
 
-    return _with_value(arch, name, value)
+    return with_value(arch, name, value)
 
 
 def sweep(arch: Architecture, profile: Profile, name: str, values: Sequence, *, impl: str = "index",
-          threads: int | None = None, by: str = "kind") -> dict:
-    """The predicted step for each value of `name`: per value (a point) the step's seconds
-    and its ops grouped `by` op, layer, phase or kind (costmodel.machine.predict.group)."""
+          threads: int | None = None, backend: str = "numpy") -> list[tuple[object, Prediction]]:
+    """The predicted step for each value of `name`: (value, Prediction) pairs. Every value is
+    checked before anything is predicted."""
     if not values:
         raise UsageError(f"{name}: no values to sweep")
-    archs = [vary(arch, name, value) for value in values]  # every value is checked before predicting
-    points = []
-    for value, varied in zip(values, archs):
-        result = predict(varied, profile, impl=impl, threads=threads)
-        points.append({"value": value, "batch": varied.batch, "threads": result["threads"],
-                       "total_seconds": result["total_seconds"], "total_seconds_low": result["total_seconds_low"],
-                       "total_seconds_high": result["total_seconds_high"], "groups": group(result, by)})
-    return {"arch": arch.name, "dtype": arch.dtype, "impl": impl, "threads": points[0]["threads"],
-            "vary": name, "symbol": symbol(name), "by": by, "values": list(values), "points": points}
-
-
-def group_columns(by: str) -> list[str]:
-    """The columns that name a group of ops in a sweep's rows."""
-    return ["layer", "layer_type", "op", "phase", "kind"] if by == "op" else [by, "ops"]
-
-
-def long_rows(result: dict) -> list[dict]:
-    """A sweep as one row per (value, group): the value, the group's columns, its seconds,
-    fraction, FLOPs and bytes, and the step's seconds."""
-    name, names = result["vary"], group_columns(result["by"])
-    return [{name: point["value"], **{c: g[c] for c in names},
-             **{c: g[c] for c in ("seconds", "seconds_low", "seconds_high", "fraction", "flops", "bytes")},
-             "step_seconds": point["total_seconds"]}
-            for point in result["points"] for g in point["groups"]]
+    archs = [vary(arch, name, value) for value in values]
+    return [(value, predict(varied, profile, impl=impl, threads=threads, backend=backend))
+            for value, varied in zip(values, archs)]

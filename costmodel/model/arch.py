@@ -3,16 +3,22 @@
 Everything here is data: the YAML is read with a safe loader, validated with pydantic, and
 every rule of ARCH_FORMAT.md that fails is reported as one line naming the place, e.g.
 ``layers[2] (conv): kernel 7 does not fit the padded input 5x5``.
+
+The file's list of layers may nest (a residual block holds conv layers); ``Architecture.sizes()``
+flattens it into the layers m = 1..L that the op list and the timers number, each with the
+earlier layers it reads (docs/arch-format.md, "The flat list of layers").
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError
+from pydantic_core import PydanticCustomError
 
 from costmodel.errors import ArchError
 
@@ -24,6 +30,28 @@ NonNegativeFloat = Annotated[float, Field(ge=0)]
 DTYPES = ("float32", "float64")
 LOSSES = ("mse", "softmax_ce")
 DTYPE_BYTES = {"float32": 4, "float64": 8}
+ACTIVATIONS = ("relu", "tanh", "sigmoid", "none")
+#: the layer types of the file, as they tag a place in a message ("layers[2] (conv): ...")
+LAYER_TYPES = ("conv", "full", "global_avg_pool", "residual")
+
+Activation = Literal["relu", "tanh", "sigmoid", "none"]
+
+
+def _padding(value: object) -> int | str:
+    """A conv layer's padding: a non-negative integer, "same" or "valid" (ARCH_FORMAT.md)."""
+    if isinstance(value, str):
+        if value in ("same", "valid"):
+            return value
+        raise PydanticCustomError("literal_error",
+                                  "Input should be a non-negative integer, 'same' or 'valid'")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PydanticCustomError("int_type", "Input should be an integer, 'same' or 'valid'")
+    if value < 0:
+        raise PydanticCustomError("greater_than_equal", "Input should be greater than or equal to 0")
+    return value
+
+
+Padding = Annotated[Union[int, str], PlainValidator(_padding)]
 
 
 class _Strict(BaseModel):
@@ -48,20 +76,43 @@ class ConvLayer(_Strict):
     type: Literal["conv"]
     filters: PositiveInt
     kernel: PositiveInt
-    padding: NonNegativeInt = 0
+    padding: Padding = 0
     stride: PositiveInt = 1
     pool: PositiveInt = 1
-    activation: Literal["relu", "none"] = "relu"
+    activation: Activation = "relu"
+    # extended vocabulary (ARCH_FORMAT.md, "Extended vocabulary")
+    groups: PositiveInt = 1
+    pool_stride: PositiveInt | None = None  # None: = pool
+    pool_type: Literal["max", "avg"] = "max"
+    pool_ceil: bool = False
+    batch_norm: bool = False
+    dropout: float = 0.0  # checked in [0, 1) by _propagate, with the place named
 
 
 class FullLayer(_Strict):
     type: Literal["full"]
     units: PositiveInt
     # None means the default: relu for hidden layers; the last full layer is always linear.
-    activation: Literal["relu", "none"] | None = None
+    activation: Activation | None = None
+    batch_norm: bool = False
+    dropout: float = 0.0
 
 
-Layer = Annotated[Union[ConvLayer, FullLayer], Field(discriminator="type")]
+class GlobalAvgPoolLayer(_Strict):
+    type: Literal["global_avg_pool"]
+
+
+class ResidualBlock(_Strict):
+    """activation(F(X) + shortcut(X)), F the conv layers in order (no pooling inside)."""
+
+    type: Literal["residual"]
+    layers: list[ConvLayer] = Field(min_length=1)
+    shortcut: Literal["identity", "projection", "auto"] = "auto"
+    activation: Activation = "relu"
+
+
+Layer = Annotated[Union[ConvLayer, FullLayer, GlobalAvgPoolLayer, ResidualBlock],
+                  Field(discriminator="type")]
 
 
 class Architecture(_Strict):
@@ -77,13 +128,20 @@ class Architecture(_Strict):
 
     # -- derived -------------------------------------------------------------------------
     @property
+    def _flat(self) -> bool:
+        """Whether the file's layers are the flat list itself (no residual block)."""
+        return not any(isinstance(layer, ResidualBlock) for layer in self.layers)
+
+    @property
     def L(self) -> int:
-        """Number of layers (simpleNN's L); the loss sits after layer L."""
-        return len(self.layers)
+        """Number of layers m = 1..L of the flat list (simpleNN's L); the loss sits after
+        layer L. Without residual blocks, the number of layers in the file."""
+        return len(self.layers) if self._flat else len(self.sizes())
 
     @property
     def n_conv(self) -> int:
-        return sum(isinstance(layer, ConvLayer) for layer in self.layers)
+        """Number of conv layers of the flat list (projection shortcuts included)."""
+        return sum(sz.kind == "conv" for sz in self.sizes())
 
     @property
     def itemsize(self) -> int:
@@ -114,36 +172,86 @@ class Architecture(_Strict):
         return self.model_copy(update={"dtype": dtype})
 
     def sizes(self) -> list["LayerSizes"]:
-        """simpleNN's sizes of every layer, in order (validated at load time)."""
+        """simpleNN's sizes of every layer m = 1..L of the flat list, in order (validated at
+        load time)."""
         return _propagate(self)
 
     def activation_of(self, m: int) -> str:
-        """The activation of layer m (1-based): the last full layer is always linear."""
+        """The activation of layer m (1-based) of the flat list: the last full layer is always
+        linear; a projection shortcut and global average pooling have none."""
+        if not self._flat:
+            return self.sizes()[m - 1].activation
         layer = self.layers[m - 1]
         if m == self.L:
             return "none"
         if isinstance(layer, FullLayer):
             return layer.activation or "relu"
+        if isinstance(layer, GlobalAvgPoolLayer):
+            return "none"
         return layer.activation
+
+    def extended_vocabulary(self) -> str | None:
+        """Where the network first uses what the course's layers cannot describe (e.g.
+        "layers[0] (conv): activation tanh"), None for a network of the course's vocabulary
+        (conv with symmetric padding and floor max pooling of stride = width, relu or none;
+        full layers). A ``padding: same`` that comes out symmetric, ``valid`` and a
+        ``pool_ceil`` that changes no size are the course's vocabulary."""
+        for sz in self.sizes():
+            if sz.kind not in ("conv", "full"):
+                return f"{sz.place}: {sz.kind}"
+            found = [
+                (sz.p is None, f"padding same ({sz.p_top}/{sz.p_bottom} rows, {sz.p_left}/{sz.p_right} columns)"),
+                (sz.g > 1, f"groups {sz.g}"),
+                (sz.pooled and sz.pool_stride != sz.pool, f"pool_stride {sz.pool_stride}"),
+                (sz.pooled and sz.pool_type != "max", f"pool_type {sz.pool_type}"),
+                (sz.pooled and (sz.a_next, sz.b_next) != (sz.a_conv // sz.pool, sz.b_conv // sz.pool),
+                 "pool_ceil"),
+                (sz.activation not in ("relu", "none"), f"activation {sz.activation}"),
+                (sz.batch_norm, "batch_norm"),
+                (sz.dropout > 0, f"dropout {sz.dropout}"),
+            ]
+            for present, what in found:
+                if present:
+                    return f"{sz.place}: {what}"
+        return None
+
+    def parameter_count(self) -> int:
+        """Trainable parameters: every W^m and b^m, and the scale gamma and shift beta of every
+        batch normalization (its running averages are not trained and not counted), as torch's
+        ``sum(p.numel() for p in module.parameters())`` of the same network."""
+        return sum(sz.n_params for sz in self.sizes())
 
 
 @dataclass(frozen=True)
 class LayerSizes:
-    """Sizes of layer m in simpleNN's notation.
+    """Sizes of layer m of the flat list, in simpleNN's notation.
 
-    conv: input a x b x d, kernel h, padding p, stride s, pool width, output channels d_next,
-    a_pad/b_pad, a_conv/b_conv and pooled a_next/b_next.
-    full: n_in inputs and n_out units (d, a, b describe the input the layer flattens).
+    kind "conv": input a x b x d, kernel h, stride s, groups g, padding p_top/p_bottom (rows)
+    and p_left/p_right (columns), a_pad/b_pad, a_conv/b_conv, output channels d_next, pooling
+    window ``pool`` with stride ``pool_stride`` (``pool`` 1: no pooling), ceil mode, type
+    max/avg, pooled a_next/b_next. ``p`` is the padding when all four borders have the same
+    one (every file without ``padding: same``), else None.
+    kind "full": n_in inputs and n_out units (d, a, b describe the input the layer flattens;
+    ``flatten`` says whether it is a layout change, i.e. the input comes from a conv layer or a
+    residual addition).
+    kind "global_avg_pool": input a x b x d, output 1 x 1 x d (d_next = d).
+    kind "residual_add": the addition of a residual block, a x b x d in and out.
+
+    Every kind: ``activation`` (relu, tanh, sigmoid, none), ``batch_norm``, ``dropout`` rate,
+    ``inputs`` (the m of the layers whose outputs it reads; 0 is the network's input; a
+    residual addition reads two: F's last layer, then the shortcut), ``fork`` (its output is a
+    residual block's input, read by F's first layer and by the shortcut, so two gradients come
+    back to it) and ``place`` (where it is in the file, as messages name it).
     """
 
     m: int
-    kind: str  # "conv" | "full"
+    kind: str  # "conv" | "full" | "global_avg_pool" | "residual_add"
     a: int
     b: int
     d: int
     d_next: int
     h: int = 0
-    p: int = 0
+    p: int | None = 0
     s: int = 1
     pool: int = 1
     a_pad: int = 0
@@ -154,39 +262,205 @@ class LayerSizes:
     b_next: int = 0
     n_in: int = 0
     n_out: int = 0
+    # extended vocabulary
+    p_top: int = 0
+    p_bottom: int = 0
+    p_left: int = 0
+    p_right: int = 0
+    g: int = 1
+    pool_stride: int = 1
+    pool_ceil: bool = False
+    pool_type: str = "max"
+    activation: str = "none"
+    batch_norm: bool = False
+    dropout: float = 0.0
+    inputs: tuple[int, ...] = ()
+    flatten: bool = False
+    fork: bool = False
+    place: str = ""
+
+    @property
+    def padded(self) -> bool:
+        """Whether a conv layer pads its input (on any border)."""
+        return self.p_top + self.p_bottom + self.p_left + self.p_right > 0
+
+    @property
+    def pooled(self) -> bool:
+        return self.kind == "conv" and self.pool > 1
+
+    @property
+    def weight_shape(self) -> tuple[int, int] | None:
+        """The shape of W^m: (d', h h d/g) for conv, (n_out, n_in) for full, None without
+        weights."""
+        if self.kind == "conv":
+            return (self.d_next, self.h * self.h * self.d // self.g)
+        if self.kind == "full":
+            return (self.n_out, self.n_in)
+        return None
+
+    @property
+    def n_params(self) -> int:
+        """Trainable parameters of the layer: W^m, b^m and batch norm's gamma and beta."""
+        shape = self.weight_shape
+        if shape is None:
+            return 0
+        return shape[0] * shape[1] + shape[0] * (3 if self.batch_norm else 1)
+
+
+def _ceil_div(x: int, y: int) -> int:
+    return -(-x // y)
+
+
+def _same_padding(size: int, h: int, s: int) -> tuple[int, int]:
+    """TensorFlow's SAME padding of one dimension: output ceil(size/s), total padding
+    max((out - 1) s + h - size, 0) split floor before / ceil after (the extra row or column at
+    the bottom or right)."""
+    total = max((_ceil_div(size, s) - 1) * s + h - size, 0)
+    return total // 2, total - total // 2
+
+
+def _pooled(size: int, pool: int, stride: int, ceil: bool) -> int:
+    """Outputs of a pooling window `pool` with `stride` along one dimension of `size` elements:
+    floor((size - pool)/stride) + 1, or with ceil mode ceil(...) + 1 without a window that
+    would start past the end (PyTorch's ceil_mode with padding 0)."""
+    if not ceil:
+        return (size - pool) // stride + 1
+    out = _ceil_div(size - pool, stride) + 1
+    return out - 1 if (out - 1) * stride >= size else out
+
+
+def _conv_sizes(layer: ConvLayer, m: int, a: int, b: int, d: int, inputs: tuple[int, ...],
+                where: str) -> LayerSizes:
+    h, s, g, pool = layer.kernel, layer.stride, layer.groups, layer.pool
+    if d % g and layer.filters % g:
+        raise ArchError(f"{where}: groups {g} divides neither {d} input channels nor "
+                        f"{layer.filters} filters")
+    if d % g:
+        raise ArchError(f"{where}: groups {g} does not divide the {d} input channels")
+    if layer.filters % g:
+        raise ArchError(f"{where}: groups {g} does not divide the {layer.filters} filters")
+    if layer.padding == "same":
+        (top, bottom), (left, right) = _same_padding(a, h, s), _same_padding(b, h, s)
+    else:
+        top = bottom = left = right = 0 if layer.padding == "valid" else layer.padding
+    a_pad, b_pad = a + top + bottom, b + left + right
+    if a_pad < h or b_pad < h:
+        raise ArchError(f"{where}: kernel {h} does not fit the padded input {a_pad}x{b_pad}")
+    a_conv, b_conv = (a_pad - h) // s + 1, (b_pad - h) // s + 1
+    stride = pool if layer.pool_stride is None else layer.pool_stride
+    if pool == 1 and layer.pool_ceil:
+        raise ArchError(f"{where}: pool_ceil needs a pooling window (pool is 1)")
+    if pool == 1 and stride != 1:
+        raise ArchError(f"{where}: pool_stride {stride} needs a pooling window (pool is 1)")
+    if pool > a_conv or pool > b_conv:
+        raise ArchError(
+            f"{where}: pooling window {pool} is larger than the convolution output {a_conv}x{b_conv}"
+        )
+    a_next = _pooled(a_conv, pool, stride, layer.pool_ceil)
+    b_next = _pooled(b_conv, pool, stride, layer.pool_ceil)
+    _check_dropout(layer.dropout, where)
+    symmetric = top if top == bottom == left == right else None
+    return LayerSizes(m, "conv", a, b, d, layer.filters, h=h, p=symmetric, s=s, pool=pool,
+                      a_pad=a_pad, b_pad=b_pad, a_conv=a_conv, b_conv=b_conv,
+                      a_next=a_next, b_next=b_next, p_top=top, p_bottom=bottom, p_left=left,
+                      p_right=right, g=g, pool_stride=stride, pool_ceil=layer.pool_ceil,
+                      pool_type=layer.pool_type, activation=layer.activation,
+                      batch_norm=layer.batch_norm, dropout=layer.dropout, inputs=inputs,
+                      place=where)
+
+
+def _check_dropout(rate: float, where: str) -> None:
+    if not 0 <= rate < 1:  # NaN fails too
+        raise ArchError(f"{where}: dropout {rate!r} is not in [0, 1)")
+
+
+def _shape(a: int, b: int, d: int) -> str:
+    return f"{a}x{b}x{d}"
 
 
 def _propagate(arch: Architecture) -> list[LayerSizes]:
+    """The flat list of layers m = 1..L with their sizes (docs/arch-format.md): a residual
+    block becomes its conv layers, then its projection shortcut (if any), then its addition."""
     a, b, d = arch.input.height, arch.input.width, arch.input.channels
     out: list[LayerSizes] = []
     seen_full = False
+    last = 0  # the m of the layer whose output is the current tensor (0: the network's input)
+    n_layers = len(arch.layers)
     for idx, layer in enumerate(arch.layers):
-        m = idx + 1
+        m = len(out) + 1
         where = f"layers[{idx}] ({layer.type})"
-        if isinstance(layer, ConvLayer):
-            if seen_full:
-                raise ArchError(f"{where}: a conv layer cannot follow a full layer")
-            h, p, s, pool = layer.kernel, layer.padding, layer.stride, layer.pool
-            a_pad, b_pad = a + 2 * p, b + 2 * p
-            if a_pad < h or b_pad < h:
-                raise ArchError(f"{where}: kernel {h} does not fit the padded input {a_pad}x{b_pad}")
-            a_conv, b_conv = (a_pad - h) // s + 1, (b_pad - h) // s + 1
-            if pool > a_conv or pool > b_conv:
-                raise ArchError(
-                    f"{where}: pooling window {pool} is larger than the convolution output {a_conv}x{b_conv}"
-                )
-            a_next, b_next = a_conv // pool, b_conv // pool
-            out.append(LayerSizes(m, "conv", a, b, d, layer.filters, h, p, s, pool,
-                                  a_pad, b_pad, a_conv, b_conv, a_next, b_next))
-            a, b, d = a_next, b_next, layer.filters
-        else:
+        if isinstance(layer, FullLayer):
+            _check_dropout(layer.dropout, where)
             seen_full = True
-            n_in = a * b * d
-            out.append(LayerSizes(m, "full", a, b, d, layer.units, n_in=n_in, n_out=layer.units,
-                                  a_next=1, b_next=1))
+            flatten = bool(out) and out[-1].kind in ("conv", "residual_add")
+            activation = "none" if idx == n_layers - 1 else layer.activation or "relu"
+            out.append(LayerSizes(m, "full", a, b, d, layer.units, n_in=a * b * d,
+                                  n_out=layer.units, a_next=1, b_next=1, activation=activation,
+                                  batch_norm=layer.batch_norm, dropout=layer.dropout,
+                                  inputs=(last,), flatten=flatten, place=where))
             a, b, d = 1, 1, layer.units
+        elif seen_full:
+            what = {"conv": "a conv layer", "residual": "a residual block",
+                    "global_avg_pool": "global_avg_pool"}[layer.type]
+            raise ArchError(f"{where}: {what} cannot follow a full layer")
+        elif isinstance(layer, ConvLayer):
+            out.append(_conv_sizes(layer, m, a, b, d, (last,), where))
+        elif isinstance(layer, GlobalAvgPoolLayer):
+            if not out or out[-1].kind not in ("conv", "residual_add"):
+                raise ArchError(f"{where}: global_avg_pool must follow a conv layer or a residual block")
+            out.append(LayerSizes(m, "global_avg_pool", a, b, d, d, a_next=1, b_next=1,
+                                  inputs=(last,), place=where))
+        else:
+            out.extend(_residual_sizes(layer, m, a, b, d, last, where))
+        last = out[-1].m
+        a, b, d = out[-1].a_next, out[-1].b_next, out[-1].d_next
     if not seen_full or not isinstance(arch.layers[-1], FullLayer):
-        raise ArchError(f"layers[{len(arch.layers) - 1}]: the network must end with a full layer")
+        raise ArchError(f"layers[{n_layers - 1}]: the network must end with a full layer")
+    for sz in out:
+        if sz.kind == "residual_add":
+            x = block_input(out, sz)
+            if x > 0:
+                out[x - 1] = replace(out[x - 1], fork=True)
+    return out
+
+
+def block_input(sizes: list[LayerSizes], add: LayerSizes) -> int:
+    """The m of the input X of the residual block whose addition is `add` (0: the network's
+    input): the shortcut itself (identity) or what the projection reads."""
+    f, short = add.inputs
+    return short if short < f else sizes[short - 1].inputs[0]
+
+
+def _residual_sizes(block: ResidualBlock, m: int, a: int, b: int, d: int, x: int,
+                    where: str) -> list[LayerSizes]:
+    """F's conv layers, the projection shortcut (if any) and the addition, numbered from m;
+    x is the m of the block's input (0: the network's input)."""
+    out: list[LayerSizes] = []
+    fa, fb, fd, last, stride = a, b, d, x, 1
+    for j, layer in enumerate(block.layers):
+        inner = f"{where}: layers[{j}] (conv)"
+        if layer.pool > 1:
+            raise ArchError(f"{inner}: no pooling inside a residual block (pool {layer.pool})")
+        sz = _conv_sizes(layer, m + j, fa, fb, fd, (last,), inner)
+        out.append(sz)
+        fa, fb, fd, last, stride = sz.a_next, sz.b_next, sz.d_next, sz.m, stride * sz.s
+    keeps = (fa, fb, fd) == (a, b, d)
+    shortcut = block.shortcut if block.shortcut != "auto" else "identity" if keeps else "projection"
+    if shortcut == "identity" and not keeps:
+        raise ArchError(f"{where}: an identity shortcut needs F to keep the shape {_shape(a, b, d)}, "
+                        f"but F gives {_shape(fa, fb, fd)}")
+    short = x
+    if shortcut == "projection":
+        projection = ConvLayer(type="conv", filters=fd, kernel=1, stride=stride, activation="none",
+                               batch_norm=any(layer.batch_norm for layer in block.layers))
+        sz = _conv_sizes(projection, m + len(out), a, b, d, (x,), f"{where}: shortcut")
+        if (sz.a_next, sz.b_next) != (fa, fb):
+            raise ArchError(f"{where}: the projection shortcut (1x1, stride {stride}) gives "
+                            f"{_shape(sz.a_next, sz.b_next, fd)}, but F gives {_shape(fa, fb, fd)}")
+        out.append(sz)
+        short = sz.m
+    out.append(LayerSizes(m + len(out), "residual_add", fa, fb, fd, fd, a_next=fa, b_next=fb,
+                          activation=block.activation, inputs=(last, short), place=where))
     return out
 
 
@@ -350,7 +624,7 @@ def _resolve(loc: tuple, model=None) -> _Place:
             t = args[item] if get_origin(u) is tuple and len(args) > item and args[-1] is not Ellipsis \
                 else (args[0] if args else None)
             metadata = ()
-            if model is None and i + 1 < len(loc) and loc[i + 1] in ("conv", "full"):
+            if model is None and i + 1 < len(loc) and loc[i + 1] in LAYER_TYPES:
                 parts[-1] += f" ({loc[i + 1]})"
                 i += 1
         elif len(members) > 1:  # a union: a layer's tag, or the label of a member (dropped)
@@ -481,20 +755,23 @@ def _check_exact(arch: "Architecture", sizes: list | None = None) -> None:
         raise ArchError(f"input: the mini-batch of inputs Z^1 (I a b d) has {n:.3g} elements: its bytes do "
                         f"not fit in int64 (at most {limit:.3g} elements)")
     flops = 0
-    for idx, (layer, sz) in enumerate(zip(arch.layers, sizes if sizes is not None else arch.sizes())):
+    for sz in (sizes if sizes is not None else arch.sizes()):
         if sz.kind == "conv":
             K, N = sz.h * sz.h * sz.d, I * sz.a_conv * sz.b_conv
             arrays = (("phi(pad(Z)) of the batch (h h d x a_conv b_conv I)", K * N),
                       ("pad(Z) of the batch (I d a_pad b_pad)", I * sz.d * sz.a_pad * sz.b_pad),
                       ("S of the batch (d^{m+1} x a_conv b_conv I)", sz.d_next * N),
-                      ("W (d^{m+1} x h h d)", sz.d_next * K))
-            mkn = sz.d_next * K * N
-        else:
+                      ("W (d^{m+1} x h h d / g)", sz.d_next * K // max(sz.g, 1)))
+            mkn = sz.d_next * (K // max(sz.g, 1)) * N
+        elif sz.kind == "full":
             arrays = (("the layer's input of the batch (n_in x I)", sz.n_in * I),
                       ("S of the batch (n_out x I)", sz.n_out * I),
                       ("W (n_out x n_in)", sz.n_out * sz.n_in))
             mkn = sz.n_out * sz.n_in * I
-        where = f"layers[{idx}] ({getattr(layer, 'type', sz.kind)})"
+        else:  # global average pooling, a residual addition: their input
+            arrays = (("the layer's input of the batch (I d a b)", I * sz.d * sz.a * sz.b),)
+            mkn = 0
+        where = sz.place or f"layer {sz.m}"
         for what, n in arrays:
             if n > limit:
                 raise ArchError(f"{where}: {what} has {n:.3g} elements: its bytes do not fit in int64 "

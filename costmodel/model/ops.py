@@ -1,66 +1,64 @@
-"""The op list of one SG step: the contract shared by the cost registry, the reference CNN's
-timers, the microbenchmarks and every output (DESIGN.md, "The op list is a contract").
+"""The op list of one SG step: the contract shared by the cost functions, the reference CNN's
+timers, the microbenchmarks and every output (DESIGN.md, "The op list is a contract"), read
+from the op records (costmodel.model.records, registered by costmodel.model.layers).
 
 Layers are numbered m = 1..L as in simpleNN; the loss and its gradient sit at layer L+1 with
-layer_type "loss". The list is derived from the architecture alone; the reference CNN records
+layer kind "loss". The list is derived from the architecture alone; the reference CNN records
 the ops it really runs, and a test checks the two lists agree.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
 
+import costmodel.model.layers  # noqa: F401  (registers the records)
+from costmodel.errors import CostModelError
 from costmodel.model.arch import Architecture, LayerSizes
-
-PHASES = ("forward", "backward", "update")
-
-#: every op name of the contract, by phase and layer kind (DESIGN.md)
-CONTRACT: dict[tuple[str, str], tuple[str, ...]] = {
-    ("forward", "conv"): ("pad", "phi", "conv_matmul", "bias", "activation", "pool"),
-    ("forward", "full"): ("flatten", "full_matmul", "bias", "activation"),
-    ("forward", "loss"): ("loss",),
-    ("backward", "loss"): ("loss_grad",),
-    ("backward", "full"): ("activation_grad", "full_grad_W", "bias_grad", "full_grad_input", "flatten_grad"),
-    ("backward", "conv"): ("pool_grad", "activation_grad", "conv_grad_W", "bias_grad",
-                           "conv_grad_input", "phi_grad", "pad_grad"),
-    ("update", "conv"): ("update",),
-    ("update", "full"): ("update",),
-}
-
-OP_NAMES: frozenset[str] = frozenset(op for ops in CONTRACT.values() for op in ops)
-
-#: matrix products: the ops that BLAS runs
-MATMUL_OPS = frozenset({"conv_matmul", "conv_grad_W", "conv_grad_input",
-                        "full_matmul", "full_grad_W", "full_grad_input"})
+from costmodel.model.records import (ELEMENTWISE, INDEX, LOSS, MATMUL, OP_KINDS, PHASES, RECORDS, UPDATE,  # noqa: F401
+                                     LayerContext, OpKey, OpRecord, needs_flatten, op)
 
 
-#: op kinds, for grouping (--by kind) and explanations: the slides' "matrix products" against
-#: the "index manipulation" of phi(pad(Z)), pooling and their backward twins
-OP_KIND: dict[str, str] = {
-    **{op: "matrix product" for op in MATMUL_OPS},
-    **{op: "index manipulation" for op in ("pad", "phi", "pool", "flatten", "pool_grad", "phi_grad",
-                                           "pad_grad", "flatten_grad")},
-    **{op: "elementwise" for op in ("bias", "activation", "activation_grad", "bias_grad")},
-    "loss": "loss", "loss_grad": "loss",
-    "update": "update",
-}
+def records() -> dict[tuple[str, str], OpRecord]:
+    """Every op record, (layer kind, name) -> record, in registration order."""
+    return RECORDS
 
 
-class OpKey(NamedTuple):
-    layer: int
-    layer_type: str  # conv | full | loss
-    op: str
-    phase: str  # forward | backward | update
+def record(layer_kind: str, name: str) -> OpRecord:
+    """The record of op `name` of `layer_kind` layers; UnknownOpError if there is none."""
+    try:
+        return records()[(layer_kind, name)]
+    except KeyError:
+        from costmodel.model.costs import UnknownOpError
+
+        known = ", ".join(sorted({n for _, n in RECORDS}))
+        raise UnknownOpError(f"no op {name!r} for {layer_kind} layers; known ops: {known}") from None
+
+
+def op_names() -> frozenset[str]:
+    """Every op name of the contract."""
+    return frozenset(name for _, name in records())
+
+
+def contract() -> dict[tuple[str, str], tuple[str, ...]]:
+    """(phase, layer kind) -> the op names in step order (DESIGN.md's table)."""
+    out: dict[tuple[str, str], tuple[str, ...]] = {}
+    for rec in records().values():
+        out[(rec.phase, rec.layer_kind)] = out.get((rec.phase, rec.layer_kind), ()) + (rec.name,)
+    return out
+
+
+def op_kind(layer_kind: str, name: str) -> str:
+    return record(layer_kind, name).kind
 
 
 @dataclass(frozen=True)
 class OpRef:
-    """One op of the step with the sizes of the layer it belongs to."""
+    """One op of the step with its record and the sizes of the layer it belongs to."""
 
     key: OpKey
     sizes: LayerSizes | None  # None for the loss ops
-    activation: str = "none"
+    activation: str
+    record: OpRecord
 
     @property
     def layer(self) -> int:
@@ -78,104 +76,50 @@ class OpRef:
     def layer_type(self) -> str:
         return self.key.layer_type
 
-
-def needs_flatten(arch: Architecture, m: int) -> bool:
-    """Layer m is the first full layer after a conv layer: its input changes layout (a copy)."""
-    return m >= 2 and arch.layers[m - 1].type == "full" and arch.layers[m - 2].type == "conv"
-
-
-def threaded_step(arch: Architecture, impl: str, threads: int) -> bool:
-    """Whether `impl` runs the step of `arch` on threads of its own: the strided implementation
-    does with more than one thread, sharing every large op among them while BLAS runs
-    single-threaded (calib.kernels.Workers). One way for every network: switching BLAS's
-    thread count between networks made op times depend on what ran before (measured: up to
-    +45 % in calibration against a training loop)."""
-    return impl == "strided" and threads >= 2
-
-
-#: in a threaded step, an op moving at least SPLIT_BYTES, or a product of at least SPLIT_FLOPS,
-#: is shared among the threads; a smaller one runs in the calling thread (a product with
-#: single-threaded BLAS): handing work to a sleeping thread costs more than it saves
-SPLIT_BYTES = 1 << 22
-SPLIT_FLOPS = 1 << 24
-
-
-def op_regime(op: str, flops: float, nbytes: float, threaded: bool) -> str:
-    """How an op runs: "" as in the index implementation (one thread; products with BLAS's own
-    threads), "threaded" (shared among the strided implementation's threads) or "serial" (a
-    product of a threaded step too small to share: single-threaded BLAS)."""
-    if not threaded:
-        return ""
-    if op in MATMUL_OPS:
-        return "threaded" if flops >= SPLIT_FLOPS else "serial"
-    return "threaded" if nbytes >= SPLIT_BYTES else ""
+    @property
+    def kind(self) -> str:
+        return self.record.kind
 
 
 def op_list(arch: Architecture) -> list[OpRef]:
-    """The ordered ops of one SG step (forward, backward, update) of `arch`.
-
-    An op the implementation does not run is absent, never listed as zero: no `pad`/`pad_grad`
-    when p^m = 0, no `pool`/`pool_grad` when the pool width is 1, no activation ops for a linear
-    layer, no input gradient (and so no phi_grad, pad_grad, flatten_grad) for layer 1.
-    """
+    """The ordered ops of one SG step of `arch`: every layer's forward ops, the loss and its
+    gradient, every layer's backward ops from layer L down to 1, every layer's update; within
+    a layer and phase in the records' order, each op only where its record's rule says the
+    layer runs it (no `pad` when p^m = 0, no `pool` when the pool width is 1, no activation
+    ops for a linear layer, no input gradient for layer 1)."""
+    extended = arch.extended_vocabulary()  # until the records of issue 14 exist
+    if extended is not None:
+        raise CostModelError(f"{arch.name}: {extended}: the costs of the extended vocabulary "
+                             "are not modelled yet (issue 14)")
+    table = records()
+    by_kind: dict[tuple[str, str], list[OpRecord]] = {}
+    for rec in table.values():
+        by_kind.setdefault((rec.phase, rec.layer_kind), []).append(rec)
     sizes = arch.sizes()
     L = arch.L
+    layers = [LayerContext(arch, m, sz) for m, sz in enumerate(sizes, start=1)]
+    loss = LayerContext(arch, L + 1, None)
     ops: list[OpRef] = []
 
-    def add(m: int, kind: str, op: str, phase: str) -> None:
-        sz = sizes[m - 1] if kind != "loss" else None
-        act = arch.activation_of(m) if kind != "loss" else "none"
-        ops.append(OpRef(OpKey(m, kind, op, phase), sz, act))
+    def add(ctx: LayerContext, phase: str) -> None:
+        kind = "loss" if ctx.sizes is None else ctx.sizes.kind
+        act = ctx.activation
+        for rec in by_kind.get((phase, kind), ()):
+            if rec.runs(ctx):
+                ops.append(OpRef(OpKey(ctx.m, kind, rec.name, phase), ctx.sizes, act, rec))
 
-    for m, sz in enumerate(sizes, start=1):
-        act = arch.activation_of(m)
-        if sz.kind == "conv":
-            if sz.p > 0:
-                add(m, "conv", "pad", "forward")
-            add(m, "conv", "phi", "forward")
-            add(m, "conv", "conv_matmul", "forward")
-            add(m, "conv", "bias", "forward")
-            if act == "relu":
-                add(m, "conv", "activation", "forward")
-            if sz.pool > 1:
-                add(m, "conv", "pool", "forward")
-        else:
-            if needs_flatten(arch, m):
-                add(m, "full", "flatten", "forward")
-            add(m, "full", "full_matmul", "forward")
-            add(m, "full", "bias", "forward")
-            if act == "relu":
-                add(m, "full", "activation", "forward")
-    add(L + 1, "loss", "loss", "forward")
-    add(L + 1, "loss", "loss_grad", "backward")
-    for m in range(L, 0, -1):
-        sz = sizes[m - 1]
-        act = arch.activation_of(m)
-        if sz.kind == "conv":
-            if sz.pool > 1:
-                add(m, "conv", "pool_grad", "backward")
-            if act == "relu":
-                add(m, "conv", "activation_grad", "backward")
-            add(m, "conv", "conv_grad_W", "backward")
-            add(m, "conv", "bias_grad", "backward")
-            if m > 1:
-                add(m, "conv", "conv_grad_input", "backward")
-                add(m, "conv", "phi_grad", "backward")
-                if sz.p > 0:
-                    add(m, "conv", "pad_grad", "backward")
-        else:
-            if act == "relu":
-                add(m, "full", "activation_grad", "backward")
-            add(m, "full", "full_grad_W", "backward")
-            add(m, "full", "bias_grad", "backward")
-            if m > 1:
-                add(m, "full", "full_grad_input", "backward")
-                if needs_flatten(arch, m):
-                    add(m, "full", "flatten_grad", "backward")
-    for m, sz in enumerate(sizes, start=1):
-        add(m, sz.kind, "update", "update")
+    for ctx in layers:
+        add(ctx, "forward")
+    add(loss, "forward")
+    add(loss, "backward")
+    for ctx in reversed(layers):
+        add(ctx, "backward")
+    for ctx in layers:
+        add(ctx, "update")
     return ops
 
 
 def op_keys(arch: Architecture) -> list[OpKey]:
     return [ref.key for ref in op_list(arch)]
+
+

@@ -11,6 +11,8 @@ the slides (``a^{m}_{\\mathrm{conv}}``, ``d^{m+1}``), printed by ``sympy.latex``
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import sympy as sp
 
 
@@ -66,12 +68,12 @@ DEFINITIONS: dict[CourseSymbol, sp.Expr] = {
 
 WIDTHS = (w, w_idx)
 
-#: the symbols of a layer and the LayerSizes field that holds each one's value
-SIZE_FIELDS: dict[CourseSymbol, str] = {
-    a: "a", b: "b", d: "d", h: "h", p: "p", s: "s", h_pool: "pool", d_next: "d_next",
-    a_pad: "a_pad", b_pad: "b_pad", a_conv: "a_conv", b_conv: "b_conv",
-    a_next: "a_next", b_next: "b_next", n: "n_in", n_next: "n_out",
-}
+#: the sizes as the cost functions of costmodel.model.costs read them (x.I, x.a_conv, ...):
+#: each attribute is the symbol of the same name (costmodel.model.step.SIZE_FIELDS gives the
+#: numbers)
+SIZES = SimpleNamespace(I=I, a=a, b=b, d=d, h=h, p=p, s=s, h_pool=h_pool, d_next=d_next, n_next=n_next,
+                        n_loss=n_loss, w=w, w_idx=w_idx, a_pad=a_pad, b_pad=b_pad, a_conv=a_conv,
+                        b_conv=b_conv, a_next=a_next, b_next=b_next, n=n)
 
 #: order of the factors in a printed monomial, as the slides write them
 _ORDER = (w, w_idx, I, h, h_pool, d, d_next, n, n_next, n_loss, a, b, a_pad, b_pad, a_conv, b_conv,

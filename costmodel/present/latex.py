@@ -20,8 +20,6 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Iterable, Mapping
 
-from costmodel.errors import CostModelError
-from costmodel.model.ops import CONTRACT
 
 if TYPE_CHECKING:
     from costmodel.model.arch import Architecture
@@ -88,50 +86,12 @@ def layer_ranges(layers: Iterable[int]) -> str:
 
 # -- the ops in the slides' notation ---------------------------------------------------------
 
-_DS = r"\frac{\partial f}{\partial S^{m}}"
-_BIAS_GRAD = _DS + r" \mathbf{1}"
-_UPDATE = r"v \leftarrow \alpha v - \eta\, g^{m},\allowbreak\; W^{m} \leftarrow W^{m} + v"
-
-#: (layer kind, op) -> the op in the slides' notation (the loss ops: per loss)
-DESCRIPTIONS: dict[tuple[str, str], str | dict[str, str]] = {
-    ("conv", "pad"): r"\mathsf{pad}(Z^{m,i})",
-    ("conv", "phi"): r"\phi(\mathsf{pad}(Z^{m,i}))",
-    ("conv", "conv_matmul"): r"W^{m} \phi(\mathsf{pad}(Z^{m,i}))",
-    ("conv", "bias"): r"+\, \boldsymbol{b}^{m} \mathbf{1}^T",
-    ("conv", "activation"): r"\sigma(S^{m,i})",
-    ("conv", "pool"): r"\mathsf{mat}(P^{m,i}_{\mathrm{pool}} \mathsf{vec}(\sigma(S^{m,i})))",
-    ("full", "flatten"): r"\mathsf{vec}(Z^{m,i})",
-    ("full", "full_matmul"): r"W^{m} Z^{m,i}",
-    ("full", "bias"): r"+\, \boldsymbol{b}^{m}",
-    ("full", "activation"): r"\sigma(S^{m,i})",
-    ("loss", "loss"): {"mse": r"\sum_{i} \lVert Z^{L+1,i} - \boldsymbol{y}^{i} \rVert^2",
-                       "softmax_ce": r"-\sum_{i} \log \mathrm{softmax}(Z^{L+1,i})_{y^{i}}"},
-    ("loss", "loss_grad"): {"mse": r"2 (Z^{L+1} - Y)", "softmax_ce": r"\mathrm{softmax}(Z^{L+1}) - Y"},
-    ("full", "activation_grad"): r"\frac{\partial f}{\partial Z^{m+1}} \odot \sigma'(S^{m})",
-    ("full", "full_grad_W"): _DS + r" Z^{mT}",
-    ("full", "bias_grad"): _BIAS_GRAD,
-    ("full", "full_grad_input"): r"W^{mT} " + _DS,
-    ("full", "flatten_grad"): r"\mathsf{mat}\bigl(\frac{\partial f}{\partial \mathsf{vec}(Z^{m})}\bigr)",
-    ("conv", "pool_grad"): r"P^{mT}_{\mathrm{pool}} \mathsf{vec}\bigl(\frac{\partial f}{\partial Z^{m+1}}\bigr)",
-    ("conv", "activation_grad"): r"\frac{\partial f}{\partial \sigma(S^{m})} \odot \sigma'(S^{m})",
-    ("conv", "conv_grad_W"): _DS + r" \phi(\mathsf{pad}(Z^{m}))^T",
-    ("conv", "bias_grad"): _BIAS_GRAD,
-    ("conv", "conv_grad_input"): r"W^{mT} " + _DS,
-    ("conv", "phi_grad"): r"P^{mT}_{\phi} \mathsf{vec}(\cdot)",
-    ("conv", "pad_grad"): r"P^{mT}_{\mathrm{pad}} \mathsf{vec}(\cdot)",
-    ("conv", "update"): _UPDATE,
-    ("full", "update"): _UPDATE,
-}
-
-
 def describe(layer_type: str, op: str, loss: str = "mse") -> str:
-    """The op in the slides' notation (LaTeX math); an op without one is an error."""
-    try:
-        text = DESCRIPTIONS[(layer_type, op)]
-        return text[loss] if isinstance(text, dict) else text
-    except KeyError:
-        raise CostModelError(f"costmodel.present.latex has no notation for op {op!r} of a {layer_type} "
-                             f"layer (loss {loss!r})") from None
+    """The op in the slides' notation (LaTeX math, from its record); an op without a record is
+    an error."""
+    from costmodel.model.ops import record
+
+    return record(layer_type, op).latex_for(loss)
 
 
 def _breakable(latex: str) -> str:
@@ -144,7 +104,7 @@ def _breakable(latex: str) -> str:
 def _legend(kinds: set[str], itemsize: int) -> str:
     """The meaning of the symbols that the tables of these layer kinds use."""
     from costmodel.model import symbols as s
-    from costmodel.model.shapes import INDEX_BYTES
+    from costmodel.model.step import INDEX_BYTES
 
     rows = [((s.I,), "instances in the mini-batch")]
     if "conv" in kinds:
@@ -176,11 +136,14 @@ def complexity_rows(symbolic: dict, loss: str) -> list[dict]:
                      "layers": [op["layer"]], "notation": describe(op["layer_type"], op["op"], loss),
                      **{f"{q}{part}": op[q][field] for q in ("flops", "bytes")
                         for part, field in (("", "latex"), ("_order", "order_latex"))}}
+    from costmodel.model.ops import contract
+
     groups = list(dict.fromkeys((row["phase"], row["layer_type"]) for row in rows.values()))
+    order_of = contract()
 
     def order(row: dict) -> tuple[int, int]:
         group = (row["phase"], row["layer_type"])
-        return groups.index(group), CONTRACT[group].index(row["op"])
+        return groups.index(group), order_of[group].index(row["op"])
 
     return sorted(rows.values(), key=order)
 
@@ -349,7 +312,7 @@ def step_table(report: dict, prediction: dict | None = None,
 
 def profile_table(profile: "Profile", used: "Entry | None" = None) -> str:
     """Table 3: every entry's fitted op models, their parameters read as machine facts."""
-    from costmodel.machine.profile import fact
+    from costmodel.machine.timemodel import fact
 
     head = r"op & fitted parameters & CV error & meas./pred. & samples \\"
     body = []
@@ -389,16 +352,19 @@ def latex_document(arch: "Architecture", *, impl: str = "index", profile: "Profi
                    standalone: bool = False) -> str:
     """The three tables of `arch`'s SG step (without a profile: no time columns and no
     Table 3), as a fragment to ``\\input`` or, with `standalone`, a complete article."""
-    from costmodel.model.evaluate import costs_report, symbolic_report
+    from costmodel.model.step import step_costs
+    from costmodel.model.symbolic import symbolic_report
+    from costmodel.present.data import costs_report, prediction_report
 
     prediction = entry = None
     if profile is not None:
         from costmodel.machine.predict import predict
 
-        prediction = predict(arch, profile, impl=impl, threads=threads)
-        entry = profile.entry(arch.dtype, impl, prediction["threads"], prediction["backend"])
+        pred = predict(arch, profile, impl=impl, threads=threads)
+        prediction = prediction_report(pred)
+        entry = profile.entry(arch.dtype, impl, pred.threads, pred.backend)
     tables = [complexity_table(symbolic_report(arch, impl), arch),
-              step_table(costs_report(arch, impl), prediction, measured)]
+              step_table(costs_report(step_costs(arch, impl)), prediction, measured)]
     if profile is not None:
         tables.append(profile_table(profile, entry))
     name = latex_escape(arch.name)

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from costmodel.errors import UsageError
-from costmodel.present.explain import course_tex, memory_bandwidth
 from costmodel.machine.profile import Ceilings
 from costmodel.files import atomic_write
+from costmodel.present.explain import memory_bandwidth
+from costmodel.present.notation import course_tex
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -28,8 +29,9 @@ KIND_COLORS = {"matrix product": "tab:blue", "index manipulation": "tab:orange",
                "fused convolution": "tab:cyan", "framework overhead": "tab:gray"}
 #: ops named on a roofline or a scatter: the largest by time
 LABELLED = 5
-#: groups drawn one by one in a sweep's bars (the rest are summed as "other ops")
+#: groups drawn one by one in stacked bars (the rest are summed as "other")
 MAX_GROUPS = 9
+BY_TITLES = {"op": "op", "layer": "layer", "phase": "phase", "kind": "op kind"}
 
 
 def plot_format(path: str | Path) -> str:
@@ -78,12 +80,55 @@ def _setting(result: dict) -> str:
             f"{threads} thread{'s' if threads != 1 else ''}")
 
 
-def _kind_shares(rows: list[dict], key: str) -> dict[str, float]:
+def _group_key(row: dict, by: str):
+    return (row["layer"], row["op"], row["phase"]) if by == "op" else row[by]
+
+
+def _shares(rows: list[dict], key: str, by: str = "kind") -> dict:
+    """Each group's (`by`: op, layer, phase or kind) share of the rows' `key` (flops, bytes, seconds)."""
     total = sum(r[key] for r in rows)
-    shares: dict[str, float] = {}
+    shares: dict = {}
     for r in rows:
-        shares[r["kind"]] = shares.get(r["kind"], 0.0) + (r[key] / total if total else 0.0)
+        g = _group_key(r, by)
+        shares[g] = shares.get(g, 0.0) + (r[key] / total if total else 0.0)
     return shares
+
+
+def _group_label(key, by: str, mathtext: dict | None = None) -> str:
+    if by == "op":
+        text = (mathtext or {}).get(key)
+        return f"{course_tex(text, key[0])} [{key[1]}]" if text else f"{key[1]}, layer {key[0]}"
+    return f"layer {key}" if by == "layer" else str(key)
+
+
+def _group_colors(bars: list[dict], by: str, mathtext: dict | None = None) -> tuple[list[dict], dict, dict]:
+    """Colours and legend labels of the groups of stacked bars (each bar {group: share}): op
+    kinds their own colours; otherwise the MAX_GROUPS largest groups a colour each and the
+    rest summed as "other". Returns the bars (with "other" summed), colours and labels."""
+    from matplotlib import colormaps
+
+    keys = list(dict.fromkeys(k for s in bars for k in s))
+    if by == "kind":
+        colors = {k: KIND_COLORS.get(k, "grey") for k in list(KIND_COLORS) + [k for k in keys if k not in KIND_COLORS]
+                  if k in keys}
+    else:  # the largest groups get a colour each; ops are stacked largest first, the rest in order
+        largest = sorted(keys, key=lambda k: max(s.get(k, 0.0) for s in bars), reverse=True)[:MAX_GROUPS]
+        palette = colormaps["tab10"].colors
+        colors = {k: palette[i] for i, k in enumerate(largest if by == "op" else [k for k in keys if k in largest])}
+        if len(keys) > MAX_GROUPS:
+            bars = [{k: v for k, v in s.items() if k in colors}
+                    | {"other": sum(v for k, v in s.items() if k not in colors)} for s in bars]
+            colors["other"] = "lightgrey"
+    labels = {k: (f"other {by}s ({len(keys) - MAX_GROUPS})" if k == "other" else _group_label(k, by, mathtext))
+              for k in colors}
+    return bars, colors, labels
+
+
+def _shares_panel(ax: "Axes", named: list[tuple[str, list[dict], str]], by: str) -> None:
+    """Stacked bars of the shares by `by`: one bar per (name, rows, quantity key)."""
+    mathtext = {_group_key(r, "op"): r.get("mathtext") for _, rows, _ in named for r in rows}
+    bars, colors, labels = _group_colors([_shares(rows, key, by) for _, rows, key in named], by, mathtext)
+    _stacked(ax, list(zip([name for name, _, _ in named], bars)), colors, labels, f"Shares by {BY_TITLES[by]}")
 
 
 # -- panels ----------------------------------------------------------------------------------
@@ -125,7 +170,7 @@ def _kind_scatter(ax: "Axes", rows: list[dict], x: list[float], y: list[float]) 
             ax.scatter([x[i] for i in idx], [y[i] for i in idx], s=[size[i] for i in idx], color=color, alpha=0.75,
                        edgecolors="black", linewidths=0.4, label=kind, zorder=3)
     largest = sorted(range(len(rows)), key=lambda i: rows[i]["seconds"], reverse=True)[:LABELLED]
-    return [(x[i], y[i], course_tex(rows[i]["op"], rows[i]["layer"]), size[i] ** 0.5 / 2) for i in largest]
+    return [(x[i], y[i], course_tex(rows[i]["mathtext"], rows[i]["layer"]), size[i] ** 0.5 / 2) for i in largest]
 
 
 _NAME_STYLE = {"fontsize": 8, "zorder": 4,
@@ -275,35 +320,39 @@ def _predicted_measured(ax: "Axes", result: dict) -> Names:
 
 # -- figures ---------------------------------------------------------------------------------
 
-def plot_predict(result: dict, ceilings: Ceilings, path: str | Path) -> None:
-    """A prediction (costmodel.machine.predict.predict): the shares of FLOPs, bytes and time by op kind;
-    the ops on the roofline; the bandwidth they reach."""
-    plot_format(path)
-    rows = result["ops"]
+def figure_predict(pred, ceilings: Ceilings, by: str = "kind") -> "Figure":
+    """A prediction (costmodel.machine.predict.Prediction): the shares of FLOPs, bytes and time
+    by `by` (op, layer, phase or kind); the ops on the roofline; the bandwidth they reach."""
+    from costmodel.present.data import prediction_report, predicted_row
+
+    rows = [predicted_row(r) | {"mathtext": r.row.mathtext} for r in pred.rows]
+    result = prediction_report(pred) | {"ops": rows}
     fig = _figure(17, 5.8)
     shares, roof, bandwidth = fig.subplots(1, 3, width_ratios=[0.8, 1.2, 1.2])
-    _stacked(shares, [("FLOPs", _kind_shares(rows, "flops")), ("bytes", _kind_shares(rows, "bytes")),
-                      ("time\n(predicted)", _kind_shares(rows, "seconds"))],
-             KIND_COLORS, {}, "Shares by op kind")
+    _shares_panel(shares, [("FLOPs", rows, "flops"), ("bytes", rows, "bytes"), ("time\n(predicted)", rows, "seconds")],
+                  by)
     names = {roof: _roofline(roof, rows, ceilings, result["dtype"], "Roofline (predicted times)"),
              bandwidth: _bandwidth(bandwidth, rows, ceilings, "Bandwidth reached (predicted times)")}
     fig.suptitle(f"Predicted SG step of {_setting(result)}: {result['total_seconds'] * 1e3:.3g} ms")
     _name_points(fig, names)
-    save(fig, path)
+    return fig
 
 
-def plot_compare(result: dict, ceilings: Ceilings, path: str | Path) -> None:
-    """A comparison (calib.commands.compare): shares by kind predicted beside measured, each
-    op's predicted time against its measured one, and the measured ops on the roofline."""
+def plot_predict(pred, ceilings: Ceilings, path: str | Path, by: str = "kind") -> None:
+    """Draw figure_predict into `path` (.png or .pdf)."""
     plot_format(path)
+    save(figure_predict(pred, ceilings, by), path)
+
+
+def figure_compare(result: dict, ceilings: Ceilings, by: str = "kind") -> "Figure":
+    """A comparison (calib.compare.compare): shares by `by` predicted beside measured, each
+    row's predicted time against its measured one, and the measured rows on the roofline."""
     rows = result["ops"]
     measured = [r | {"seconds": r["measured_seconds"]} for r in rows]
     fig = _figure(15, 11)
     (shares, scatter), (roof, bandwidth) = fig.subplots(2, 2)
-    _stacked(shares, [("FLOPs", _kind_shares(rows, "flops")), ("bytes", _kind_shares(rows, "bytes")),
-                      ("predicted", _kind_shares(rows, "predicted_seconds")),
-                      ("measured", _kind_shares(rows, "measured_seconds"))],
-             KIND_COLORS, {}, "Shares by op kind")
+    _shares_panel(shares, [("FLOPs", rows, "flops"), ("bytes", rows, "bytes"), ("predicted", rows, "predicted_seconds"),
+                           ("measured", rows, "measured_seconds")], by)
     names = {scatter: _predicted_measured(scatter, result),
              roof: _roofline(roof, measured, ceilings, result["dtype"], "Roofline (measured times)"),
              bandwidth: _bandwidth(bandwidth, measured, ceilings, "Bandwidth reached (measured times)")}
@@ -311,17 +360,13 @@ def plot_compare(result: dict, ceilings: Ceilings, path: str | Path) -> None:
                  f"{result['measured_step_seconds'] * 1e3:.3g} ms, "
                  f"predicted {result['predicted_seconds'] * 1e3:.3g} ms")
     _name_points(fig, names)
-    save(fig, path)
+    return fig
 
 
-def _group_key(row: dict, by: str):
-    return (row["layer"], row["op"], row["phase"]) if by == "op" else row[by]
-
-
-def _group_label(key, by: str) -> str:
-    if by == "op":
-        return f"{course_tex(key[1], key[0])} [{key[1]}]"
-    return f"layer {key}" if by == "layer" else str(key)
+def plot_compare(result: dict, ceilings: Ceilings, path: str | Path, by: str = "kind") -> None:
+    """Draw figure_compare into `path` (.png or .pdf)."""
+    plot_format(path)
+    save(figure_compare(result, ceilings, by), path)
 
 
 def _tex_symbol(symbol: str) -> str:
@@ -336,32 +381,18 @@ def _tex_symbol(symbol: str) -> str:
     return f"${letter}{sup}{sub}$"
 
 
-def plot_sweep(result: dict, path: str | Path) -> None:
-    """A sweep (costmodel.machine.sweep.sweep): the step's shares at each value, stacked, and the
-    step's predicted time (with its interval) against the value."""
-    from matplotlib import colormaps
-
-    plot_format(path)
+def figure_sweep(result: dict) -> "Figure":
+    """A sweep (costmodel.present.data.sweep_report): the step's shares at each value, stacked,
+    and the step's predicted time (with its interval) against the value."""
     by, points = result["by"], result["points"]
-    shares = [{_group_key(g, by): g["fraction"] for g in p["groups"]} for p in points]
-    keys = list(dict.fromkeys(k for s in shares for k in s))
-    if by == "kind":
-        colors = {k: KIND_COLORS.get(k, "grey") for k in KIND_COLORS if k in keys}
-    else:  # the largest groups get a colour each; ops are stacked largest first, the rest in order
-        largest = sorted(keys, key=lambda k: max(s.get(k, 0.0) for s in shares), reverse=True)[:MAX_GROUPS]
-        palette = colormaps["tab10"].colors
-        colors = {k: palette[i] for i, k in enumerate(largest if by == "op" else [k for k in keys if k in largest])}
-        if len(keys) > MAX_GROUPS:
-            shares = [{k: v for k, v in s.items() if k in colors}
-                      | {"other": sum(v for k, v in s.items() if k not in colors)} for s in shares]
-            colors["other"] = "lightgrey"
-    labels = {k: (f"other {by}s ({len(keys) - MAX_GROUPS})" if k == "other" else _group_label(k, by))
-              for k in colors}
+    mathtext = {_group_key(g, "op"): g.get("mathtext") for p in points for g in p["groups"]} if by == "op" else None
+    bars, colors, labels = _group_colors([{_group_key(g, by): g["fraction"] for g in p["groups"]} for p in points],
+                                         by, mathtext)
     symbol = _tex_symbol(result["symbol"])
     names = [f"{symbol}={p['value']}" for p in points]
     fig = _figure(14, 5.2)
-    bars, times = fig.subplots(1, 2)
-    _stacked(bars, list(zip(names, shares)), colors, labels, f"Shares of the step by {by}")
+    stacked, times = fig.subplots(1, 2)
+    _stacked(stacked, list(zip(names, bars)), colors, labels, f"Shares of the step by {BY_TITLES[by]}")
     x = list(range(len(points)))
     seconds = [p["total_seconds"] for p in points]
     below = [p["total_seconds"] - p["total_seconds_low"] for p in points]
@@ -379,4 +410,10 @@ def plot_sweep(result: dict, path: str | Path) -> None:
     times.legend(loc="upper left", fontsize=8, frameon=False)
     fig.suptitle(f"Sweep of {vary}: {plain(result['arch'])}, {result['dtype']}, impl {result['impl']}, "
                  f"{result['threads']} thread{'s' if result['threads'] != 1 else ''}")
-    save(fig, path)
+    return fig
+
+
+def plot_sweep(result: dict, path: str | Path) -> None:
+    """Draw figure_sweep into `path` (.png or .pdf)."""
+    plot_format(path)
+    save(figure_sweep(result), path)

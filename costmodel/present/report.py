@@ -14,6 +14,7 @@ import re
 from typing import Iterable, Sequence
 
 from costmodel.files import atomic_write  # noqa: F401  (its home was here; importers may still use it)
+from costmodel.units import fmt_fraction, fmt_seconds, human  # noqa: F401  (re-exported)
 
 FORMATS = ("table", "json", "csv")
 #: the console width tables are laid out for (a wider table has its cells wrapped by rich)
@@ -45,31 +46,6 @@ def to_csv(rows: Sequence[dict], columns: Sequence[str]) -> str:
     for row in rows:
         writer.writerow({c: _jsonable(row.get(c)) for c in columns})
     return buf.getvalue()
-
-
-def human(x: float | int | None, unit: str = "") -> str:
-    """1234567 -> '1.23 M'; None -> '-'."""
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "-"
-    x = float(x)
-    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(x) >= factor:
-            return f"{x / factor:.3g} {prefix}{unit}"
-    return f"{x:.3g} {unit}".rstrip()
-
-
-def fmt_seconds(s: float | None) -> str:
-    if s is None:
-        return "-"
-    if s >= 1:
-        return f"{s:.3f} s"
-    if s >= 1e-3:
-        return f"{s * 1e3:.3f} ms"
-    return f"{s * 1e6:.1f} us"
-
-
-def fmt_fraction(f: float | None) -> str:
-    return "-" if f is None else f"{100 * f:.1f} %"
 
 
 def render_table(title: str, columns: Sequence[tuple[str, str, callable]], rows: Iterable[dict],

@@ -1,14 +1,19 @@
-"""The analytical commands (costs, and later predict, latex ...): load, compute, render.
-
-Pure: no clock and no kernel; cli.py calls these and prints what they return.
-"""
+"""The outputs of the analytical commands (costs, predict, sweep, explain) as a table, JSON or
+CSV, from their typed results. Pure: no clock and no kernel; cli.py calls these and prints
+what they return."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from costmodel.model.arch import load_arch
-from costmodel.present.report import fmt_fraction, fmt_seconds, human, render, render_table, to_csv, to_json
+from costmodel.model.step import conventions
+from costmodel.present.data import costs_report, group_columns, long_rows, prediction_report, prediction_rows
+from costmodel.present.report import render, render_table, to_csv, to_json
+from costmodel.units import fmt_fraction, fmt_seconds, human
+
+if TYPE_CHECKING:
+    from costmodel.machine.predict import Prediction
+    from costmodel.model.step import StepCosts
 
 COSTS_COLUMNS = [
     ("layer", "layer", str), ("type", "layer_type", str), ("op", "op", str), ("phase", "phase", str),
@@ -27,16 +32,12 @@ def _share_rows(totals: dict, label: str, grand: dict) -> list[dict]:
              "memory_kept_bytes": t["memory_kept_bytes"]} for key, t in totals.items()]
 
 
-def costs_command(arch_path: Path, *, batch, impl, fmt, symbolic=False) -> str:
-    from costmodel.model.evaluate import costs_report, symbolic_report
-
-    arch = load_arch(arch_path).with_batch(batch)
-    if symbolic:
-        return _symbolic(symbolic_report(arch, impl), fmt)
-    report = costs_report(arch, impl, None)
+def costs_output(costs: "StepCosts", fmt: str) -> str:
+    """`costmodel costs`: every op's FLOPs, bytes, intensity and memory kept, with totals."""
+    report = costs_report(costs)
     if fmt != "table":
         return render(report, fmt, COSTS_COLUMNS, "", csv_columns=COSTS_CSV)
-    grand = report["totals"]["total"]
+    arch, grand = costs.arch, report["totals"]["total"]
     share_cols = [("", "group", str), ("FLOPs", "flops", human), ("bytes", "bytes", lambda v: human(v, "B")),
                   ("FLOP share", "flop_share", fmt_fraction), ("byte share", "byte_share", fmt_fraction),
                   ("kept", "memory_kept_bytes", lambda v: human(v, "B"))]
@@ -44,7 +45,7 @@ def costs_command(arch_path: Path, *, batch, impl, fmt, symbolic=False) -> str:
     by_layer = _share_rows({f"layer {k}": v for k, v in report["totals"]["by_layer"].items()}, "group", grand)
     total = _share_rows({"step": grand}, "group", grand)
     return "".join([
-        render_table(f"Costs of one SG step: {arch.name} (batch I={arch.batch}, {arch.dtype}, impl={impl})",
+        render_table(f"Costs of one SG step: {arch.name} (batch I={arch.batch}, {arch.dtype}, impl={costs.impl})",
                      COSTS_COLUMNS, report["ops"]),
         "\n",
         render_table("Totals", share_cols, by_phase + by_layer + total,
@@ -52,8 +53,9 @@ def costs_command(arch_path: Path, *, batch, impl, fmt, symbolic=False) -> str:
     ])
 
 
-def _symbolic(report: dict, fmt: str) -> str:
-    """One row per distinct op formula (layer kind, op, phase), in the course's notation."""
+def symbolic_output(report: dict, fmt: str) -> str:
+    """`costs --symbolic`: one row per distinct op formula (layer kind, op, phase), in the
+    course's notation (report: costmodel.model.symbolic.symbolic_report)."""
     seen: dict[tuple, dict] = {}
     for op in report["ops"]:
         key = (op["layer_type"], op["op"], op["phase"], op["flops"]["text"], op["bytes"]["text"])
@@ -93,97 +95,35 @@ PREDICT_CSV = ["layer", "layer_type", "op", "phase", "kind", "seconds", "seconds
                "fraction", "flops", "bytes"]
 
 
-def _interval(row: dict) -> str:
-    return f"{fmt_seconds(row['seconds_low'])} - {fmt_seconds(row['seconds_high'])}"
-
-
-def predict_command(arch_path: Path, *, profile, batch, threads, impl, fmt, by="op", plot=None,
-                    backend="numpy") -> str:
-    from costmodel.machine.predict import group, predict
-    from costmodel.machine.profile import find_profile
-
-    arch = load_arch(arch_path).with_batch(batch)
-    prof = find_profile(profile)
-    result = predict(arch, prof, impl=impl, threads=threads, backend=backend)
-    impl = result["impl"]
-    if plot:
-        from costmodel.present.plots import plot_predict
-
-        plot_predict(result, prof.ceilings, plot)
-        _plot_written(plot)
-    rows = group(result, by)
-    for row in rows:
-        row["interval"] = _interval(row)
+def prediction_output(pred: "Prediction", fmt: str, by: str = "op", setting: str = "") -> str:
+    """`costmodel predict`: per row (or per layer, phase or kind) the predicted seconds,
+    interval, fraction, FLOPs and bytes; `setting` describes the backend's rows."""
+    if fmt == "json":
+        return to_json(prediction_report(pred, by))
+    rows = prediction_rows(pred, by)
     if by != "op":
-        result = {k: v for k, v in result.items() if k != "ops"} | {"by": by, "groups": rows}
         columns = [(by, by, str), ("ops", "ops", str), ("time", "seconds", fmt_seconds),
                    ("interval", "interval", str), ("fraction", "fraction", fmt_fraction),
                    ("FLOPs", "flops", human), ("bytes", "bytes", lambda v: human(v, "B"))]
         csv_columns = [by, "ops", "seconds", "seconds_low", "seconds_high", "fraction", "flops", "bytes"]
     else:
         columns, csv_columns = PREDICT_COLUMNS, PREDICT_CSV
-    if fmt == "json":
-        return to_json(result)
     if fmt == "csv":
         return to_csv(rows, csv_columns)
+    arch = pred.arch
     footer = [
-        f"step: {fmt_seconds(result['total_seconds'])} predicted "
-        f"(interval {fmt_seconds(result['total_seconds_low'])} - {fmt_seconds(result['total_seconds_high'])}, "
+        f"step: {fmt_seconds(pred.total_seconds)} predicted "
+        f"(interval {fmt_seconds(pred.total_seconds_low)} - {fmt_seconds(pred.total_seconds_high)}, "
         "5-95 % of cross-validated measured/predicted, summed over the ops)",
-        f"{arch.name}: batch I={arch.batch}, {arch.dtype}, "
-        + ("impl=" + impl if backend == "numpy" else "PyTorch op groups (docs/torch-mapping.md)")
-        + f", threads={result['threads']}; "
-        f"profile made on {result['profile']['cpu_model']} ({result['profile']['created'][:10]})",
+        f"{arch.name}: batch I={arch.batch}, {arch.dtype}, {setting}, threads={pred.threads}; "
+        f"profile made on {pred.profile_info['cpu_model']} ({str(pred.profile_info['created'])[:10]})",
     ]
-    title = f"Predicted SG step{' in PyTorch' if backend == 'torch' else ''}: {arch.name}"
+    title = f"Predicted SG step{' in PyTorch' if pred.backend == 'torch' else ''}: {arch.name}"
     return render_table(title, columns, rows, footer)
-
-
-def latex_command(arch_path: Path, *, output=None, standalone=False, profile=None, measured_fractions=None,
-                  impl="index", batch=None, threads=None) -> str:
-    """The LaTeX tables of the arch's step (costmodel.present.latex): written atomically to `output`
-    (then "" is returned), else returned. Without `profile`, the user's or the shipped one is
-    used; if neither exists, the tables have no time columns and say so.
-    `measured_fractions`: (layer, op, phase) -> measured fraction of the step."""
-    from costmodel.errors import UsageError
-    from costmodel.present.latex import latex_document
-    from costmodel.machine.profile import default_profile_path, embedded_profile_path, find_profile
-    from costmodel.present.report import atomic_write
-
-    arch = load_arch(arch_path).with_batch(batch)
-    found = None
-    if profile is not None or default_profile_path().exists() or embedded_profile_path().exists():
-        found = find_profile(profile)
-    text = latex_document(arch, impl=impl, profile=found, threads=threads, measured=measured_fractions,
-                          standalone=standalone)
-    if output is None:
-        return text
-    try:
-        atomic_write(output, text)
-    except OSError as exc:
-        raise UsageError(f"{output}: cannot write: {exc.strerror or exc}") from None
-    return ""
-
-
-def _plot_written(path) -> None:
-    import sys
-
-    print(f"plot written to {path}", file=sys.stderr)
-
-
-def explain_command(arch_path: Path, *, profile, batch, threads, impl, fmt) -> str:
-    from costmodel.present.explain import explain, render_text
-    from costmodel.machine.profile import find_profile
-
-    facts = explain(load_arch(arch_path), find_profile(profile), impl=impl, threads=threads, batch=batch)
-    return to_json(facts) if fmt == "json" else render_text(facts)
 
 
 def _sweep_table(result: dict) -> str:
     """Groups as rows, the swept values as columns: the step's time, then each group's fraction."""
-    from costmodel.present.explain import course_name
-    from costmodel.machine.sweep import group_columns
-
     by, points = result["by"], result["points"]
     if by == "op":
         head = [("layer", "layer", str), ("op", "op", str), ("notation", "name", str)]
@@ -195,7 +135,7 @@ def _sweep_table(result: dict) -> str:
     for i, point in enumerate(points):
         for g in point["groups"]:
             key = tuple(g[c] for c in group_columns(by))
-            names = ({"layer": g["layer"], "op": g["op"], "name": course_name(g["op"], g["layer"])} if by == "op"
+            names = ({"layer": g["layer"], "op": g["op"], "name": g["name"]} if by == "op"
                      else {"group": f"layer {g[by]}" if by == "layer" else str(g[by])})
             rows.setdefault(key, names)[f"v{i}"] = fmt_fraction(g["fraction"])
     for row in rows.values():
@@ -207,25 +147,15 @@ def _sweep_table(result: dict) -> str:
                         list(rows.values()), footer)
 
 
-def sweep_command(arch_path: Path, *, vary, profile, batch, threads, impl, by, fmt, plot=None) -> str:
-    from costmodel.machine.profile import find_profile
-    from costmodel.machine.sweep import group_columns, long_rows, parse_vary, sweep
-
-    name, values = parse_vary(vary)
-    if plot:
-        from costmodel.present.plots import plot_format
-
-        plot_format(plot)  # a bad suffix fails before any prediction
-    arch = load_arch(arch_path).with_batch(batch)
-    result = sweep(arch, find_profile(profile), name, values, impl=impl, threads=threads, by=by)
-    if plot:
-        from costmodel.present.plots import plot_sweep
-
-        plot_sweep(result, plot)
-        _plot_written(plot)
+def sweep_output(result: dict, fmt: str) -> str:
+    """`costmodel sweep` (result: costmodel.present.data.sweep_report)."""
     if fmt == "json":
         return to_json(result)
     if fmt == "csv":
+        name, by = result["vary"], result["by"]
         return to_csv(long_rows(result), [name, *group_columns(by), "seconds", "seconds_low", "seconds_high",
                                           "fraction", "flops", "bytes", "step_seconds"])
     return _sweep_table(result)
+
+
+__all__ = ["conventions", "costs_output", "prediction_output", "sweep_output", "symbolic_output"]

@@ -1,0 +1,59 @@
+"""The NumPy backend, machine side: the reference CNN's step (calib.cnn) measured per op
+(calib.measure) and timed over the calibration sweep. Its rows and models are
+costmodel.machine.backends.numpy's."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+
+from costmodel.model.arch import Architecture
+
+from calib.backends.timing import chunked_sweep
+from calib.measure import measure  # noqa: F401  (this backend's measurement)
+
+#: networks whose step takes less than this get an untimed step before each timed one
+WARM_VISIT_SECONDS = 0.02
+
+
+def time_sweep(archs: list[Architecture], impl: str = "index", *, threads: int, rounds: int, chunk: int, seed: int,
+               progress: Callable[[int], None] | None = None) -> list[dict]:
+    """Samples {"point", "layer", "op", "phase", "seconds"} of every op of every sweep
+    network (median over `rounds` steps)."""
+    from calib.cnn import ReferenceCNN
+    from calib.measure import synthetic_batch
+    from calib.timer import OpTimer
+
+    def build(i: int, arch: Architecture):
+        cnn = ReferenceCNN(arch, impl=impl, seed=i, threads=threads)
+        X, Y = synthetic_batch(arch, seed=i)
+        start = [w.copy() for w in cnn.W + cnn.b + cnn.vW + cnn.vb]
+        t0 = time.perf_counter()
+        cnn.step(X, Y)  # warm-up: first touches of every buffer, lazily built index arrays
+        # a small network's ops are dominated by per-call costs that depend on how warm the
+        # caches are: each visit runs one untimed step first, as a training loop would
+        small = time.perf_counter() - t0 < WARM_VISIT_SECONDS
+        return cnn, X, Y, start, small
+
+    def run_round(visits):
+        out = {}
+        for i, (cnn, X, Y, start, small) in visits:
+            if small:
+                cnn.step(X, Y)
+            # every step starts from the same weights, so no sweep network diverges
+            for w, w0 in zip(cnn.W + cnn.b + cnn.vW + cnn.vb, start):
+                np.copyto(w, w0)
+            timer = OpTimer()
+            cnn.step(X, Y, timer)
+            out[i] = {(k.layer, k.op, k.phase): sec for k, sec in timer.seconds().items()}
+        return out
+
+    return chunked_sweep(archs, chunk=chunk, rounds=rounds, seed=seed, build=build, run_round=run_round,
+                         progress=progress)
+
+
+def versions() -> dict[str, str]:
+    """Nothing beyond the fingerprint's NumPy and BLAS."""
+    return {}

@@ -1,0 +1,225 @@
+"""The torch backend: the same SG step in PyTorch (docs/torch-mapping.md), its rows derived from
+the architecture alone, as the op list is for the NumPy reference. No torch import.
+
+PyTorch fuses some of the contract's ops into one kernel: a convolution covers pad + phi +
+conv_matmul + bias, its backward conv_grad_W + bias_grad + conv_grad_input + phi_grad +
+pad_grad; a linear layer covers full_matmul + bias (addmm), its backward full_grad_W +
+bias_grad + full_grad_input. Every other op of the contract is a kernel of its own. A group's
+ops are the fused ones the layer has, in op list order (layer 1 has no input gradient, a layer
+with p = 0 no pad). What runs in no op - nn.Module dispatch in a layer's forward, the
+autograd engine between its nodes - is a row "other" (ops == ()): one per layer in the
+forward, one for the whole backward (layer 0, layer_type "step").
+
+A group's FLOPs are the sums of its ops'. A single op's bytes are those of the strided
+reference. A fused kernel's bytes are its own compulsory traffic (`fused_elements`): the
+layer's input, weights and output (and their gradients), once each; the padded copy and
+phi(pad(Z)) stay inside the kernel, which is the point of fusing (measured: with the separate
+ops' bytes, phi's h^2-fold copy included, the conv backward of large kernels was predicted
+2.8x too slow). "other" is costed by the sums over the ops of its scope: dispatch work grows
+with the number and size of the kernels it launches.
+
+A fused convolution also gets `flops_lane_waste`: oneDNN computes on blocks of channels one
+SIMD register wide, so a layer whose channel counts are not multiples of the register's
+lanes does FLOPs on padding lanes (measured on the sweep: from ~25 GFLOP/s median at
+fewer than 4 channels to ~120 GFLOP/s at 16-64; without this feature the examples' 32- and
+64-channel conv backward was predicted 1.7-1.9x too slow). Every group also gets
+`bytes_fresh`, the bytes of its outputs of at least FRESH_BYTES, which every step maps and
+faults in anew.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from costmodel.machine.backends.base import OTHER, ModelKey, Row, register
+from costmodel.machine.timemodel import FEATURES
+from costmodel.model.arch import LayerSizes
+from costmodel.model.ops import MATMUL, OpRef
+
+if TYPE_CHECKING:
+    from costmodel.machine.timemodel import Machine
+    from costmodel.model.arch import Architecture
+    from costmodel.model.step import StepCosts
+
+#: the reference implementation whose byte convention the rows' bytes use
+BYTES_IMPL = "strided"
+
+#: dtypes whose convolutions PyTorch runs as im2col + a BLAS product
+#: (aten::_slow_conv2d_forward/backward, with phi(pad(Z)) of the whole batch in memory), not
+#: as oneDNN's direct convolution (aten::mkldnn_convolution, float32): their fused groups
+#: are costed with their ops' bytes and waste no lanes (torch 2.13 on x86; docs/torch-mapping.md)
+IM2COL_DTYPES = frozenset({"float64"})
+
+#: glibc's largest mmap threshold on 64-bit Linux: an allocation of at least this many bytes
+#: is always mapped fresh, so every step faults its pages in again (PyTorch's CPU allocator
+#: does not cache); smaller ones are reused from the heap
+FRESH_BYTES = 32 << 20
+
+FUSED_CONV = "fused convolution"
+OTHER_KIND = "framework overhead"
+
+#: (phase, layer kind) -> the contract's ops one PyTorch kernel covers, what the group is,
+#: and its notation (plain text, mathtext), named by the product it is built around
+FUSED: dict[tuple[str, str], tuple[tuple[str, ...], str, tuple[str, str]]] = {
+    ("forward", "conv"): (("pad", "phi", "conv_matmul", "bias"), FUSED_CONV,
+                          ("conv(Z$m; W$m) + b$m, fused", r"\mathrm{conv}(Z$m; W$m) + b$m")),
+    ("backward", "conv"): (("conv_grad_W", "bias_grad", "conv_grad_input", "phi_grad", "pad_grad"), FUSED_CONV,
+                           ("conv backward of dS$m, fused", r"\mathrm{conv}'(dS$m)")),
+    ("forward", "full"): (("full_matmul", "bias"), MATMUL, ("W$m Z$m + b$m 1^T", r"W$m Z$m + b$m 1^T")),
+    ("backward", "full"): (("full_grad_W", "bias_grad", "full_grad_input"), MATMUL,
+                           ("dS$m (Z$m)^T, dS$m 1, (W$m)^T dS$m", r"dS$m (Z$m)^T, (W$m)^T dS$m")),
+}
+OTHER_NOTATION = ("other (framework)", r"\mathrm{other}")
+#: ops that are a parameter of the kernel that runs them, not a kernel of their own: a group's
+#: model does not depend on whether the layer pads (the bytes are in the features)
+PARAMETER_OPS = frozenset({"pad", "pad_grad"})
+LANE_FEATURES = FEATURES + ("bytes_fresh", "flops_lane_waste")
+TORCH_FEATURES = FEATURES + ("bytes_fresh",)
+
+
+class Group:
+    """One row of the PyTorch step before costing: its key, the op list indices it covers and
+    those it is costed by (its scope), its kind and notation."""
+
+    __slots__ = ("layer", "layer_type", "ops", "phase", "members", "scope", "kind", "notation", "sizes")
+
+    def __init__(self, layer, layer_type, ops, phase, members, scope, kind, notation, sizes):
+        self.layer, self.layer_type, self.ops, self.phase = layer, layer_type, ops, phase
+        self.members, self.scope, self.kind, self.notation, self.sizes = members, scope, kind, notation, sizes
+
+    @property
+    def fused(self) -> bool:
+        return len(self.ops) > 1
+
+
+def torch_groups(refs: list[OpRef]) -> list[Group]:
+    """The rows of the PyTorch step for the op list `refs`, in its order (each group where its
+    first op is; a layer's forward "other" after that layer's forward ops; the backward's
+    "other" after the last backward group, before the updates)."""
+    groups: list[Group] = []
+    placed: set[int] = set()
+    for i, ref in enumerate(refs):
+        if i not in placed:
+            fused, kind, notation = FUSED.get((ref.phase, ref.layer_type), ((), "", ("", "")))
+            if ref.op in fused:
+                members = tuple(j for j, r in enumerate(refs)
+                                if (r.layer, r.phase) == (ref.layer, ref.phase) and r.op in fused)
+            else:
+                members, kind, notation = (i,), ref.kind, (ref.record.text, ref.record.mathtext)
+            placed.update(members)
+            groups.append(Group(ref.layer, ref.layer_type, tuple(refs[j].op for j in members), ref.phase, members,
+                                members, kind, notation, ref.sizes))
+        nxt = refs[i + 1] if i + 1 < len(refs) else None
+        if ref.phase == "forward" and ref.layer_type != "loss" and (nxt is None or nxt.layer != ref.layer):
+            scope = tuple(j for j, r in enumerate(refs) if (r.layer, r.phase) == (ref.layer, "forward"))
+            groups.append(Group(ref.layer, ref.layer_type, (), "forward", (), scope, OTHER_KIND, OTHER_NOTATION,
+                                ref.sizes))
+        if ref.phase == "backward" and (nxt is None or nxt.phase != "backward"):
+            scope = tuple(j for j, r in enumerate(refs) if r.phase == "backward")
+            groups.append(Group(0, "step", (), "backward", (), scope, OTHER_KIND, OTHER_NOTATION, None))
+    return groups
+
+
+def group_model_key(ops: tuple[str, ...], phase: str, loss: str) -> ModelKey:
+    """The model a group's time is fitted with: the group's ops without the PARAMETER_OPS;
+    for the loss ops also the loss; "other:forward" and "other:backward" for what maps to no op."""
+    if not ops:
+        return ModelKey((OTHER,), (phase,))
+    if ops[0] in ("loss", "loss_grad"):
+        return ModelKey(ops, (loss,))
+    return ModelKey(tuple(op for op in ops if op not in PARAMETER_OPS))
+
+
+def fused_elements(sz: LayerSizes, ops: tuple[str, ...], phase: str, I: int) -> tuple[int, int]:
+    """(elements read, elements written) of a fused kernel: once each, its input Z, its
+    weights W and b, and its output S forward; Z, W (for the input gradient), dS, dW, db and
+    dZ (not in layer 1) backward. Conv: Z is d x I x a x b, S is d' x I x a_conv x b_conv, W is
+    d' x h^2 d; full: Z is n_in x I, S is n_out x I, W is n_out x n_in."""
+    if sz.kind == "conv":
+        z, out, w = sz.d * I * sz.a * sz.b, sz.d_next * I * sz.a_conv * sz.b_conv, sz.d_next * sz.h * sz.h * sz.d
+    else:
+        z, out, w = sz.n_in * I, sz.n_out * I, sz.n_out * sz.n_in
+    bias = sz.d_next if sz.kind == "conv" else sz.n_out
+    if phase == "forward":
+        return z + w + bias, out
+    input_grad = any(op in ("conv_grad_input", "full_grad_input") for op in ops)
+    return z + out + (w if input_grad else 0), w + bias + (z if input_grad else 0)
+
+
+def lane_waste_flops(sz: LayerSizes, layer: int, flops: int, lanes: int) -> int:
+    """FLOPs a fused convolution spends on SIMD lanes past its channel counts: its FLOPs times
+    (d' rounded up to `lanes`)/d' x (d rounded up)/d, minus its FLOPs. Layer 1's input
+    channels (1 or 3, read in their plain layout) are not blocked."""
+    if sz.kind != "conv" or lanes <= 1:
+        return 0
+
+    def padded(n: int) -> float:
+        return -(-n // lanes) * lanes / n
+
+    factor = padded(sz.d_next) * (padded(sz.d) if layer > 1 else 1.0)
+    return int(round(flops * (factor - 1.0)))
+
+
+def simd_lanes(cpu_flags, itemsize: int) -> int:
+    """Elements of `itemsize` bytes in one SIMD register of a CPU with these flags: 64-byte
+    registers with AVX-512, 32 with AVX, else 16 (SSE, NEON)."""
+    flags = set(cpu_flags)
+    width = 64 if "avx512f" in flags else 32 if "avx" in flags or "avx2" in flags else 16
+    return max(width // itemsize, 1)
+
+
+class TorchBackend:
+    name = "torch"
+    impls = ("torch",)
+
+    def rows_of(self, costs: "StepCosts", lanes: int = 1) -> list[Row]:
+        """The rows of PyTorch's step of `costs.arch` (costs: of the strided reference), with
+        flops_lane_waste for `lanes` SIMD lanes. A fused group's FLOPs are its ops'; its bytes
+        its own traffic (module docstring); "other" does no arithmetic of its own: its costs
+        are 0, and its features are those of its scope."""
+        arch = costs.arch
+        width, im2col = arch.itemsize, arch.dtype in IM2COL_DTYPES
+        rows = []
+        for g in torch_groups(list(costs.ops)):
+            idx = list(g.scope)
+            flops = int(costs.flops[idx].sum())
+            read, written = int(costs.bytes_read[idx].sum()), int(costs.bytes_written[idx].sum())
+            direct = g.fused and not im2col  # one oneDNN kernel, no phi in memory
+            if direct:
+                r, w = fused_elements(g.sizes, g.ops, g.phase, arch.batch)
+                read, written = r * width, w * width
+            if direct:
+                fresh = written if written >= FRESH_BYTES else 0
+            elif g.ops:  # each op's output, phi of an im2col convolution included
+                fresh = sum(int(costs.bytes_written[j]) for j in idx if costs.bytes_written[j] >= FRESH_BYTES)
+            else:
+                fresh = 0
+            waste = lane_waste_flops(g.sizes, g.layer, flops, lanes) if direct else 0
+            basis = {"flops": flops, "bytes": read + written, "bytes_fresh": fresh, "flops_lane_waste": waste}
+            extra = {"flops_lane_waste": waste, "bytes_fresh": fresh}
+            kept = int(costs.memory_kept[idx].sum())
+            if not g.ops:
+                extra = {"scope_flops": flops, "scope_bytes": read + written, **extra}
+                flops = read = written = kept = 0
+            rows.append(Row(g.layer, g.layer_type, g.ops, g.phase, g.kind, flops, read, written, kept,
+                            group_model_key(g.ops, g.phase, arch.loss), *g.notation, basis, extra))
+        return rows
+
+    def rows(self, arch: "Architecture", impl: str, threads: int, machine: "Machine") -> list[Row]:
+        from costmodel.model.step import step_costs
+
+        return self.rows_of(step_costs(arch, BYTES_IMPL), simd_lanes(machine.cpu_flags, arch.itemsize))
+
+    def features(self, model: ModelKey) -> tuple[str, ...]:
+        if "conv_matmul" in model.ops or "conv_grad_W" in model.ops:
+            return LANE_FEATURES
+        return TORCH_FEATURES
+
+    def calibrate_command(self, dtype: str, impl: str, threads: int) -> str:
+        return f"costmodel calibrate --dtype {dtype} --threads {threads} --backend torch"
+
+    def setting(self, impl: str) -> str:
+        return "PyTorch op groups (docs/torch-mapping.md)"
+
+
+BACKEND = register(TorchBackend())

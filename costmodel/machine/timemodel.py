@@ -1,0 +1,110 @@
+"""The time model of an op kind, evaluated in exactly one place: fit (calib.fit), predict,
+explain and `profile show` all call this module.
+
+An op kind's time on a machine is a non-negative linear combination of named terms
+
+    t = c_call + c_flop FLOPs + c_byte bytes + c_L2 bytes_beyond_L2 + c_L3 bytes_beyond_L3 (+ ...)
+
+(PALEO's composition, named: the *sum* of a per-call overhead, compute time and memory
+time). The `bytes_beyond_*` features are the row's bytes when its working set (every array it
+reads or writes) exceeds that cache level, else 0: the extra time per byte of fetching from
+the next level. A backend may add features of its own (`bytes_fresh`, `flops_lane_waste`, see
+costmodel.machine.backends.torch). Every coefficient reads as a machine fact (`fact`): 1/c_flop
+is FLOP/s, 1/c_byte is bytes/s, c_call is seconds per call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
+
+from costmodel.units import fmt_seconds, human
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from costmodel.machine.backends import Row
+    from costmodel.machine.profile import OpModel
+
+#: the features every backend's models use
+FEATURES = ("calls", "flops", "bytes", "bytes_beyond_L2", "bytes_beyond_L3")
+#: features a backend adds from its rows' `basis` (0 where a row has none)
+ROW_FEATURES = ("bytes_fresh", "flops_lane_waste")
+ALL_FEATURES = FEATURES + ROW_FEATURES
+
+#: features whose coefficient (seconds per unit) reads as a rate: feature -> (rate, unit);
+#: a qualified name such as bytes_beyond_L2 reads as the same rate, qualified
+RATE_FEATURES = {"flops": ("FLOP/s", "FLOP"), "bytes": ("B/s", "byte")}
+CALL_FEATURE = "calls"
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What the features of a row depend on besides the row: the cache sizes in bytes of the
+    machine whose profile is used ({"L2": ..., "L3": ...}; a missing level counts as
+    infinitely large) and its CPU flags (SIMD width)."""
+
+    caches: Mapping[str, int] = field(default_factory=dict)
+    cpu_flags: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, fingerprint) -> "Machine":
+        return cls(dict(fingerprint.caches), tuple(fingerprint.cpu_flags))
+
+
+def feature_values(row: "Row", machine: Machine) -> dict[str, float]:
+    """Every feature of ALL_FEATURES for one row."""
+    flops = float(row.basis.get("flops", row.flops))
+    nbytes = float(row.basis.get("bytes", row.bytes))
+    inf = float("inf")
+    l2 = float(machine.caches.get("L2") or inf)
+    l3 = float(machine.caches.get("L3") or inf)
+    values = {"calls": 1.0, "flops": flops, "bytes": nbytes,
+              "bytes_beyond_L2": nbytes if nbytes > l2 else 0.0,  # working set: every array, once
+              "bytes_beyond_L3": nbytes if nbytes > l3 else 0.0}
+    for name in ROW_FEATURES:
+        values[name] = float(row.basis.get(name, 0.0))
+    return values
+
+
+def check_features(features: Iterable[str]) -> None:
+    unknown = [f for f in features if f not in ALL_FEATURES]
+    if unknown:
+        raise ValueError(f"unknown feature {unknown[0]!r} (this costmodel knows {', '.join(ALL_FEATURES)})")
+
+
+def design_matrix(rows: Sequence["Row"], machine: Machine, features: Sequence[str]) -> "np.ndarray":
+    """The (len(rows), len(features)) matrix of the rows' feature values, for the fit."""
+    import numpy as np
+
+    check_features(features)
+    return np.array([[feature_values(row, machine)[f] for f in features] for row in rows], dtype=float).reshape(
+        len(rows), len(features))
+
+
+def terms(model: "OpModel", values: Mapping[str, float]) -> dict[str, float]:
+    """Seconds of each of the model's terms for a row with these feature values."""
+    return {f: c * values[f] for f, c in zip(model.features, model.coef)}
+
+
+def seconds(model: "OpModel", values: Mapping[str, float]) -> float:
+    """The model's time for a row with these feature values: the sum of its terms."""
+    return sum(terms(model, values).values())
+
+
+def fact(feature: str, coef: float) -> str:
+    """One coefficient read as a machine fact: ('flops', 1.35e-11) -> '74 GFLOP/s',
+    ('bytes_beyond_L3', 5e-11) -> '20 GB/s beyond L3', ('calls', 1.2e-5) -> '12.0 us per call'."""
+    if feature == CALL_FEATURE:
+        return f"{fmt_seconds(coef)} per call"
+    quantity, _, qualifier = feature.partition("_")
+    if quantity in RATE_FEATURES:
+        rate, unit = RATE_FEATURES[quantity]
+        text = human(1 / coef, rate) if coef > 0 else f"no cost per {unit}"
+        return f"{text} {qualifier.replace('_', ' ')}".rstrip()
+    return f"{feature}: {coef:.3g} s each"
+
+
+def facts(model: "OpModel") -> list[str]:
+    """Every coefficient of the model read as a machine fact."""
+    return [fact(f, c) for f, c in zip(model.features, model.coef)]

@@ -1,0 +1,52 @@
+"""Every command that predicts works with every entry of the shipped reference profile, on every
+example (in the entry's dtype): a model key that a command rebuilt wrongly, or an op the
+shipped calibration lacks, fails here (the synthetic profiles of the other tests hold every key
+and would hide it)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from cli import app
+from costmodel.machine.profile import embedded_profile_path, load_profile
+
+from tests.conftest import EXAMPLES
+
+PROFILE = embedded_profile_path()
+ENTRIES = [(e.dtype, e.impl, e.threads, e.backend) for e in load_profile(PROFILE).entries]
+runner = CliRunner()
+
+
+def _arch(tmp_path, path, dtype):
+    data = yaml.safe_load(path.read_text())
+    out = tmp_path / f"{path.stem}-{dtype}.yaml"
+    out.write_text(yaml.safe_dump(data | {"dtype": dtype, "batch": 16}))
+    return str(out)
+
+
+def _run(*args) -> str:
+    result = runner.invoke(app, [*args, "--profile", str(PROFILE)])
+    assert result.exit_code == 0, (args, result.output)
+    return result.stdout
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=["-".join(map(str, e)) for e in ENTRIES])
+def test_every_command_with_every_entry(tmp_path, entry):
+    dtype, impl, threads, backend = entry
+    setting = ["--threads", str(threads)] + (["--backend", "torch"] if backend == "torch" else ["--impl", impl])
+    for path in EXAMPLES:
+        arch = _arch(tmp_path, path, dtype)
+        for by in ("op", "layer", "phase", "kind"):
+            data = json.loads(_run("predict", arch, *setting, "--by", by, "--format", "json"))
+            assert (data["impl"], data["threads"], data["backend"]) == (impl, threads, backend)
+        if backend == "numpy":
+            facts = json.loads(_run("explain", arch, *setting, "--format", "json"))
+            assert facts["impl"] == impl and facts["sections"]
+            assert "Sweep of batch" in _run("sweep", arch, *setting, "--vary", "batch=1,64")
+            assert "\\begin{longtable}" in _run("latex", arch, "--impl", impl, "--threads", str(threads))
+    shown = runner.invoke(app, ["profile", "show", str(PROFILE)])
+    assert shown.exit_code == 0 and f"{dtype}, impl {impl}, {threads} threads" in shown.stdout
