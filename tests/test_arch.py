@@ -71,7 +71,7 @@ CASES = [
     (lambda d: d.update(loss="hinge"), "loss: 'hinge' is not allowed"),
     (set_layer(0, activation="gelu"), "layers[0] (conv): activation: 'gelu' is not allowed"),
     (set_layer(3, activation="softplus"), "layers[3] (full): activation: 'softplus' is not allowed"),
-    (set_layer(0, type="dense"), "layers[0]: layer type must be 'conv' or 'full'"),
+    (set_layer(0, type="dense"), "layers[0]: layer type must be 'conv', 'full', 'global_avg_pool' or 'residual' (got 'dense')"),
     # the extended vocabulary (ARCH_FORMAT.md, "Extended vocabulary")
     (set_layer(1, groups=3), "layers[1] (conv): groups 3 divides neither 32 input channels nor 64 filters"),
     (set_layer(1, groups=64), "layers[1] (conv): groups 64 does not divide the 32 input channels"),

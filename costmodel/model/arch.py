@@ -55,7 +55,7 @@ Padding = Annotated[Union[int, str], PlainValidator(_padding)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
 class InputShape(_Strict):
@@ -65,6 +65,7 @@ class InputShape(_Strict):
 
 
 class Optimizer(_Strict):
+    model_config = ConfigDict(allow_inf_nan=False)  # lr .inf trains on NaN weights
     lr: PositiveFloat = 0.01
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9  # at 1 or more the velocity never decays
     # simpleNN: Grad = dW/I + W/C. Default C = 600 ~ simpleNN's C (0.01) times l (60000):
@@ -466,13 +467,16 @@ def _residual_sizes(block: ResidualBlock, m: int, a: int, b: int, d: int, x: int
 
 # -- loading ---------------------------------------------------------------------------------
 
-import reprlib  # noqa: E402  (kept with the code that uses them)
-import types  # noqa: E402
-from typing import get_args, get_origin  # noqa: E402
 #
 # Bounds on what is read (costmodel.files, costmodel.model.yamlload) and on what comes out: a
 # file of more than MAX_ARCH_BYTES or MAX_LAYERS layers is refused, every integer must fit in
-# int64, and so must the byte count of every array one step holds (_check_exact).
+# int64, and so must the byte count of every array one step holds (_check_exact). Messages
+# name the place, put unknown keys first with a "did you mean", say what a field allows, and
+# cut a user's value short (reprlib).
+
+import reprlib  # noqa: E402  (kept with the code that uses them)
+import types  # noqa: E402
+from typing import get_args, get_origin  # noqa: E402
 
 #: an arch file's size (a 10,000-layer network in block style is about 400 KiB)
 MAX_ARCH_BYTES = 4 << 20
@@ -648,6 +652,13 @@ def _resolve(loc: tuple, model=None) -> _Place:
     return _Place("".join(f"{p}: " for p in parts), t, metadata, owner)
 
 
+def _custom(place: _Place) -> bool:
+    """Whether the field validates with its own function (a PlainValidator, ...): its error's
+    words then say what is allowed better than its type does."""
+    meta = [*place.metadata, *(get_args(place.field)[1:] if get_origin(place.field) is Annotated else ())]
+    return any(type(m).__name__.endswith("Validator") for m in meta)
+
+
 def _loc_to_place(loc: tuple, model=None) -> str:
     """('layers', 2, 'conv', 'kernel') -> 'layers[2] (conv): kernel: '; () -> ''."""
     return _resolve(tuple(loc), model).text
@@ -674,7 +685,7 @@ def _message(err: dict, model=None, group: list[dict] = ()) -> str:
     inp = err.get("input")
     place = _resolve(loc, model)
     where = place.text
-    allowed = _allowed(place.field, place.metadata) if place.field is not None else None
+    allowed = _allowed(place.field, place.metadata) if place.field is not None and not _custom(place) else None
     expected = f"expected {allowed}" if allowed else err.get("msg", "").replace("Input should be ", "expected ")
     if kind == "extra_forbidden":
         parent = _resolve(loc[:-1], model)
@@ -696,7 +707,8 @@ def _message(err: dict, model=None, group: list[dict] = ()) -> str:
         return f"{where}{_short(inp)} is not allowed ({expected})"
     if kind == "literal_error":
         return f"{where}{_short(inp)} is not allowed ({expected})"
-    if kind in ("greater_than", "greater_than_equal") and place.field in (int, float, None):
+    bound = (err.get("ctx") or {}).get("gt" if kind == "greater_than" else "ge", 0)
+    if kind in ("greater_than", "greater_than_equal") and bound == 0:
         what = "integer" if isinstance(inp, int) else "number"
         sign = "positive" if kind == "greater_than" else "non-negative"
         return f"{where}{_short(inp)} is not a {sign} {what}"
@@ -725,6 +737,10 @@ def first_error(exc: ValidationError, model=None) -> str:
 
     def parent(e):
         return tuple(e["loc"][:-1])
+
+    wrong_type = [e for e in errors if e["loc"] and e["loc"][-1] == "type" and e["type"] == "literal_error"]
+    if wrong_type:  # a layer of the wrong type: its other keys are wrong because of it
+        return _message(wrong_type[0], model)
 
     for kind, word in (("extra_forbidden", "unknown"), ("missing", "missing required")):
         mine = [e for e in errors if e["type"] == kind]
@@ -789,8 +805,11 @@ def parse_arch(data: object, source: str = "<arch>") -> Architecture:
     if not isinstance(data, dict):
         raise ArchError(f"{source}: the file must be a YAML mapping, not {type(data).__name__}")
     layers = data.get("layers")
-    if isinstance(layers, list) and len(layers) > MAX_LAYERS:
-        raise ArchError(f"{source}: layers: {len(layers):,} layers, more than the {MAX_LAYERS:,} costmodel takes")
+    if isinstance(layers, list):  # before validation, which grows with them: a block's layers count too
+        count = len(layers) + sum(len(item["layers"]) for item in layers
+                                  if isinstance(item, dict) and isinstance(item.get("layers"), list))
+        if count > MAX_LAYERS:
+            raise ArchError(f"{source}: layers: {count:,} layers, more than the {MAX_LAYERS:,} costmodel takes")
     try:
         arch = Architecture.model_validate(data)
     except ValidationError as exc:
