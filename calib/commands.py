@@ -108,6 +108,8 @@ def calibrate_command(*, quick, threads, dtypes, impls, output, progress=None, b
     for d in dtypes or ():
         if d not in DTYPES:
             raise UsageError(f"--dtype: {d!r} is not one of {', '.join(DTYPES)}")
+    path = Path(output) if output else default_profile_path()
+    check_profile_output(path)  # before a minute of calibration (and torch's import), not after it
     if backend == "torch":
         if impls:
             raise UsageError("--impl: the torch backend has one implementation, PyTorch's; leave --impl out")
@@ -115,8 +117,6 @@ def calibrate_command(*, quick, threads, dtypes, impls, output, progress=None, b
 
         import_torch()  # a missing torch fails first, in one line
     plan = Plan.make(quick=quick, dtypes=dtypes, impls=impls, backend=backend)
-    path = Path(output) if output else default_profile_path()
-    check_profile_output(path)  # before a minute of calibration, not after it
     from costmodel.files import clean_stale_temps, locked
 
     clean_stale_temps(path)
