@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import yaml
 from yaml.composer import Composer
-from yaml.constructor import ConstructorError, SafeConstructor
+from yaml.constructor import SafeConstructor
 from yaml.error import MarkedYAMLError
 from yaml.events import AliasEvent, CollectionStartEvent
 from yaml.nodes import MappingNode, ScalarNode, SequenceNode
@@ -160,11 +160,7 @@ if CParser is not None:
             SafeConstructor.__init__(self)
             Resolver.__init__(self)
             self._init_bounds()
-
-        # CParser defines these in C; the Python composer's must be the ones used
-        check_node = Composer.check_node
-        get_node = Composer.get_node
-        get_single_node = Composer.get_single_node
+        # (CParser's own composer, in C, is not used: _Bounds' Python one comes first in the MRO)
 else:  # pragma: no cover
     _FastBoundedLoader = BoundedLoader
 
@@ -188,5 +184,3 @@ def load(text: str | bytes, *, fast: bool = True, max_events: int | None = None)
     finally:
         loader.dispose()
 
-
-__all__ += ["ConstructorError"]
