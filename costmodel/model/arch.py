@@ -621,7 +621,9 @@ def _resolve(loc: tuple, model=None) -> _Place:
     while i < len(loc):
         item = loc[i]
         u = _unwrap(t) if t is not None else None
-        members = _members(u) if u is not None else []
+        members = [m for m in _members(u) if m is not type(None)] if u is not None else []
+        if len(members) == 1 and get_origin(u) in (Union, types.UnionType):  # X | None: the place is X's
+            u = _unwrap(members[0])
         if isinstance(item, int):
             parts[-1:] = [f"{parts[-1]}[{item}]" if parts else f"[{item}]"]
             args = get_args(u) if u is not None and get_origin(u) in (list, tuple) else ()
