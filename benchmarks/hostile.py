@@ -90,6 +90,7 @@ class Run:
     status: int
     seconds: float
     rss_mb: float
+    cpu: float  # user + system seconds of the process (less sensitive to other load than `seconds`)
     stdout: str
     stderr: str
     left: list[str]
@@ -690,7 +691,8 @@ def run_case(case: Case, work: Path, env: dict) -> list[Run]:
         stderr = err.read_bytes().decode("utf-8", "replace")
         after = [p for p in _listing(directory) if p not in ("p.png",) or case.expect != "accept"]
         left = sorted(set(after) - set(before))
-        runs.append(Run(case, argv, proc.returncode, seconds, usage.ru_maxrss / 1024, stdout, stderr, left))
+        runs.append(Run(case, argv, proc.returncode, seconds, usage.ru_maxrss / 1024,
+                        usage.ru_utime + usage.ru_stime, stdout, stderr, left))
     return runs
 
 
@@ -771,9 +773,12 @@ def report(cases: list[Case], runs: list[Run]) -> dict:
         print(f"{key:>22}: {value}")
     if plain:
         slow = max(plain, key=lambda r: r.seconds)
+        busy = max(plain, key=lambda r: r.cpu)
         big = max(plain, key=lambda r: r.rss_mb)
         long_ = max(plain, key=lambda r: len(r.stderr.strip()))
         print(f"{'slowest refusal':>22}: {slow.seconds:.2f} s ({slow.case.name}: costmodel {' '.join(slow.argv)[:60]})")
+        print(f"{'most CPU in a refusal':>22}: {busy.cpu:.2f} s user+system ({busy.case.name}: costmodel "
+              f"{' '.join(busy.argv)[:60]})")
         print(f"{'largest RSS':>22}: {big.rss_mb:.0f} MB ({big.case.name}: costmodel {' '.join(big.argv)[:60]})")
         print(f"{'longest message':>22}: {len(long_.stderr.strip())} characters ({long_.case.name})")
         over = [r for r in plain if r.seconds > MAX_SECONDS or r.rss_mb > MAX_RSS_MB
@@ -781,9 +786,9 @@ def report(cases: list[Case], runs: list[Run]) -> dict:
         print(f"{'beyond the targets':>22}: {len(over)} of {len(plain)} refusals "
               f"(> {MAX_SECONDS} s, > {MAX_RSS_MB} MB or >= {MAX_MESSAGE} characters)")
         for r in over[:20]:
-            print(f"    {r.seconds:.2f} s, {r.rss_mb:.0f} MB, {len(r.stderr.strip())} chars: {r.case.name} "
+            print(f"    {r.seconds:.2f} s ({r.cpu:.2f} s CPU), {r.rss_mb:.0f} MB, {len(r.stderr.strip())} chars: {r.case.name} "
                   f"(costmodel {' '.join(r.argv)[:50]})")
-        summary.update(slowest=slow.seconds, largest_rss_mb=big.rss_mb, longest_message=len(long_.stderr.strip()),
+        summary.update(slowest=slow.seconds, most_cpu=busy.cpu, largest_rss_mb=big.rss_mb, longest_message=len(long_.stderr.strip()),
                        beyond_targets=len(over))
     if signals:
         print(f"{'signals':>22}: {len(signals)} runs interrupted cleanly")
