@@ -42,25 +42,88 @@ class Impl(str, Enum):
     strided = "strided"
 
 
+#: the largest integer an option takes (sizes are counted in int64)
+INT64_MAX = 2 ** 63 - 1
+#: exit statuses of a run stopped by a signal, as a shell reports a process killed by it
+EXIT_SIGINT, EXIT_SIGTERM = 130, 143
+
+
+def _one_line(msg: str) -> str:
+    """The message on one line: control characters (a newline in a file name) escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(msg))
+
+
 def _err(msg: str) -> None:
-    typer.echo(f"costmodel: error: {msg}", err=True)
+    typer.echo(f"costmodel: error: {_one_line(msg)}", err=True)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so that it unwinds as for ^C: temporary files
+    removed, nothing half-written; the CLI exits with 143."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def handle_sigterm():
+    """Treat SIGTERM like SIGINT (from the main thread; elsewhere signals cannot be set).
+    Returns the handler it replaced (None when it set none)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        return signal.signal(signal.SIGTERM, _raise_terminated)
+    return None
 
 
 def domain_errors(fn):
-    """Turn CostModelError into one line on stderr and its exit status; ^C into status 130."""
+    """Turn CostModelError into one line on stderr and its exit status; ^C into status 130 and
+    SIGTERM into 143, each with one line; a closed stdout (`| head`) ends quietly; running out
+    of memory or stack is one line, never a traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        previous = handle_sigterm()
         try:
             return fn(*args, **kwargs)
         except CostModelError as exc:
             _err(str(exc))
             raise typer.Exit(exc.exit_code) from None
+        except Terminated:
+            _err("terminated (SIGTERM): nothing was written")
+            raise typer.Exit(EXIT_SIGTERM) from None
         except KeyboardInterrupt:
-            _err("interrupted")
-            raise typer.Exit(130) from None
+            _err("interrupted: nothing was written")
+            raise typer.Exit(EXIT_SIGINT) from None
+        except BrokenPipeError:
+            _quiet_stdout()
+            raise typer.Exit(141) from None
+        except MemoryError:
+            _err("out of memory (the machine or a ulimit/cgroup limit): try a smaller --batch")
+            raise typer.Exit(1) from None
+        except RecursionError:
+            _err("input nested too deeply")
+            raise typer.Exit(2) from None
+        finally:
+            if previous is not None:  # a command run in process (tests, an API) leaves SIGTERM as it was
+                import signal
+
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper
+
+
+def _quiet_stdout() -> None:
+    """After a reader closed stdout: point it at /dev/null, so the interpreter's final flush
+    does not report the broken pipe."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def _version(value: bool) -> None:
@@ -96,8 +159,11 @@ def _arch_file(arch: Optional[Path], example: Optional[str]) -> Path:
     return example_path(example)
 
 
-BatchOpt = Annotated[Optional[int], typer.Option("--batch", min=1, help="Mini-batch size I (overrides the file).")]
-ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", min=1, help="BLAS threads (default: all).")]
+BatchOpt = Annotated[Optional[int], typer.Option("--batch", min=1, max=INT64_MAX,
+                                                 help="Mini-batch size I (overrides the file).")]
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", min=1, max=1024, help="BLAS threads (default: all).")]
+StepsOpt = Annotated[int, typer.Option(min=1, max=1_000_000, help="Timed SG steps.")]
+WarmupOpt = Annotated[int, typer.Option(min=0, max=1_000_000, help="Untimed steps first.")]
 ImplOpt = Annotated[Impl, typer.Option("--impl", help="Implementation of the index-heavy ops.")]
 FormatOpt = Annotated[Format, typer.Option("--format", help="Output format.")]
 
@@ -132,8 +198,8 @@ def measure(
     arch: ArchArg = None,
     example: ExampleOpt = None,
     batch: BatchOpt = None,
-    steps: Annotated[int, typer.Option(min=1, help="Timed SG steps.")] = 10,
-    warmup: Annotated[int, typer.Option(min=0, help="Untimed steps first.")] = 2,
+    steps: StepsOpt = 10,
+    warmup: WarmupOpt = 2,
     threads: ThreadsOpt = None,
     impl: ImplOpt = Impl.index,
     fmt: FormatOpt = Format.table,
@@ -166,10 +232,10 @@ def train(
                                       "and y.")],
     arch: ArchArg = None,
     example: ExampleOpt = None,
-    epochs: Annotated[int, typer.Option(min=1)] = 10,
+    epochs: Annotated[int, typer.Option(min=1, max=1_000_000)] = 10,
     batch: BatchOpt = None,
     impl: ImplOpt = Impl.index,
-    seed: Annotated[int, typer.Option(help="Seed of the weights and the shuffling.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=INT64_MAX, help="Seed of the weights and the shuffling.")] = 0,
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Train the reference CNN with simpleNN's SG with momentum; report loss and test accuracy."""
@@ -351,8 +417,8 @@ def compare(
     batch: BatchOpt = None,
     threads: ThreadsOpt = None,
     impl: ImplOpt = Impl.index,
-    steps: Annotated[int, typer.Option(min=1, help="Timed SG steps.")] = 10,
-    warmup: Annotated[int, typer.Option(min=0, help="Untimed steps first.")] = 2,
+    steps: StepsOpt = 10,
+    warmup: WarmupOpt = 2,
     fmt: FormatOpt = Format.table,
     plot: PlotOpt = None,
     backends: Annotated[str, typer.Option("--backends", help="numpy (or torch): that backend predicted against "
@@ -573,8 +639,26 @@ def _plot_written(path) -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point. A usage error (an unknown option, `--batch abc`, a value out
+    of range) is one line naming the option, exit status 2, like every other bad input."""
+    handle_sigterm()
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+
+    try:
+        status = app(standalone_mode=False)
+    except NoArgsIsHelpError as exc:
+        exc.show()
+        status = exc.exit_code
+    except ClickException as exc:
+        _err(exc.format_message())
+        status = exc.exit_code
+    except Terminated:
+        _err("terminated (SIGTERM)")
+        status = EXIT_SIGTERM
+    except (typer.Abort, KeyboardInterrupt):
+        _err("interrupted")
+        status = EXIT_SIGINT
+    sys.exit(status if isinstance(status, int) else 0)
 
 
 if __name__ == "__main__":

@@ -82,12 +82,19 @@ def measure_command(arch_path: Path, *, batch, steps, warmup, threads, impl, fmt
 
 def measure_torch_command(arch_path: Path, *, batch, steps, warmup, threads, fmt, progress=None) -> str:
     """`measure --backend torch`: the same step in PyTorch, per op group from torch.profiler."""
+    import importlib.util
+
     from calib.backends.torch import import_torch, measure_torch, with_costs
 
-    import_torch()  # a missing torch fails first, in one line
+    if importlib.util.find_spec("torch") is None:
+        import_torch()  # a missing torch fails first, in one line
     from calib.noise import LoadMonitor
 
-    arch = load_arch(arch_path).with_batch(batch)
+    arch = load_arch(arch_path).with_batch(batch)  # a bad file is refused before torch's import (~200 MB)
+    from calib.memory import check_memory
+
+    check_memory(arch, "torch")
+    import_torch()
     with LoadMonitor() as monitor:  # other processes' CPU time and steal (no per-op spreads here)
         result = with_costs(measure_torch(arch, steps=steps, warmup=warmup, threads=threads, progress=progress),
                             arch)
@@ -143,6 +150,8 @@ def calibrate_command(*, quick, threads, dtypes, impls, output, progress=None, b
     for d in dtypes or ():
         if d not in DTYPES:
             raise UsageError(f"--dtype: {d!r} is not one of {', '.join(DTYPES)}")
+    path = Path(output) if output else default_profile_path()
+    check_profile_output(path)  # before a minute of calibration (and torch's import), not after it
     if backend == "torch":
         if impls:
             raise UsageError("--impl: the torch backend has one implementation, PyTorch's; leave --impl out")
@@ -150,13 +159,9 @@ def calibrate_command(*, quick, threads, dtypes, impls, output, progress=None, b
 
         import_torch()  # a missing torch fails first, in one line
     plan = Plan.make(quick=quick, dtypes=dtypes, impls=impls, backend=backend)
-    path = Path(output) if output else default_profile_path()
-    previous = None
-    if path.exists():
-        try:
-            previous = load_profile(path)
-        except Exception:  # a corrupt old profile is replaced, not merged
-            previous = None
+    from costmodel.files import clean_stale_temps, locked
+
+    clean_stale_temps(path)
     total = plan.points * len(plan.dtypes) * len(plan.impls)
     with _progress_bar(total) as advance:
         result = calibrate(plan, threads=threads, progress=progress or advance,
@@ -169,12 +174,47 @@ def calibrate_command(*, quick, threads, dtypes, impls, output, progress=None, b
                              "calibrate again on a quiet machine, or pass --accept-noisy to write it marked noisy")
         print(f"costmodel: warning: the machine was disturbed while calibrating ({reasons}): "
               "the profile is written marked noisy (--accept-noisy)", file=sys.stderr)
-    profile = to_profile(result, merge_into=previous, accept_noisy=accept_noisy)
-    if previous is not None and previous.network is not None:  # `calibrate --network` keeps its section
-        profile = profile.model_copy(update={"network": previous.network})
-    save_profile(profile, path)
+    with locked(path):  # another calibration may write the same file: read, merge and write as one
+        previous = None
+        if path.exists():
+            try:
+                previous = load_profile(path)
+            except UsageError as exc:  # a damaged profile (checked above) is replaced, not merged
+                print(f"costmodel: warning: {exc}: replacing it", file=sys.stderr)
+        profile = to_profile(result, merge_into=previous, accept_noisy=accept_noisy)
+        if previous is not None and previous.network is not None:  # `calibrate --network` keeps its section
+            profile = profile.model_copy(update={"network": previous.network})
+        save_profile(profile, path)
     print(f"profile written to {path} ({result['calibration_seconds']:.1f} s)", file=sys.stderr)
     return render_profile(profile, "table")
+
+
+def check_profile_output(path: Path) -> None:
+    """Refuse, in one line and before anything runs, a place a profile cannot be written to or
+    must not be: an existing file that is not a costmodel profile (it would be overwritten), a
+    directory or any other non-regular file, a path under a regular file, a folder where no file
+    can be created (read-only, /proc, no permission). A damaged profile (JSON with a
+    schema_version that no longer validates) may be replaced. Nothing is left on disk."""
+    from costmodel.errors import UsageError
+    from costmodel.files import MiB, check_writable
+    from costmodel.machine.profile import load_profile
+
+    label = f"-o {path}"
+    check_writable(path, label=label)
+    if path.exists():
+        try:
+            load_profile(path)
+        except UsageError as exc:
+            head = b""
+            try:
+                with open(path, "rb") as fh:
+                    head = fh.read(1 * MiB)
+            except OSError:
+                pass
+            if not (head.lstrip().startswith(b"{") and b'"schema_version"' in head):
+                raise UsageError(f"{label}: the file exists and is not a costmodel profile "
+                                 f"({str(exc).removeprefix(f'{path}: ')[:80]}): refusing to replace it; "
+                                 "remove it or choose another file") from None
 
 
 class _progress_bar:
@@ -292,6 +332,7 @@ def compare_backends_command(arch_path: Path, *, batch, threads, impl, steps, wa
     from calib.memory import check_memory
 
     check_memory(arch, impl)
+    check_memory(arch, "torch")
     from calib.noise import LoadMonitor
 
     with LoadMonitor() as monitor:  # other processes' CPU time and steal over both measurements
@@ -331,9 +372,12 @@ def compare_command(arch_path: Path, *, profile, batch, threads, impl, steps, wa
 
         plot_format(plot)  # a bad suffix fails before anything is measured
     if backend == "torch":
+        import importlib.util
+
         from calib.backends.torch import import_torch
 
-        import_torch()  # a missing torch fails first, in one line
+        if importlib.util.find_spec("torch") is None:
+            import_torch()  # a missing torch fails first, in one line
     arch = load_arch(arch_path).with_batch(batch)
     from costmodel.machine.resolve import resolve
 
@@ -343,7 +387,7 @@ def compare_command(arch_path: Path, *, profile, batch, threads, impl, steps, wa
                    prober=lambda **needs: cached_probe(**needs)[0]).profile
     from calib.memory import check_memory
 
-    check_memory(arch, impl)
+    check_memory(arch, "torch" if backend == "torch" else impl)
     result = compare(arch, prof, impl=impl, threads=threads, steps=steps, warmup=warmup, progress=progress,
                      backend=backend)
     warn_if_disturbed(result.get("load"))

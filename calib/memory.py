@@ -1,14 +1,24 @@
-"""How much memory one step of the reference CNN needs, computed from the sizes before
-anything is allocated, and a check against the memory the machine has available."""
+"""How much memory one step needs (the reference CNN's, or PyTorch's), computed from the sizes
+before anything is allocated, and a check against the memory this process may still use.
+
+The memory a process may use is the smallest of three limits, each less what is already used:
+MemAvailable (/proc/meminfo: what the machine can give without swapping), RLIMIT_AS (`ulimit -v`:
+address space, less this process's VmSize) and the memory cgroup's limit (v2 memory.max less
+memory.current, v1 memory.limit_in_bytes less memory.usage_in_bytes, for the process's cgroup
+and each ancestor), so that a step that would die with MemoryError or the OOM killer under a
+ulimit or a container's limit is refused first, in one line.
+"""
 
 from __future__ import annotations
 
+import resource
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from costmodel.model.arch import Architecture
-from costmodel.errors import CostModelError
+from costmodel.errors import UsageError
 
 INTP = np.dtype(np.intp).itemsize
 GiB = 1024 ** 3
@@ -118,6 +128,61 @@ def estimate_step_bytes(arch: Architecture, impl: str) -> int:
     return int(kept + dphi_scratch + max(temporaries))
 
 
+def estimate_torch_step_bytes(arch: Architecture) -> int:
+    """Peak bytes of one SG step of the same network in PyTorch at arch.batch (an estimate from
+    the sizes, not a measurement): the parameters, their gradients and momentum buffers; the
+    batch and every activation autograd keeps for backward (each conv or full layer's S and
+    activation output, a pooled output with its int64 indices, the flattened input); the
+    gradients in flight during backward (twice the largest activation); and, in float64, where
+    PyTorch's CPU convolution is im2col + BLAS (slow_conv2d), the columns phi(pad(Z)) of the
+    whole batch and their gradient for the largest layer."""
+    item, I = arch.itemsize, arch.batch
+    sizes = arch.sizes()
+    first = sizes[0]
+    kept = (first.d * first.a * first.b + arch.n_classes) * I * item  # X, Y
+    largest, columns = 0, 0
+    for sz in sizes:
+        kept += 3 * sz.n_params * item  # W, b (and batch norm's), their gradients, the momentum buffers
+        z_in = sz.d * I * sz.a * sz.b
+        if sz.kind == "conv":
+            S = sz.d_next * I * sz.a_conv * sz.b_conv
+            pooled = sz.d_next * I * sz.a_next * sz.b_next if sz.pooled else 0
+            acts = (2 + 2 * sz.batch_norm) * S * item + pooled * (item + 8)
+            columns = max(columns, sz.h * sz.h * sz.d * I * sz.a_conv * sz.b_conv * item)
+        elif sz.kind == "full":
+            acts = ((2 + 2 * sz.batch_norm) * sz.n_out + sz.n_in) * I * item
+        elif sz.kind == "residual_add":
+            acts = 2 * z_in * item  # the sum and its activation
+        else:  # global average pooling
+            acts = sz.d * I * item
+        acts += sz.d_next * I * sz.a_next * sz.b_next * (item + 1) if sz.dropout else 0  # output, mask
+        kept += acts
+        largest = max(largest, acts)
+    phi = 2 * columns if arch.dtype == "float64" else 0
+    return int(kept + 2 * largest + phi)
+
+
+@dataclass(frozen=True)
+class MemoryLimit:
+    """The bytes this process may still allocate, and which limit says so."""
+
+    bytes: int | None  # None: no limit could be read
+    source: str  # e.g. "MemAvailable", "RLIMIT_AS (ulimit -v)", "cgroup memory.max"
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if text == "max":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
 def available_bytes(meminfo: str | Path = "/proc/meminfo") -> int | None:
     """MemAvailable from /proc/meminfo, or None where there is no such file."""
     try:
@@ -126,17 +191,86 @@ def available_bytes(meminfo: str | Path = "/proc/meminfo") -> int | None:
         return None
     for line in text.splitlines():
         if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) * 1024
+            try:
+                return int(line.split()[1]) * 1024
+            except (IndexError, ValueError):
+                return None
     return None
 
 
-def check_memory(arch: Architecture, impl: str, meminfo: str | Path = "/proc/meminfo") -> int:
-    """Raise CostModelError when one step needs more memory than is available; returns the
-    estimate in bytes."""
-    need = estimate_step_bytes(arch, impl)
+def _vm_size(status: str | Path = "/proc/self/status") -> int:
+    """This process's address space (VmSize), 0 if unknown."""
+    try:
+        for line in Path(status).read_text().splitlines():
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, IndexError, ValueError):
+        pass
+    return 0
+
+
+def _cgroup_limits(self_cgroup: str | Path, root: str | Path) -> list[tuple[int, str]]:
+    """(bytes left, source) of the memory cgroup of this process and each ancestor, for v2
+    (memory.max - memory.current) and v1 (memory.limit_in_bytes - memory.usage_in_bytes)."""
+    try:
+        lines = Path(self_cgroup).read_text().splitlines()
+    except OSError:
+        return []
+    root = Path(root)
+    found = []
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, where = parts
+        if controllers == "":  # v2: the unified hierarchy
+            base, files = root, ("memory.max", "memory.current", "cgroup memory.max")
+            if not (root / "cgroup.controllers").exists() and (root / "unified").is_dir():
+                base = root / "unified"
+        elif "memory" in controllers.split(","):  # v1
+            base, files = root / "memory", ("memory.limit_in_bytes", "memory.usage_in_bytes",
+                                            "cgroup memory.limit_in_bytes")
+        else:
+            continue
+        node = Path(where.strip())
+        for ancestor in [node, *node.parents]:
+            directory = base / str(ancestor).lstrip("/")
+            limit, used = _read_int(directory / files[0]), _read_int(directory / files[1])
+            if limit is not None and limit < (1 << 60):  # v1 says "unlimited" as ~2**63
+                found.append((limit - (used or 0), f"{files[2]} of {ancestor}"))
+    return found
+
+
+def memory_limit(meminfo: str | Path = "/proc/meminfo", *, self_cgroup: str | Path = "/proc/self/cgroup",
+                 cgroup_root: str | Path = "/sys/fs/cgroup", status: str | Path = "/proc/self/status",
+                 rlimit_as: int | None = None) -> MemoryLimit:
+    """The smallest of MemAvailable, RLIMIT_AS less this process's VmSize, and the cgroup limits
+    less their usage (see the module docstring). `rlimit_as`: the soft RLIMIT_AS to use instead
+    of this process's (tests)."""
+    candidates: list[tuple[int, str]] = []
     have = available_bytes(meminfo)
-    if have is not None and need > have:
-        raise CostModelError(
-            f"{arch.name} at batch {arch.batch} ({impl}) needs an estimated {need / GiB:.1f} GiB, "
-            f"but only {have / GiB:.1f} GiB is available")
+    if have is not None:
+        candidates.append((have, "MemAvailable"))
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0] if rlimit_as is None else rlimit_as
+    if soft != resource.RLIM_INFINITY and soft >= 0:
+        candidates.append((soft - _vm_size(status), "RLIMIT_AS (ulimit -v)"))
+    candidates += _cgroup_limits(self_cgroup, cgroup_root)
+    if not candidates:
+        return MemoryLimit(None, "none found")
+    left, source = min(candidates)
+    return MemoryLimit(max(left, 0), source)
+
+
+def check_memory(arch: Architecture, impl: str, meminfo: str | Path = "/proc/meminfo", *,
+                 limit: MemoryLimit | None = None) -> int:
+    """Raise UsageError (exit status 2) when one step needs more memory than this process may
+    still use (memory_limit); returns the estimate in bytes. impl "torch" estimates PyTorch's
+    step (estimate_torch_step_bytes), any other the reference CNN's (estimate_step_bytes)."""
+    need = estimate_torch_step_bytes(arch) if impl == "torch" else estimate_step_bytes(arch, impl)
+    limit = limit if limit is not None else memory_limit(meminfo)
+    if limit.bytes is not None and need > limit.bytes:
+        what = "PyTorch" if impl == "torch" else impl
+        raise UsageError(
+            f"{arch.name} at batch {arch.batch} ({what}) needs an estimated {need / GiB:.1f} GiB, "
+            f"but only {limit.bytes / GiB:.1f} GiB is available ({limit.source}): try a smaller --batch")
     return need

@@ -71,7 +71,7 @@ CASES = [
     (lambda d: d.update(loss="hinge"), "loss: 'hinge' is not allowed"),
     (set_layer(0, activation="gelu"), "layers[0] (conv): activation: 'gelu' is not allowed"),
     (set_layer(3, activation="softplus"), "layers[3] (full): activation: 'softplus' is not allowed"),
-    (set_layer(0, type="dense"), "layers[0]: layer type must be 'conv' or 'full'"),
+    (set_layer(0, type="dense"), "layers[0]: layer type must be 'conv', 'full', 'global_avg_pool' or 'residual' (got 'dense')"),
     # the extended vocabulary (ARCH_FORMAT.md, "Extended vocabulary")
     (set_layer(1, groups=3), "layers[1] (conv): groups 3 divides neither 32 input channels nor 64 filters"),
     (set_layer(1, groups=64), "layers[1] (conv): groups 64 does not divide the 32 input channels"),
@@ -140,7 +140,8 @@ def test_invalid_architecture_names_the_place(change, expected):
 
 
 @pytest.mark.parametrize("text, expected", [
-    ("name: [unclosed", "not valid YAML at line 1"),
+    ("name: [unclosed", "not valid YAML at line 2, column 1: did not find expected ',' or ']' "
+                        r"\(while parsing a flow sequence from line 1, column 7\)"),
     ("- 1\n- 2\n", "the file must be a YAML mapping, not list"),
     ("", "the file is empty"),
     ("!!python/object/apply:os.system ['echo pwned']\n", "line 1: YAML tag refused"),
@@ -213,7 +214,7 @@ def test_cli_bad_file_one_line_exit_2(tmp_path):
     path.write_text(yaml.safe_dump(variant(set_layer(2, kernal=3))))
     result = CliRunner().invoke(app, ["measure", str(path)])
     assert result.exit_code == 2
-    assert result.stderr.strip() == f"costmodel: error: {path}: layers[2] (conv): unknown key 'kernal'"
+    assert result.stderr.strip() == f"costmodel: error: {path}: layers[2] (conv): unknown key 'kernal' (did you mean 'kernel'?)"
     assert result.stdout == ""
 
 

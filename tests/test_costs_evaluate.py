@@ -9,7 +9,7 @@ import sympy as sp
 
 from costmodel.api import COSTS_COLUMNS as COLUMNS, costs_frame
 from costmodel.errors import ArchError, UsageError
-from costmodel.model.arch import load_arch, parse_arch
+from costmodel.model.arch import Architecture, load_arch, parse_arch
 from costmodel.model.costs import BYTE_CONVENTION, FLOP_CONVENTION, IMPLS
 from costmodel.model.ops import op_keys
 from costmodel.model.step import INT64_MAX, layer_values, op_spec, step_costs
@@ -76,8 +76,10 @@ def test_step_costs_are_int64_and_sums_match_the_ops():
 def test_a_quantity_beyond_int64_is_refused_naming_the_op():
     data = {"name": "huge", "input": {"height": 1000000, "width": 1000000, "channels": 1}, "batch": 100000,
             "layers": [{"type": "conv", "filters": 1000, "kernel": 1}, {"type": "full", "units": 10}]}
+    with pytest.raises(ArchError, match=r"layers\[0\] \(conv\): .* do not fit in int64"):
+        parse_arch(data)  # the file's arrays are checked when it is read (issue 12) ...
     with pytest.raises(ArchError, match=r"huge: layer 1 \(conv\), op \w+: its .* exceed the 64-bit range"):
-        step_costs(parse_arch(data))
+        step_costs(Architecture.model_validate(data))  # ... and every op's quantities when they are computed
     with pytest.raises(ArchError, match="64-bit range"):
         costs_many(parse_arch(data | {"batch": 1}), "index", batch=[1, 100000])
     small = step_costs(parse_arch(data | {"batch": 1, "input": {"height": 100, "width": 100, "channels": 1}}))

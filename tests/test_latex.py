@@ -240,7 +240,7 @@ def test_cli_bad_arch_is_one_line_exit_2(tmp_path):
     out = tmp_path / "tables.tex"
     result = CliRunner().invoke(app, ["latex", str(path), "-o", str(out)])
     assert result.exit_code == 2
-    assert result.stderr == f"costmodel: error: {path}: layers[0] (conv): unknown key 'kernal'\n"
+    assert result.stderr == f"costmodel: error: {path}: layers[0] (conv): unknown key 'kernal' (did you mean 'kernel'?)\n"
     assert result.stdout == "" and not out.exists()
 
 

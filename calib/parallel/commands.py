@@ -240,16 +240,18 @@ def _save_network(network, path: Path, log):
     and ceilings, without op models, when there is none), atomically."""
     from datetime import datetime, timezone
 
+    from costmodel.files import locked
     from costmodel.machine.profile import Profile, load_profile, save_profile
 
-    if path.exists():
-        profile = load_profile(path).model_copy(update={"network": network})
-    else:
-        from calib.machine import ceilings, fingerprint
+    with locked(path):  # a concurrent `calibrate` merges into the same file (issue 12)
+        if path.exists():
+            profile = load_profile(path).model_copy(update={"network": network})
+        else:
+            from calib.machine import ceilings, fingerprint
 
-        log(f"no profile at {path}: measuring this machine's fingerprint and ceilings first (about 5 s); "
-            "`costmodel calibrate` adds the op models")
-        profile = Profile(created=datetime.now(timezone.utc), fingerprint=fingerprint(), ceilings=ceilings(),
-                          network=network)
-    save_profile(Profile.model_validate(profile.model_dump()), path)
+            log(f"no profile at {path}: measuring this machine's fingerprint and ceilings first (about 5 s); "
+                "`costmodel calibrate` adds the op models")
+            profile = Profile(created=datetime.now(timezone.utc), fingerprint=fingerprint(), ceilings=ceilings(),
+                              network=network)
+        save_profile(Profile.model_validate(profile.model_dump()), path)
     return profile

@@ -16,20 +16,21 @@ from __future__ import annotations
 
 import json
 import os
-import sys
+import weakref
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Callable, Literal, Mapping
+from typing import Annotated, Literal, Mapping
 
 from pydantic import (AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator,
                       model_validator)
 
 from costmodel import __version__
-from costmodel.model.arch import DTYPES, _message
-from costmodel.errors import CostModelError, UsageError
+from costmodel.model.arch import DTYPES, _loc_to_place, _short, first_error
+from costmodel.errors import UsageError
+from costmodel.files import MiB, atomic_write, read_regular
 from costmodel.machine.timemodel import fact, model_facts  # noqa: F401  (model_facts re-exported)
-from costmodel.present.report import FORMATS, atomic_write, render_table, to_csv, to_json
+from costmodel.present.report import FORMATS, render_table, to_csv, to_json
 from costmodel.units import human, iec as _iec, threads_text as _threads
 
 __all__ = ["SCHEMA_VERSION", "BandwidthPoint", "BlasInfo", "Ceilings", "Entry", "Fingerprint", "model_facts",
@@ -48,6 +49,19 @@ SIMD_FLAGS = ("avx512f", "avx2", "fma", "avx", "sse4_2", "asimd", "sve", "sve2")
 
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
+
+#: a profile file's size (the reference profile, with every entry, is about 100 KiB)
+MAX_PROFILE_BYTES = 16 * MiB
+#: a coefficient is seconds per unit of its feature (per FLOP, per byte, per call): above one
+#: second per unit no machine is described, and the products with int64 counts would overflow
+MAX_COEF = 1.0
+#: measured/predicted quantiles of the prediction interval
+MAX_INTERVAL = 1e3
+#: physically possible ceilings: above an exaFLOP/s or 10 PB/s, below 1 per second, a
+#: number is not a measurement of a CPU
+CEILING_RANGE = {"FLOP/s": (1.0, 1e18), "B/s": (1.0, 1e16), "FLOP/B": (1e-9, 1e9)}
+INT64_MAX = 2 ** 63 - 1
+Coefficient = Annotated[float, Field(ge=0, le=MAX_COEF)]
 
 
 class _Model(BaseModel):
@@ -184,11 +198,11 @@ class OpModel(_Model):
 
     model: str
     features: list[str] = Field(min_length=1)
-    coef: list[float]
+    coef: list[Coefficient] = Field(description="seconds per unit of each feature: finite, 0 .. MAX_COEF")
     cv_error: Annotated[float, Field(ge=0)] | None = Field(
         None, description="median relative error of grouped cross-validation")
-    interval: tuple[PositiveFloat, PositiveFloat] = Field(
-        description="low and high quantiles of measured/predicted time")
+    interval: tuple[Annotated[float, Field(gt=0, le=MAX_INTERVAL)], Annotated[float, Field(gt=0, le=MAX_INTERVAL)]] = \
+        Field(description="low and high quantiles of measured/predicted time")
     n_samples: PositiveInt
     ceiling: OpCeiling | None = Field(None, description="the ceilings the model was fitted under")
 
@@ -315,6 +329,21 @@ class Profile(_Model):
             seen.add(entry.key)
         return self
 
+    @model_validator(mode="after")
+    def _possible_ceilings(self) -> "Profile":
+        ceil = self.ceilings
+        checks = ([(f"ceilings: matmul_flops_per_second: {k}", v, "FLOP/s")
+                   for k, v in ceil.matmul_flops_per_second.items()]
+                  + [(f"ceilings: bandwidth[{i}]: bytes_per_second", p.bytes_per_second, "B/s")
+                     for i, p in enumerate(ceil.bandwidth)]
+                  + [(f"ceilings: machine_balance: {k}", v, "FLOP/B") for k, v in ceil.machine_balance.items()])
+        for where, value, unit in checks:
+            low, high = CEILING_RANGE[unit]
+            if not low <= value <= high:
+                raise ValueError(f"{where}: {value:.3g} {unit} is not a measurement of a CPU "
+                                 f"(expected {low:g} .. {high:g})")
+        return self
+
     def entry(self, dtype: str, impl: str, threads: int, backend: str = "numpy") -> Entry:
         """The entry calibrated for these settings, or an error naming the command that makes it."""
         for entry in self.entries:
@@ -322,9 +351,10 @@ class Profile(_Model):
                 return entry
         command = calibrate_command(dtype, impl, threads, backend)
         has = "; ".join(e.describe() for e in self.entries) or "nothing"
-        raise CostModelError(f"the profile has no entry for {_setting(dtype, impl, threads, backend)}: "
-                             f"run `{command}` "
-                             f"(it has: {has})")
+        source = _SOURCES.get(id(self))
+        raise UsageError(f"{source + ': ' if source else ''}"
+                         f"the profile has no entry for {_setting(dtype, impl, threads, backend)}: "
+                         f"run `{command}` (it has: {has})")
 
 
 def calibrate_command(dtype: str, impl: str, threads: int, backend: str = "numpy") -> str:
@@ -356,34 +386,85 @@ def save_profile(profile: Profile, path: str | Path) -> None:
         raise UsageError(f"{path}: cannot write the profile: {exc.strerror or exc}") from None
 
 
+#: id(profile) -> the file it was loaded from, for errors found after loading (Profile.entry)
+_SOURCES: dict[int, str] = {}
+
+
+class _Duplicates(dict):
+    """A JSON object in which a key was given twice (`key`: the first such key)."""
+
+    key: str = ""
+
+
+def _object(pairs: list[tuple[str, object]]) -> dict:
+    """json's object_pairs_hook: a dict, marked when a key repeats (the place is found later)."""
+    data = dict(pairs)
+    if len(data) != len(pairs):
+        seen: set[str] = set()
+        data = _Duplicates(data)
+        data.key = next(k for k, _ in pairs if k in seen or seen.add(k))
+    return data
+
+
+def _find(data, loc=()):
+    """(loc, problem) of the first duplicate key or integer beyond int64 in parsed JSON, or None."""
+    stack = [(data, loc)]
+    while stack:
+        value, where = stack.pop()
+        if isinstance(value, _Duplicates):
+            return where, f"duplicate key {_short(value.key)} (a key may appear once in an object)"
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT64_MAX:
+            return where, f"{_short(value)} is beyond int64"
+        if isinstance(value, dict):
+            stack.extend((v, (*where, k)) for k, v in reversed(list(value.items())))
+        elif isinstance(value, list):
+            stack.extend((v, (*where, i)) for i, v in reversed(list(enumerate(value))))
+    return None
+
+
 def load_profile(path: str | Path) -> Profile:
-    """Read and validate a profile; every problem is one UsageError line naming the file."""
+    """Read and validate a profile; every problem is one UsageError line naming the file and the
+    place (exit status 2).
+
+    The file must be a regular file of at most MAX_PROFILE_BYTES of UTF-8 JSON; a key given twice
+    in one object is refused (json would keep the last); values are validated strictly, as JSON
+    types (the string "1e-6" is not a number): finite, coefficients in 0 .. MAX_COEF seconds per
+    unit, ceilings physically possible, integers within int64.
+    """
+    raw = read_regular(path, limit=MAX_PROFILE_BYTES, what="profile", error=UsageError,
+                       missing="no such profile: run `costmodel calibrate` to make one")
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such profile: run `costmodel calibrate` to make one") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: cannot read the profile: {exc.__class__.__name__}") from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: cannot read the profile: UnicodeDecodeError (not UTF-8 text)") from None
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=_object)
     except json.JSONDecodeError as exc:
         raise UsageError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
                          "the file is damaged: run `costmodel calibrate` again") from None
+    except ValueError as exc:  # an integer of more than 4300 digits
+        raise UsageError(f"{path}: not a costmodel profile ({str(exc).split(';')[0][:80]})") from None
+    except RecursionError:
+        raise UsageError(f"{path}: not a costmodel profile (JSON nested too deeply)") from None
     if not isinstance(data, dict):
         raise UsageError(f"{path}: not a costmodel profile (a JSON {type(data).__name__}, not an object)")
     if "schema_version" not in data:
         raise UsageError(f"{path}: not a costmodel profile (no schema_version)")
     version = data["schema_version"]
     if version != SCHEMA_VERSION or not isinstance(version, int) or isinstance(version, bool):
-        raise UsageError(f"{path}: schema version {version!r}, this costmodel reads version "
+        raise UsageError(f"{path}: schema version {_short(version)}, this costmodel reads version "
                          f"{SCHEMA_VERSION}: run `costmodel calibrate` again")
+    found = _find(data)
+    if found is not None:
+        where, problem = found
+        raise UsageError(f"{path}: {_loc_to_place(where, Profile)}{problem}")
     try:
-        return Profile.model_validate(data)
+        profile = Profile.model_validate_json(text, strict=True)
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        if first["type"] == "value_error":  # our validators' messages, without pydantic's prefix
-            first = {**first, "msg": str(first["ctx"]["error"])}
-        raise UsageError(f"{path}: {_message(first)}") from None
+        raise UsageError(f"{path}: {first_error(exc, Profile)}") from None
+    _SOURCES[id(profile)] = str(path)
+    weakref.finalize(profile, _SOURCES.pop, id(profile), None)
+    return profile
 
 
 # -- rendering -------------------------------------------------------------------------------

@@ -118,7 +118,7 @@ def resolve(path: str | Path | Profile | None, *, dtype: str, impl: str = "index
             note = warning_line(prov)
     if reference:
         note = "no profile of this machine, so the reference profile shipped with costmodel" + (
-            f": {note}" if note else f", made on a machine like this one; `costmodel calibrate` makes yours")
+            f": {note}" if note else ", made on a machine like this one; `costmodel calibrate` makes yours")
     if note and warn is not None:
         warn(note)
     return Resolved(profile, prov, threads, note)

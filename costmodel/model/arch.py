@@ -11,7 +11,6 @@ earlier layers it reads (docs/arch-format.md, "The flat list of layers").
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Literal, Union
@@ -22,8 +21,8 @@ from pydantic_core import PydanticCustomError
 
 from costmodel.errors import ArchError
 
-PositiveInt = Annotated[int, Field(strict=True, gt=0)]
-NonNegativeInt = Annotated[int, Field(strict=True, ge=0)]
+PositiveInt = Annotated[int, Field(strict=True, gt=0, le=2**63 - 1)]  # sizes are counted in int64
+NonNegativeInt = Annotated[int, Field(strict=True, ge=0, le=2**63 - 1)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 
@@ -65,8 +64,9 @@ class InputShape(_Strict):
 
 
 class Optimizer(_Strict):
+    model_config = ConfigDict(allow_inf_nan=False)  # lr .inf trains on NaN weights
     lr: PositiveFloat = 0.01
-    momentum: NonNegativeFloat = 0.9
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9  # at 1 or more the velocity never decays
     # simpleNN: Grad = dW/I + W/C. Default C = 600 ~ simpleNN's C (0.01) times l (60000):
     # with C = 0.01 in this per-batch form W/C would swamp the data term.
     C: PositiveFloat = 600.0
@@ -118,7 +118,7 @@ Layer = Annotated[Union[ConvLayer, FullLayer, GlobalAvgPoolLayer, ResidualBlock]
 class Architecture(_Strict):
     """One CNN and the mini-batch it is trained with (ARCH_FORMAT.md)."""
 
-    name: str
+    name: Annotated[str, Field(min_length=1, max_length=256)]  # printed in every title
     input: InputShape
     batch: PositiveInt = 128
     dtype: Literal["float32", "float64"] = "float32"
@@ -157,7 +157,12 @@ class Architecture(_Strict):
             return self
         if batch < 1:
             raise ArchError(f"batch: {batch} is not a positive integer")
-        return self.model_copy(update={"batch": batch})
+        arch = self.model_copy(update={"batch": batch})
+        try:
+            _check_exact(arch)
+        except ArchError as exc:
+            raise ArchError(f"batch {_short(batch)}: {exc}") from None
+        return arch
 
     def with_dtype(self, dtype: str | None) -> "Architecture":
         if dtype is None or dtype == self.dtype:
@@ -461,52 +466,337 @@ def _residual_sizes(block: ResidualBlock, m: int, a: int, b: int, d: int, x: int
 
 # -- loading ---------------------------------------------------------------------------------
 
-def _loc_to_place(loc: tuple) -> str:
-    """('layers', 2, 'conv', 'kernel') -> 'layers[2] (conv): kernel: '; () -> ''."""
+#
+# Bounds on what is read (costmodel.files, costmodel.model.yamlload) and on what comes out: a
+# file of more than MAX_ARCH_BYTES or MAX_LAYERS layers is refused, every integer must fit in
+# int64, and so must the byte count of every array one step holds (_check_exact). Messages
+# name the place, put unknown keys first with a "did you mean", say what a field allows, and
+# cut a user's value short (reprlib).
+
+import reprlib  # noqa: E402  (kept with the code that uses them)
+import types  # noqa: E402
+from typing import get_args, get_origin  # noqa: E402
+
+#: an arch file's size (a 10,000-layer network in block style is about 400 KiB)
+MAX_ARCH_BYTES = 4 << 20
+#: layers of one network (reading, costing and printing grow with it; 10,000 take seconds)
+MAX_LAYERS = 10_000
+#: YAML events of an arch file (10,000 layers of 12 fields each have about 260,000)
+MAX_ARCH_EVENTS = 300_000
+INT64_MAX = 2 ** 63 - 1
+#: names other frameworks use for the fields of a layer (PyTorch, Keras), for "did you mean"
+FOREIGN_NAMES = {
+    "out_channels": "filters", "num_filters": "filters", "channels": "filters", "kernel_size": "kernel",
+    "strides": "stride", "pool_size": "pool", "pooling": "pool", "out_features": "units",
+    "num_units": "units", "neurons": "units", "size": "units", "act": "activation", "kind": "type",
+    "layer": "type", "learning_rate": "lr", "weight_decay": "C", "batch_size": "batch",
+}
+
+
+class _ShortRepr(reprlib.Repr):
+    """repr() of a user's value for a one-line message: strings, lists and mappings cut short,
+    an integer of thousands of digits described (its repr would fail beyond 4300 digits)."""
+
+    def __init__(self):
+        super().__init__()
+        self.maxstring, self.maxother, self.maxlong = 40, 40, 40
+        self.maxlist = self.maxtuple = self.maxset = self.maxdict = 4
+        self.maxlevel = 2
+
+    def repr_int(self, x, level):
+        if x.bit_length() > 128:
+            return f"<an integer of about {int(x.bit_length() * 0.30103) + 1} digits>"
+        return repr(x)
+
+    def repr_bool(self, x, level):
+        return repr(x)
+
+
+_repr = _ShortRepr().repr
+
+
+def _short(value, n: int = 80) -> str:
+    """A user's value for a message: reprlib's short repr, and at most `n` characters."""
+    text = _repr(value)
+    return text if len(text) <= n else text[:n - 3] + "..."
+
+
+def _unwrap(t):
+    """The type a field holds, without Annotated's metadata."""
+    while get_origin(t) is Annotated:
+        t = get_args(t)[0]
+    return t
+
+
+def _members(t) -> list:
+    t = _unwrap(t)
+    if get_origin(t) in (Union, types.UnionType):
+        return [m for arg in get_args(t) for m in _members(arg)]
+    return [t]
+
+
+def _tag(member) -> str | None:
+    """The value of a layer class's `type` Literal (its discriminator), if it has one."""
+    field = getattr(member, "model_fields", {}).get("type")
+    if field is not None and get_origin(field.annotation) is Literal and len(get_args(field.annotation)) == 1:
+        return get_args(field.annotation)[0]
+    return None
+
+
+def _bounds_text(metadata, integer: bool) -> str:
+    """'a positive integer', 'a number >= 0 and < 1', ... from annotated_types bounds."""
+    bounds = {}
+    for item in metadata:
+        for name in ("gt", "ge", "lt", "le"):
+            value = getattr(item, name, None)
+            if value is not None:
+                bounds[name] = value
+        for inner in getattr(item, "metadata", ()):  # a FieldInfo inside Annotated
+            for name in ("gt", "ge", "lt", "le"):
+                value = getattr(inner, name, None)
+                if value is not None:
+                    bounds[name] = value
+    if bounds.get("le") == INT64_MAX:  # every integer's bound, said when it is broken
+        del bounds["le"]
+    noun = "integer" if integer else "number"
+    if bounds == {"gt": 0}:
+        return f"a positive {noun}"
+    if bounds == {"ge": 0}:
+        return f"a non-negative {noun}"
+    signs = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+    limits = [f"{signs[k]} {v}" for k, v in bounds.items()]
+    article = "an" if integer else "a"
+    return f"{article} {noun} {' and '.join(limits)}".rstrip()
+
+
+def _join(words: list[str]) -> str:
+    return ", ".join(words[:-1]) + (" or " if len(words) > 1 else "") + (words[-1] if words else "")
+
+
+def _alternatives(t, metadata=()) -> list[str]:
+    """What a field of type `t` accepts, as alternatives in words."""
+    if get_origin(t) is Annotated:
+        metadata = [*metadata, *get_args(t)[1:]]
+    t = _unwrap(t)
+    if get_origin(t) in (Union, types.UnionType):
+        return [w for arg in get_args(t) if arg is not type(None) for w in _alternatives(arg)]
+    if get_origin(t) is Literal:
+        return [repr(v) for v in get_args(t)]
+    if t is bool:
+        return ["true or false"]
+    if t in (int, float):
+        return [_bounds_text(metadata, t is int)]
+    if t is str:
+        return ["text"]
+    if get_origin(t) in (list, tuple):
+        return ["a list"]
+    if get_origin(t) is dict or isinstance(t, type) and issubclass(t, BaseModel):
+        return ["a mapping"]
+    return [getattr(t, "__name__", str(t))]
+
+
+def _allowed(t, metadata=()) -> str:
+    """What a field of type `t` accepts, in words: "a positive integer", "'relu' or 'none'",
+    "a non-negative integer, 'same' or 'valid'"."""
+    return _join(_alternatives(t, metadata))
+
+
+@dataclass
+class _Place:
+    text: str  # 'layers[2] (conv): kernel: '
+    field: object = None  # the field's type, when the schema knows it
+    metadata: tuple = ()
+    owner: object = None  # the model class the last key belongs to
+
+
+def _resolve(loc: tuple, model=None) -> _Place:
+    """Walk a pydantic error's loc through the schema of `model`: the place as text, the type of
+    the field there and the model it belongs to. A discriminated union's tag becomes ' (conv)'
+    after the index; a union member's label ('constrained-int', "literal['same']") is dropped.
+    Without a model (or beyond what it describes) the loc is read as keys and indexes."""
     parts: list[str] = []
+    t, metadata, owner = model, (), None
     i = 0
     while i < len(loc):
         item = loc[i]
+        u = _unwrap(t) if t is not None else None
+        members = [m for m in _members(u) if m is not type(None)] if u is not None else []
+        if len(members) == 1 and get_origin(u) in (Union, types.UnionType):  # X | None: the place is X's
+            u = _unwrap(members[0])
         if isinstance(item, int):
-            parts[-1] = f"{parts[-1]}[{item}]" if parts else f"[{item}]"
-            # a discriminated union adds the layer's tag as the next element
-            if i + 1 < len(loc) and loc[i + 1] in LAYER_TYPES:
+            parts[-1:] = [f"{parts[-1]}[{item}]" if parts else f"[{item}]"]
+            args = get_args(u) if u is not None and get_origin(u) in (list, tuple) else ()
+            t = args[item] if get_origin(u) is tuple and len(args) > item and args[-1] is not Ellipsis \
+                else (args[0] if args else None)
+            metadata = ()
+            if model is None and i + 1 < len(loc) and loc[i + 1] in LAYER_TYPES:
                 parts[-1] += f" ({loc[i + 1]})"
                 i += 1
-        else:
+        elif len(members) > 1:  # a union: a layer's tag, or the label of a member (dropped)
+            tagged = [m for m in members if _tag(m) == item]
+            if tagged:
+                if parts:
+                    parts[-1] += f" ({item})"
+                t, metadata = tagged[0], ()
+        elif isinstance(u, type) and issubclass(u, BaseModel):
             parts.append(str(item))
+            owner = u
+            field = u.model_fields.get(item)
+            t, metadata = (field.annotation, tuple(field.metadata)) if field is not None else (None, ())
+        elif get_origin(u) is dict:
+            parts.append(str(item))
+            t, metadata = get_args(u)[1], ()
+        elif u is None:
+            parts.append(str(item))
+        # else: a label below a scalar field (a validator's): the place stays the field's
         i += 1
-    return "".join(f"{p}: " for p in parts)
+    return _Place("".join(f"{p}: " for p in parts), t, metadata, owner)
 
 
-def _message(err: dict) -> str:
+def _custom(place: _Place) -> bool:
+    """Whether the field validates with its own function (a PlainValidator, ...): its error's
+    words then say what is allowed better than its type does."""
+    meta = [*place.metadata, *(get_args(place.field)[1:] if get_origin(place.field) is Annotated else ())]
+    return any(type(m).__name__.endswith("Validator") for m in meta)
+
+
+def _loc_to_place(loc: tuple, model=None) -> str:
+    """('layers', 2, 'conv', 'kernel') -> 'layers[2] (conv): kernel: '; () -> ''."""
+    return _resolve(tuple(loc), model).text
+
+
+def _suggest(key: str, known: list[str]) -> str:
+    """' (did you mean 'kernel'?)' for a misspelt or foreign key, else ''."""
+    import difflib
+
+    if not isinstance(key, str):
+        return ""
+    guess = FOREIGN_NAMES.get(key) if FOREIGN_NAMES.get(key) in known else None
+    if guess is None:
+        close = difflib.get_close_matches(key.lower(), known, n=1, cutoff=0.6)
+        guess = close[0] if close else None
+    return f" (did you mean {guess!r}?)" if guess else ""
+
+
+def _message(err: dict, model=None, group: list[dict] = ()) -> str:
+    """One line for one pydantic error (`group`: the other errors at the same place, e.g. each
+    member of a union), naming the place and saying what is allowed there."""
     loc = tuple(err.get("loc", ()))
     kind = err.get("type", "")
     inp = err.get("input")
-    place = _loc_to_place(loc)
-    parent = _loc_to_place(loc[:-1])
+    place = _resolve(loc, model)
+    where = place.text
+    allowed = _allowed(place.field, place.metadata) if place.field is not None and not _custom(place) else None
+    expected = f"expected {allowed}" if allowed else err.get("msg", "").replace("Input should be ", "expected ")
     if kind == "extra_forbidden":
-        return f"{parent}unknown key {loc[-1]!r}"
+        parent = _resolve(loc[:-1], model)
+        holder = _unwrap(parent.field) if parent.field is not None else None
+        known = list(holder.model_fields) if isinstance(holder, type) and issubclass(holder, BaseModel) else []
+        return f"{parent.text}unknown key {_short(loc[-1])}{_suggest(loc[-1], known)}"
     if kind == "missing":
-        return f"{parent}missing required key {loc[-1]!r}"
+        return f"{_resolve(loc[:-1], model).text}missing required key {_short(loc[-1])}"
     if kind == "union_tag_not_found":
-        return f"{place}missing required key 'type' (conv or full)"
+        tags = [t for t in map(_tag, _members(place.field)) if t] if place.field is not None else []
+        return f"{where}missing required key 'type' ({' or '.join(tags) or 'conv or full'})"
     if kind == "union_tag_invalid":
         got = inp.get("type") if isinstance(inp, dict) else inp
-        return f"{place}layer type must be 'conv' or 'full' (got {got!r})"
+        tags = [repr(t) for t in map(_tag, _members(place.field)) if t] if place.field is not None else []
+        tags = tags or ["'conv'", "'full'"]
+        return (f"{where}layer type must be {', '.join(tags[:-1])}{' or ' if len(tags) > 1 else ''}{tags[-1]} "
+                f"(got {_short(got)})")
+    if len({e.get("type") for e in group} | {kind}) > 1:  # a union: no member accepts the value
+        return f"{where}{_short(inp)} is not allowed ({expected})"
     if kind == "literal_error":
-        return f"{place}{inp!r} is not allowed ({err['msg'].replace('Input should be ', 'expected ')})"
-    if kind in ("greater_than", "greater_than_equal"):
+        return f"{where}{_short(inp)} is not allowed ({expected})"
+    bound = (err.get("ctx") or {}).get("gt" if kind == "greater_than" else "ge", 0)
+    if kind in ("greater_than", "greater_than_equal") and bound == 0:
         what = "integer" if isinstance(inp, int) else "number"
         sign = "positive" if kind == "greater_than" else "non-negative"
-        return f"{place}{inp!r} is not a {sign} {what}"
+        return f"{where}{_short(inp)} is not a {sign} {what}"
+    if kind == "less_than_equal" and err.get("ctx", {}).get("le") == INT64_MAX:
+        return f"{where}{_short(inp)} is larger than int64 (at most {INT64_MAX})"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        return f"{where}{_short(inp)} is out of range ({expected})"
+    if kind == "finite_number":
+        return f"{where}{_short(inp)} is not a finite number"
     if kind in ("model_type", "dict_type", "model_attributes_type"):
-        return f"{place}expected a mapping, got {type(inp).__name__} {inp!r}"
-    if kind.endswith("_type") or kind.endswith("_parsing"):
-        return f"{place}{inp!r} has the wrong type ({err['msg'].replace('Input should be ', 'expected ')})"
+        return f"{where}expected a mapping, got {type(inp).__name__} {_short(inp)}"
+    if kind.endswith("_type") or kind.endswith("_parsing") or kind == "int_from_float":
+        return f"{where}{_short(inp)} has the wrong type ({expected})"
     if kind == "too_short":
-        return f"{place}must not be empty"
-    return f"{place}{err['msg']}"
+        return f"{where}must not be empty"
+    if kind == "value_error" and err.get("ctx", {}).get("error") is not None:  # a validator's own words
+        return f"{where}{err['ctx']['error']}"
+    return f"{where}{err.get('msg', kind)}"
+
+
+def first_error(exc: ValidationError, model=None) -> str:
+    """The one line for a ValidationError: unknown keys first (all of one place together, each
+    with a "did you mean"), then missing keys (all of one place together), then the first
+    error, with the other errors at its place (a union's members) taken together."""
+    errors = exc.errors(include_url=False)
+
+    def parent(e):
+        return tuple(e["loc"][:-1])
+
+    wrong_type = [e for e in errors if e["loc"] and e["loc"][-1] == "type" and e["type"] == "literal_error"]
+    if wrong_type:  # a layer of the wrong type: its other keys are wrong because of it
+        return _message(wrong_type[0], model)
+
+    for kind, word in (("extra_forbidden", "unknown"), ("missing", "missing required")):
+        mine = [e for e in errors if e["type"] == kind]
+        if mine:
+            same = [e for e in mine if parent(e) == parent(mine[0])]
+            if len(same) == 1:
+                return _message(same[0], model)
+            keys = [_message(e, model).rsplit(f"{word} key ", 1)[-1] for e in same[:6]]
+            more = f" and {len(same) - 6} more" if len(same) > 6 else ""
+            return f"{_resolve(parent(same[0]), model).text}{word} keys {', '.join(keys)}{more}"
+    first = errors[0]
+    group = [e for e in errors if _resolve(tuple(e["loc"]), model).text == _resolve(tuple(first["loc"]), model).text]
+    return _message(first, model, group)
+
+
+def _check_exact(arch: "Architecture", sizes: list | None = None) -> None:
+    """The bytes of every array of one step that the sizes define must fit in int64 (at 8
+    bytes per element, the widest dtype and index), and so must the FLOPs of the step's matrix
+    products, or the counts computed from them would wrap (each integer field is checked by
+    its type: PositiveInt and NonNegativeInt are at most INT64_MAX).
+    Raises ArchError naming the place. (The exact check of every op's FLOPs and bytes belongs
+    to the code that computes them.)"""
+    I = arch.batch  # each integer field is at most INT64_MAX (PositiveInt, NonNegativeInt)
+    first = arch.input
+    limit = INT64_MAX // 8  # elements whose bytes fit
+    n = I * first.height * first.width * first.channels
+    if n > limit:
+        raise ArchError(f"input: the mini-batch of inputs Z^1 (I a b d) has {n:.3g} elements: its bytes do "
+                        f"not fit in int64 (at most {limit:.3g} elements)")
+    flops = 0
+    for sz in (sizes if sizes is not None else arch.sizes()):
+        if sz.kind == "conv":
+            K, N = sz.h * sz.h * sz.d, I * sz.a_conv * sz.b_conv
+            arrays = (("phi(pad(Z)) of the batch (h h d x a_conv b_conv I)", K * N),
+                      ("pad(Z) of the batch (I d a_pad b_pad)", I * sz.d * sz.a_pad * sz.b_pad),
+                      ("S of the batch (d^{m+1} x a_conv b_conv I)", sz.d_next * N),
+                      ("W (d^{m+1} x h h d / g)", sz.d_next * K // max(sz.g, 1)))
+            mkn = sz.d_next * (K // max(sz.g, 1)) * N
+        elif sz.kind == "full":
+            arrays = (("the layer's input of the batch (n_in x I)", sz.n_in * I),
+                      ("S of the batch (n_out x I)", sz.n_out * I),
+                      ("W (n_out x n_in)", sz.n_out * sz.n_in))
+            mkn = sz.n_out * sz.n_in * I
+        else:  # global average pooling, a residual addition: their input
+            arrays = (("the layer's input of the batch (I d a b)", I * sz.d * sz.a * sz.b),)
+            mkn = 0
+        where = sz.place or f"layer {sz.m}"
+        for what, n in arrays:
+            if n > limit:
+                raise ArchError(f"{where}: {what} has {n:.3g} elements: its bytes do not fit in int64 "
+                                f"(at most {limit:.3g} elements)")
+        flops += 6 * mkn  # W phi, and backward dW = dS phi^T and W^T dS: 2 M K N each
+        if flops > INT64_MAX:
+            raise ArchError(f"{where}: the step's matrix products up to this layer come to {flops:.3g} "
+                            f"FLOPs, beyond int64 (at most {INT64_MAX:.3g})")
 
 
 def parse_arch(data: object, source: str = "<arch>") -> Architecture:
@@ -515,36 +805,65 @@ def parse_arch(data: object, source: str = "<arch>") -> Architecture:
         raise ArchError(f"{source}: the file is empty")
     if not isinstance(data, dict):
         raise ArchError(f"{source}: the file must be a YAML mapping, not {type(data).__name__}")
+    layers = data.get("layers")
+    if isinstance(layers, list):  # before validation, which grows with them: a block's layers count too
+        count = len(layers) + sum(len(item["layers"]) for item in layers
+                                  if isinstance(item, dict) and isinstance(item.get("layers"), list))
+        if count > MAX_LAYERS:
+            raise ArchError(f"{source}: layers: {count:,} layers, more than the {MAX_LAYERS:,} costmodel takes")
     try:
         arch = Architecture.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        raise ArchError(f"{source}: {_message(first)}") from None
+        raise ArchError(f"{source}: {first_error(exc, Architecture)}") from None
+    except RecursionError:
+        raise ArchError(f"{source}: nested too deeply") from None
     try:
-        arch.sizes()
+        _check_exact(arch, arch.sizes())
     except ArchError as exc:
         raise ArchError(f"{source}: {exc}") from None
     return arch
 
 
 def load_arch(path: str | Path) -> Architecture:
-    """Read and validate an arch.yaml file (safe YAML: no tag may construct an object)."""
-    path = Path(path)
+    """Read and validate an arch.yaml file: a regular file of at most MAX_ARCH_BYTES, UTF-8,
+    one YAML document read as data by costmodel.model.yamlload (no tag constructs an object;
+    duplicate keys, non-text keys, deep nesting and alias bombs refused)."""
+    from costmodel.files import read_regular
+    from costmodel.model import yamlload
+
+    raw = read_regular(path, limit=MAX_ARCH_BYTES, what="architecture file", error=ArchError)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ArchError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ArchError(f"{path}: cannot read: {exc.__class__.__name__}") from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ArchError(f"{path}: not UTF-8 text (byte {exc.start} is {raw[exc.start]:#04x})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yamlload.load(text, max_events=MAX_ARCH_EVENTS)
     except yaml.constructor.ConstructorError as exc:
         mark = exc.problem_mark
-        raise ArchError(f"{path}: line {mark.line + 1}: YAML tag refused: {exc.problem} "
-                        "(the file is read as data; no tag may construct an object)") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark else ""
+        problem = _cut(exc.problem or "")
+        if "constructor for the tag" in problem:
+            raise ArchError(f"{path}: {where}YAML tag refused: {problem} "
+                            "(the file is read as data; no tag may construct an object)") from None
+        raise ArchError(f"{path}: {where}{problem}") from None
+    except yamlload.YAMLLimitError as exc:  # valid YAML, but not what an arch file may be
+        mark = exc.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ArchError(f"{path}: {where}{_cut(exc.problem)}") from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ArchError(f"{path}: not valid YAML{where}: {problem}") from None
+        context, cmark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        during = (f" ({_cut(context, 40)} from line {cmark.line + 1}, column {cmark.column + 1})"
+                  if context and cmark and (not mark or cmark.line != mark.line) else "")
+        raise ArchError(f"{path}: not valid YAML{where}: {_cut(exc.problem or '')}{during}") from None
+    except yaml.YAMLError as exc:  # ReaderError: a character YAML does not allow
+        raise ArchError(f"{path}: not valid YAML: {_cut(str(exc).splitlines()[0])}") from None
+    except RecursionError:  # the loader bounds nesting; this is a last guard
+        raise ArchError(f"{path}: not valid YAML: nested too deeply") from None
     return parse_arch(data, str(path))
+
+
+def _cut(text: str, n: int = 120) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[:n - 3] + "..."

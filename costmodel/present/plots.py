@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 
 from costmodel.errors import UsageError
 from costmodel.machine.profile import Ceilings
+from costmodel.files import atomic_write
 from costmodel.present.explain import memory_bandwidth
 from costmodel.present.notation import course_tex
-from costmodel.present.report import atomic_write
 from costmodel.units import fmt_seconds, human
 
 if TYPE_CHECKING:
@@ -38,11 +38,15 @@ BY_TITLES = {"op": "op", "layer": "layer", "phase": "phase", "kind": "op kind"}
 
 
 def plot_format(path: str | Path) -> str:
-    """'png' or 'pdf' from the file's suffix; a one-line UsageError for anything else."""
+    """'png' or 'pdf' from the file's suffix; a one-line UsageError for anything else, and for a
+    place the plot could not be written to (before anything is drawn: costmodel.files.check_writable)."""
+    from costmodel.files import check_writable
+
     suffix = Path(path).suffix.lower()
     if suffix not in PLOT_FORMATS:
         raise UsageError(f"--plot {path}: the suffix {suffix or '(none)'} is not one of "
                          f"{', '.join(PLOT_FORMATS)}")
+    check_writable(path, label=f"--plot {path}")
     return PLOT_FORMATS[suffix]
 
 
@@ -57,6 +61,13 @@ def save(fig: "Figure", path: str | Path) -> None:
         raise UsageError(f"--plot {path}: cannot write the plot: {exc.strerror or exc}") from None
 
 
+def plain(text: object) -> str:
+    """A user's string (an architecture's name, a --vary path) as matplotlib text that prints
+    literally: a ``$`` would start mathtext (``$...$`` in a name breaks the figure), so it is
+    escaped as ``\\$``, the one character matplotlib's mathtext parser treats specially outside math."""
+    return str(text).replace("$", r"\$")
+
+
 def _figure(width: float, height: float) -> "Figure":
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -68,7 +79,7 @@ def _figure(width: float, height: float) -> "Figure":
 
 def _setting(result: dict) -> str:
     threads = result["threads"]
-    return (f"{result['arch']}: I={result['batch']}, {result['dtype']}, impl {result['impl']}, "
+    return (f"{plain(result['arch'])}: I={result['batch']}, {result['dtype']}, impl {result['impl']}, "
             f"{threads} thread{'s' if threads != 1 else ''}")
 
 
@@ -375,7 +386,7 @@ def _tex_symbol(symbol: str) -> str:
     'h^1_pool' -> '$h^{1}_{\\mathrm{pool}}$'; any other name unchanged."""
     match = re.fullmatch(r"([A-Za-z])(?:\^\{?(\d+)\}?)?(_pool)?", symbol)
     if not match:
-        return symbol
+        return plain(symbol)
     letter, m, pool = match.groups()
     sup = "^{%s}" % m if m else ""
     sub = r"_{\mathrm{pool}}" if pool else ""
@@ -404,11 +415,12 @@ def figure_sweep(result: dict) -> "Figure":
     if all(s > 0 for s in seconds) and max(seconds) / min(seconds) > 10:
         times.set_yscale("log")
     _engineering(times, None, "s")
-    times.set_xlabel(f"{result['vary']} ({symbol})" if result["symbol"] != result["vary"] else result["vary"])
+    vary = plain(result["vary"])
+    times.set_xlabel(f"{vary} ({symbol})" if result["symbol"] != result["vary"] else vary)
     times.set_ylabel("predicted time of the step")
     times.set_title("Step time", fontsize=10)
     times.legend(loc="upper left", fontsize=8, frameon=False)
-    fig.suptitle(f"Sweep of {result['vary']}: {result['arch']}, {result['dtype']}, impl {result['impl']}, "
+    fig.suptitle(f"Sweep of {vary}: {plain(result['arch'])}, {result['dtype']}, impl {result['impl']}, "
                  f"{result['threads']} thread{'s' if result['threads'] != 1 else ''}")
     return fig
 

@@ -10,38 +10,17 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
-from pathlib import Path
+import re
 from typing import Iterable, Sequence
 
+from costmodel.files import atomic_write  # noqa: F401  (its home was here; importers may still use it)
 from costmodel.units import fmt_fraction, fmt_seconds, human  # noqa: F401  (re-exported)
 
 FORMATS = ("table", "json", "csv")
-
-
-def atomic_write(path: str | Path, data: str | bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder and a rename, so a
-    reader never sees a half-written file and an interrupted write leaves nothing behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = "wb" if isinstance(data, bytes) else "w"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # as open() would create it, not mkstemp's 0600
-        with os.fdopen(fd, mode, **({} if mode == "wb" else {"encoding": "utf-8"})) as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+#: the console width tables are laid out for (a wider table has its cells wrapped by rich)
+TABLE_WIDTH = 200
+#: characters rich would not print as they are (control characters, tabs, newlines)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def _jsonable(value):
@@ -71,20 +50,85 @@ def to_csv(rows: Sequence[dict], columns: Sequence[str]) -> str:
 
 def render_table(title: str, columns: Sequence[tuple[str, str, callable]], rows: Iterable[dict],
                  footer: Sequence[str] = ()) -> str:
-    """A rich table as text. `columns` are (header, key, formatter)."""
-    from rich.console import Console
-    from rich.table import Table
+    """A table as text, in rich's layout (heavy header rule, columns separated by a bar, numbers
+    right-aligned). `columns` are (header, key, formatter).
 
-    table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
-    for header, key, _ in columns:
-        numeric = key not in ("op", "phase", "layer_type", "name", "group", "kind")
-        table.add_column(header, justify="right" if numeric else "left")
-    for row in rows:
-        table.add_row(*(fmt(row.get(key)) for _, key, fmt in columns))
-    console = Console(file=io.StringIO(), width=200, color_system=None, force_terminal=False)
+    Every string prints literally: a name such as ``[/bold] x`` or ``:smile:`` is text, never
+    rich markup or an emoji code. A table that fits in TABLE_WIDTH columns and holds no control
+    characters (nearly all) is laid out here, line by line, exactly as rich lays it out (a test
+    compares the two): rich measures and renders every cell through several layers of objects,
+    about 100 us a cell, so a 10,000-layer network's 160,000 rows took ~110 s; here a row costs
+    a few microseconds. Other tables (cells to wrap) go through rich itself, as Text.
+    """
+    from rich.cells import cell_len
+
+    headers = [header for header, _, _ in columns]
+    right = [key not in ("op", "phase", "layer_type", "name", "group", "kind") for _, key, _ in columns]
+    cells = [[str(fmt(row.get(key))) for _, key, fmt in columns] for row in rows]
+    plain = not _CONTROL.search(title + "".join(headers)) and not _CONTROL.search("".join(c for line in cells for c in line))
+    n = len(columns)
+    widths = [cell_len(h) for h in headers]
+    if plain and cells:
+        for i, column in enumerate(zip(*cells)):
+            widest = max(map(len, column)) if "".join(column).isascii() else max(map(cell_len, column))
+            widths[i] = max(widths[i], widest)
+    table_width = sum(widths) + 3 * (n - 1)
+    if not plain or table_width > TABLE_WIDTH or table_width == 0:
+        return _render_rich(title, headers, right, cells, footer)
+    console = _console()
+    out = [_print(console, title, table_width)] if title else []
+    layout = list(zip(widths, right))
+
+    def line(values: list[str], bar: str) -> str:
+        if "".join(values).isascii():
+            return f" {bar} ".join(v.rstrip().rjust(w) if r else v.ljust(w) for v, (w, r) in zip(values, layout)) + "\n"
+        parts = []
+        for value, (width, r) in zip(values, layout):
+            if r:
+                value = value.rstrip()  # as rich's right justification does
+            pad = " " * (width - cell_len(value))
+            parts.append(pad + value if r else value + pad)
+        return f" {bar} ".join(parts) + "\n"
+
+    out.append(line(headers, "┃"))
+    out.append("╇".join("━" * (w + (1 if i in (0, n - 1) else 2) - (1 if n == 1 else 0))
+                        for i, w in enumerate(widths)) + "\n")
+    out.extend(line(values, "│") for values in cells)
+    out.extend(_print(console, text) for text in footer)
+    return "".join(out)
+
+
+def _console(width: int = TABLE_WIDTH):
+    from rich.console import Console
+
+    return Console(file=io.StringIO(), width=width, color_system=None, force_terminal=False, emoji=False,
+                   markup=False, highlight=False)
+
+
+def _print(console, text: str, width: int | None = None) -> str:
+    """One piece of text as rich prints it (wrapped at the console's width; with `width`, left-
+    justified to it, as a table's title), literally: no markup, no emoji codes."""
+    from rich.text import Text
+
+    console.file = io.StringIO()
+    console.print(Text(str(text)), width=width, justify="left" if width else None)
+    return console.file.getvalue()
+
+
+def _render_rich(title: str, headers: list[str], right: list[bool], cells: list[list[str]],
+                 footer: Sequence[str]) -> str:
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=Text(title) if title else None, title_justify="left", show_edge=False, pad_edge=False)
+    for header, r in zip(headers, right):
+        table.add_column(Text(header), justify="right" if r else "left")
+    for line in cells:
+        table.add_row(*(Text(c) for c in line))
+    console = _console()
     console.print(table)
-    for line in footer:
-        console.print(line, highlight=False, markup=False)
+    for text in footer:
+        console.print(Text(str(text)))
     return console.file.getvalue()
 
 
