@@ -33,7 +33,7 @@ def _traced_step(arch, impl):
 
 def _shape_and_kind(x):
     x = np.asarray(x)
-    return tuple(x.shape), "index" if x.dtype == np.intp else "float"
+    return tuple(x.shape), {np.dtype(np.intp): "index", np.dtype(bool): "bool"}.get(x.dtype, "float")
 
 
 def _check_against_reference(arch, impl):
@@ -43,7 +43,7 @@ def _check_against_reference(arch, impl):
         cost = costs.cost(i)  # the op's arrays with integer shapes
         assert [(tuple(x.shape), x.kind) for x in cost.reads] == [_shape_and_kind(x) for x in reads], key
         assert [(tuple(x.shape), x.kind) for x in cost.writes] == [_shape_and_kind(x) for x in writes], key
-        assert all(np.asarray(x).dtype in (np.intp, np.dtype(arch.dtype)) for x in reads + writes)
+        assert all(np.asarray(x).dtype in (np.intp, np.dtype(bool), np.dtype(arch.dtype)) for x in reads + writes)
         assert costs.bytes_read[i] == sum(np.asarray(x).nbytes for x in reads), key
         assert costs.bytes_written[i] == sum(np.asarray(x).nbytes for x in writes), key
     _check_memory_kept(costs, record)
