@@ -63,7 +63,7 @@ b_conv = _symbol("b^m_conv", r"b^{m}_{\mathrm{conv}}")
 a_next = _symbol("a^{m+1}", "a^{m+1}")  # pooled height
 b_next = _symbol("b^{m+1}", "b^{m+1}")
 n = _symbol("n^m", "n^{m}")  # inputs of full layer m
-d_g = _symbol("d^m/g^m", "d^{m}/g^{m}")  # input channels per group: what each filter sees
+d_g = _symbol("d^m/g^m", r"\tfrac{d^{m}}{g^{m}}")  # input channels per group: what each filter sees
 
 
 def _pooled(size: sp.Expr) -> sp.Expr:

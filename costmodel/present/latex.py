@@ -324,12 +324,26 @@ def step_table(report: dict, prediction: dict | None = None,
 
 # -- table 3: the machine profile ------------------------------------------------------------
 
+#: the kernel variants of the model keys (costmodel.machine.backends: kernel_variant, torch_variant)
+KERNEL_VARIANTS = frozenset({"avg", "overlap", "tanh", "sigmoid", "grouped"})
+
 def profile_table(profile: "Profile", used: "Entry | None" = None) -> str:
     """Table 3: every entry's fitted op models, their parameters read as machine facts."""
     from costmodel.machine.timemodel import fact
 
     head = r"op & fitted parameters & CV error & meas./pred. & samples \\"
     body = []
+    # a profile calibrated with the kernel variants of the extended vocabulary has keys such as
+    # conv_grad_input:grouped+threaded that do not fit a column that never breaks: its keys go
+    # in a narrower column that breaks after ':' and '+' (a profile without them keeps the
+    # layout it always had)
+    long_keys = any(set(op.partition(":")[2].split("+")) & KERNEL_VARIANTS
+                    for entry in profile.entries for op in entry.ops)
+
+    def key(op: str) -> str:
+        text = latex_escape(op)
+        return text.replace(":", r":\allowbreak{}").replace("+", r"+\allowbreak{}") if long_keys else text
+
     for i, entry in enumerate(profile.entries):
         if i:
             body.append(r"\midrule")
@@ -338,7 +352,7 @@ def profile_table(profile: "Profile", used: "Entry | None" = None) -> str:
         for op, model in sorted(entry.ops.items()):
             facts = ", ".join(rf"\mbox{{{latex_escape(fact(f, c))}}}" for f, c in zip(model.features, model.coef))
             body.append(" & ".join([
-                rf"\texttt{{{latex_escape(op)}}}", facts, fmt_fraction(model.cv_error),
+                rf"\texttt{{{key(op)}}}", facts, fmt_fraction(model.cv_error),
                 rf"{model.interval[0]:.2f}--{model.interval[1]:.2f}", str(model.n_samples),
             ]) + r" \\")
     fp, ceilings = profile.fingerprint, profile.ceilings
@@ -355,6 +369,8 @@ def profile_table(profile: "Profile", used: "Entry | None" = None) -> str:
         r"5--95\,\% range of measured over predicted time.",
     ]
     spec = r"l >{\raggedright\arraybackslash}p{0.42\linewidth} r r r"
+    if long_keys:
+        spec = r">{\raggedright\arraybackslash}p{0.23\linewidth} >{\raggedright\arraybackslash}p{0.35\linewidth} r r r"
     return _longtable(spec, "The machine profile's fitted parameters", head, 5, body, notes)
 
 

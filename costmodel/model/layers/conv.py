@@ -67,23 +67,22 @@ op("conv", "batch_norm", "forward", ELEMENTWISE, runs=has_batch_norm, cost=batch
 op("conv", "activation", "forward", ELEMENTWISE, runs=has_activation, text="sigma(S$m)", mathtext=r"\sigma(S$m)",
    latex=r"\sigma(S^{m,i})", cost=activation)
 
-_POOL_WINDOW = (r",\ h^{m}_{\mathrm{pool}} {\times} h^{m}_{\mathrm{pool}} \text{ windows, stride } "
-                r"s^{m}_{\mathrm{pool}}")
+def _pool_matrix(spec: OpSpec, transpose: bool = False) -> str:
+    """P_pool of the course (max pooling over non-overlapping windows), or P with the pooling's
+    type and stride s_pool (the window h_pool x h_pool: the legend) for average pooling,
+    overlapping windows and ceil mode."""
+    m = "mT" if transpose else "m,i"
+    if spec.pool_type == "max" and not spec.pool_overlap and not spec.pool_partial:
+        return rf"P^{{{m}}}_{{\mathrm{{pool}}}}"
+    return rf"P^{{{m}}}_{{\mathrm{{{spec.pool_type}}},\,s^{{m}}_{{\mathrm{{pool}}}}}}"
 
 
 def _pool_latex(spec: OpSpec) -> str:
-    """P_pool of the course for max pooling of non-overlapping windows; the window and its
-    stride named for average pooling, overlapping windows and ceil mode."""
-    if spec.pool_type == "max" and not spec.pool_overlap and not spec.pool_partial:
-        return r"\mathsf{mat}(P^{m,i}_{\mathrm{pool}} \mathsf{vec}(\sigma(S^{m,i})))"
-    return rf"\mathsf{{mat}}(P^{{m,i}}_{{\mathrm{{{spec.pool_type}}}}} \mathsf{{vec}}(\sigma(S^{{m,i}}))){_POOL_WINDOW}"
+    return rf"\mathsf{{mat}}({_pool_matrix(spec)} \mathsf{{vec}}(\sigma(S^{{m,i}})))"
 
 
 def _pool_grad_latex(spec: OpSpec) -> str:
-    if spec.pool_type == "max" and not spec.pool_overlap and not spec.pool_partial:
-        return r"P^{mT}_{\mathrm{pool}} \mathsf{vec}\bigl(\frac{\partial f}{\partial Z^{m+1}}\bigr)"
-    return (rf"P^{{mT}}_{{\mathrm{{{spec.pool_type}}}}} \mathsf{{vec}}\bigl(\frac{{\partial f}}"
-            rf"{{\partial Z^{{m+1}}}}\bigr){_POOL_WINDOW}")
+    return rf"{_pool_matrix(spec, True)} \mathsf{{vec}}\bigl(\frac{{\partial f}}{{\partial Z^{{m+1}}}}\bigr)"
 
 
 _POOL_HOW = {

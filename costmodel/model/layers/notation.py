@@ -12,13 +12,11 @@ _DS = r"\frac{\partial f}{\partial S^{m}}"
 BATCH_NORM = dict(
     text="BN(S$m) = gamma$m (S$m - mu$m)/sigma$m + beta$m",
     mathtext=r"\mathrm{BN}(S$m)",
-    latex=r"\gamma^{m} \frac{S^{m,i} - \mu^{m}}{\sqrt{(\sigma^{m})^{2} + \epsilon}} + \beta^{m},\ "
-          r"\mu^{m}, (\sigma^{m})^{2} \text{ of the mini-batch}")
+    latex=r"\gamma^{m} \frac{S^{m,i} - \mu^{m}}{\sqrt{(\sigma^{m})^{2} + \epsilon}} + \beta^{m}")
 BATCH_NORM_GRAD = dict(
     text="BN'(S$m): dgamma$m, dbeta$m, dS$m",
     mathtext=r"\mathrm{BN}'(S$m)",
-    latex=r"\frac{\partial f}{\partial \gamma^{m}}, \frac{\partial f}{\partial \beta^{m}},\ " + _DS
-          + r" = \frac{\gamma^{m}}{\sigma^{m}} \bigl(\frac{\partial f}{\partial \hat{S}^{m}} - \text{means}\bigr)")
+    latex=r"\frac{\partial f}{\partial \gamma^{m}},\ \frac{\partial f}{\partial \beta^{m}},\ " + _DS)
 #: inverted dropout with the keep mask M^m of rate r^m
 DROPOUT = dict(
     text="Z$n * M$m / (1 - r$m)",
