@@ -27,8 +27,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from costmodel.model.arch import Architecture, parse_arch
 from costmodel.errors import ArchError
+from costmodel.machine.backends.numpy import SPLIT_BYTES
+from costmodel.model.arch import Architecture, parse_arch
 
 
 KERNELS = (1, 3, 3, 5, 5, 7, 9, 11)
@@ -101,7 +102,7 @@ def _choice(rng: np.random.Generator, values):
 
 
 #: the pooling of the k-th decorated conv point: (type, overlapping windows, ceil mode)
-POOLINGS = (("max", True, False), ("avg", False, True), ("max", True, True), ("avg", True, False))
+POOLINGS = (("avg", False, True), ("max", True, False), ("avg", True, False), ("max", True, True))
 
 
 def _decorate(data: dict, k: int, rng: np.random.Generator) -> dict:
@@ -119,6 +120,7 @@ def _decorate(data: dict, k: int, rng: np.random.Generator) -> dict:
         return {**data, "layers": layers}
     conv, first = layers[1], layers[0]
     conv.update(activation=("tanh", "sigmoid")[k % 2], batch_norm=k % 2 == 0, dropout=0.25 if k % 2 else 0.0)
+    first["activation"] = ("sigmoid", "relu", "tanh")[k % 3]  # a larger S: tanh and sigmoid on many threads
     groups = (0, 2, 1)[k % 3]  # 0: depthwise
     if groups == 0:
         conv["filters"] = first["filters"] * _choice(rng, (1, 1, 2))
@@ -177,6 +179,13 @@ def _within(arch: Architecture, limits: SweepLimits) -> bool:
     return largest <= limits.max_elements and flops <= limits.max_flops
 
 
+def _s_bytes(arch: Architecture) -> int:
+    """Bytes of S^m (d' x I a_conv b_conv) of the last conv layer (the layer under study of a
+    point of the extended vocabulary)."""
+    conv = [sz for sz in arch.sizes() if sz.kind == "conv"]
+    return arch.itemsize * conv[-1].d_next * arch.batch * conv[-1].a_conv * conv[-1].b_conv if conv else 0
+
+
 def _phi_bytes(arch: Architecture) -> int:
     return arch.itemsize * max((sz.h * sz.h * sz.d * arch.batch * sz.a_conv * sz.b_conv
                                 for sz in arch.sizes() if sz.kind == "conv"), default=0)
@@ -219,11 +228,18 @@ def design(n: int, *, dtype: str, seed: int = 0, limits: SweepLimits = SweepLimi
         except ArchError:  # a drawn shape that breaks a rule (kernel larger than the input ...)
             continue
         large = large_fits and i % 3 == 1 and make is _conv_point
+        # a large point of the extended vocabulary is large by the S^m of its last conv layer, so that the
+        # elementwise ops (tanh, batch norm, dropout, the residual addition) run threaded too
+        size, threshold = (_s_bytes, SPLIT_BYTES) if is_vocab(i) else (_phi_bytes, LARGE_PHI_BYTES)
         if large and arch.n_conv:
-            # choose I so that phi(pad(Z)) lands between the threshold and the limit
-            target = math.exp(rng.uniform(math.log(LARGE_PHI_BYTES), math.log(limits.max_elements * itemsize)))
-            per_instance = _phi_bytes(arch) / arch.batch
+            # choose I so that phi(pad(Z)) (or S) lands between the threshold and the limit
+            target = math.exp(rng.uniform(math.log(threshold), math.log(limits.max_elements * itemsize)))
+            per_instance = size(arch) / arch.batch
             arch = arch.with_batch(int(min(512, max(1, math.ceil(target / per_instance)))))
-        if _within(arch, limits) and (not large or _phi_bytes(arch) >= LARGE_PHI_BYTES):
+        if arch.batch == 1 and any(sz.batch_norm for sz in arch.sizes()):
+            # batch norm of a full layer over one instance normalizes a single value, which
+            # PyTorch refuses in training mode
+            arch = arch.with_batch(2)
+        if _within(arch, limits) and (not large or size(arch) >= threshold):
             points.append(arch)
     return points

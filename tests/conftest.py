@@ -22,6 +22,46 @@ def example_path(request) -> Path:
     return request.param
 
 
+def tiny_limits():
+    """The sweep limits of the tests' calibrations: networks of a few hundred thousand elements."""
+    from calib.design import SweepLimits
+
+    return SweepLimits(max_elements=2e5, max_flops=2e7, max_weights=2e5)
+
+
+@pytest.fixture(scope="session")
+def tiny_profile(tmp_path_factory):
+    """(path, plan) of a calibration of 20 tiny networks by `calibrate` (a third of them of the
+    extended vocabulary): float32, index and strided, one thread. Its models are fitted on a few
+    samples: for the commands' behaviour, not for accuracy."""
+    from calib.calibrate import Plan, calibrate, to_profile
+    from costmodel.machine.profile import save_profile
+
+    plan = Plan(dtypes=("float32",), impls=("index", "strided"), points=20, rounds=2, chunk=5,
+                limits=tiny_limits(), ceilings_seconds=0.5)
+    path = tmp_path_factory.mktemp("profile") / "profile.json"
+    save_profile(to_profile(calibrate(plan, threads=1)), path)
+    return path, plan
+
+
+@pytest.fixture(scope="session")
+def torch_profile(tiny_profile, tmp_path_factory):
+    """A tiny torch calibration (20 networks, float32, one thread) merged into tiny_profile's
+    entries: one file for both backends."""
+    pytest.importorskip("torch")
+    from calib.calibrate import Plan, calibrate, to_profile
+    from costmodel.machine.profile import load_profile, save_profile
+
+    plan = Plan(dtypes=("float32",), impls=("torch",), points=20, rounds=1, chunk=5, limits=tiny_limits(),
+                ceilings_seconds=0.5, backend="torch")
+    result = calibrate(plan, threads=1)
+    numpy_profile = load_profile(tiny_profile[0])
+    result["fingerprint"] = numpy_profile.fingerprint.model_dump()  # the same machine, probed twice
+    path = tmp_path_factory.mktemp("profile") / "profile.json"
+    save_profile(to_profile(result, merge_into=numpy_profile), path)
+    return path
+
+
 def predicted(arch, profile, by: str = "op", **options) -> dict:
     """The prediction as its JSON object (costmodel.present.data.prediction_report): rows under
     "ops", or with `by` the groups under "groups"."""

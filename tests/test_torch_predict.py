@@ -20,7 +20,6 @@ from costmodel.model.ops import op_keys, op_list
 from costmodel.model.step import step_costs
 
 from tests.conftest import EXAMPLES
-from tests.test_calibrate import TINY
 from tests.test_cnn import example, random_arch
 from tests.test_cnn_vocab import VOCAB_ARCHS, vocab_arch, vocab_architectures
 
@@ -202,18 +201,6 @@ def test_padding_on_its_own_and_the_sum_of_two_gradients_are_rows_of_their_own()
     sz = arch.sizes()[0]  # the fused convolution reads the padded input
     row = names[(1, "phi+conv_matmul+bias", "forward")]
     assert row.bytes_read == 4 * (sz.d * 2 * sz.a_pad * sz.b_pad + sz.d_next * sz.h * sz.h * sz.d // sz.g + sz.d_next)
-
-
-@pytest.fixture(scope="module")
-def torch_profile(tmp_path_factory):
-    pytest.importorskip("torch")
-    from calib.calibrate import Plan, calibrate, to_profile
-
-    plan = Plan(dtypes=("float32",), impls=("torch",), points=10, rounds=1, chunk=5, limits=TINY,
-                ceilings_seconds=0.5, backend="torch")
-    path = tmp_path_factory.mktemp("profile") / "profile.json"
-    save_profile(to_profile(calibrate(plan, threads=1)), path)
-    return path
 
 
 def test_torch_calibration_predicts_an_unseen_network(torch_profile):
