@@ -38,7 +38,7 @@ def tiny_profile(tmp_path_factory):
     from costmodel.machine.profile import save_profile
 
     plan = Plan(dtypes=("float32",), impls=("index", "strided"), points=20, rounds=2, chunk=5,
-                limits=tiny_limits(), ceilings_seconds=0.5)
+                limits=tiny_limits(), ceilings_seconds=0.5, probe_seconds=0.5)
     path = tmp_path_factory.mktemp("profile") / "profile.json"
     save_profile(to_profile(calibrate(plan, threads=1)), path)
     return path, plan
@@ -53,7 +53,7 @@ def torch_profile(tiny_profile, tmp_path_factory):
     from costmodel.machine.profile import load_profile, save_profile
 
     plan = Plan(dtypes=("float32",), impls=("torch",), points=20, rounds=1, chunk=5, limits=tiny_limits(),
-                ceilings_seconds=0.5, backend="torch")
+                ceilings_seconds=0.5, backend="torch", probe_seconds=0.5)
     result = calibrate(plan, threads=1)
     numpy_profile = load_profile(tiny_profile[0])
     result["fingerprint"] = numpy_profile.fingerprint.model_dump()  # the same machine, probed twice

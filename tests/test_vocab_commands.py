@@ -120,3 +120,30 @@ def test_dataframe_api_on_the_extended_vocabulary(torch_profile):
     swept = costmodel.sweep_frame(arch, torch_profile, vary={"layers[1].layers[0].filters": [8, 16]}, threads=1)
     assert set(swept["layers[1].layers[0].filters"]) == {8, 16}
     assert costmodel.explain_report(arch, torch_profile, threads=1)["sections"]
+
+
+def test_numpy_model_keys_of_the_extended_vocabulary():
+    """A variant only where another kernel runs; a grouped product is threaded by its bytes
+    (shared by groups, calib.kernels.Workers.run), dropout never (the calling thread's
+    generator); the course's ops keep their keys."""
+    from costmodel.machine.backends.numpy import SPLIT_BYTES, SPLIT_FLOPS, NumpyBackend, kernel_variant, regime
+    from costmodel.model.costs import OpSpec
+    from costmodel.model.ops import MATMUL
+    from costmodel.model.records import ELEMENTWISE
+
+    assert kernel_variant("pool", OpSpec("conv", pool_type="avg")) == ("avg",)
+    assert kernel_variant("pool", OpSpec("conv", pool_overlap=True)) == ()  # the same running maximum
+    assert kernel_variant("pool_grad", OpSpec("conv", pool_overlap=True)) == ("overlap",)  # a scatter-add
+    assert kernel_variant("activation_grad", OpSpec("full", activation="sigmoid")) == ("sigmoid",)
+    assert kernel_variant("activation", OpSpec("residual_add")) == ()
+    assert kernel_variant("conv_grad_input", OpSpec("conv", grouped=True)) == ("grouped",)
+    assert kernel_variant("phi", OpSpec("conv", grouped=True)) == ()
+    assert regime(MATMUL, 10 * SPLIT_FLOPS, SPLIT_BYTES - 1, True, "conv_matmul", grouped=True) == "serial"
+    assert regime(MATMUL, 1, SPLIT_BYTES, True, "conv_matmul", grouped=True) == "threaded"
+    assert regime(MATMUL, SPLIT_FLOPS, 1, True, "conv_matmul") == "threaded"
+    assert regime(ELEMENTWISE, 0, 10 * SPLIT_BYTES, True, "dropout") == ""
+    assert regime(ELEMENTWISE, 0, 10 * SPLIT_BYTES, True, "batch_norm") == "threaded"
+    lenet5 = load_arch(next(p for p in VOCAB_EXAMPLES if p.stem == "lenet5"))
+    rows = {(r.layer, r.name): str(r.model) for r in NumpyBackend().rows(lenet5, "index", 1, None)}
+    assert rows[(1, "pool")] == "pool:avg" and rows[(1, "activation")] == "activation:tanh"
+    assert rows[(1, "conv_matmul")] == "conv_matmul" and rows[(6, "loss")] == "loss:softmax_ce"
