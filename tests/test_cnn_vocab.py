@@ -21,7 +21,7 @@ from calib.timer import OpTimer
 from costmodel.model.arch import Architecture, block_input, load_arch, parse_arch
 from costmodel.model.ops import OpKey, op_keys
 
-from tests.conftest import EXAMPLES, ROOT, VOCAB_EXAMPLES
+from tests.conftest import EXAMPLES, ROOT, STEP_EXAMPLES, VOCAB_EXAMPLES
 from tests.test_cnn import LOSSES, build_valid, directional_fd, rel_err
 
 
@@ -276,6 +276,14 @@ def check_against_torch(arch: Architecture, impl: str, seed: int, threads: int |
 def test_vocab_gradients_match_torch(name, loss, impl):
     pytest.importorskip("torch")
     check_against_torch(vocab_arch(name, loss), impl, seed=3)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("path", [p for p in VOCAB_EXAMPLES if p in STEP_EXAMPLES], ids=lambda p: p.stem)
+def test_vocab_example_gradients_match_torch(path, impl):
+    """Every example of the extended vocabulary (float64, a mini-batch of 2)."""
+    pytest.importorskip("torch")
+    check_against_torch(load_arch(path).with_batch(2).with_dtype("float64"), impl, seed=3)
 
 
 # -- finite differences ----------------------------------------------------------------------
