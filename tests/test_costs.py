@@ -332,6 +332,9 @@ def test_symbolic_report_of_the_extended_vocabulary():
         assert all(op["notation_latex"] and op["flops"]["order_latex"] for op in report["ops"])
     arch = vocab_arch("same-groups-avg-depthwise")
     notation = {(op["layer"], op["op"]): op["notation_latex"] for op in symbolic_report(arch)["ops"]}
-    assert r"P^{m,i}_{\mathrm{avg}}" in notation[(1, "pool")] and r"s^{m}_{\mathrm{pool}}" in notation[(1, "pool")]
-    assert r"P^{m,i}_{\mathrm{max}}" in notation[(2, "pool")]  # overlapping
+    assert r"P^{m,i}_{\mathrm{avg},\,s^{m}_{\mathrm{pool}}}" in notation[(1, "pool")]  # the window's stride
+    assert r"P^{m,i}_{\mathrm{max},\,s^{m}_{\mathrm{pool}}}" in notation[(2, "pool")]  # overlapping
+    course = symbolic_report(load_arch(ROOT / "examples" / "cifar10-demo-layer4.yaml"))["ops"]
+    assert {op["notation_latex"] for op in course if op["op"] == "pool"} == {
+        r"\mathsf{mat}(P^{m,i}_{\mathrm{pool}} \mathsf{vec}(\sigma(S^{m,i})))"}  # the course's P_pool
     assert r"\mu^{m}" in notation[(3, "batch_norm")]
