@@ -6,6 +6,15 @@ with an input gradient), followed by a hidden and an output full layer; a fifth 
 are MLPs. The kernels timed are therefore the reference CNN's own, called exactly as a
 training step calls them, in the same buffers and layouts.
 
+A third of the points (`is_vocab`, spread over the large and small ones) use the extended
+vocabulary of ARCH_FORMAT.md, so that every new op and kernel variant gets samples in both
+backends: their conv layer under study and their hidden full layer take tanh or sigmoid, batch
+norm, dropout, groups (depthwise too), a `same` padding (asymmetric with stride 2), average,
+overlapping and ceil-mode pooling, in turns (`_decorate`); every third of them is a residual
+network instead (`_residual_point`: a conv layer, a ResNet basic block with an identity or a
+projection shortcut, global average pooling, the output layer). The shapes are drawn as for the
+other points, so the ops of the course's vocabulary keep their coverage.
+
 The shapes are drawn log-uniformly over the ranges real layers span (channels 1-512, kernels
 1-11, strides 1 and 2, spatial sizes 4-128, batches 1-512, full layers up to 4096 units), and
 points whose largest array or FLOP count would not fit the time budget are redrawn.
@@ -18,8 +27,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from costmodel.model.arch import Architecture, parse_arch
 from costmodel.errors import ArchError
+from costmodel.machine.backends.numpy import SPLIT_BYTES
+from costmodel.model.arch import Architecture, parse_arch
 
 
 KERNELS = (1, 3, 3, 5, 5, 7, 9, 11)
@@ -75,6 +85,82 @@ def _mlp_point(rng: np.random.Generator, dtype: str, loss: str, name: str) -> di
     }
 
 
+def is_vocab(i: int) -> bool:
+    """Point i uses the extended vocabulary: three points in nine, one of each residue mod 3,
+    so that large points (i % 3 == 1, threaded in the strided implementation) have them too."""
+    return i % 9 in (2, 4, 6)
+
+
+def is_residual(i: int) -> bool:
+    """Point i is a residual network: one of the three points of the extended vocabulary in
+    27, taking turns between residues mod 3 (large and small)."""
+    return i % 27 in (6, 13, 20)
+
+
+def _choice(rng: np.random.Generator, values):
+    return values[int(rng.integers(len(values)))]
+
+
+#: the pooling of the k-th decorated conv point: (type, overlapping windows, ceil mode)
+POOLINGS = (("avg", False, True), ("max", True, False), ("avg", True, False), ("max", True, True))
+
+
+def _decorate(data: dict, k: int, rng: np.random.Generator) -> dict:
+    """The k-th point of the extended vocabulary of its kind (large or small) made from a drawn
+    point: its layer under study (the second conv layer; an MLP's first layer) and its hidden
+    full layer take the new fields in turns, so that every op and variant is sampled within a
+    few points: tanh or sigmoid, batch norm or dropout, depthwise, 2 or 1 groups, a `same`
+    padding, and the poolings of POOLINGS."""
+    layers = [dict(layer) for layer in data["layers"]]
+    hidden = layers[-2]
+    hidden.update(activation=("sigmoid", "tanh", "relu")[k % 3], batch_norm=k % 2 == 1,
+                  dropout=0.25 if k % 2 == 0 else 0.0)
+    if layers[0]["type"] != "conv":
+        layers[0].update(activation=("sigmoid", "tanh")[k % 2], batch_norm=True, dropout=0.2)
+        return {**data, "layers": layers}
+    conv, first = layers[1], layers[0]
+    conv.update(activation=("tanh", "sigmoid")[k % 2], batch_norm=k % 2 == 0, dropout=0.25 if k % 2 else 0.0)
+    first["activation"] = ("sigmoid", "relu", "tanh")[k % 3]  # a larger S: tanh and sigmoid on many threads
+    groups = (0, 2, 1)[k % 3]  # 0: depthwise
+    if groups == 0:
+        conv["filters"] = first["filters"] * _choice(rng, (1, 1, 2))
+        conv["groups"] = first["filters"]
+    elif groups == 2:
+        first["filters"] += first["filters"] % 2
+        conv["filters"] += conv["filters"] % 2
+        conv["groups"] = 2
+    if k % 3 == 2:  # TensorFlow's same padding: asymmetric with an even kernel or stride 2
+        conv["padding"] = "same"
+        if conv["kernel"] > 1 and rng.random() < 0.5:
+            conv["kernel"] -= 1
+    pool_type, overlap, ceil = POOLINGS[k % len(POOLINGS)]
+    pool = conv["pool"] = max(conv.get("pool", 1), int(_choice(rng, (2, 2, 3))))
+    conv.update(pool_type=pool_type, pool_stride=pool - 1 if overlap else pool, pool_ceil=ceil)
+    return {**data, "layers": layers}
+
+
+def _residual_point(rng: np.random.Generator, dtype: str, loss: str, name: str, k: int) -> dict:
+    """A conv layer, a ResNet basic block (two 3x3 convs with batch norm; identity shortcut, or a
+    projection with stride 2 and twice the filters), global average pooling and the output
+    layer: the residual addition, the sum of the block input's two gradients, global average
+    pooling and batch norm in one network."""
+    a = _log_uniform_int(rng, 4, 64)
+    f = _log_uniform_int(rng, 1, 256)
+    project = k % 2 == 1
+    g = 2 * f if project else f
+    block = {"type": "residual", "layers": [
+        {"type": "conv", "filters": g, "kernel": 3, "padding": 1, "stride": 2 if project else 1, "batch_norm": True},
+        {"type": "conv", "filters": g, "kernel": 3, "padding": 1, "batch_norm": True, "activation": "none"}]}
+    return {
+        "name": name, "dtype": dtype, "loss": loss,
+        "input": {"height": a, "width": a, "channels": int(rng.choice((1, 3)))},
+        "batch": _log_uniform_int(rng, 1, 512),
+        "layers": [{"type": "conv", "filters": f, "kernel": int(_choice(rng, (1, 3))), "padding": "same",
+                    "batch_norm": True},
+                   block, {"type": "global_avg_pool"}, {"type": "full", "units": 10}],
+    }
+
+
 def _within(arch: Architecture, limits: SweepLimits) -> bool:
     largest = 0.0
     flops = 0.0
@@ -82,13 +168,22 @@ def _within(arch: Architecture, limits: SweepLimits) -> bool:
         if sz.kind == "conv":
             K, N = sz.h * sz.h * sz.d, arch.batch * sz.a_conv * sz.b_conv
             largest = max(largest, K * N, sz.d_next * N, sz.d * arch.batch * sz.a_pad * sz.b_pad)
-            flops += 3 * 2 * sz.d_next * K * N
+            flops += 3 * 2 * sz.d_next * K * N // sz.g
+        elif sz.kind in ("global_avg_pool", "residual_add"):
+            largest = max(largest, sz.d * arch.batch * sz.a * sz.b)
         else:
             if sz.n_in * sz.n_out > limits.max_weights:
                 return False
             largest = max(largest, sz.n_in * arch.batch)
             flops += 3 * 2 * sz.n_in * sz.n_out * arch.batch
     return largest <= limits.max_elements and flops <= limits.max_flops
+
+
+def _s_bytes(arch: Architecture) -> int:
+    """Bytes of S^m (d' x I a_conv b_conv) of the last conv layer (the layer under study of a
+    point of the extended vocabulary)."""
+    conv = [sz for sz in arch.sizes() if sz.kind == "conv"]
+    return arch.itemsize * conv[-1].d_next * arch.batch * conv[-1].a_conv * conv[-1].b_conv if conv else 0
 
 
 def _phi_bytes(arch: Architecture) -> int:
@@ -118,18 +213,33 @@ def design(n: int, *, dtype: str, seed: int = 0, limits: SweepLimits = SweepLimi
         i = len(points)
         loss = ("mse", "softmax_ce")[i % 2]
         make = _mlp_point if i % 5 == 4 else _conv_point
-        data = (_conv_point(rng, dtype, loss, f"sweep-{i}", first_kernel) if make is _conv_point
-                else make(rng, dtype, loss, f"sweep-{i}"))
+        if is_residual(i) and make is _conv_point:
+            data = _residual_point(rng, dtype, loss, f"sweep-{i}", sum(map(is_residual, range(i))))
+        else:
+            data = (_conv_point(rng, dtype, loss, f"sweep-{i}", first_kernel) if make is _conv_point
+                    else make(rng, dtype, loss, f"sweep-{i}"))
+            if is_vocab(i):
+                # the how-many-th decorated point of its kind (large or small, conv or MLP)
+                same = [j for j in range(i) if is_vocab(j) and not is_residual(j) and (j % 3 == 1) == (i % 3 == 1)
+                        and (j % 5 == 4) == (i % 5 == 4)]
+                data = _decorate(data, len(same), rng)
         try:
             arch = parse_arch(data)
         except ArchError:  # a drawn shape that breaks a rule (kernel larger than the input ...)
             continue
         large = large_fits and i % 3 == 1 and make is _conv_point
+        # a large point of the extended vocabulary is large by the S^m of its last conv layer, so that the
+        # elementwise ops (tanh, batch norm, dropout, the residual addition) run threaded too
+        size, threshold = (_s_bytes, SPLIT_BYTES) if is_vocab(i) else (_phi_bytes, LARGE_PHI_BYTES)
         if large and arch.n_conv:
-            # choose I so that phi(pad(Z)) lands between the threshold and the limit
-            target = math.exp(rng.uniform(math.log(LARGE_PHI_BYTES), math.log(limits.max_elements * itemsize)))
-            per_instance = _phi_bytes(arch) / arch.batch
+            # choose I so that phi(pad(Z)) (or S) lands between the threshold and the limit
+            target = math.exp(rng.uniform(math.log(threshold), math.log(limits.max_elements * itemsize)))
+            per_instance = size(arch) / arch.batch
             arch = arch.with_batch(int(min(512, max(1, math.ceil(target / per_instance)))))
-        if _within(arch, limits) and (not large or _phi_bytes(arch) >= LARGE_PHI_BYTES):
+        if arch.batch == 1 and any(sz.batch_norm for sz in arch.sizes()):
+            # batch norm of a full layer over one instance normalizes a single value, which
+            # PyTorch refuses in training mode
+            arch = arch.with_batch(2)
+        if _within(arch, limits) and (not large or size(arch) >= threshold):
             points.append(arch)
     return points

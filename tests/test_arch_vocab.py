@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from costmodel.model.arch import load_arch, parse_arch
 
-from tests.conftest import ALL_EXAMPLES, EXAMPLES, ROOT, VOCAB_EXAMPLES
+from tests.conftest import ALL_EXAMPLES, COURSE_EXAMPLES, ROOT, VOCAB_EXAMPLES
 
 
 def conv_net(input_hw=(8, 8), channels=1, **conv):
@@ -125,7 +125,7 @@ def test_residual_blocks_in_the_flat_list():
 def test_old_files_keep_their_meaning():
     """A file without the new fields: symmetric padding p, pool stride = width, floor, max,
     relu, a chain of layers, flatten exactly after conv layers."""
-    for path in EXAMPLES:
+    for path in COURSE_EXAMPLES:
         arch = load_arch(path)
         sizes = arch.sizes()
         assert arch.L == len(arch.layers) == len(sizes)
@@ -187,10 +187,10 @@ def test_parameter_count_of_a_grouped_and_normalised_layer():
     assert arch.parameter_count() == conv.n_params + full.n_params + out.n_params
 
 
-# -- until the op records exist ------------------------------------------------------------------
+# -- where a file uses the extended vocabulary ---------------------------------------------------
 
 def test_extended_vocabulary_is_found_where_it_is_used():
-    assert all(load_arch(p).extended_vocabulary() is None for p in EXAMPLES)
+    assert all(load_arch(p).extended_vocabulary() is None for p in COURSE_EXAMPLES)
     # VGG11's 3x3 'same' convs are the course's padding 1
     assert load_arch(ROOT / "examples" / "vgg11-cifar10.yaml").extended_vocabulary() is None
     found = {p.stem: load_arch(p).extended_vocabulary() for p in VOCAB_EXAMPLES}
@@ -201,16 +201,3 @@ def test_extended_vocabulary_is_found_where_it_is_used():
     assert conv_net(kernel=2, padding="same").extended_vocabulary() == \
         "layers[0] (conv): padding same (0/1 rows, 0/1 columns)"
     assert conv_net(activation="tanh").extended_vocabulary() == "layers[0] (conv): activation tanh"
-
-
-def test_costs_of_the_extended_vocabulary_are_refused_in_one_line():
-    """No silent wrong costs (an average pooling costed as a max pooling) before the op
-    records of the extended vocabulary exist."""
-    from typer.testing import CliRunner
-
-    from cli import app
-
-    result = CliRunner().invoke(app, ["costs", str(ROOT / "examples" / "lenet5.yaml")])
-    assert result.exit_code == 1 and result.stdout == ""
-    assert result.stderr.strip() == ("costmodel: error: lenet5: layers[0] (conv): pool_type avg: the costs "
-                                     "of the extended vocabulary are not modelled yet (issue 14)")

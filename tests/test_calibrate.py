@@ -13,16 +13,16 @@ from calib.calibrate import Plan, calibrate, to_profile
 from calib.design import SweepLimits, design
 import json
 
-from costmodel.machine.backends.numpy import model_key
+from costmodel.machine.backends import backend
 from costmodel.machine.predict import predict
 from costmodel.machine.profile import load_profile, save_profile
+from costmodel.machine.timemodel import Machine
 from costmodel.model.arch import load_arch
-from costmodel.model.ops import op_list
 from costmodel.model.step import step_costs
 
-from tests.conftest import ROOT
+from tests.conftest import EXAMPLES, ROOT, tiny_limits
 
-TINY = SweepLimits(max_elements=2e5, max_flops=2e7, max_weights=2e5)
+TINY = tiny_limits()
 
 
 def test_sweep_design_is_reproducible_and_within_limits():
@@ -33,22 +33,43 @@ def test_sweep_design_is_reproducible_and_within_limits():
     assert any(a.n_conv == 0 for a in first) and any(a.n_conv == 2 for a in first)
 
 
-@pytest.fixture(scope="module")
-def tiny_profile(tmp_path_factory):
-    plan = Plan(dtypes=("float32",), impls=("index", "strided"), points=10, rounds=2, chunk=5,
-                limits=TINY, ceilings_seconds=0.5, probe_seconds=0.5)
-    profile = to_profile(calibrate(plan, threads=1))
-    path = tmp_path_factory.mktemp("profile") / "profile.json"
-    save_profile(profile, path)
-    return path, plan
+def model_keys(archs, backend_name: str, impl: str, threads: int) -> dict[str, set[int]]:
+    """{model key: the indices of the networks whose rows use it}."""
+    be = backend(backend_name)
+    keys: dict[str, set[int]] = {}
+    for i, arch in enumerate(archs):
+        for row in be.rows(arch, impl, threads, Machine()):
+            keys.setdefault(str(row.model), set()).add(i)
+    return keys
+
+
+@pytest.mark.parametrize("quick", [False, True], ids=["full", "quick"])
+def test_the_sweep_samples_every_model_key_the_examples_need(quick):
+    """Every model key of every example (the extended vocabulary's variants and the strided
+    regimes included) is fitted on at least two sweep networks, in the plans `calibrate` runs
+    (the quick one for its setting only: float32, index): predict works on every example with
+    a profile made by `calibrate`. Pure: no network is timed."""
+    settings = ([("numpy", "index"), ("numpy", "strided"), ("torch", "torch")] if not quick
+                else [("numpy", "index")])
+    for backend_name, impl in settings:
+        plan = Plan.make(quick=quick, dtypes=None, impls=None, backend=backend_name)
+        for dtype in plan.dtypes:
+            archs = design(plan.points, dtype=dtype, seed=plan.seed, limits=plan.limits,
+                           first_kernel=backend_name == "torch")
+            for threads in (1, 2) if impl == "strided" else (2,):  # only the strided regimes depend on threads
+                sampled = model_keys(archs, backend_name, impl, threads)
+                for path in EXAMPLES:
+                    arch = load_arch(path).with_dtype(dtype)
+                    for key in model_keys([arch], backend_name, impl, threads):
+                        assert len(sampled.get(key, ())) >= 2, (path.stem, backend_name, impl, dtype, threads, key)
 
 
 def test_tiny_calibration_fits_every_op_kind_of_the_sweep(tiny_profile):
     path, plan = tiny_profile
     profile = load_profile(path)
     archs = design(plan.points, dtype="float32", seed=plan.seed, limits=plan.limits)
-    kinds = {str(model_key(r.op, a.loss)) for a in archs for r in op_list(a)}
     for impl in plan.impls:
+        kinds = set(model_keys(archs, "numpy", impl, 1))
         entry = profile.entry("float32", impl, 1)
         assert set(entry.ops) == kinds
         for model in entry.ops.values():

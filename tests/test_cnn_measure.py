@@ -12,18 +12,20 @@ from calib.measure import blas_threads, measure, synthetic_batch
 from calib.memory import check_memory, estimate_step_bytes
 from costmodel.errors import CostModelError
 from costmodel.model.ops import op_keys
+from tests.conftest import COURSE_EXAMPLES, STEP_EXAMPLES
 from tests.test_cnn import EXAMPLES, example
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", STEP_EXAMPLES, ids=lambda p: p.stem)
 def test_measure_times_every_op(path, impl):
-    arch = example(path, batch=8)
+    batch = 8 if path in COURSE_EXAMPLES else 2  # the extended vocabulary's examples are larger
+    arch = example(path, batch=batch)
     calls = []
     result = measure(arch, steps=3, warmup=1, impl=impl, progress=lambda i, n: calls.append((i, n)))
     assert calls == [(i, 4) for i in range(1, 5)]
     assert {k: result[k] for k in ("arch", "batch", "dtype", "impl")} == {
-        "arch": arch.name, "batch": 8, "dtype": arch.dtype, "impl": impl}
+        "arch": arch.name, "batch": batch, "dtype": arch.dtype, "impl": impl}
     assert result["threads"] == blas_threads() >= 1
     keys = [(op["layer"], op["layer_type"], op["op"], op["phase"]) for op in result["ops"]]
     assert keys == [tuple(k) for k in op_keys(arch)]
@@ -83,8 +85,9 @@ def test_measure_limits_threads():
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", COURSE_EXAMPLES, ids=lambda p: p.stem)
 def test_memory_estimate_matches_tracemalloc(path, impl):
+    """The course's examples at I = 16 (the extended vocabulary's: tests/test_cnn_vocab.py)."""
     arch = example(path, batch=16)
     tracemalloc.start()
     try:

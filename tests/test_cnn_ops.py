@@ -12,6 +12,7 @@ from calib.cnn import IMPLS, ReferenceCNN
 from calib.timer import OpTimer
 from costmodel.model.arch import Architecture
 from costmodel.model.ops import op_keys, op_list
+from tests.conftest import COURSE_EXAMPLES, STEP_EXAMPLES
 from tests.test_cnn import EXAMPLES, build_valid, example, random_batch
 
 
@@ -27,7 +28,7 @@ def ran_ops(arch: Architecture, impl: str) -> tuple[list, list]:
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", STEP_EXAMPLES, ids=lambda p: p.stem)
 def test_example_ops_are_the_contract(path, impl):
     arch = example(path, batch=2)
     timed, traced = ran_ops(arch, impl)
@@ -131,8 +132,9 @@ def check_trace(arch: Architecture, impl: str) -> None:
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", COURSE_EXAMPLES, ids=lambda p: p.stem)
 def test_example_trace_reports_the_documented_arrays(path, impl):
+    """The course's ops (the extended vocabulary's: tests/test_cnn_vocab.py's expected_arrays)."""
     check_trace(example(path, batch=3), impl)
 
 

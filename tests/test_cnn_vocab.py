@@ -4,8 +4,9 @@ float64, both implementations, both losses, batch norm in training mode and drop
 fixed mask; the two implementations agree; the ops it runs, their order and the arrays they
 report (docs/ops.md); the step and its running averages against PyTorch's; it learns.
 
-``vocab_ops(arch)`` below is the op list the reference CNN runs for every layer type: the
-op records of the redesign must register exactly these (layer, layer type, op, phase)."""
+``vocab_ops(arch)`` below is the op list the reference CNN runs for every layer type, written
+out independently of the op records: costmodel.model.ops.op_list must give exactly these
+(layer, layer type, op, phase)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from calib.timer import OpTimer
 from costmodel.model.arch import Architecture, block_input, load_arch, parse_arch
 from costmodel.model.ops import OpKey, op_keys
 
-from tests.conftest import EXAMPLES, ROOT, VOCAB_EXAMPLES
+from tests.conftest import EXAMPLES, ROOT, STEP_EXAMPLES, VOCAB_EXAMPLES
 from tests.test_cnn import LOSSES, build_valid, directional_fd, rel_err
 
 
@@ -277,6 +278,14 @@ def test_vocab_gradients_match_torch(name, loss, impl):
     check_against_torch(vocab_arch(name, loss), impl, seed=3)
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("path", [p for p in VOCAB_EXAMPLES if p in STEP_EXAMPLES], ids=lambda p: p.stem)
+def test_vocab_example_gradients_match_torch(path, impl):
+    """Every example of the extended vocabulary (float64, a mini-batch of 2)."""
+    pytest.importorskip("torch")
+    check_against_torch(load_arch(path).with_batch(2).with_dtype("float64"), impl, seed=3)
+
+
 # -- finite differences ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -462,8 +471,20 @@ def ran_ops(arch: Architecture, impl: str):
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
-def test_vocab_ops_is_the_op_list_for_old_files(path):
+def test_vocab_ops_is_the_op_list_of_every_example(path):
     arch = load_arch(path).with_batch(2)
+    assert vocab_ops(arch) == op_keys(arch)
+
+
+@pytest.mark.parametrize("name", list(VOCAB_ARCHS))
+def test_vocab_ops_is_the_op_list(name):
+    arch = vocab_arch(name)
+    assert vocab_ops(arch) == op_keys(arch)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(arch=vocab_architectures(dtype="float32"))
+def test_vocab_ops_is_the_op_list_of_random_networks(arch):
     assert vocab_ops(arch) == op_keys(arch)
 
 

@@ -1,5 +1,6 @@
 """The symbolic shapes, bytes and memory kept against the arrays the reference CNN really
-reads and writes (its trace hook reports them per op, docs/ops.md)."""
+reads and writes (its trace hook reports them per op, docs/ops.md): every example, random
+networks of the course's layers and of the extended vocabulary, both implementations."""
 
 import numpy as np
 import pytest
@@ -11,6 +12,8 @@ from costmodel.model.costs import IMPLS
 from costmodel.model.step import step_costs
 
 from tests.conftest import EXAMPLES
+from tests.test_cnn_vocab import VOCAB_ARCHS, vocab_arch
+from tests.test_cnn_vocab import vocab_architectures as _vocab_architectures
 
 cnn_module = pytest.importorskip("calib.cnn", reason="calib/cnn.py (the reference CNN) is not there yet")
 
@@ -33,7 +36,7 @@ def _traced_step(arch, impl):
 
 def _shape_and_kind(x):
     x = np.asarray(x)
-    return tuple(x.shape), "index" if x.dtype == np.intp else "float"
+    return tuple(x.shape), {np.dtype(np.intp): "index", np.dtype(bool): "bool"}.get(x.dtype, "float")
 
 
 def _check_against_reference(arch, impl):
@@ -43,7 +46,7 @@ def _check_against_reference(arch, impl):
         cost = costs.cost(i)  # the op's arrays with integer shapes
         assert [(tuple(x.shape), x.kind) for x in cost.reads] == [_shape_and_kind(x) for x in reads], key
         assert [(tuple(x.shape), x.kind) for x in cost.writes] == [_shape_and_kind(x) for x in writes], key
-        assert all(np.asarray(x).dtype in (np.intp, np.dtype(arch.dtype)) for x in reads + writes)
+        assert all(np.asarray(x).dtype in (np.intp, np.dtype(bool), np.dtype(arch.dtype)) for x in reads + writes)
         assert costs.bytes_read[i] == sum(np.asarray(x).nbytes for x in reads), key
         assert costs.bytes_written[i] == sum(np.asarray(x).nbytes for x in writes), key
     _check_memory_kept(costs, record)
@@ -99,3 +102,20 @@ def architectures(draw):
 @given(arch=architectures(), impl=st.sampled_from(IMPLS))
 def test_shapes_bytes_and_memory_kept_of_random_architectures(arch, impl):
     _check_against_reference(arch, impl)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(arch=_vocab_architectures(dtype="float32"), dtype=st.sampled_from(["float32", "float64"]),
+       impl=st.sampled_from(IMPLS))
+def test_shapes_bytes_and_memory_kept_of_random_networks_of_the_extended_vocabulary(arch, dtype, impl):
+    """Random networks of the extended vocabulary (tests/test_cnn_vocab.py's strategy: `same`
+    padding, groups, average/overlapping/ceil pooling, tanh/sigmoid, batch norm, dropout,
+    residual blocks with identity and projection shortcuts, global average pooling)."""
+    _check_against_reference(arch.with_dtype(dtype), impl)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("name", list(VOCAB_ARCHS))
+def test_shapes_bytes_and_memory_kept_of_the_extended_vocabulary(name, impl):
+    for loss in ("mse", "softmax_ce"):
+        _check_against_reference(vocab_arch(name, loss, batch=2), impl)

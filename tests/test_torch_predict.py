@@ -7,6 +7,8 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from cli import app
@@ -18,8 +20,8 @@ from costmodel.model.ops import op_keys, op_list
 from costmodel.model.step import step_costs
 
 from tests.conftest import EXAMPLES
-from tests.test_calibrate import TINY
 from tests.test_cnn import example, random_arch
+from tests.test_cnn_vocab import VOCAB_ARCHS, vocab_arch, vocab_architectures
 
 runner = CliRunner()
 
@@ -164,16 +166,41 @@ def test_groups_are_what_the_profiler_measures_random(seed):
     assert _measured_keys(arch) == [r.key for r in rows_of(arch)]
 
 
-@pytest.fixture(scope="module")
-def torch_profile(tmp_path_factory):
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", list(VOCAB_ARCHS))
+def test_groups_are_what_the_profiler_measures_extended_vocabulary(name, dtype):
+    """Batch norm (and its step counter), dropout, average and overlapping pooling, tanh and
+    sigmoid, a `same` padding that differs between borders (nn.ZeroPad2d), grouped and
+    depthwise convolutions, residual additions and the engine's sum of a block input's two
+    gradients, global average pooling."""
     pytest.importorskip("torch")
-    from calib.calibrate import Plan, calibrate, to_profile
+    arch = vocab_arch(name, "softmax_ce" if dtype == "float32" else "mse", batch=2, dtype=dtype)
+    assert _measured_keys(arch) == [r.key for r in rows_of(arch)]
 
-    plan = Plan(dtypes=("float32",), impls=("torch",), points=10, rounds=1, chunk=5, limits=TINY,
-                ceilings_seconds=0.5, backend="torch", probe_seconds=0.5)
-    path = tmp_path_factory.mktemp("profile") / "profile.json"
-    save_profile(to_profile(calibrate(plan, threads=1)), path)
-    return path
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(arch=vocab_architectures(dtype="float32"), dtype=st.sampled_from(["float32", "float64"]))
+def test_groups_are_what_the_profiler_measures_random_extended_vocabulary(arch, dtype):
+    pytest.importorskip("torch")
+    arch = arch.with_dtype(dtype)
+    assert _measured_keys(arch) == [r.key for r in rows_of(arch)]
+
+
+def test_padding_on_its_own_and_the_sum_of_two_gradients_are_rows_of_their_own():
+    arch = vocab_arch("same-groups-avg-depthwise", batch=2, dtype="float32")
+    names = {(r.layer, r.name, r.phase): r for r in rows_of(arch)}
+    assert (1, "pad", "forward") in names and (1, "phi+conv_matmul+bias", "forward") in names
+    assert str(names[(1, "pad", "forward")].model) == "pad"
+    assert str(names[(1, "phi+conv_matmul+bias", "forward")].model) == "phi+conv_matmul+bias:grouped"
+    assert str(names[(1, "pool", "forward")].model) == "pool:avg"
+    assert str(names[(1, "activation", "forward")].model) == "activation:tanh"
+    assert str(names[(2, "pool_grad", "backward")].model) == "pool_grad"  # overlapping max: the same kernel
+    resnet = rows_of(vocab_arch("resnet-blocks", batch=2))
+    assert [(r.layer, r.name) for r in resnet if r.name == "residual_add_grad"] == [(4, "residual_add_grad"),
+                                                                                    (1, "residual_add_grad")]
+    sz = arch.sizes()[0]  # the fused convolution reads the padded input
+    row = names[(1, "phi+conv_matmul+bias", "forward")]
+    assert row.bytes_read == 4 * (sz.d * 2 * sz.a_pad * sz.b_pad + sz.d_next * sz.h * sz.h * sz.d // sz.g + sz.d_next)
 
 
 def test_torch_calibration_predicts_an_unseen_network(torch_profile):

@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import costmodel.model.layers  # noqa: F401  (registers the records)
-from costmodel.errors import CostModelError
 from costmodel.model.arch import Architecture, LayerSizes
 from costmodel.model.records import (ELEMENTWISE, INDEX, LOSS, MATMUL, OP_KINDS, PHASES, RECORDS, UPDATE,  # noqa: F401
                                      LayerContext, OpKey, OpRecord, needs_flatten, op)
@@ -53,12 +52,16 @@ def op_kind(layer_kind: str, name: str) -> str:
 
 @dataclass(frozen=True)
 class OpRef:
-    """One op of the step with its record and the sizes of the layer it belongs to."""
+    """One op of the step with its record and the sizes of the layer it belongs to; `last`:
+    the layer is layer L; `output_read`: a backward op of a later layer reads the layer's
+    output (the input of a full layer that does not flatten it, or Z^{L+1} for mse)."""
 
     key: OpKey
     sizes: LayerSizes | None  # None for the loss ops
     activation: str
     record: OpRecord
+    last: bool = False
+    output_read: bool = False
 
     @property
     def layer(self) -> int:
@@ -86,17 +89,17 @@ def op_list(arch: Architecture) -> list[OpRef]:
     gradient, every layer's backward ops from layer L down to 1, every layer's update; within
     a layer and phase in the records' order, each op only where its record's rule says the
     layer runs it (no `pad` when p^m = 0, no `pool` when the pool width is 1, no activation
-    ops for a linear layer, no input gradient for layer 1)."""
-    extended = arch.extended_vocabulary()  # until the records of issue 14 exist
-    if extended is not None:
-        raise CostModelError(f"{arch.name}: {extended}: the costs of the extended vocabulary "
-                             "are not modelled yet (issue 14)")
+    ops for a linear layer, no input gradient for a layer that reads the network's input).
+    The layers are the flat list of Architecture.sizes() (a residual block's conv layers, its
+    projection and its addition are layers of their own); the backward visits them in
+    reverse order."""
     table = records()
     by_kind: dict[tuple[str, str], list[OpRecord]] = {}
     for rec in table.values():
         by_kind.setdefault((rec.phase, rec.layer_kind), []).append(rec)
     sizes = arch.sizes()
-    L = arch.L
+    L = len(sizes)
+    read = output_read(arch, sizes)
     layers = [LayerContext(arch, m, sz) for m, sz in enumerate(sizes, start=1)]
     loss = LayerContext(arch, L + 1, None)
     ops: list[OpRef] = []
@@ -104,9 +107,10 @@ def op_list(arch: Architecture) -> list[OpRef]:
     def add(ctx: LayerContext, phase: str) -> None:
         kind = "loss" if ctx.sizes is None else ctx.sizes.kind
         act = ctx.activation
+        last, out_read = ctx.m == L, ctx.m in read
         for rec in by_kind.get((phase, kind), ()):
             if rec.runs(ctx):
-                ops.append(OpRef(OpKey(ctx.m, kind, rec.name, phase), ctx.sizes, act, rec))
+                ops.append(OpRef(OpKey(ctx.m, kind, rec.name, phase), ctx.sizes, act, rec, last, out_read))
 
     for ctx in layers:
         add(ctx, "forward")
@@ -117,6 +121,16 @@ def op_list(arch: Architecture) -> list[OpRef]:
     for ctx in layers:
         add(ctx, "update")
     return ops
+
+
+def output_read(arch: Architecture, sizes: list[LayerSizes]) -> set[int]:
+    """The layers m whose output a backward op of another layer reads: the input of a full
+    layer that does not flatten it (its full_grad_W reads it) and, for mse, layer L's output
+    (the loss's gradient reads it)."""
+    read = {i for sz in sizes if sz.kind == "full" and not sz.flatten for i in sz.inputs if i > 0}
+    if arch.loss == "mse":
+        read.add(len(sizes))
+    return read
 
 
 def op_keys(arch: Architecture) -> list[OpKey]:

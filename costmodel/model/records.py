@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Callable, Mapping, NamedTuple
 from costmodel.model.arch import Architecture, LayerSizes
 
 if TYPE_CHECKING:
-    from costmodel.model.costs import CostFunction
+    from costmodel.model.costs import CostFunction, OpSpec
 
 PHASES = ("forward", "backward", "update")
-LAYER_KINDS = ("conv", "full", "loss")
+LAYER_KINDS = ("conv", "full", "global_avg_pool", "residual_add", "loss")
 
 #: op kinds, for grouping (--by kind) and explanations: the slides' "matrix products" against
 #: the "index manipulation" of phi(pad(Z)), pooling and their backward twins
@@ -33,7 +33,7 @@ class OpKey(NamedTuple):
     """One op of a step: its layer m, the layer's kind, the op's name and its phase."""
 
     layer: int
-    layer_type: str  # conv | full | loss
+    layer_type: str  # conv | full | global_avg_pool | residual_add | loss
     op: str
     phase: str  # forward | backward | update
 
@@ -48,12 +48,14 @@ class LayerContext:
 
     @property
     def activation(self) -> str:
-        return "none" if self.sizes is None else self.arch.activation_of(self.m)
+        """The layer's activation (Architecture.activation_of: the last full layer is linear)."""
+        return "none" if self.sizes is None else self.sizes.activation
 
     @property
     def flattens(self) -> bool:
-        """Layer m is the first full layer after a conv layer: its input changes layout (a copy)."""
-        return needs_flatten(self.arch, self.m)
+        """Layer m is a full layer whose input is an image (from a conv layer or a residual
+        addition): its input changes layout (a copy)."""
+        return self.sizes is not None and self.sizes.flatten
 
 
 def _always(ctx: LayerContext) -> bool:
@@ -65,7 +67,8 @@ class OpRecord:
     """Everything costmodel knows about one op of one layer kind.
 
     Notation templates hold ``$m`` for layer m's superscript and ``$n`` for layer m+1's.
-    `latex` is the slides' LaTeX of the op (for the loss ops a mapping loss -> LaTeX).
+    `latex` is the slides' LaTeX of the op (for the loss ops a mapping loss -> LaTeX; a
+    function of the op's OpSpec where the notation depends on it, as pooling's window).
     `runs` says whether a layer runs the op (an op a layer does not run is absent from the
     op list, never listed as zero). `twin` names the forward op whose shapes a backward op
     reuses; `how` says, per implementation, how its kernel does the op (explain cites it).
@@ -78,14 +81,25 @@ class OpRecord:
     kind: str
     text: str
     mathtext: str
-    latex: str | Mapping[str, str]
+    latex: str | Mapping[str, str] | Callable[["OpSpec"], str]
     cost: "CostFunction"
     runs: Callable[[LayerContext], bool] = _always
     twin: str | None = None
-    how: Mapping[str, str] = field(default_factory=dict)  # implementation -> how its kernel does it
+    #: implementation -> how its kernel does it (or a function of the OpSpec giving that mapping)
+    how: Mapping[str, str] | Callable[["OpSpec"], Mapping[str, str]] = field(default_factory=dict)
 
-    def latex_for(self, loss: str) -> str:
+    def latex_for(self, loss: str, spec: "OpSpec | None" = None) -> str:
+        """The op's LaTeX for this loss (and this context, where the notation depends on it;
+        without `spec` the default context of the layer kind)."""
+        if callable(self.latex):
+            from costmodel.model.costs import OpSpec
+
+            return self.latex(spec if spec is not None else OpSpec(self.layer_kind, loss=loss))
         return self.latex[loss] if isinstance(self.latex, Mapping) else self.latex
+
+    def how_for(self, spec: "OpSpec") -> Mapping[str, str]:
+        """Implementation -> how its kernel does the op in this context."""
+        return self.how(spec) if callable(self.how) else self.how
 
 
 #: (layer kind, op name) -> record, in registration order
@@ -93,8 +107,9 @@ RECORDS: dict[tuple[str, str], OpRecord] = {}
 
 
 def op(layer_kind: str, name: str, phase: str, kind: str, *, text: str, mathtext: str,
-       latex: str | Mapping[str, str], runs: Callable[[LayerContext], bool] = _always,
-       twin: str | None = None, how: Mapping[str, str] | None = None, cost: "CostFunction | None" = None):
+       latex: str | Mapping[str, str] | Callable, runs: Callable[[LayerContext], bool] = _always,
+       twin: str | None = None, how: Mapping[str, str] | Callable | None = None,
+       cost: "CostFunction | None" = None):
     """Register the record of op `name` of `layer_kind` layers, with the decorated function
     (or `cost`) as its cost function. A second registration of the same op is an error
     (as torch/utils/flop_counter.py's register)."""
@@ -105,38 +120,50 @@ def op(layer_kind: str, name: str, phase: str, kind: str, *, text: str, mathtext
         if (layer_kind, name) in RECORDS:
             raise ValueError(f"op {name!r} of {layer_kind} layers is registered twice")
         RECORDS[(layer_kind, name)] = OpRecord(name, phase, layer_kind, kind, text, mathtext, latex, fn, runs, twin,
-                                               dict(how or {}))
+                                               how if callable(how) else dict(how or {}))
         return fn
 
     return register(cost) if cost is not None else register
 
 
 def needs_flatten(arch: Architecture, m: int) -> bool:
-    """Layer m is the first full layer after a conv layer: its input changes layout (a copy)."""
-    return 2 <= m <= arch.L and arch.layers[m - 1].type == "full" and arch.layers[m - 2].type == "conv"
+    """Layer m of the flat list is a full layer whose input is an image from a conv layer or a
+    residual addition: its input changes layout (a copy; LayerSizes.flatten). After global
+    average pooling the d x I output already is the matrix a full layer reads."""
+    return 1 <= m <= arch.L and arch.sizes()[m - 1].flatten
 
 
-# -- rules of whether a layer runs an op (used by the registrations in costs.py) ---------------
+# -- rules of whether a layer runs an op (used by the registrations in costmodel.model.layers) --
 
 def has_padding(ctx: LayerContext) -> bool:
-    return ctx.sizes.p > 0
+    """The layer pads its input on some border (p^m > 0, or a `same` padding)."""
+    return ctx.sizes.padded
 
 
 def has_pooling(ctx: LayerContext) -> bool:
-    return ctx.sizes.pool > 1
+    return ctx.sizes.pooled
 
 
 def has_activation(ctx: LayerContext) -> bool:
     return ctx.activation != "none"
 
 
+def has_batch_norm(ctx: LayerContext) -> bool:
+    return ctx.sizes.batch_norm
+
+
+def has_dropout(ctx: LayerContext) -> bool:
+    return ctx.sizes.dropout > 0
+
+
 def has_input_gradient(ctx: LayerContext) -> bool:
-    """Layer 1's input is the data: it needs no input gradient."""
-    return ctx.m > 1
+    """A layer that reads the network's input (layer 1; a projection shortcut or the first
+    layer of a residual block on it) needs no input gradient."""
+    return 0 not in ctx.sizes.inputs
 
 
 def has_padding_gradient(ctx: LayerContext) -> bool:
-    return ctx.m > 1 and ctx.sizes.p > 0
+    return has_input_gradient(ctx) and ctx.sizes.padded
 
 
 def flattens(ctx: LayerContext) -> bool:
@@ -144,4 +171,10 @@ def flattens(ctx: LayerContext) -> bool:
 
 
 def flattens_gradient(ctx: LayerContext) -> bool:
-    return ctx.m > 1 and ctx.flattens
+    return has_input_gradient(ctx) and ctx.flattens
+
+
+def forks(ctx: LayerContext) -> bool:
+    """The layer's output is a residual block's input X (LayerSizes.fork): two gradients come
+    back to it, F's and the shortcut's, and its backward starts by summing them."""
+    return ctx.sizes.fork

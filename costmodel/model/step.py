@@ -29,22 +29,37 @@ QUANTITIES = ("flops", "bytes_read", "bytes_written", "memory_kept")
 
 #: the sizes the cost functions read (costmodel.model.symbols.SIZES) -> the LayerSizes field
 #: that holds each one's value
-SIZE_FIELDS = {"a": "a", "b": "b", "d": "d", "h": "h", "p": "p", "s": "s", "h_pool": "pool", "d_next": "d_next",
+SIZE_FIELDS = {"a": "a", "b": "b", "d": "d", "h": "h", "s": "s", "h_pool": "pool", "d_next": "d_next",
                "a_pad": "a_pad", "b_pad": "b_pad", "a_conv": "a_conv", "b_conv": "b_conv", "a_next": "a_next",
-               "b_next": "b_next", "n": "n_in", "n_next": "n_out"}
+               "b_next": "b_next", "n": "n_in", "n_next": "n_out", "p_top": "p_top", "p_bottom": "p_bottom",
+               "p_left": "p_left", "p_right": "p_right", "g": "g", "s_pool": "pool_stride", "c_pool": "pool_ceil"}
+#: the p^m of a symmetric padding (None for a `same` padding that differs between borders:
+#: then p_top, p_bottom, p_left, p_right hold it), and derived sizes that are no LayerSizes field
+_DERIVED = {"p": lambda sz: sz.p_top, "d_g": lambda sz: sz.d // sz.g}
 
 
 def layer_values(arch: Architecture, sizes: LayerSizes | None) -> dict[str, int]:
-    """The values of the sizes of one layer (None: the loss layer L+1), by attribute name."""
+    """The values of the sizes of one layer (None: the loss layer L+1), by attribute name
+    (Python integers; ceil mode as 1 or 0)."""
     values = {"I": arch.batch, "w": arch.itemsize, "w_idx": INDEX_BYTES, "n_loss": arch.n_classes}
     if sizes is not None:
-        values.update({name: getattr(sizes, field) for name, field in SIZE_FIELDS.items()})
+        values.update({name: int(getattr(sizes, field)) for name, field in SIZE_FIELDS.items()})
+        values.update({name: get(sizes) for name, get in _DERIVED.items()})
     return values
 
 
 def op_spec(arch: Architecture, ref: OpRef, impl: str) -> OpSpec:
-    """The context of one op of `arch`'s step."""
-    return OpSpec(ref.layer_type, impl, arch.loss, ref.activation, ref.layer == arch.L)
+    """The context of one op of `arch`'s step: its layer's kind, activation, groups, pooling,
+    batch norm and dropout, and whether another layer's backward reads its output."""
+    sz = ref.sizes
+    if sz is None:
+        return OpSpec(ref.layer_type, impl, arch.loss, ref.activation, ref.last)
+    partial = sz.pooled and sz.pool_ceil and ((sz.a_next - 1) * sz.pool_stride + sz.pool > sz.a_conv
+                                              or (sz.b_next - 1) * sz.pool_stride + sz.pool > sz.b_conv)
+    return OpSpec(ref.layer_type, impl, arch.loss, ref.activation, ref.last, grouped=sz.g > 1,
+                  pool_type=sz.pool_type if sz.pooled else "max", pool_overlap=sz.pooled and sz.pool_stride < sz.pool,
+                  pool_partial=bool(partial), batch_norm=sz.batch_norm, dropout=sz.dropout > 0,
+                  output_read=ref.output_read)
 
 
 def evaluate(groups: dict[tuple[OpRecord, OpSpec], list[dict]], shape: tuple[int, ...] = (),

@@ -45,26 +45,33 @@ def _printed(rec: OpRecord, spec: OpSpec) -> dict[str, dict[str, str]]:
 
 
 def symbolic_report(arch: Architecture, impl: str = "index") -> dict:
-    """Per op of the step, its exact FLOP, byte and memory expressions in the course's
-    notation, their leading terms and orders, as plain text and as LaTeX."""
+    """Per op of the step, its notation in LaTeX, its exact FLOP, byte and memory expressions in
+    the course's notation, their leading terms and orders, as plain text and as LaTeX."""
     from costmodel.model.costs import check_impl
     from costmodel.model.symbols import LATEX_NAMES
     from costmodel.model.step import conventions
 
     check_impl(impl)
-    ops = [{"layer": ref.layer, "layer_type": ref.layer_type, "op": ref.op, "phase": ref.phase,
-            **_printed(ref.record, op_spec(arch, ref, impl))} for ref in op_list(arch)]
+    ops = []
+    for ref in op_list(arch):
+        spec = op_spec(arch, ref, impl)
+        ops.append({"layer": ref.layer, "layer_type": ref.layer_type, "op": ref.op, "phase": ref.phase,
+                    "notation_latex": ref.record.latex_for(arch.loss, spec), **_printed(ref.record, spec)})
     return {"arch": arch.name, "dtype": arch.dtype, "impl": impl, **conventions(),
             "symbols": dict(LATEX_NAMES), "ops": ops}
 
 
 def symbolic_op(layer_kind: str, op: str, impl: str = "index", loss: str = "mse", activation: str = "relu",
-                last: bool = False) -> OpCost:
+                last: bool = False, **context) -> OpCost:
     """The symbolic cost of op `op` of a `layer_kind` layer in this context, e.g.
-    ``symbolic_op("conv", "conv_matmul").flops`` is 2 I h^m h^m d^m d^{m+1} a^m_conv b^m_conv.
-    UnknownOpError for an op without a record, UsageError for an unknown impl."""
+    ``symbolic_op("conv", "conv_matmul").flops`` is 2 I h^m h^m d^m d^{m+1} a^m_conv b^m_conv;
+    `context` sets the other fields of OpSpec (grouped=True, pool_type="avg", batch_norm=True,
+    ...). A full layer's output is read by the next layer (not last) or by mse's gradient
+    unless `output_read` says otherwise. UnknownOpError for an op without a record, UsageError
+    for an unknown impl."""
     from costmodel.model.costs import check_impl
     from costmodel.model.ops import record
 
     check_impl(impl)
-    return symbolic_cost(record(layer_kind, op), OpSpec(layer_kind, impl, loss, activation, last))
+    context.setdefault("output_read", layer_kind == "full" and (not last or loss == "mse"))
+    return symbolic_cost(record(layer_kind, op), OpSpec(layer_kind, impl, loss, activation, last, **context))

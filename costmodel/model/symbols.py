@@ -45,6 +45,15 @@ n_next = _symbol("n^{m+1}", "n^{m+1}")  # units of full layer m
 n_loss = _symbol("n^{L+1}", "n^{L+1}")  # outputs of the network = input of the loss
 w = _symbol("w_dtype", r"w_{\mathrm{dtype}}")  # bytes per element of the network's dtype
 w_idx = _symbol("w_idx", r"w_{\mathrm{idx}}")  # bytes per element of an index array (intp)
+# extended vocabulary (ARCH_FORMAT.md): padding per border ("same" may differ), groups, the
+# pooling window's stride and ceil mode (1) or floor mode (0)
+p_top = _symbol("p^m_top", r"p^{m}_{\mathrm{top}}", nonnegative=True)
+p_bottom = _symbol("p^m_bottom", r"p^{m}_{\mathrm{bottom}}", nonnegative=True)
+p_left = _symbol("p^m_left", r"p^{m}_{\mathrm{left}}", nonnegative=True)
+p_right = _symbol("p^m_right", r"p^{m}_{\mathrm{right}}", nonnegative=True)
+g = _symbol("g^m", "g^{m}")  # groups of a conv layer
+s_pool = _symbol("s^m_pool", r"s^{m}_{\mathrm{pool}}")  # stride of the pooling window
+c_pool = _symbol("c^m_pool", r"c^{m}_{\mathrm{pool}}", nonnegative=True)  # ceil mode: 1, floor mode: 0
 
 # -- derived symbols -------------------------------------------------------------------------
 a_pad = _symbol("a^m_pad", r"a^{m}_{\mathrm{pad}}")
@@ -54,16 +63,31 @@ b_conv = _symbol("b^m_conv", r"b^{m}_{\mathrm{conv}}")
 a_next = _symbol("a^{m+1}", "a^{m+1}")  # pooled height
 b_next = _symbol("b^{m+1}", "b^{m+1}")
 n = _symbol("n^m", "n^{m}")  # inputs of full layer m
+d_g = _symbol("d^m/g^m", r"\tfrac{d^{m}}{g^{m}}")  # input channels per group: what each filter sees
 
-#: the derived sizes in the base symbols (ARCH_FORMAT.md, "Sizes")
+
+def _pooled(size: sp.Expr) -> sp.Expr:
+    """Outputs of the pooling window h_pool with stride s_pool along `size` elements: floor
+    ((size - h_pool)/s_pool) + 1, or in ceil mode (c_pool = 1) ceil(...) + 1 without a window
+    that would start past the end (docs/arch-format.md); `size` itself without pooling
+    (h_pool = s_pool = 1)."""
+    return sp.Min(sp.floor((size - h_pool + c_pool * (s_pool - 1)) / s_pool), sp.floor((size - 1) / s_pool)) + 1
+
+
+_A_CONV = sp.floor((a + p_top + p_bottom - h) / s) + 1
+_B_CONV = sp.floor((b + p_left + p_right - h) / s) + 1
+
+#: the derived sizes in the base symbols (ARCH_FORMAT.md, "Sizes"; the padding per border,
+#: which is p^m on each for a symmetric padding)
 DEFINITIONS: dict[CourseSymbol, sp.Expr] = {
-    a_pad: a + 2 * p,
-    b_pad: b + 2 * p,
-    a_conv: sp.floor((a + 2 * p - h) / s) + 1,
-    b_conv: sp.floor((b + 2 * p - h) / s) + 1,
-    a_next: sp.floor((sp.floor((a + 2 * p - h) / s) + 1) / h_pool),
-    b_next: sp.floor((sp.floor((b + 2 * p - h) / s) + 1) / h_pool),
+    a_pad: a + p_top + p_bottom,
+    b_pad: b + p_left + p_right,
+    a_conv: _A_CONV,
+    b_conv: _B_CONV,
+    a_next: _pooled(_A_CONV),
+    b_next: _pooled(_B_CONV),
     n: d * a * b,
+    d_g: d / g,
 }
 
 WIDTHS = (w, w_idx)
@@ -73,11 +97,12 @@ WIDTHS = (w, w_idx)
 #: numbers)
 SIZES = SimpleNamespace(I=I, a=a, b=b, d=d, h=h, p=p, s=s, h_pool=h_pool, d_next=d_next, n_next=n_next,
                         n_loss=n_loss, w=w, w_idx=w_idx, a_pad=a_pad, b_pad=b_pad, a_conv=a_conv,
-                        b_conv=b_conv, a_next=a_next, b_next=b_next, n=n)
+                        b_conv=b_conv, a_next=a_next, b_next=b_next, n=n, p_top=p_top, p_bottom=p_bottom,
+                        p_left=p_left, p_right=p_right, g=g, s_pool=s_pool, c_pool=c_pool, d_g=d_g)
 
 #: order of the factors in a printed monomial, as the slides write them
-_ORDER = (w, w_idx, I, h, h_pool, d, d_next, n, n_next, n_loss, a, b, a_pad, b_pad, a_conv, b_conv,
-          a_next, b_next, p, s)
+_ORDER = (w, w_idx, I, h, h_pool, d, d_g, d_next, n, n_next, n_loss, a, b, a_pad, b_pad, a_conv, b_conv,
+          a_next, b_next, p, s, g, p_top, p_bottom, p_left, p_right, s_pool, c_pool)
 _RANK = {sym: i for i, sym in enumerate(_ORDER)}
 
 

@@ -114,11 +114,11 @@ RATIOS = {"forward": ("conv_matmul", "flops", "phi", "elements"),
           "backward": ("conv_grad_input", "flops", "phi_grad", "flops")}
 
 
-def _quantity(op: str, impl: str, what: str):
+def _quantity(op: str, impl: str, what: str, grouped: bool = False):
     from costmodel.model.ops import record
     from costmodel.model.symbolic import expression, symbolic_cost
 
-    rec, spec = record("conv", op), OpSpec("conv", impl)
+    rec, spec = record("conv", op), OpSpec("conv", impl, grouped=grouped)
     return expression(rec, spec, "flops") if what == "flops" else symbolic_cost(rec, spec).writes[0].size
 
 
@@ -132,18 +132,24 @@ def symbolic_ratios(arch: "Architecture", pred: Prediction, impl: str) -> dict:
     from costmodel.model.symbols import SIZES, big_o, to_text
 
     seconds = {(r.layer, r.name): r.seconds for r in pred.rows}
-    values = {sz.m: {getattr(SIZES, k): v for k, v in layer_values(arch, sz).items()}
-              for sz in arch.sizes() if sz.kind == "conv"}
+    conv = [sz for sz in arch.sizes() if sz.kind == "conv"]
+    values = {sz.m: {getattr(SIZES, k): v for k, v in layer_values(arch, sz).items()} for sz in conv}
+    grouped = {sz.m: sz.g > 1 for sz in conv}
     out = {}
     for phase, (num_op, num_q, den_op, den_q) in RATIOS.items():
+        # a grouped layer's product does d^m/g^m of the work per element of phi: its own ratio
+        ratios = {g: sp.simplify(_quantity(num_op, impl, num_q, g) / _quantity(den_op, impl, den_q, g))
+                  for g in (False, True)}
         num, den = _quantity(num_op, impl, num_q), _quantity(den_op, impl, den_q)
-        ratio = sp.simplify(num / den)
-        layers = [{"layer": m, "value": int(ratio.xreplace(vals)),
+        ratio = ratios[False]
+        layers = [{"layer": m, "value": int(ratios[grouped[m]].xreplace(vals)),
                    "time_ratio": seconds[(m, num_op)] / seconds[(m, den_op)]}
                   for m, vals in sorted(values.items()) if (m, den_op) in seconds and seconds[(m, den_op)] > 0]
         out[phase] = {"numerator_op": num_op, "numerator": num_q, "denominator_op": den_op, "denominator": den_q,
                       "ratio": to_text(ratio), "order": to_text(sp.simplify(big_o(num) / big_o(den))),
                       "layers": layers}
+        if any(grouped.values()):  # W^m has d^m/g^m columns per filter: the ratio over g^m
+            out[phase]["grouped_layers"] = [m for m, g in sorted(grouped.items()) if g]
     return out
 
 

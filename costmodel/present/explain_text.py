@@ -107,8 +107,10 @@ def _ratio_sentences(facts: dict) -> list[str]:
         times = ", ".join(f"{x['time_ratio']:.3g} at layer {x['layer']}" for x in r["layers"])
         work = [x["value"] / x["time_ratio"] for x in r["layers"]]
         span = _num(min(work)) if _num(min(work)) == _num(max(work)) else f"{_num(min(work))} to {_num(max(work))}"
+        grouped = r.get("grouped_layers")
+        where = (f", {r['ratio']}/g^m at the grouped layers {', '.join(map(str, grouped))}" if grouped else "")
         out.append(f"{_cap(_QUANTITY[r['numerator']])} of {num} over {_QUANTITY[r['denominator']]} of {den} "
-                   f"= {r['ratio']} (SymPy; leading order {r['order']}): {values}. Their predicted times are in "
+                   f"= {r['ratio']} (SymPy; leading order {r['order']}{where}): {values}. Their predicted times are in "
                    f"the ratio {times}: per second, {num} gets through {span} times the work of {den}.")
     return out
 

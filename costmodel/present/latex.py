@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 
 PACKAGES = ("amsmath", "amssymb", "array", "booktabs", "longtable")
 PHASE_TITLES = {"forward": "Forward", "backward": "Backward", "update": "Update"}
-KIND_TITLES = {"conv": "convolutional layers", "full": "fully-connected layers", "loss": "loss"}
+KIND_TITLES = {"conv": "convolutional layers", "full": "fully-connected layers",
+               "global_avg_pool": "global average pooling", "residual_add": "residual additions", "loss": "loss"}
 
 _ESCAPES = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -106,19 +107,31 @@ def _breakable(latex: str) -> str:
 
 # -- table 1: complexity of the ops ----------------------------------------------------------
 
-def _legend(kinds: set[str], itemsize: int) -> str:
-    """The meaning of the symbols that the tables of these layer kinds use."""
+def _legend(kinds: set[str], itemsize: int, arch: "Architecture | None" = None) -> str:
+    """The meaning of the symbols that the tables of these layer kinds (and the extended
+    vocabulary of `arch`: groups, pooling with a stride, average pooling) use."""
     from costmodel.model import symbols as s
     from costmodel.model.step import INDEX_BYTES
 
+    sizes = arch.sizes() if arch is not None else []
+    grouped = any(sz.g > 1 for sz in sizes)
+    strided_pool = any(sz.pooled and (sz.pool_type != "max" or sz.pool_stride != sz.pool or sz.pool_ceil)
+                       for sz in sizes)
     rows = [((s.I,), "instances in the mini-batch")]
+    if kinds & {"conv", "global_avg_pool", "residual_add"}:
+        rows.append(((s.a, s.b, s.d), r"height, width and channels of the input of layer \(m\)"))
     if "conv" in kinds:
         pool = rf"\({s.to_latex(s.h_pool)} \times {s.to_latex(s.h_pool)}\)"
-        rows += [((s.a, s.b, s.d), r"height, width and channels of the input of layer \(m\)"),
-                 ((s.h,), "filter width"), ((s.d_next,), "filters (channels of the output)"),
-                 ((s.a_pad, s.b_pad), "the padded input"),
-                 ((s.a_conv, s.b_conv), "the output of the convolution"),
-                 ((s.a_next, s.b_next), f"the output of the max pooling over {pool}")]
+        rows += [((s.h,), "filter width"), ((s.d_next,), "filters (channels of the output)")]
+        if grouped:
+            rows.append(((s.d_g,), rf"channels each filter sees, with \({s.to_latex(s.g)}\) groups"))
+        rows += [((s.a_pad, s.b_pad), "the padded input"),
+                 ((s.a_conv, s.b_conv), "the output of the convolution")]
+        if strided_pool:
+            rows.append(((s.a_next, s.b_next), f"the output of the pooling over {pool} windows with stride "
+                                               rf"\({s.to_latex(s.s_pool)}\)"))
+        else:
+            rows.append(((s.a_next, s.b_next), f"the output of the max pooling over {pool}"))
     if "full" in kinds:
         rows += [((s.n, s.n_next), r"inputs and outputs of fully-connected layer \(m\)")]
     rows += [((s.n_loss,), "outputs of the network"),
@@ -133,12 +146,13 @@ def complexity_rows(symbolic: dict, loss: str) -> list[dict]:
     kind) in step order, and in each group in the contract's op order."""
     rows: dict[tuple, dict] = {}
     for op in symbolic["ops"]:
-        key = (op["phase"], op["layer_type"], op["op"], op["flops"]["latex"], op["bytes"]["latex"])
+        notation = op.get("notation_latex") or describe(op["layer_type"], op["op"], loss)
+        key = (op["phase"], op["layer_type"], op["op"], op["flops"]["latex"], op["bytes"]["latex"], notation)
         if key in rows:
             rows[key]["layers"].append(op["layer"])
             continue
         rows[key] = {"phase": op["phase"], "layer_type": op["layer_type"], "op": op["op"],
-                     "layers": [op["layer"]], "notation": describe(op["layer_type"], op["op"], loss),
+                     "layers": [op["layer"]], "notation": notation,
                      **{f"{q}{part}": op[q][field] for q in ("flops", "bytes")
                         for part, field in (("", "latex"), ("_order", "order_latex"))}}
     from costmodel.model.ops import contract
@@ -214,7 +228,7 @@ def complexity_table(symbolic: dict, arch: "Architecture") -> str:
         r"\(g^{m} = \tfrac{1}{I}\tfrac{\partial f}{\partial W^{m}} + \tfrac{1}{C} W^{m}\), and the same for "
         rf"\(\boldsymbol{{b}}^m\). Implementation \texttt{{{latex_escape(symbolic['impl'])}}}, "
         rf"{latex_escape(symbolic['dtype'])}.",
-        "Symbols: " + _legend(kinds, arch.itemsize) + ".",
+        "Symbols: " + _legend(kinds, arch.itemsize, arch) + ".",
         latex_escape(symbolic["flop_convention"]),
         latex_escape(symbolic["byte_convention"]),
     ]
@@ -315,12 +329,26 @@ def step_table(report: dict, prediction: dict | None = None,
 
 # -- table 3: the machine profile ------------------------------------------------------------
 
+#: the kernel variants of the model keys (costmodel.machine.backends: kernel_variant, torch_variant)
+KERNEL_VARIANTS = frozenset({"avg", "overlap", "tanh", "sigmoid", "grouped"})
+
 def profile_table(profile: "Profile", used: "Entry | None" = None) -> str:
     """Table 3: every entry's fitted op models, their parameters read as machine facts."""
     from costmodel.machine.timemodel import model_facts
 
     head = r"op & fitted parameters & CV error & meas./pred. & samples \\"
     body = []
+    # a profile calibrated with the kernel variants of the extended vocabulary has keys such as
+    # conv_grad_input:grouped+threaded that do not fit a column that never breaks: its keys go
+    # in a narrower column that breaks after ':' and '+' (a profile without them keeps the
+    # layout it always had)
+    long_keys = any(set(op.partition(":")[2].split("+")) & KERNEL_VARIANTS
+                    for entry in profile.entries for op in entry.ops)
+
+    def key(op: str) -> str:
+        text = latex_escape(op)
+        return text.replace(":", r":\allowbreak{}").replace("+", r"+\allowbreak{}") if long_keys else text
+
     for i, entry in enumerate(profile.entries):
         if i:
             body.append(r"\midrule")
@@ -329,7 +357,7 @@ def profile_table(profile: "Profile", used: "Entry | None" = None) -> str:
         for op, model in sorted(entry.ops.items()):
             facts = ", ".join(rf"\mbox{{{latex_escape(fact)}}}" for fact in model_facts(model))
             body.append(" & ".join([
-                rf"\texttt{{{latex_escape(op)}}}", facts, fmt_fraction(model.cv_error),
+                rf"\texttt{{{key(op)}}}", facts, fmt_fraction(model.cv_error),
                 rf"{model.interval[0]:.2f}--{model.interval[1]:.2f}", str(model.n_samples),
             ]) + r" \\")
     fp, ceilings = profile.fingerprint, profile.ceilings
@@ -346,6 +374,8 @@ def profile_table(profile: "Profile", used: "Entry | None" = None) -> str:
         r"5--95\,\% range of measured over predicted time.",
     ]
     spec = r"l >{\raggedright\arraybackslash}p{0.42\linewidth} r r r"
+    if long_keys:
+        spec = r">{\raggedright\arraybackslash}p{0.23\linewidth} >{\raggedright\arraybackslash}p{0.35\linewidth} r r r"
     return _longtable(spec, "The machine profile's fitted parameters", head, 5, body, notes)
 
 

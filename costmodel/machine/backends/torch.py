@@ -6,9 +6,14 @@ conv_matmul + bias, its backward conv_grad_W + bias_grad + conv_grad_input + phi
 pad_grad; a linear layer covers full_matmul + bias (addmm), its backward full_grad_W +
 bias_grad + full_grad_input. Every other op of the contract is a kernel of its own. A group's
 ops are the fused ones the layer has, in op list order (layer 1 has no input gradient, a layer
-with p = 0 no pad). What runs in no op - nn.Module dispatch in a layer's forward, the
-autograd engine between its nodes - is a row "other" (ops == ()): one per layer in the
-forward, one for the whole backward (layer 0, layer_type "step").
+with p = 0 no pad). A `same` padding that differs between borders is nn.ZeroPad2d before the
+convolution (aten::constant_pad_nd, its backward ConstantPadNdBackward0): its pad and pad_grad
+are rows of their own. The sum of the two gradients at a residual block's input
+(residual_add_grad) is the autograd engine's accumulation (an aten::add_ inside the
+evaluate_function of the second node that hands it a gradient): a row of its own. What runs
+in no op - nn.Module dispatch in a layer's forward, the autograd engine between its nodes - is
+a row "other" (ops == ()): one per layer in the forward, one for the whole backward (layer 0,
+layer_type "step").
 
 A group's FLOPs are the sums of its ops'. A single op's bytes are those of the strided
 reference. A fused kernel's bytes are its own compulsory traffic (`fused_elements`): the
@@ -39,6 +44,7 @@ from costmodel.model.ops import MATMUL, OpRef
 if TYPE_CHECKING:
     from costmodel.machine.timemodel import Machine
     from costmodel.model.arch import Architecture
+    from costmodel.model.costs import OpSpec
     from costmodel.model.step import StepCosts
 
 #: the reference implementation whose byte convention the rows' bytes use
@@ -92,6 +98,16 @@ class Group:
         return len(self.ops) > 1
 
 
+def fused_ops(phase: str, sizes: LayerSizes | None) -> tuple[str, ...]:
+    """The ops of a layer's phase that one PyTorch kernel runs together (FUSED), without the
+    padding of a `same` padding that differs between borders (nn.ZeroPad2d runs it)."""
+    kind = "loss" if sizes is None else sizes.kind
+    fused = FUSED.get((phase, kind), ((), "", ("", "")))[0]
+    if sizes is not None and sizes.kind == "conv" and sizes.p is None:
+        fused = tuple(op for op in fused if op not in PARAMETER_OPS)
+    return fused
+
+
 def torch_groups(refs: list[OpRef]) -> list[Group]:
     """The rows of the PyTorch step for the op list `refs`, in its order (each group where its
     first op is; a layer's forward "other" after that layer's forward ops; the backward's
@@ -100,7 +116,8 @@ def torch_groups(refs: list[OpRef]) -> list[Group]:
     placed: set[int] = set()
     for i, ref in enumerate(refs):
         if i not in placed:
-            fused, kind, notation = FUSED.get((ref.phase, ref.layer_type), ((), "", ("", "")))
+            _, kind, notation = FUSED.get((ref.phase, ref.layer_type), ((), "", ("", "")))
+            fused = fused_ops(ref.phase, ref.sizes)
             if ref.op in fused:
                 members = tuple(j for j, r in enumerate(refs)
                                 if (r.layer, r.phase) == (ref.layer, ref.phase) and r.op in fused)
@@ -120,23 +137,42 @@ def torch_groups(refs: list[OpRef]) -> list[Group]:
     return groups
 
 
-def group_model_key(ops: tuple[str, ...], phase: str, loss: str) -> ModelKey:
-    """The model a group's time is fitted with: the group's ops without the PARAMETER_OPS;
-    for the loss ops also the loss; "other:forward" and "other:backward" for what maps to no op."""
+def torch_variant(ops: tuple[str, ...], spec: "OpSpec") -> tuple[str, ...]:
+    """The variant of a group whose PyTorch kernel depends on its layer: average pooling
+    (avg_pool2d and its backward, "avg"), tanh and sigmoid, a grouped convolution ("grouped":
+    oneDNN's grouped and depthwise kernels). Max pooling (overlapping or not), ReLU and
+    ungrouped convolutions have none, so a file of the course's vocabulary keeps its keys."""
+    if ops in (("pool",), ("pool_grad",)) and spec.pool_type == "avg":
+        return ("avg",)
+    if ops in (("activation",), ("activation_grad",)) and spec.activation in ("tanh", "sigmoid"):
+        return (spec.activation,)
+    if spec.grouped and ("conv_matmul" in ops or "conv_grad_W" in ops):
+        return ("grouped",)
+    return ()
+
+
+def group_model_key(ops: tuple[str, ...], phase: str, loss: str, variant: tuple[str, ...] = ()) -> ModelKey:
+    """The model a group's time is fitted with: the group's ops without the PARAMETER_OPS (a
+    padding that runs on its own keeps its name) and its variant (torch_variant); for the loss
+    ops also the loss; "other:forward" and "other:backward" for what maps to no op."""
     if not ops:
         return ModelKey((OTHER,), (phase,))
     if ops[0] in ("loss", "loss_grad"):
         return ModelKey(ops, (loss,))
-    return ModelKey(tuple(op for op in ops if op not in PARAMETER_OPS))
+    return ModelKey(tuple(op for op in ops if op not in PARAMETER_OPS) or ops, tuple(variant))
 
 
 def fused_elements(sz: LayerSizes, ops: tuple[str, ...], phase: str, I: int) -> tuple[int, int]:
     """(elements read, elements written) of a fused kernel: once each, its input Z, its
     weights W and b, and its output S forward; Z, W (for the input gradient), dS, dW, db and
-    dZ (not in layer 1) backward. Conv: Z is d x I x a x b, S is d' x I x a_conv x b_conv, W is
-    d' x h^2 d; full: Z is n_in x I, S is n_out x I, W is n_out x n_in."""
+    dZ (not in layer 1) backward. Conv: Z is d x I x a x b (the padded input when the padding
+    runs on its own, nn.ZeroPad2d), S is d' x I x a_conv x b_conv, W is d' x h^2 d/g; full: Z is
+    n_in x I, S is n_out x I, W is n_out x n_in."""
     if sz.kind == "conv":
-        z, out, w = sz.d * I * sz.a * sz.b, sz.d_next * I * sz.a_conv * sz.b_conv, sz.d_next * sz.h * sz.h * sz.d
+        own_pad = sz.p is None  # a padding that differs between borders: nn.ZeroPad2d before the kernel
+        a, b = (sz.a_pad, sz.b_pad) if own_pad else (sz.a, sz.b)
+        rows, cols = sz.weight_shape
+        z, out, w = sz.d * I * a * b, sz.d_next * I * sz.a_conv * sz.b_conv, rows * cols
     else:
         z, out, w = sz.n_in * I, sz.n_out * I, sz.n_out * sz.n_in
     bias = sz.d_next if sz.kind == "conv" else sz.n_out
@@ -182,6 +218,7 @@ class TorchBackend:
         rows = []
         for g in torch_groups(list(costs.ops)):
             idx = list(g.scope)
+            spec = costs.specs[idx[0]] if g.ops else None
             flops = int(costs.flops[idx].sum())
             read, written = int(costs.bytes_read[idx].sum()), int(costs.bytes_written[idx].sum())
             direct = g.fused and not im2col  # one oneDNN kernel, no phi in memory
@@ -201,8 +238,9 @@ class TorchBackend:
             if not g.ops:
                 extra = {"scope_flops": flops, "scope_bytes": read + written, **extra}
                 flops = read = written = kept = 0
+            variant = torch_variant(g.ops, spec) if spec is not None else ()
             rows.append(Row(g.layer, g.layer_type, g.ops, g.phase, g.kind, flops, read, written, kept,
-                            group_model_key(g.ops, g.phase, arch.loss), *g.notation, basis, extra))
+                            group_model_key(g.ops, g.phase, arch.loss, variant), *g.notation, basis, extra))
         return rows
 
     def rows(self, arch: "Architecture", impl: str, threads: int, machine: "Machine") -> list[Row]:

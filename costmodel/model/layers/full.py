@@ -4,9 +4,11 @@ from __future__ import annotations
 
 
 from costmodel.model.costs import (_BIAS_GRAD, _DS, _UPDATE, Array, OpCost, OpSpec, _cost, _product, _T,
-                                   activation, activation_grad, bias, bias_grad, full_arrays, update)
+                                   activation, activation_grad, batch_norm, batch_norm_grad, bias, bias_grad,
+                                   dropout, dropout_grad, full_arrays, output_kept, update)
+from costmodel.model.layers.notation import BATCH_NORM, BATCH_NORM_GRAD, DROPOUT, DROPOUT_GRAD
 from costmodel.model.records import (ELEMENTWISE, INDEX, MATMUL, UPDATE, flattens, flattens_gradient,
-                                 has_activation, has_input_gradient, op)
+                                     has_activation, has_batch_norm, has_dropout, has_input_gradient, op)
 
 
 # -- full layers: input Z (n^m, I), W (n^{m+1}, n^m), S (n^{m+1}, I) ----------------------------
@@ -20,20 +22,27 @@ def flatten(x, spec: OpSpec) -> OpCost:
 
 @op("full", "full_matmul", "forward", MATMUL, text="W$m Z$m", mathtext=r"W$m Z$m", latex=r"W^{m} Z^{m,i}")
 def full_matmul(x, spec: OpSpec) -> OpCost:
-    """S = W Z: (n^{m+1},n^m) x (n^m,I). Keeps S when backward reads it: for the ReLU
-    derivative, as the next full layer's input (full_grad_W), or as the loss's input of mse."""
+    """S = W Z: (n^{m+1},n^m) x (n^m,I). Keeps S when backward reads it (without batch norm
+    in between): for sigma', or, without dropout after it, as the next full layer's input
+    (full_grad_W) or as the loss's input of mse (OpSpec.output_read)."""
     f = full_arrays(x)
-    kept = spec.activation == "relu" or not spec.last or spec.loss == "mse"
+    kept = not spec.batch_norm and output_kept(spec)
     return _cost(x, _product(f.W, f.Z, f.S), [Array("W", f.W), Array("Z", f.Z)], [Array("S", f.S, kept=kept)])
 
 
 op("full", "bias", "forward", ELEMENTWISE, text="S$m + b$m 1^T", mathtext=r"S$m + b$m 1^T",
    latex=r"+\, \boldsymbol{b}^{m}", cost=bias)
+op("full", "batch_norm", "forward", ELEMENTWISE, runs=has_batch_norm, cost=batch_norm, **BATCH_NORM)
 op("full", "activation", "forward", ELEMENTWISE, runs=has_activation, text="sigma(S$m)", mathtext=r"\sigma(S$m)",
    latex=r"\sigma(S^{m,i})", cost=activation)
+op("full", "dropout", "forward", ELEMENTWISE, runs=has_dropout, cost=dropout, **DROPOUT)
+op("full", "dropout_grad", "backward", ELEMENTWISE, runs=has_dropout, twin="dropout", cost=dropout_grad,
+   **DROPOUT_GRAD)
 op("full", "activation_grad", "backward", ELEMENTWISE, runs=has_activation, twin="activation",
    text="sigma'(S$m)", mathtext=r"\sigma'(S$m)",
    latex=r"\frac{\partial f}{\partial Z^{m+1}} \odot \sigma'(S^{m})", cost=activation_grad)
+op("full", "batch_norm_grad", "backward", ELEMENTWISE, runs=has_batch_norm, twin="batch_norm", cost=batch_norm_grad,
+   **BATCH_NORM_GRAD)
 
 
 @op("full", "full_grad_W", "backward", MATMUL, twin="full_matmul", text="dS$m (Z$m)^T", mathtext=r"dS$m (Z$m)^T",
