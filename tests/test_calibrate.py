@@ -9,13 +9,13 @@ import time
 
 import pytest
 
-from calib.calibrate import Plan, calibrate, to_profile
-from calib.design import SweepLimits, design
+from calib.calibrate import Plan
+from calib.design import design
 import json
 
 from costmodel.machine.backends import backend
 from costmodel.machine.predict import predict
-from costmodel.machine.profile import load_profile, save_profile
+from costmodel.machine.profile import load_profile
 from costmodel.machine.timemodel import Machine
 from costmodel.model.arch import load_arch
 from costmodel.model.step import step_costs
@@ -139,12 +139,12 @@ def test_tiny_calibration_keeps_every_rate_within_its_ceiling(tiny_profile):
 def test_the_step_interval_of_a_calibration_is_the_predictions_interval(tiny_profile):
     """The tiny calibration stores a step interval from its networks (calib.fit.step_interval),
     and predict's step bounds are the prediction times those factors."""
-    path, _ = tiny_profile
+    path, plan = tiny_profile
     profile = load_profile(path)
     entry = profile.entry("float32", "index", 1)
     lo, hi = entry.step_interval
-    assert 0 < lo <= hi and entry.step_networks == 10 and entry.step_cv_error >= 0
+    assert 0 < lo <= hi and entry.step_networks == plan.points and entry.step_cv_error >= 0
     pred = predict(load_arch(ROOT / "examples" / "digits-small.yaml"), profile, impl="index", threads=1)
     assert (pred.total_seconds_low, pred.total_seconds_high) == pytest.approx((lo * pred.total_seconds,
                                                                                 hi * pred.total_seconds))
-    assert pred.interval == "90 % of the cross-validated steps of 10 calibration networks"
+    assert pred.interval == f"90 % of the cross-validated steps of {plan.points} calibration networks"

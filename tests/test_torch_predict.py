@@ -15,7 +15,7 @@ from cli import app
 from costmodel.machine.backends import OTHER, ModelKey
 from costmodel.machine.backends.torch import (FRESH_BYTES, FUSED, LANE_FEATURES, TorchBackend, fused_elements,
                                               group_model_key, lane_waste_flops, simd_lanes, torch_groups)
-from costmodel.machine.profile import Entry, load_profile, save_profile
+from costmodel.machine.profile import Entry, load_profile
 from costmodel.model.ops import op_keys, op_list
 from costmodel.model.step import step_costs
 
