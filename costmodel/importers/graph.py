@@ -295,7 +295,8 @@ class _Fold:
             raise ArchError(f"{self.pad.where}: a padding that no conv follows ({node.where} does); the format pads "
                             "only a conv layer's input")
         getattr(self, f"op_{node.op}", self.op_other)(node)
-        self.shape = node.shape
+        if node.op != "pad":  # a conv reads the padding's input with the padding folded in
+            self.shape = node.shape
 
     def op_other(self, node: Node) -> None:
         raise ArchError(f"{node.where}: not supported here")  # a front-end refuses unknown ops first

@@ -146,7 +146,18 @@ class Traced:
 
 def trace(module, input_shape: tuple[int, ...]) -> Traced:
     """Run `module` once on a probe batch (checking its output and its autograd graph), trace it
-    (torch.fx, else torch.export) and learn every node's value on the probe."""
+    (torch.fx, else torch.export) and learn every node's value on the probe. The probe runs on
+    one thread (a tiny batch; several threads only wait for each other on a busy machine)."""
+    torch = import_torch()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _trace(module, input_shape)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _trace(module, input_shape: tuple[int, ...]) -> Traced:
     torch = import_torch()
     import torch.fx as fx
 
@@ -177,11 +188,21 @@ def trace(module, input_shape: tuple[int, ...]) -> Traced:
         graph = tracer.trace(module)
         gm, how = fx.GraphModule(tracer.root, graph), "torch.fx"
     except Exception as fx_exc:
+        import contextlib
+        import io
+        import logging
+        import warnings
+
         try:
-            gm, how = torch.export.export(module, (probe,), strict=False).module(), "torch.export"
+            logging.disable(logging.CRITICAL)  # torch.export logs the graph it fails on
+            with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+                warnings.simplefilter("ignore")
+                gm, how = torch.export.export(module, (probe,), strict=False).module(), "torch.export"
         except Exception:
             raise UsageError(f"{type(module).__name__}: torch.fx cannot trace it ({_first_line(fx_exc)}), and "
                              "torch.export neither") from None
+        finally:
+            logging.disable(logging.NOTSET)
     values: dict = {}
 
     class Recorder(fx.Interpreter):
@@ -416,6 +437,11 @@ class _Mapper:
     # -- the graph
     def run(self) -> Graph:
         fx = sys.modules["torch.fx"]
+        for n in self.gm.graph.nodes:  # an unsupported layer first: it is what a reader looks for
+            if self._guard(n):
+                continue
+            if n.op == "call_module" and type(self.gm.get_submodule(n.target)) not in self._module_types():
+                raise self.refuse(n)
         for n in self.gm.graph.nodes:
             if n.op == "placeholder":
                 if self.input is not None:
@@ -433,7 +459,7 @@ class _Mapper:
                                     "format's network has one output computed from its input")
                 self.output = result
                 continue
-            if n.op == "get_attr":
+            if n.op == "get_attr" or self._guard(n):
                 continue
             derived = any(a in self.derived for a in n.all_input_nodes)
             if not derived:
@@ -449,6 +475,11 @@ class _Mapper:
         self._unused_parameters()
         shape = self._shape(self.input)
         return Graph(self.input.name, shape, self.output.name, self.nodes, self.traced.dtype)
+
+    def _guard(self, n) -> bool:
+        """torch.export's check of its input's shape (a call of ``_guards_fn``): no op of the step."""
+        return (self.traced.tracer == "torch.export" and n.op == "call_module"
+                and not isinstance(self.values.get(n), _Tensor) and str(n.target).startswith("_guards"))
 
     def _constant(self, n) -> None:
         """A node that does not depend on the input: a computation on the parameters is refused
@@ -571,6 +602,12 @@ class _Mapper:
             self._emit(n, "softmax", data, dict(extra, dim=dim if dim is not None else 1))
         else:  # pragma: no cover - every kind of the tables is handled above
             raise self.refuse(n)
+
+    def _module_types(self) -> tuple:
+        nn = self.torch.nn
+        return (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, nn.Tanh, nn.Sigmoid, nn.MaxPool2d,
+                nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Dropout, nn.Flatten, nn.ZeroPad2d, nn.ConstantPad2d,
+                nn.Identity, nn.Softmax, nn.LogSoftmax)
 
     def _module_node(self, n) -> None:
         torch = self.torch
