@@ -336,7 +336,7 @@ class _Fold:
             raise ArchError(f"{node.where}: padding_mode {a['padding_mode']!r}; the format pads with zeros")
         if not a["bias"]:
             raise ArchError(f"{node.where}: a conv without bias; the format's conv layer always has a bias b^m, so "
-                            "its parameters and update would differ: give the conv a bias (bias=True)")
+                            "its parameters and update would differ (PyTorch: bias=True)")
         pads = a["pads"]
         if self.pad is not None:
             pads = tuple(p + q for p, q in zip(pads, self.pad.attrs["pads"]))
@@ -374,7 +374,7 @@ class _Fold:
             raise ArchError(f"{node.where}: {a['in_features']} inputs, but it reads {self.shape[0]} values")
         if not a["bias"]:
             raise ArchError(f"{node.where}: a Linear without bias; the format's full layer always has a bias b^m, "
-                            "so its parameters and update would differ: give it a bias (bias=True)")
+                            "so its parameters and update would differ (PyTorch: bias=True)")
         _check_shape(node, (a["out_features"],))
         self.open, self.open_node, self.stage, self.last = {"type": "full", "units": a["out_features"]}, node, 0, "full"
         self.last_act = None
@@ -442,7 +442,7 @@ class _Fold:
             raise ArchError(f"{node.where}: a pooling window of 1 (stride {sh}); the format's pool 1 means no "
                             "pooling")
         _, height, width = self.shape
-        expect = (self.shape[0], _pooled(height, kh, sh, a["ceil"]), _pooled(width, kh, sh, a["ceil"]))
+        expect = (self.shape[0], pooled_size(height, kh, sh, a["ceil"]), pooled_size(width, kh, sh, a["ceil"]))
         _check_shape(node, expect)
         layer["pool"] = kh
         if sh != kh:
@@ -558,7 +558,7 @@ class _Fold:
         return self.layers
 
 
-def _pooled(size: int, window: int, stride: int, ceil: bool) -> int:
+def pooled_size(size: int, window: int, stride: int, ceil: bool) -> int:
     """PyTorch's pooling output size with padding 0 (ceil mode: no window starts past the end)."""
     if not ceil:
         return (size - window) // stride + 1

@@ -38,11 +38,13 @@ from math import prod
 from pathlib import Path
 
 from costmodel.errors import ArchError, UsageError
-from costmodel.importers.graph import Graph, Node, same_pads, to_arch_data
+from costmodel.importers.graph import Graph, Node, pooled_size, same_pads, to_arch_data
 
 INSTALL_HINT = "reading an ONNX file needs the onnx package: pip install 'costmodel[onnx]'"
 #: the largest ONNX file read (protobuf itself stops at 2 GiB)
 MAX_ONNX_BYTES = 1 << 30
+#: the most elements of a constant that is read (pads, axes, shapes) or folded
+SMALL = 64
 #: the most nodes of a graph (the largest classification networks have a few thousand)
 MAX_NODES = 100_000
 SUPPORTED = ("supported: Conv, Gemm, MatMul+Add, BatchNormalization, Relu, Tanh, Sigmoid, MaxPool, AveragePool, "
@@ -66,7 +68,7 @@ def load_model(path: str | Path):
     onnx = import_onnx()
     from costmodel.files import read_regular
 
-    data = read_regular(path, limit=MAX_ONNX_BYTES, what="ONNX file", error=ArchError)
+    data = read_regular(path, limit=MAX_ONNX_BYTES, what="model file (ONNX)", error=ArchError)
     model = onnx.ModelProto()
     try:
         model.ParseFromString(data)
@@ -77,6 +79,10 @@ def load_model(path: str | Path):
         raise ArchError(f"{path}: not an ONNX model (no graph nodes)")
     if len(model.graph.node) > MAX_NODES:
         raise ArchError(f"{path}: {len(model.graph.node)} nodes, more than the {MAX_NODES} read")
+    external = next((t for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL), None)
+    if external is not None:
+        raise ArchError(f"{path}: the initializer {external.name[:80]!r} keeps its data in another file; costmodel "
+                        "reads no file an ONNX file names (save the model with its weights inside)")
     try:
         onnx.checker.check_model(model)
     except Exception as exc:
@@ -103,6 +109,7 @@ class _Reader:
         self.graph = model.graph
         self.init = {t.name: t for t in self.graph.initializer}
         self.constants: dict[str, object] = {}  # small constant values: name -> numpy array
+        self.own: dict[str, tuple[int, ...]] = {}  # shapes of the network's values (without the batch)
         self.nodes: list[Node] = []
         self.data: set[str] = set()
         self.params = 0
@@ -153,6 +160,7 @@ class _Reader:
             if dims is not None and all(d is not None for d in dims):
                 self.shapes[vi.name] = tuple(dims)
         self.data.add(inp.name)
+        self.own[inp.name] = self.input_shape
 
     # -- helpers
     def where(self, node, index: int) -> tuple[str, str]:
@@ -178,39 +186,161 @@ class _Reader:
         if name in self.constants:
             return self.constants[name]
         t = self.init.get(name)
-        if t is not None and prod(t.dims) <= 64 and t.data_location != self.onnx.TensorProto.EXTERNAL:
+        if t is not None and prod(t.dims) <= SMALL and t.data_location != self.onnx.TensorProto.EXTERNAL:
             from onnx import numpy_helper
 
             return numpy_helper.to_array(t)
         return None
 
     def shape(self, name: str, node, index: int) -> tuple[int, ...]:
+        """The shape of a value of the network without the batch: the importer's own (computed
+        for every supported op), else ONNX shape inference's."""
+        if name in self.own:
+            return self.own[name]
         if name not in self.shapes:
-            raise self.refuse(node, index, f"the shape of its output {name!r} is unknown (ONNX shape inference "
-                                           "gives none)")
+            raise self.refuse(node, index, f"the shape of {name!r} is unknown (ONNX shape inference gives none)")
         shape = self.shapes[name]
         if shape[:1] != (self.batch,):
             raise self.refuse(node, index, f"its output is {'x'.join(map(str, shape))} for a batch of {self.batch}: "
                                            "it mixes the instances of the batch")
         return shape[1:]
 
-    def emit(self, node, index: int, op: str, data: list[str], attrs: dict, output: str | None = None) -> None:
+    def _out_shape(self, node, index: int, op: str, data: list[str], attrs: dict) -> tuple[int, ...] | None:
+        """The output shape (without the batch) of a supported op, from its input's; None where
+        the op's attributes do not say it (a Reshape or Squeeze whose target is not a constant)."""
+        shape = self.shape(data[0], node, index)
+        if op == "conv":
+            (kh, kw), (sh, sw), (dh, dw) = attrs["kernel"], attrs["stride"], attrs["dilation"]
+            top, left, bottom, right = attrs["pads"]
+            return (attrs["filters"], (shape[1] + top + bottom - dh * (kh - 1) - 1) // sh + 1,
+                    (shape[2] + left + right - dw * (kw - 1) - 1) // sw + 1)
+        if op in ("max_pool", "avg_pool"):
+            (kh, kw), (sh, sw) = attrs["kernel"], attrs["stride"]
+            top, left, bottom, right = attrs["pads"]
+            return (shape[0], pooled_size(shape[1] + top + bottom, kh, sh, attrs["ceil"]),
+                    pooled_size(shape[2] + left + right, kw, sw, attrs["ceil"]))
+        if op == "linear":
+            return (attrs["out_features"],)
+        if op == "pad":
+            top, left, bottom, right = attrs["pads"]
+            return (shape[0], shape[1] + top + bottom, shape[2] + left + right)
+        if op == "add":
+            other = self.shape(data[1], node, index)
+            if other != shape:
+                raise self.refuse(node, index, f"an addition of {_text(shape)} and {_text(other)} values")
+            return shape
+        if op in ("batch_norm", "act", "dropout", "identity", "softmax"):
+            return shape
+        if op == "reshape":
+            if node.op_type == "Flatten":
+                axis = self.attrs(node).get("axis", 1) % (len(shape) + 1)
+                if axis == 1:
+                    return (prod(shape),)
+                return None
+            target = self.const(node.input[1]) if node.op_type == "Reshape" else None
+            if target is not None:
+                full = [self.batch, *shape]
+                dims = [full[i] if v == 0 else int(v) for i, v in enumerate(target.ravel().tolist())]
+                if dims.count(-1) == 1:
+                    known = prod(d for d in dims if d != -1)
+                    dims[dims.index(-1)] = prod(full) // known if known else 0
+                if prod(dims) == prod(full) and dims[:1] == [self.batch]:
+                    return tuple(dims[1:])
+            return None
+        return None
+
+    def emit(self, node, index: int, op: str, data: list[str], attrs: dict, output: str | None = None,
+             shape: tuple[int, ...] | None = None) -> None:
         name, what = self.where(node, index)
         out = output or node.output[0]
-        self.nodes.append(Node(name, what, op, tuple(data), out, self.shape(out, node, index), attrs))
+        shape = shape or self._out_shape(node, index, op, data, attrs)
+        inferred = self.shapes.get(out)
+        if shape is None:
+            shape = self.shape(out, node, index)
+        elif inferred is not None and inferred != (self.batch, *shape):
+            raise self.refuse(node, index, f"its output is {_text(inferred)} by ONNX shape inference, "
+                                           f"{_text((self.batch, *shape))} by its attributes")
+        self.own[out] = tuple(shape)
+        self.nodes.append(Node(name, what, op, tuple(data), out, tuple(shape), attrs))
         self.data.add(out)
 
     def _constant_node(self, node) -> None:
         from onnx import numpy_helper
 
         a = {x.name: x for x in node.attribute}
-        if "value" in a and prod(a["value"].t.dims) <= 64:
+        if "value" in a and prod(a["value"].t.dims) <= SMALL:
             self.constants[node.output[0]] = numpy_helper.to_array(a["value"].t)
         elif "value_ints" in a or "value_int" in a or "value_float" in a or "value_floats" in a:
             import numpy as np
 
             key = next(k for k in ("value_ints", "value_int", "value_float", "value_floats") if k in a)
             self.constants[node.output[0]] = np.asarray(self.onnx.helper.get_attribute_value(a[key]))
+
+    def _fold(self, node) -> None:
+        """The value of a node that computes on small constants only (the shape arithmetic an
+        exporter writes, e.g. PyTorch's F.pad pads), with numpy on at most SMALL elements each;
+        nothing else is evaluated. A value that cannot be had stays unknown."""
+        import numpy as np
+
+        inputs = [self.const(name) if name else None for name in node.input]
+        if any(v is None for v in inputs[:1]) or any(v is not None and v.size > SMALL for v in inputs):
+            return
+        a = self.attrs(node)
+        op = node.op_type
+        try:
+            if op == "Identity":
+                out = inputs[0]
+            elif op == "ConstantOfShape":
+                shape = [int(v) for v in inputs[0].ravel()]
+                if prod(shape) > SMALL or any(v < 0 for v in shape):
+                    return
+                from onnx import numpy_helper
+
+                fill = numpy_helper.to_array(a["value"]).ravel()[0] if "value" in a else np.float32(0)
+                out = np.full(shape, fill)
+            elif op == "Concat":
+                if any(v is None for v in inputs):
+                    return
+                out = np.concatenate(inputs, axis=a.get("axis", 0))
+            elif op == "Reshape":
+                shape = [int(v) for v in inputs[1].ravel()] if len(inputs) > 1 and inputs[1] is not None else None
+                if shape is None:
+                    return
+                shape = [inputs[0].shape[i] if v == 0 and not a.get("allowzero", 0) else v for i, v in enumerate(shape)]
+                out = inputs[0].reshape(shape)
+            elif op == "Slice":
+                starts, ends = (inputs[i].ravel().tolist() for i in (1, 2))
+                axes = inputs[3].ravel().tolist() if len(inputs) > 3 and inputs[3] is not None else range(len(starts))
+                steps = inputs[4].ravel().tolist() if len(inputs) > 4 and inputs[4] is not None else [1] * len(starts)
+                index = [slice(None)] * inputs[0].ndim
+                for axis, start, end, step in zip(axes, starts, ends, steps):
+                    index[int(axis)] = slice(int(start), int(end), int(step))
+                out = inputs[0][tuple(index)]
+            elif op == "Transpose":
+                out = np.transpose(inputs[0], a.get("perm"))
+            elif op == "Cast":
+                out = inputs[0].astype(self.onnx.helper.tensor_dtype_to_np_dtype(a["to"]))
+            elif op in ("Unsqueeze", "Squeeze"):
+                axes = a.get("axes")
+                if axes is None and len(inputs) > 1 and inputs[1] is not None:
+                    axes = inputs[1].ravel().tolist()
+                if op == "Squeeze":
+                    out = np.squeeze(inputs[0], axis=tuple(int(v) for v in axes) if axes is not None else None)
+                else:
+                    out = inputs[0]
+                    for axis in sorted(int(v) % (inputs[0].ndim + len(axes)) for v in axes):
+                        out = np.expand_dims(out, axis)
+            elif op == "Gather":
+                if inputs[1] is None:
+                    return
+                out = np.take(inputs[0], inputs[1], axis=a.get("axis", 0))
+            else:
+                return
+        except (ValueError, IndexError, TypeError, KeyError):
+            return
+        out = np.asarray(out)
+        if out.size <= SMALL:
+            self.constants[node.output[0]] = out
 
     # -- the graph
     def run(self) -> Graph:
@@ -220,6 +350,9 @@ class _Reader:
                 readers[name] = readers.get(name, 0) + 1
         self.readers = readers
         matmuls: dict[str, int] = {}  # output of a MatMul -> its index in self.nodes
+        for index, node in enumerate(self.graph.node):  # an unsupported layer (an op with weights) first
+            if not hasattr(self, f"op_{node.op_type}") and any(name in self.init for name in node.input):
+                raise self.refuse(node, index)
         for index, node in enumerate(self.graph.node):
             op = node.op_type
             if node.domain not in ("", "ai.onnx"):
@@ -228,8 +361,15 @@ class _Reader:
             if op == "Constant":
                 self._constant_node(node)
                 continue
-            if not data or op in ("Shape", "Size"):
-                continue  # computes on shapes or constants only: no op of the network
+            if op == "Shape" and data:
+                import numpy as np
+
+                self.constants[node.output[0]] = np.asarray([self.batch, *self.shape(data[0], node, index)],
+                                                            dtype=np.int64)
+                continue
+            if not data or op == "Size":
+                self._fold(node)  # computes on shapes or constants only: no op of the network
+                continue
             getattr(self, f"op_{op}", self.op_other)(node, index, data, matmuls)
         outputs = [o.name for o in self.graph.output if o.name in self.data]
         if len(outputs) != 1:
@@ -340,7 +480,8 @@ class _Reader:
             self.notes.append(f"{name} (BatchNormalization): in inference mode in the file; the format's step trains "
                               "it")
         self.emit(node, index, "batch_norm", [x], dict(features=prod(scale), affine=True, running=True,
-                                                       eps=a.get("epsilon", 1e-5), momentum=1 - a.get("momentum", 0.9)))
+                                                       eps=_decimal(a.get("epsilon", 1e-5)),
+                                                       momentum=_decimal(1 - _decimal(a.get("momentum", 0.9)))))
 
     def op_Relu(self, node, index, data, matmuls) -> None:
         self.emit(node, index, "act", [self._one(node, index, data)], dict(fn="relu"))
@@ -374,7 +515,9 @@ class _Reader:
         self._pool(node, index, data, "avg_pool")
 
     def op_GlobalAveragePool(self, node, index, data, matmuls) -> None:
-        self.emit(node, index, "global_avg_pool", [self._one(node, index, data)], {})
+        x = self._one(node, index, data)
+        channels = self.shape(x, node, index)[0]
+        self.emit(node, index, "global_avg_pool", [x], {}, shape=(channels, 1, 1))
 
     def op_ReduceMean(self, node, index, data, matmuls) -> None:
         x = self._one(node, index, data)
@@ -386,7 +529,9 @@ class _Reader:
         rank = len(self.shape(x, node, index)) + 1
         if axes is None or sorted(int(v) % rank for v in axes) != [2, 3] or rank != 4:
             raise self.refuse(node, index, f"a mean over the axes {axes}; only over an image's positions (2, 3)")
-        self.emit(node, index, "global_avg_pool", [x], {})
+        channels = self.shape(x, node, index)[0]
+        self.emit(node, index, "global_avg_pool", [x], {},
+                  shape=(channels, 1, 1) if a.get("keepdims", 1) else (channels,))
 
     def op_Dropout(self, node, index, data, matmuls) -> None:
         x = self._one(node, index, data)
@@ -404,7 +549,7 @@ class _Reader:
         if not training and ratio:
             name, _ = self.where(node, index)
             self.notes.append(f"{name} (Dropout): in inference mode in the file; the format's step trains it")
-        self.emit(node, index, "dropout", [x], dict(rate=float(ratio)))
+        self.emit(node, index, "dropout", [x], dict(rate=_decimal(ratio)))
 
     def op_Flatten(self, node, index, data, matmuls) -> None:
         self.emit(node, index, "reshape", [self._one(node, index, data)], {})
@@ -450,6 +595,17 @@ class _Reader:
 
     def op_LogSoftmax(self, node, index, data, matmuls) -> None:
         self._softmax(node, index, data, True)
+
+
+def _text(shape) -> str:
+    return "x".join(map(str, shape))
+
+
+def _decimal(value) -> float:
+    """A float32 attribute as the shortest decimal that is that float32 (0.2, not 0.200000003)."""
+    import numpy as np
+
+    return float(str(np.float32(value)))
 
 
 def _opset(model) -> int:
