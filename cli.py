@@ -103,6 +103,17 @@ ImplOpt = Annotated[Impl, typer.Option("--impl", help="Implementation of the ind
 FormatOpt = Annotated[Format, typer.Option("--format", help="Output format.")]
 
 
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="Data-parallel SG: P worker processes on this "
+                                                   "machine (gloo), each on its share of the cores.")]
+InitOpt = Annotated[Optional[str], typer.Option("--init", help="Join a data-parallel group across machines: "
+                                                "tcp://HOST:PORT of rank 0 (or env:// for torchrun's variables).")]
+RankOpt = Annotated[Optional[int], typer.Option("--rank", help="With --init: this process's rank R.")]
+WorldSizeOpt = Annotated[Optional[int], typer.Option("--world-size", help="With --init: the number of workers P.")]
+OversubscribeOpt = Annotated[bool, typer.Option("--oversubscribe", help="Allow more worker threads than cores.")]
+TimeoutOpt = Annotated[Optional[float], typer.Option("--timeout", help="Seconds the rendezvous and every "
+                                                     "collective may take (default 60).")]
+
+
 def _progress(label: str):
     """A progress callback writing one updating line to stderr (silent when stderr is not a tty)."""
     interactive = sys.stderr.isatty()
@@ -129,14 +140,24 @@ def measure(
     fmt: FormatOpt = Format.table,
     backend: Annotated[Backend, typer.Option("--backend", help="numpy: the reference CNN; torch: the same "
                                              "step in PyTorch, per op from torch.profiler.")] = Backend.numpy,
+    workers: WorkersOpt = None,
+    overlap: Annotated[bool, typer.Option("--overlap", help="Data-parallel: allreduce asynchronously while the "
+                                          "backward goes on (waited for before the update).")] = False,
+    init: InitOpt = None,
+    rank: RankOpt = None,
+    world_size: WorldSizeOpt = None,
+    oversubscribe: OversubscribeOpt = False,
+    timeout: TimeoutOpt = None,
 ) -> None:
-    """Run real SG steps of the reference NumPy CNN (or PyTorch) and report the time of every op."""
+    """Run real SG steps of the reference NumPy CNN (or PyTorch) and report the time of every op;
+    with --workers P (or --init), data-parallel SG on torch.distributed (docs/data-parallel.md)."""
     arch = _arch_file(arch, example)
     from calib.commands import measure_command
 
     typer.echo(measure_command(arch, batch=batch, steps=steps, warmup=warmup, threads=threads,
                                impl=impl.value, fmt=fmt.value, progress=_progress("measure"),
-                               backend=backend.value), nl=False)
+                               backend=backend.value, workers=workers, overlap=overlap, init=init, rank=rank,
+                               world_size=world_size, oversubscribe=oversubscribe, timeout=timeout), nl=False)
 
 
 @app.command()
@@ -219,7 +240,6 @@ def predict(
     arch = _arch_file(arch, example)
     from costmodel.machine.backends import backend as get_backend
     from costmodel.machine.predict import predict as predict_step
-    from costmodel.machine.profile import find_profile
     from costmodel.model.arch import load_arch
     from costmodel.present.tables import prediction_output
 
@@ -228,12 +248,13 @@ def predict(
 
         plot_format(plot)  # a bad suffix fails before anything is computed
     architecture = load_arch(arch).with_batch(batch)
-    prof = find_profile(profile)
-    pred = predict_step(architecture, prof, impl=impl.value, threads=threads, backend=backend.value)
+    res = _resolved(profile, architecture, impl.value, backend.value, threads)
+    pred = predict_step(architecture, res.profile, impl=impl.value, threads=res.threads, backend=backend.value,
+                        provenance=res.provenance)
     if plot:
         from costmodel.present.plots import plot_predict
 
-        plot_predict(pred, prof.ceilings, plot, by=by.value)
+        plot_predict(pred, res.profile.ceilings, plot, by=by.value)
         _plot_written(plot)
     typer.echo(prediction_output(pred, fmt.value, by.value, get_backend(backend.value).setting(pred.impl)), nl=False)
 
@@ -248,13 +269,52 @@ def calibrate(
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Profile file (default: your cache directory).")] = None,
     backend: Annotated[Backend, typer.Option("--backend", help="numpy: the reference CNN's op kernels; torch: "
                                              "PyTorch's op groups (needs the torch extra).")] = Backend.numpy,
+    accept_noisy: Annotated[bool, typer.Option("--accept-noisy", help="Write the profile even if other load "
+                                               "disturbed the calibration, marked noisy.")] = False,
+    network: Annotated[bool, typer.Option("--network", help="Calibrate the network instead: a gloo allreduce "
+                                          "microbenchmark, fitted to the ring model (alpha, beta).")] = False,
+    workers: WorkersOpt = None,
+    link: Annotated[Optional[str], typer.Option("--link", help="With --network: a link you do not have: 1GbE, "
+                                                "10GbE, 25GbE or 100GbE (docs/data-parallel.md).")] = None,
+    latency: Annotated[Optional[str], typer.Option("--latency", help="With --network: a given link's latency, "
+                                                   "e.g. 50us.")] = None,
+    bandwidth: Annotated[Optional[str], typer.Option("--bandwidth", help="With --network: a given link's "
+                                                     "bandwidth, e.g. 1.25GB/s or 10Gbit/s.")] = None,
+    init: InitOpt = None,
+    rank: RankOpt = None,
+    world_size: WorldSizeOpt = None,
+    oversubscribe: OversubscribeOpt = False,
+    timeout: TimeoutOpt = None,
 ) -> None:
-    """Time the reference CNN's op kernels (or PyTorch's) on this CPU, fit the cost model, write a machine profile."""
+    """Time the reference CNN's op kernels (or PyTorch's) on this CPU, fit the cost model, write a machine profile;
+    with --network, the allreduce between data-parallel workers."""
+    network_options = {"--workers": workers, "--link": link, "--latency": latency, "--bandwidth": bandwidth,
+                       "--init": init, "--rank": rank, "--world-size": world_size,
+                       "--oversubscribe": oversubscribe or None, "--timeout": timeout}
+    if network:
+        from costmodel.errors import UsageError
+
+        for name, value in {"--dtype": dtype, "--impl": impl,
+                            "--backend": backend if backend != Backend.numpy else None}.items():
+            if value:
+                raise UsageError(f"{name} is for the op models; leave it out with --network")
+        from calib.commands import calibrate_network_command
+
+        typer.echo(calibrate_network_command(workers=workers, init=init, rank=rank, world_size=world_size,
+                                             threads=threads, timeout=timeout, oversubscribe=oversubscribe, link=link,
+                                             latency=latency, bandwidth=bandwidth, quick=quick, output=output,
+                                             fmt="table"), nl=False)
+        return
+    given = [name for name, value in network_options.items() if value is not None]
+    if given:
+        from costmodel.errors import UsageError
+
+        raise UsageError(f"{given[0]} goes with --network")
     from calib.commands import calibrate_command
 
     typer.echo(calibrate_command(quick=quick, threads=threads, dtypes=dtype,
                                  impls=[i.value for i in impl] if impl else None, output=output,
-                                 backend=backend.value), nl=False)
+                                 backend=backend.value, accept_noisy=accept_noisy), nl=False)
 
 
 @app.command()
@@ -303,12 +363,13 @@ def explain(
     """Explain a predicted step from its numbers: major ops, compute- or memory-bound, FLOP share
     against time share, the slides' ratios, the other implementation, the mini-batch size."""
     arch = _arch_file(arch, example)
-    from costmodel.machine.profile import find_profile
     from costmodel.model.arch import load_arch
     from costmodel.present.explain import explain as explain_step, render_text
     from costmodel.present.report import to_json
 
-    facts = explain_step(load_arch(arch), find_profile(profile), impl=impl.value, threads=threads, batch=batch)
+    architecture = load_arch(arch).with_batch(batch)
+    res = _resolved(profile, architecture, impl.value, "numpy", threads)
+    facts = explain_step(architecture, res.profile, impl=impl.value, threads=res.threads, provenance=res.provenance)
     typer.echo(to_json(facts) if fmt.value == "json" else render_text(facts), nl=False)
 
 
@@ -329,7 +390,6 @@ def sweep(
 ) -> None:
     """Predict the step for each value of one size: its time and the fractions of its ops."""
     arch = _arch_file(arch, example)
-    from costmodel.machine.profile import find_profile
     from costmodel.machine.sweep import parse_vary, sweep as sweep_steps
     from costmodel.model.arch import load_arch
     from costmodel.present.data import sweep_report
@@ -341,7 +401,8 @@ def sweep(
 
         plot_format(plot)  # a bad suffix fails before any prediction
     architecture = load_arch(arch).with_batch(batch)
-    points = sweep_steps(architecture, find_profile(profile), name, values, impl=impl.value, threads=threads)
+    res = _resolved(profile, architecture, impl.value, "numpy", threads)
+    points = sweep_steps(architecture, res.profile, name, values, impl=impl.value, threads=res.threads)
     result = sweep_report(architecture, name, points, by.value, impl.value)
     if plot:
         from costmodel.present.plots import plot_sweep
@@ -421,9 +482,14 @@ def profile_show(
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Show a machine profile: fingerprint, ceilings, fitted parameters and their CV errors."""
-    from costmodel.machine.profile import find_profile, render_profile
+    from costmodel.machine.profile import render_profile
+    from costmodel.machine.resolve import locate
 
-    typer.echo(render_profile(find_profile(file), fmt.value), nl=False)
+    profile, path, reference = locate(file)
+    if reference:
+        typer.echo(f"costmodel: warning: no profile of this machine: the reference profile shipped with costmodel "
+                   f"({path})", err=True)
+    typer.echo(render_profile(profile, fmt.value), nl=False)
 
 
 @app.command()
@@ -460,7 +526,7 @@ def latex_text(arch_path: Path, *, output=None, standalone=False, profile=None, 
     one is used; if neither exists, the tables have no time columns and say so.
     `measured_fractions`: (layer, op, phase) -> measured fraction of the step."""
     from costmodel.errors import UsageError
-    from costmodel.machine.profile import default_profile_path, embedded_profile_path, find_profile
+    from costmodel.machine.profile import default_profile_path, embedded_profile_path
     from costmodel.model.arch import load_arch
     from costmodel.present.latex import latex_document
     from costmodel.present.report import atomic_write
@@ -468,7 +534,8 @@ def latex_text(arch_path: Path, *, output=None, standalone=False, profile=None, 
     architecture = load_arch(arch_path).with_batch(batch)
     found = None
     if profile is not None or default_profile_path().exists() or embedded_profile_path().exists():
-        found = find_profile(profile)
+        res = _resolved(profile, architecture, impl, "numpy", threads)
+        found, threads = res.profile, res.threads
     text = latex_document(architecture, impl=impl, profile=found, threads=threads, measured=measured_fractions,
                           standalone=standalone)
     if output is None:
@@ -478,6 +545,21 @@ def latex_text(arch_path: Path, *, output=None, standalone=False, profile=None, 
     except OSError as exc:
         raise UsageError(f"{output}: cannot write: {exc.strerror or exc}") from None
     return ""
+
+
+def _prober(**needs):
+    """This machine's probe (calib.probe, cached): what transfers the reference profile."""
+    from calib.probe import cached_probe
+
+    return cached_probe(**needs)[0]
+
+
+def _resolved(profile, architecture, impl: str = "index", backend: str = "numpy", threads=None):
+    """The profile a prediction uses (costmodel.machine.resolve): given, $COSTMODEL_PROFILE, yours,
+    or the reference one transferred to this machine by a probe; its one line on stderr."""
+    from costmodel.machine.resolve import resolve
+
+    return resolve(profile, dtype=architecture.dtype, impl=impl, backend=backend, threads=threads, prober=_prober)
 
 
 def _plot_written(path) -> None:

@@ -44,6 +44,7 @@ class Plan:
     seed: int = 0
     ceilings_seconds: float = 4.0
     backend: str = "numpy"
+    probe_seconds: float = 2.5  # calib.probe, stored in the profile for transfers (0: no probe)
 
     @classmethod
     def make(cls, *, quick: bool, dtypes: Iterable[str] | None, impls: Iterable[str] | None,
@@ -58,7 +59,10 @@ class Plan:
         if quick:
             return cls(tuple(dtypes or ("float32",)), tuple(impls or ("index",)),
                        points or 36, rounds=3, limits=QUICK_LIMITS, backend=backend)
-        return cls(tuple(dtypes or DTYPES), tuple(impls or IMPLS), points or full_points, backend=backend)
+        # the peaks at one and at N threads bound the fit: a longer budget reaches the larger,
+        # faster products
+        return cls(tuple(dtypes or DTYPES), tuple(impls or IMPLS), points or full_points, backend=backend,
+                   ceilings_seconds=6.0)
 
 
 def sample_rows(archs: list[Architecture], samples: list[dict], impl: str, threads: int, machine: Machine,
@@ -77,15 +81,21 @@ def sample_rows(archs: list[Architecture], samples: list[dict], impl: str, threa
                            f"the {backend} step's op list") from None
 
 
-def fit_entry(archs, samples, impl: str, threads: int, machine: Machine, backend: str = "numpy") -> dict:
+def fit_entry(archs, samples, impl: str, threads: int, machine: Machine, backend: str = "numpy",
+              ceilings: dict | None = None) -> dict:
     """Fit one (dtype, impl, threads, backend) entry: a model per model key, over the backend's
-    features (costmodel.machine.timemodel)."""
-    from .fit import fit_op
+    features (costmodel.machine.timemodel), each within its ceiling (calib.fit.ceiling_of) from
+    the measured `ceilings` (calib.machine.ceilings; None: only non-negative)."""
+    from .fit import ceiling_of, fit_op
+    from .machine import level_bandwidth
 
     be = get_backend(backend)
     rows = sample_rows(archs, samples, impl, threads, machine, backend)
     t = np.array([s["seconds"] for s in samples])
     groups = np.array([s["point"] for s in samples])
+    if ceilings is not None:
+        peaks = {(p["backend"], p["dtype"], p["threads"]): p["flops_per_second"] for p in ceilings.get("peaks", [])}
+        levels = level_bandwidth(ceilings["bandwidth"], machine.caches)
     by_key: dict = {}
     for i, row in enumerate(rows):
         by_key.setdefault(row.model, []).append(i)
@@ -94,23 +104,40 @@ def fit_entry(archs, samples, impl: str, threads: int, machine: Machine, backend
         sel = np.array(by_key[key])
         features = be.features(key)
         X = design_matrix([rows[i] for i in sel], machine, features)
-        ops[str(key)] = fit_op(X, t[sel], groups[sel], features=features).as_profile_entry()
+        ceiling = None if ceilings is None else ceiling_of(str(key), backend=backend, impl=impl, threads=threads,
+                                                           peaks=peaks, dtype=archs[0].dtype, levels=levels)
+        ops[str(key)] = fit_op(X, t[sel], groups[sel], features=features, ceiling=ceiling).as_profile_entry()
     return ops
 
 
 def calibrate(plan: Plan, *, threads: int | None = None, progress=None, log=None) -> dict:
-    """Run the whole calibration and return the profile (a dict in costmodel.machine.profile's format)."""
+    """Run the whole calibration and return the profile (a dict in costmodel.machine.profile's
+    format): the fingerprint, the ceilings (which bound the fit), the probe of this machine
+    (for transfers), and the entries, each with the load on the machine while the calibration
+    ran (calib.noise: other processes' CPU time, steal, the spread of the sweep's rounds);
+    ``load`` is that record, its ``disturbed`` the verdict."""
     from threadpoolctl import threadpool_info, threadpool_limits
 
     from calib.machine import ceilings, fingerprint
+    from calib.noise import LoadMonitor
 
     started = time.perf_counter()
-    with threadpool_limits(limits=threads, user_api="blas"):
+    torch = plan.backend == "torch"
+    with LoadMonitor() as monitor, threadpool_limits(limits=threads, user_api="blas"):
         used_threads = threads or max([i["num_threads"] for i in threadpool_info()
                                        if i.get("user_api") == "blas"] or [1])
         fp = fingerprint(used_threads)
         caches = fp["caches"]
-        ceil = ceilings(dtype_list=plan.dtypes, threads=used_threads, budget_seconds=plan.ceilings_seconds)
+        ceil = ceilings(dtype_list=plan.dtypes, threads=used_threads, budget_seconds=plan.ceilings_seconds,
+                        torch=torch)
+        probed = None
+        if plan.probe_seconds > 0:
+            from calib.probe import probe
+
+            # the products at one thread too when a threaded step has :serial products
+            probe_threads = {used_threads} | ({1} if "strided" in plan.impls and used_threads > 1 else set())
+            probed = probe(probe_threads, plan.dtypes, torch=torch, caches=caches,
+                           budget_seconds=plan.probe_seconds).model_dump()
         entries = []
         for dtype in plan.dtypes:
             archs = design(plan.points, dtype=dtype, seed=plan.seed, limits=plan.limits,
@@ -122,8 +149,9 @@ def calibrate(plan: Plan, *, threads: int | None = None, progress=None, log=None
                 versions.update(timing.versions())
                 samples = timing.time_sweep(archs, impl, threads=used_threads, rounds=plan.rounds,
                                             chunk=plan.chunk, seed=plan.seed, progress=progress)
+                monitor.add_spreads([s.get("spread", 0.0) for s in samples], [s["seconds"] for s in samples])
                 ops = fit_entry(archs, samples, impl, used_threads, Machine(caches, tuple(fp["cpu_flags"])),
-                                plan.backend)
+                                plan.backend, ceil)
                 entries.append({"backend": plan.backend, "dtype": dtype, "impl": impl, "versions": versions,
                                 "threads": used_threads, "ops": ops,
                                 "sweep": {"points": plan.points, "rounds": plan.rounds,
@@ -132,21 +160,41 @@ def calibrate(plan: Plan, *, threads: int | None = None, progress=None, log=None
                 if log:
                     log(f"{dtype}/{impl}: {len(samples)} samples from {plan.points} networks "
                         f"in {time.perf_counter() - t0:.1f} s")
-    return {"fingerprint": fp, "ceilings": ceil, "entries": entries,
+    load = monitor.load.as_dict()
+    for entry in entries:
+        entry["load"] = load
+    return {"fingerprint": fp, "ceilings": ceil, "entries": entries, "probe": probed, "load": load,
             "calibration_seconds": round(time.perf_counter() - started, 2)}
 
 
-def to_profile(result: dict, merge_into: "Profile | None" = None) -> "Profile":
+def _merge_probes(old, new: dict | None) -> dict | None:
+    """The new probe, with the old one's products at thread counts, dtypes or backends it lacks."""
+    if old is None or new is None:
+        return new
+    old = old.model_dump() if hasattr(old, "model_dump") else old
+    have = {(p["backend"], p["dtype"], p["threads"], p["shape"]) for p in new["products"]}
+    kept = [p for p in old["products"] if (p["backend"], p["dtype"], p["threads"], p["shape"]) not in have]
+    return {**new, "products": kept + new["products"],
+            "call_seconds": {**old["call_seconds"], **new["call_seconds"]}}
+
+
+def to_profile(result: dict, merge_into: "Profile | None" = None, accept_noisy: bool = False) -> "Profile":
     """The calibration as a Profile; entries of `merge_into` made on the same machine for other
-    settings are kept (calibrating 1 thread after 2 adds to the profile instead of replacing it)."""
+    settings are kept (calibrating 1 thread after 2 adds to the profile instead of replacing it),
+    and so are the products of its probe that the new probe lacks. With `accept_noisy`, the new
+    entries of a disturbed calibration are marked ``accepted_noisy`` (the caller decides whether
+    a disturbed calibration is written at all: calib.commands.calibrate_command)."""
     from datetime import datetime, timezone
 
     from costmodel.machine.profile import Profile
 
-    entries = list(result["entries"])
+    disturbed = bool(result.get("load", {}) and result["load"]["disturbed"])
+    entries = [{**e, "accepted_noisy": disturbed and accept_noisy} for e in result["entries"]]
+    probe = result.get("probe")
     if merge_into is not None and merge_into.fingerprint.model_dump() == result["fingerprint"] | {}:
         fresh = {(e["dtype"], e["impl"], e["threads"], e["backend"]) for e in entries}
         entries = [e.model_dump() for e in merge_into.entries if e.key not in fresh] + entries
+        probe = _merge_probes(merge_into.probe, probe)
     return Profile(created=datetime.now(timezone.utc), fingerprint=result["fingerprint"],
-                   ceilings=result["ceilings"], entries=entries,
+                   ceilings=result["ceilings"], entries=entries, probe=probe,
                    calibration_seconds=result["calibration_seconds"])

@@ -60,6 +60,9 @@ Trace = Callable[[OpKey, list, list], None]
 class _Layer:
     """Layer m of the flat list: its sizes, op keys and the buffers of one batch size."""
 
+    #: grads_ready(layer, timer), called as soon as the layer's gradients are final (ReferenceCNN.hook_grads)
+    grads_ready: Callable | None = None
+
     def __init__(self, sz: LayerSizes, impl: str, dtype: np.dtype) -> None:
         self.sz = sz
         self.m = sz.m
@@ -292,6 +295,8 @@ class _Weighted(_Layer):
         tm.lap(self.k_bias_grad)
         if trace is not None:
             trace(self.k_bias_grad, [dS], [self.db])
+        if self.grads_ready is not None:
+            self.grads_ready(self, tm)
 
         if not self.input_grad:
             return False
@@ -739,7 +744,21 @@ class ReferenceCNN:
         self.k_loss = OpKey(L + 1, "loss", "loss", "forward")
         self.k_loss_grad = OpKey(L + 1, "loss", "loss_grad", "backward")
         self.I = 0
+        self.before_update: Callable | None = None
+        self.update_batch: int | None = None
         self.build(arch.batch)
+
+    def hook_grads(self, grads_ready: Callable | None, before_update: Callable | None = None,
+                   update_batch: int | None = None) -> None:
+        """Hooks for data-parallel SG (calib/parallel): grads_ready(layer, timer) runs as soon as
+        a layer's dW^m and db^m are final (after its bias_grad, before its input gradient),
+        before_update(timer) after the backward, and the update divides the (summed) gradient by
+        update_batch (the whole mini-batch of all workers) instead of this step's I. None
+        removes a hook."""
+        for layer in self.layers:
+            layer.grads_ready = grads_ready
+        self.before_update = before_update
+        self.update_batch = update_batch
 
     def parameters(self) -> dict[str, np.ndarray]:
         """Every trainable array by name: W{m}, b{m}, gamma{m}, beta{m}, in the order of m."""
@@ -851,7 +870,9 @@ class ReferenceCNN:
         with self.workers.single_blas():
             loss = self._loss(self._forward(X, tm), Y, tm)
             self._backward(tm)
-            opt, I, trace = self.arch.optimizer, self.I, self.trace
+            if self.before_update is not None:
+                self.before_update(tm)
+            opt, I, trace = self.arch.optimizer, self.update_batch or self.I, self.trace
             for layer in self.layers:
                 layer.update(I, opt, tm, trace)
         return loss

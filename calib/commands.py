@@ -15,6 +15,28 @@ MEASURE_COLUMNS = [
 MEASURE_CSV = ["layer", "layer_type", "op", "phase", "seconds", "fraction", "flops", "bytes"]
 
 
+def check_threads(threads: int | None) -> None:
+    """Refuse a --threads above the cores this process may run on (os.sched_getaffinity): more
+    threads than cores time the scheduler, not the kernels (measured: --threads 64 on 2 cores
+    made a 3.75 ms step take 176 ms)."""
+    from costmodel.errors import UsageError
+    from costmodel.machine.fingerprint import available_cores
+
+    cores = available_cores()
+    if threads is not None and threads > cores:
+        raise UsageError(f"--threads {threads}: this machine has {cores} core{'s' if cores > 1 else ''} "
+                         "available to this process (os.sched_getaffinity)")
+
+
+def warn_if_disturbed(load: dict | None, what: str = "measured") -> None:
+    """One line on stderr when the load record of a measurement says it was disturbed."""
+    import sys
+
+    if load and load.get("disturbed"):
+        print(f"costmodel: warning: {what} on a disturbed machine ({'; '.join(load['reasons'])}): "
+              "the times may not hold; measure again on a quiet machine", file=sys.stderr)
+
+
 def _with_costs(result: dict, arch, impl: str) -> dict:
     """Add the cost model's FLOPs and bytes to each measured op."""
     from costmodel.model.step import step_costs
@@ -29,7 +51,16 @@ def _with_costs(result: dict, arch, impl: str) -> dict:
 
 
 def measure_command(arch_path: Path, *, batch, steps, warmup, threads, impl, fmt, progress=None,
-                    backend: str = "numpy") -> str:
+                    backend: str = "numpy", workers=None, overlap=False, init=None, rank=None, world_size=None,
+                    oversubscribe=False, timeout=None) -> str:
+    from calib.parallel.commands import measure_parallel_command
+
+    text = measure_parallel_command(arch_path, batch=batch, steps=steps, warmup=warmup, threads=threads, impl=impl,
+                                    fmt=fmt, backend=backend, workers=workers, overlap=overlap, init=init, rank=rank,
+                                    world_size=world_size, oversubscribe=oversubscribe, timeout=timeout)
+    if text is not None:  # data-parallel SG: --workers, --init or torchrun's environment
+        return text
+    check_threads(threads)
     if backend == "torch":
         return measure_torch_command(arch_path, batch=batch, steps=steps, warmup=warmup, threads=threads,
                                      fmt=fmt, progress=progress)
@@ -40,6 +71,7 @@ def measure_command(arch_path: Path, *, batch, steps, warmup, threads, impl, fmt
     check_memory(arch, impl)
     result = _with_costs(measure(arch, steps=steps, warmup=warmup, threads=threads, impl=impl,
                                  progress=progress), arch, impl)
+    warn_if_disturbed(result["load"])
     footer = [
         f"step: {fmt_seconds(result['step_seconds'])} (median of {steps} whole steps); "
         f"sum of ops: {fmt_seconds(result['total_seconds'])}; coverage {result['coverage']:.3f}",
@@ -53,8 +85,14 @@ def measure_torch_command(arch_path: Path, *, batch, steps, warmup, threads, fmt
     from calib.backends.torch import import_torch, measure_torch, with_costs
 
     import_torch()  # a missing torch fails first, in one line
+    from calib.noise import LoadMonitor
+
     arch = load_arch(arch_path).with_batch(batch)
-    result = with_costs(measure_torch(arch, steps=steps, warmup=warmup, threads=threads, progress=progress), arch)
+    with LoadMonitor() as monitor:  # other processes' CPU time and steal (no per-op spreads here)
+        result = with_costs(measure_torch(arch, steps=steps, warmup=warmup, threads=threads, progress=progress),
+                            arch)
+    result["load"] = monitor.load.as_dict()
+    warn_if_disturbed(result["load"])
     footer = [
         f"step: {fmt_seconds(result['step_seconds'])} (median of {steps} whole steps, profiler on; "
         f"{fmt_seconds(result['unprofiled_step_seconds'])} without it); "
@@ -89,8 +127,11 @@ def train_command(arch_path: Path, *, data, epochs, batch, impl, seed, fmt, prog
                          f"test accuracy {result['test_accuracy']:.4f}"])
 
 
-def calibrate_command(*, quick, threads, dtypes, impls, output, progress=None, backend: str = "numpy") -> str:
-    """Calibrate, write the profile atomically, and summarise the fitted parameters."""
+def calibrate_command(*, quick, threads, dtypes, impls, output, progress=None, backend: str = "numpy",
+                      accept_noisy: bool = False) -> str:
+    """Calibrate, write the profile atomically, and summarise the fitted parameters. A
+    calibration disturbed by other load (calib.noise) is refused, nothing written, unless
+    `accept_noisy`: then it is written with its entries marked."""
     import sys
 
     from costmodel.errors import UsageError
@@ -98,6 +139,7 @@ def calibrate_command(*, quick, threads, dtypes, impls, output, progress=None, b
 
     from calib.calibrate import DTYPES, Plan, calibrate, to_profile
 
+    check_threads(threads)
     for d in dtypes or ():
         if d not in DTYPES:
             raise UsageError(f"--dtype: {d!r} is not one of {', '.join(DTYPES)}")
@@ -119,7 +161,17 @@ def calibrate_command(*, quick, threads, dtypes, impls, output, progress=None, b
     with _progress_bar(total) as advance:
         result = calibrate(plan, threads=threads, progress=progress or advance,
                            log=lambda line: print(line, file=sys.stderr))
-    profile = to_profile(result, merge_into=previous)
+    load = result["load"]
+    if load["disturbed"]:
+        reasons = "; ".join(load["reasons"])
+        if not accept_noisy:
+            raise UsageError(f"the machine was disturbed while calibrating ({reasons}): no profile written; "
+                             "calibrate again on a quiet machine, or pass --accept-noisy to write it marked noisy")
+        print(f"costmodel: warning: the machine was disturbed while calibrating ({reasons}): "
+              "the profile is written marked noisy (--accept-noisy)", file=sys.stderr)
+    profile = to_profile(result, merge_into=previous, accept_noisy=accept_noisy)
+    if previous is not None and previous.network is not None:  # `calibrate --network` keeps its section
+        profile = profile.model_copy(update={"network": previous.network})
     save_profile(profile, path)
     print(f"profile written to {path} ({result['calibration_seconds']:.1f} s)", file=sys.stderr)
     return render_profile(profile, "table")
@@ -199,6 +251,7 @@ def compare(arch, profile, *, impl: str, threads, steps: int, warmup: int, progr
         "step_error_percent": 100 * step_error,
         "mean_fraction_error_pp": sum(abs(r["fraction_error_pp"]) for r in rows) / len(rows),
         "max_fraction_error_pp": max(abs(r["fraction_error_pp"]) for r in rows),
+        "load": measured.get("load"),
         "ops": rows,
     }
 
@@ -239,7 +292,12 @@ def compare_backends_command(arch_path: Path, *, batch, threads, impl, steps, wa
     from calib.memory import check_memory
 
     check_memory(arch, impl)
-    result = compare_backends(arch, impl=impl, threads=threads, steps=steps, warmup=warmup, progress=progress)
+    from calib.noise import LoadMonitor
+
+    with LoadMonitor() as monitor:  # other processes' CPU time and steal over both measurements
+        result = compare_backends(arch, impl=impl, threads=threads, steps=steps, warmup=warmup, progress=progress)
+    result["load"] = monitor.load.as_dict()
+    warn_if_disturbed(result["load"])
     n, t = result["numpy"], result["torch"]
     ratio = lambda r: "-" if r is None else f"{r:.2f}x"  # noqa: E731
     footer = [
@@ -258,8 +316,7 @@ def compare_backends_command(arch_path: Path, *, batch, threads, impl, steps, wa
 
 def compare_command(arch_path: Path, *, profile, batch, threads, impl, steps, warmup, fmt, progress=None,
                     plot=None, backends: str = "numpy") -> str:
-    from costmodel.machine.profile import find_profile
-
+    check_threads(threads)
     if parse_backends(backends) == ("numpy", "torch"):
         if plot:
             from costmodel.errors import UsageError
@@ -274,7 +331,12 @@ def compare_command(arch_path: Path, *, profile, batch, threads, impl, steps, wa
 
         import_torch()  # a missing torch fails first, in one line
     arch = load_arch(arch_path).with_batch(batch)
-    prof = find_profile(profile)
+    from costmodel.machine.resolve import resolve
+
+    from calib.probe import cached_probe
+
+    prof = resolve(profile, dtype=arch.dtype, impl=impl, backend=backend, threads=threads,
+                   prober=lambda **needs: cached_probe(**needs)[0]).profile
     from calib.memory import check_memory
 
     check_memory(arch, impl)
@@ -284,6 +346,7 @@ def compare_command(arch_path: Path, *, profile, batch, threads, impl, steps, wa
         plot_format(plot)  # a bad suffix fails before the steps are measured
     result = compare(arch, prof, impl=impl, threads=threads, steps=steps, warmup=warmup, progress=progress,
                      backend=backend)
+    warn_if_disturbed(result.get("load"))
     impl = result["impl"]
     if plot:
         compare_plot(result, prof, plot)
@@ -302,8 +365,10 @@ def measured_fractions(arch_path: Path, *, impl, batch, threads, steps=10, warmu
     (layer, op, phase) -> fraction."""
     from .measure import measure
 
+    check_threads(threads)
     arch = load_arch(arch_path).with_batch(batch)
     result = measure(arch, steps=steps, warmup=warmup, threads=threads, impl=impl, progress=progress)
+    warn_if_disturbed(result["load"])
     return {(op["layer"], op["op"], op["phase"]): op["fraction"] for op in result["ops"]}
 
 
@@ -315,3 +380,10 @@ def compare_plot(result: dict, profile, path: Path, by: str = "kind") -> None:
 
     plot_compare(result, profile.ceilings, path, by)
     print(f"plot written to {path}", file=sys.stderr)
+
+
+def calibrate_network_command(**options) -> str:
+    """`costmodel calibrate --network` (calib.parallel.commands)."""
+    from calib.parallel.commands import calibrate_network_command as command
+
+    return command(**options)

@@ -1,46 +1,192 @@
 """Fit of the per-op time models over the symbolic features (scikit-learn conventions).
 
-One `OpTimeModel` per op kind: a non-negative linear model over costmodel.machine.features.FEATURES,
-fitted on relative error, each sample's squared relative error weighted by its time t (a
-sample weight of 1/t on the squared residual): a 10 us op still counts, but the large ops that
-make up most of a step count more (measured: with pure relative error, 1/t^2, the median
-step-time error of benchmarks/accuracy.py's strided float32 set was 10.0 %, with 1/t 4.8 %),
-with grouped cross-validation (the groups are the sweep's architectures, so an
-architecture is never both in the training and in the validation folds) and prediction
-intervals from the cross-validated residual ratios.
+One `OpTimeModel` per op kind: a linear model over costmodel.machine.timemodel.FEATURES, fitted on
+relative error, each sample's squared relative error weighted by its time t (a sample weight
+of 1/t on the squared residual): a 10 us op still counts, but the large ops that make up most
+of a step count more (measured: with pure relative error, 1/t^2, the median step-time error of
+benchmarks/accuracy.py's strided float32 set was 10.0 %, with 1/t 4.8 %), with grouped
+cross-validation (the groups are the sweep's architectures, so an architecture is never both
+in the training and in the validation folds) and prediction intervals from the
+cross-validated residual ratios.
+
+Facts are physical (issue 11): every coefficient is >= 0, and with a `Ceiling` no rate is
+above what the machine measured. A per-FLOP term c_flop >= 1/peak (the product peak at the
+model's thread count), and the effective per-byte cost at each working-set level is at least
+1/bandwidth of that level:
+
+    in cache (working set <= L2):  c_byte                          >= 1/B_L2
+    beyond L2:                     c_byte + c_L2                   >= 1/B_L3
+    beyond L3:                     c_byte + c_L2 + c_L3            >= 1/B_memory
+
+The first two kinds are box bounds; the sums are not. The fit is a least-squares problem with
+these linear inequality constraints (convex, so its minimum is unique in the fitted values).
+It is solved in two steps: scipy.optimize.lsq_linear (bounded-variable least squares, exact)
+with the box bounds; when its solution already satisfies the sums, that is the constrained
+minimum too (the common case: a rate far below its roof). Otherwise SLSQP
+(scipy.optimize.minimize) minimises the same objective under the sums, from the box solution
+raised onto them. A reparametrisation by the levels' effective costs would turn the sums into
+boxes but the non-negativity of c_L2 and c_L3 into order constraints: no parametrisation makes
+both boxes, so the general solver is used only for the few models whose sums bind.
+
+A coefficient whose feature is 0 in every sample (no sweep network went beyond L3, say) is
+not determined by the data: it is set to the least value the bounds allow, so a prediction
+beyond the sweep's range runs at most at the measured roof instead of for free.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Mapping
 
 import numpy as np
 
 from costmodel.machine.timemodel import FEATURES
 
-MODEL_NAME = "nnls-linear"
+MODEL_NAME = "nnls-linear"  # non-negative coefficients
+BOUNDED_MODEL_NAME = "bounded-linear"  # within a Ceiling too
 #: a time of 0 is read as this: torch.profiler's resolution is 1 us, and an op group whose
 #: time it reports as 0 (an "other" with no gap) would otherwise get an infinite weight
 T_FLOOR = 1e-6
+#: the features whose coefficients sum to the effective cost per byte at each level
+LEVEL_FEATURES = {"L2": ("bytes",), "L3": ("bytes", "bytes_beyond_L2"),
+                  "memory": ("bytes", "bytes_beyond_L2", "bytes_beyond_L3")}
+
+
+@dataclass(frozen=True)
+class Ceiling:
+    """The physical limits of one op model: FLOP/s (`flops_per_second`, None: unbounded) and
+    bytes/s per working-set level ("L2", "L3", "memory"), for the `threads` it runs on
+    (stored with the model as costmodel.machine.profile.OpCeiling)."""
+
+    flops_per_second: float | None = None
+    bytes_per_second: Mapping[str, float] = field(default_factory=dict)
+    threads: int = 1
+
+    def as_dict(self) -> dict:
+        return {"threads": self.threads, "flops_per_second": self.flops_per_second,
+                "bytes_per_second": dict(self.bytes_per_second)}
+
+    def constraints(self, features: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(lower, G, h): coef >= lower, G @ coef >= h, in seconds per unit of each feature."""
+        n = len(features)
+        lower = np.zeros(n)
+        rows, rhs = [], []
+        if self.flops_per_second and "flops" in features:
+            lower[features.index("flops")] = 1.0 / self.flops_per_second
+        for level, bw in self.bytes_per_second.items():
+            terms = [f for f in LEVEL_FEATURES[level] if f in features]
+            if not terms or terms[-1] != LEVEL_FEATURES[level][-1]:
+                continue  # the model has no term for this level: its bytes are costed below it
+            if len(terms) == 1:
+                j = features.index(terms[0])
+                lower[j] = max(lower[j], 1.0 / bw)
+            else:
+                rows.append([1.0 if f in terms else 0.0 for f in features])
+                rhs.append(1.0 / bw)
+        return lower, np.array(rows).reshape(-1, n), np.array(rhs)
+
+
+def bounded_lstsq(A: np.ndarray, b: np.ndarray, lower: np.ndarray, G: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """argmin ||A x - b||^2 subject to x >= lower and G x >= h (see the module docstring)."""
+    from scipy.optimize import lsq_linear, minimize
+
+    upper = np.full_like(lower, np.inf)
+    if A.shape[0] == 0:
+        x = lower.copy()
+    else:
+        x = lsq_linear(A, b, bounds=(lower, upper), method="bvls", tol=1e-12).x
+    x = np.maximum(x, lower)
+    if G.size and np.any(G @ x < h * (1 - 1e-9)):
+        x0 = x.copy()
+        for row, need in zip(G, h):  # onto the sums: raise the row's last term
+            gap = need - row @ x0
+            if gap > 0:
+                j = np.flatnonzero(row)[-1]
+                x0[j] += gap / row[j]
+        norm = max(float(b @ b), 1e-300)
+        res = minimize(lambda v: float((A @ v - b) @ (A @ v - b)) / norm, x0,
+                       jac=lambda v: 2 * A.T @ (A @ v - b) / norm, method="SLSQP",
+                       bounds=list(zip(lower, upper)),
+                       constraints=[{"type": "ineq", "fun": lambda v: G @ v - h, "jac": lambda v: G}],
+                       options={"ftol": 1e-14, "maxiter": 500})
+        x = np.maximum(res.x, lower) if res.success else x0
+        # SLSQP meets the constraints to its tolerance: lift the row's last term by what is left
+        for row, need in zip(G, h):
+            gap = need - row @ x
+            if gap > 0:
+                j = np.flatnonzero(row)[-1]
+                x[j] += gap / row[j]
+    return x
+
+
+def runs_parallel(key: str, backend: str, impl: str, threads: int) -> bool:
+    """Whether the op model `key` runs on all `threads` threads: every PyTorch op (intra-op
+    threads); in a threaded step of the strided implementation the ':threaded' ones (shared
+    among its threads); otherwise the matrix products (BLAS's threads). The rest runs on one
+    thread: NumPy's ufuncs and indexing, and the ':serial' products (single-threaded BLAS)."""
+    from costmodel.machine.transfer import product_ops
+
+    if threads <= 1:
+        return False
+    if backend == "torch":
+        return True
+    op, _, variants = key.partition(":")
+    if impl == "strided":  # a threaded step (costmodel.model.ops.threaded_step)
+        return "threaded" in variants.split("+")
+    return op in product_ops()
+
+
+def ceiling_of(key: str, *, backend: str, impl: str, threads: int, peaks: Mapping[tuple[str, str, int], float],
+               dtype: str, levels: Mapping[str, float]) -> Ceiling | None:
+    """The ceiling of the op model `key` of an entry (backend, impl, dtype, threads).
+
+    `peaks`: (backend, dtype, threads) -> measured peak FLOP/s; the bound of an op on n threads
+    is the best peak measured with at most n threads (a torch model's: of torch's and NumPy's,
+    whichever library runs it, it cannot beat the machine's best measured product); `levels`: one thread's bandwidth per level (calib.machine.level_bandwidth).
+    An op on n threads is bounded by the peak measured with n threads and by n times one
+    thread's bandwidth (an upper bound: no core moves more than one thread measured; a
+    measurement of n threads through Python threads would be limited by the GIL in cache).
+    PyTorch's "other" does no arithmetic of its own: no ceiling."""
+    if key.startswith("other"):
+        return None
+    n = threads if runs_parallel(key, backend, impl, threads) else 1
+    # n threads can do at least what fewer did: a peak measured lower at n threads than at one
+    # (a busy core) must not bound the fit below what one thread reached
+    candidates = [flops for (b, dt, m), flops in peaks.items() if b in ("numpy", backend) and dt == dtype and m <= n]
+    peak = max(candidates, default=None)
+    return Ceiling(peak, {level: n * bw for level, bw in levels.items()}, n)
 
 
 class OpTimeModel:
-    """t = X @ coef_, coef_ >= 0, fitted by least squares on relative error weighted by t."""
+    """t = X @ coef_, coef_ >= 0 and within `ceiling`, fitted by least squares on relative
+    error weighted by t."""
 
-    def __init__(self, features: tuple[str, ...] = FEATURES):
+    def __init__(self, features: tuple[str, ...] = FEATURES, ceiling: Ceiling | None = None):
         self.features = features
+        self.ceiling = ceiling
 
     def fit(self, X: np.ndarray, t: np.ndarray) -> "OpTimeModel":
-        from sklearn.linear_model import LinearRegression
-
         X = np.asarray(X, dtype=float)
         t = np.asarray(t, dtype=float)
+        lower, G, h = (self.ceiling or Ceiling()).constraints(tuple(self.features))
         scale = np.abs(X).max(axis=0)
-        scale[scale == 0] = 1.0
-        reg = LinearRegression(fit_intercept=False, positive=True)
+        unused = scale == 0
+        used = ~unused
+        # a sum with an undetermined coefficient never binds the others: that one meets it
+        rows = ~np.any(G[:, unused] != 0, axis=1) if G.size else np.zeros(0, bool)
         # weight 1/t^2 would make each residual a relative error; 1/t weighs those by t
-        reg.fit(X / scale, t, sample_weight=1.0 / t)
-        self.coef_ = reg.coef_ / scale
+        root = 1.0 / np.sqrt(t)
+        A = X[:, used] / scale[used] * root[:, None]
+        y = bounded_lstsq(A, t * root, lower[used] * scale[used], G[rows][:, used] / scale[used], h[rows])
+        coef = np.zeros(len(self.features))
+        coef[used] = y / scale[used]
+        # an undetermined coefficient: the least the bounds allow, in feature order
+        for j in np.flatnonzero(unused):
+            coef[j] = lower[j]
+            for row, need in zip(G, h):
+                if row[j]:
+                    coef[j] = max(coef[j], need - (row @ coef - coef[j]))
+        self.coef_ = coef
         return self
 
     def predict(self, X: np.ndarray) -> np.ndarray:
@@ -55,27 +201,29 @@ class FitResult:
     n_samples: int
     n_groups: int
     features: tuple[str, ...] = FEATURES
+    model: str = MODEL_NAME
+    ceiling: Ceiling | None = None
 
     def as_profile_entry(self) -> dict:
-        return {"model": MODEL_NAME, "features": list(self.features), "coef": self.coef,
+        return {"model": self.model, "features": list(self.features), "coef": self.coef,
                 "cv_error": self.cv_error, "interval": list(self.interval),
-                "n_samples": self.n_samples}
+                "n_samples": self.n_samples, "ceiling": self.ceiling and self.ceiling.as_dict()}
 
 
 def fit_op(X: np.ndarray, t: np.ndarray, groups: np.ndarray, n_splits: int = 5,
-           features: tuple[str, ...] = FEATURES) -> FitResult:
-    """Fit one op kind (X's columns are `features`) and estimate its error by grouped
-    cross-validation."""
+           features: tuple[str, ...] = FEATURES, ceiling: Ceiling | None = None) -> FitResult:
+    """Fit one op kind (X's columns are `features`) within `ceiling` and estimate its error by
+    grouped cross-validation (every fold fitted within the same ceiling)."""
     from sklearn.model_selection import GroupKFold
 
     X, t, groups = np.asarray(X, float), np.asarray(t, float), np.asarray(groups)
     t = np.where(t > 0, t, T_FLOOR)
     n_groups = len(np.unique(groups))
-    model = OpTimeModel(features).fit(X, t)
+    model = OpTimeModel(features, ceiling).fit(X, t)
     if n_groups >= 2:
         cv_pred = np.empty_like(t)
         for train, test in GroupKFold(n_splits=min(n_splits, n_groups)).split(X, t, groups):
-            cv_pred[test] = OpTimeModel(features).fit(X[train], t[train]).predict(X[test])
+            cv_pred[test] = OpTimeModel(features, ceiling).fit(X[train], t[train]).predict(X[test])
     else:  # one group: in-sample residuals are all there is
         cv_pred = model.predict(X)
     cv_pred = np.maximum(cv_pred, 1e-12)
@@ -87,4 +235,28 @@ def fit_op(X: np.ndarray, t: np.ndarray, groups: np.ndarray, n_splits: int = 5,
         n_samples=int(len(t)),
         n_groups=n_groups,
         features=tuple(features),
+        model=BOUNDED_MODEL_NAME if ceiling is not None else MODEL_NAME,
+        ceiling=ceiling,
     )
+
+
+def over_ceiling(model, rtol: float = 1e-6) -> list[str]:
+    """The rates of a fitted op model (costmodel.machine.profile.OpModel) above the ceiling it
+    was fitted under, as text ('84 GFLOP/s > 80 GFLOP/s peak'); empty when all are within, or
+    when the model has no ceiling."""
+    ceiling = model.ceiling
+    if ceiling is None:
+        return []
+    coef = dict(zip(model.features, model.coef))
+    out = []
+    if ceiling.flops_per_second and coef.get("flops", 0) > 0:
+        if 1 / coef["flops"] > ceiling.flops_per_second * (1 + rtol):
+            out.append(f"{1 / coef['flops']:.3g} FLOP/s > {ceiling.flops_per_second:.3g} FLOP/s peak")
+    for level, bw in ceiling.bytes_per_second.items():
+        terms = [f for f in LEVEL_FEATURES[level] if f in coef]
+        if terms and terms[-1] == LEVEL_FEATURES[level][-1]:
+            cost = sum(coef[f] for f in terms)
+            if cost <= 0 or 1 / cost > bw * (1 + rtol):
+                rate = "no cost" if cost <= 0 else f"{1 / cost:.3g} B/s"
+                out.append(f"{rate} at level {level} > {bw:.3g} B/s")
+    return out

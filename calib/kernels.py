@@ -259,12 +259,17 @@ def pool_grad_strided(dZnext: np.ndarray, pos: np.ndarray, dA: np.ndarray, mask:
                       spread: np.ndarray | None, P: int, t: int) -> None:
     """dA at offset k = u P + v of every window = dZ^{m+1} where pos == k. Without overlap
     (t >= P) every element of A is in at most one window and is written once; the elements no
-    window covers are never written, so dA must start zeroed. With overlap (t < P, ``spread``
-    a buffer of dZ^{m+1}'s shape) dA is zeroed and every offset's share is added."""
+    window covers (the rows and columns the pooling crops, the gaps of a stride above P) are
+    zeroed here, as the ops after pool_grad may write dA in place (batch norm's backward does).
+    With overlap (t < P, ``spread`` a buffer of dZ^{m+1}'s shape) dA is zeroed and every
+    offset's share is added."""
     a_conv, b_conv = dA.shape[2:]
     a_next, b_next = dZnext.shape[2:]
-    if spread is not None:
+    if spread is not None or t > P:
         dA.fill(0)
+    else:  # t == P: zero what the windows do not cover
+        dA[:, :, min(a_conv, a_next * P):, :] = 0
+        dA[:, :, :, min(b_conv, b_next * P):] = 0
     for k in range(P * P):
         u, v = divmod(k, P)
         ra, cb = window_count(a_conv, u, t, a_next), window_count(b_conv, v, t, b_next)
@@ -301,14 +306,17 @@ def avg_pool_strided(A: np.ndarray, Znext: np.ndarray, P: int, t: int,
 def avg_pool_grad_strided(dZnext: np.ndarray, dA: np.ndarray, share: np.ndarray, P: int,
                           t: int, inverse_count: np.ndarray | None) -> None:
     """dA: every element gets the dZ^{m+1} of each window it lies in over the window's count
-    (``share``, a buffer of dZ^{m+1}'s shape); copied when windows do not overlap (dA zeroed
-    once: the elements no window covers are never written), added when they do."""
+    (``share``, a buffer of dZ^{m+1}'s shape); copied when windows do not overlap, added when
+    they do. The elements no window covers are zeroed (as pool_grad_strided does)."""
     a_conv, b_conv = dA.shape[2:]
     a_next, b_next = dZnext.shape[2:]
     np.multiply(dZnext, 1.0 / (P * P) if inverse_count is None else inverse_count, out=share)
     overlap = t < P
-    if overlap:
+    if overlap or t > P:
         dA.fill(0)
+    else:
+        dA[:, :, min(a_conv, a_next * P):, :] = 0
+        dA[:, :, :, min(b_conv, b_next * P):] = 0
     for k in range(P * P):
         u, v = divmod(k, P)
         ra, cb = window_count(a_conv, u, t, a_next), window_count(b_conv, v, t, b_next)

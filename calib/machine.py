@@ -1,25 +1,24 @@
 """The machine: its fingerprint (read from the OS, never guessed) and its measured ceilings.
 
 Ceilings are peak matrix-product FLOP/s per dtype (square np.matmul with out=, BLAS threads
-fixed by threadpoolctl) and a STREAM-like bandwidth probe by working-set size. Timings are
+fixed by threadpoolctl; at the calibration's thread count and at one thread; PyTorch's own
+products too for a torch calibration) and a STREAM-like bandwidth probe by working-set size.
+They bound the fit (calib.fit.ceiling_of). Timings are
 the best of a few runs with time.perf_counter and the garbage collector off.
 """
 
 from __future__ import annotations
 
 import gc
-import os
-import platform
-import re
 import time
 from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
-from threadpoolctl import threadpool_info, threadpool_limits
+from threadpoolctl import threadpool_limits
 
-SYS_CPU = Path("/sys/devices/system/cpu")
-CPUINFO = Path("/proc/cpuinfo")
+import costmodel.machine.fingerprint as _fp
+from costmodel.machine.fingerprint import (available_cores, cache_sizes, cpu_identity, cpu_info,  # noqa: F401
+                                           parse_size, physical_cores)
 
 #: working sets of the bandwidth probe: 8 KiB to 256 MiB, 10 points log-spaced (whole KiB)
 WORKING_SETS = tuple(1024 * round(x / 1024) for x in np.geomspace(8 << 10, 256 << 20, 10))
@@ -32,64 +31,11 @@ MAX_REPEATS = 10
 
 
 # -- fingerprint -----------------------------------------------------------------------------
-
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_text().strip()
-    except OSError:
-        return None
-
-
-def parse_size(text: str) -> int:
-    """A sysfs cache size ('32K', '1024K', '8M', '512') in bytes; K and M are binary."""
-    match = re.fullmatch(r"(\d+)\s*([KMG]?)i?B?", text.strip(), re.IGNORECASE)
-    if not match:
-        raise ValueError(f"unreadable cache size {text!r}")
-    shift = {"": 0, "K": 10, "M": 20, "G": 30}[match.group(2).upper()]
-    return int(match.group(1)) << shift
-
-
-def cache_sizes(cpu_dir: Path = SYS_CPU / "cpu0") -> dict[str, int]:
-    """Cache sizes of one CPU from sysfs: {'L1d': bytes, 'L1i': ..., 'L2': ..., 'L3': ...};
-    empty when the OS does not expose them."""
-    suffix = {"Data": "d", "Instruction": "i", "Unified": ""}
-    caches = {}
-    for index in sorted((cpu_dir / "cache").glob("index*")):
-        level, kind, size = (_read(index / name) for name in ("level", "type", "size"))
-        if level and kind in suffix and size:
-            caches[f"L{level}{suffix[kind]}"] = parse_size(size)
-    return caches
-
-
-def physical_cores(sys_cpu: Path = SYS_CPU) -> int | None:
-    """Distinct (package, core) pairs in sysfs topology, or None when it is not readable."""
-    cores = set()
-    for cpu in sys_cpu.glob("cpu[0-9]*"):
-        package, core = _read(cpu / "topology" / "physical_package_id"), _read(cpu / "topology" / "core_id")
-        if package is not None and core is not None:
-            cores.add((package, core))
-    return len(cores) or None
-
-
-def cpu_info(text: str | None = None) -> tuple[str, list[str]]:
-    """CPU model and flags from /proc/cpuinfo (first value of each field; x86 or Arm spelling)."""
-    text = _read(CPUINFO) if text is None else text
-    fields: dict[str, str] = {}
-    for line in (text or "").splitlines():
-        key, _, value = line.partition(":")
-        fields.setdefault(key.strip().lower(), value.strip())
-    model = next((fields[k] for k in ("model name", "hardware", "model", "cpu model", "processor")
-                  if fields.get(k) and not fields[k].isdigit()), None)
-    flags = fields.get("flags") or fields.get("features") or ""
-    return model or platform.processor() or platform.machine(), sorted(flags.split())
-
+# read from the OS by costmodel.machine.fingerprint (pure, so predict takes it without calib)
 
 def blas_info() -> list[dict]:
     """The BLAS libraries NumPy loaded, as threadpoolctl sees them now (filepath: basename)."""
-    return [{"internal_api": lib["internal_api"], "version": lib.get("version"),
-             "threading_layer": lib.get("threading_layer"), "architecture": lib.get("architecture"),
-             "num_threads": lib["num_threads"], "filepath": os.path.basename(lib["filepath"])}
-            for lib in threadpool_info() if lib.get("user_api") == "blas"]
+    return _fp.blas_info()
 
 
 def _blas_threads(blas: list[dict]) -> int:
@@ -101,20 +47,7 @@ def fingerprint(threads: int | None = None) -> dict:
     The dict validates as costmodel.machine.profile.Fingerprint."""
     with threadpool_limits(limits=threads, user_api="blas"):
         blas = blas_info()
-    model, flags = cpu_info()
-    return {
-        "cpu_model": model,
-        "cpu_flags": flags,
-        "caches": cache_sizes(),
-        "cores": os.cpu_count() or 1,
-        "physical_cores": physical_cores(),
-        "numpy_version": np.__version__,
-        "blas": blas,
-        "threads": threads or _blas_threads(blas),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-    }
+    return _fp.take_fingerprint(threads or _blas_threads(blas), blas)
 
 
 # -- ceilings --------------------------------------------------------------------------------
@@ -179,14 +112,79 @@ def bandwidth(working_set: int, budget: float) -> float:
     return inner * moved / _best_time(run, MAX_REPEATS, budget)
 
 
+def peak_torch(dtype: str, threads: int, budget: float) -> float:
+    """Best FLOP/s of PyTorch's own products with `threads` intra-op threads within `budget`:
+    square torch.mm over growing sizes (MKL) and a 3x3 convolution of 64 channels (oneDNN for
+    float32), whichever is faster; PyTorch's kernels can beat NumPy's OpenBLAS."""
+    from calib.backends.torch import import_torch
+
+    torch = import_torch()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        generator = torch.Generator().manual_seed(0)
+        tdtype = getattr(torch, dtype)
+        start, best = time.perf_counter(), 0.0
+        x = torch.randn((8, 64, 32, 32), generator=generator, dtype=tdtype)
+        w = torch.randn((64, 64, 3, 3), generator=generator, dtype=tdtype)
+        with torch.no_grad():
+            t = _best_time(lambda: torch.nn.functional.conv2d(x, w, padding=1), MAX_REPEATS, budget / 3)
+        best = 2 * 64 * 64 * 9 * 8 * 32 * 32 / t
+        for n in MATMUL_SIZES:
+            left = budget - (time.perf_counter() - start)
+            if 3 * 2 * n**3 / best > left:
+                break
+            a, b = (torch.randn((n, n), generator=generator, dtype=tdtype) for _ in range(2))
+            c = torch.empty((n, n), dtype=tdtype)
+            t = _best_time(lambda: torch.mm(a, b, out=c), MAX_REPEATS, max(left / 2, 0.0))
+            best = max(best, 2 * n**3 / t)
+        return best
+    finally:
+        torch.set_num_threads(previous)
+
+
+def level_bandwidth(points, caches: dict) -> dict[str, float]:
+    """One thread's bandwidth per working-set level of the fit's byte terms, from the
+    bandwidth probe's points ({working_set_bytes, bytes_per_second}): "L2" the best of the
+    working sets that fit in L2, "L3" of those between L2 and L3, "memory" of the larger ones;
+    a level without a point (or without the cache size) is left out."""
+    l2, l3 = caches.get("L2"), caches.get("L3")
+    out: dict[str, float] = {}
+    for p in points:
+        ws, bw = p["working_set_bytes"], p["bytes_per_second"]
+        if l2 and ws <= l2:
+            level = "L2"
+        elif l2 and l3 and ws <= l3:
+            level = "L3"
+        elif l3 and ws > l3:
+            level = "memory"
+        else:
+            continue
+        out[level] = max(out.get(level, 0.0), bw)
+    return out
+
+
 def ceilings(dtype_list=("float32", "float64"), threads: int | None = None, budget_seconds: float = 5.0,
-             working_sets=WORKING_SETS) -> dict:
-    """Measure peak matmul FLOP/s per dtype with `threads` BLAS threads (None: as is), bandwidth
-    for every working set, and machine balance (peak FLOP/s over the largest set's bandwidth).
-    Spends about `budget_seconds`. The dict validates as costmodel.machine.profile.Ceilings."""
+             working_sets=WORKING_SETS, torch: bool = False) -> dict:
+    """Measure peak matmul FLOP/s per dtype with `threads` BLAS threads (None: as is) and with
+    one thread (and PyTorch's with both when `torch`), bandwidth for every working set, and
+    machine balance (peak FLOP/s over the largest set's bandwidth). Spends about
+    `budget_seconds`. The dict validates as costmodel.machine.profile.Ceilings."""
     with threadpool_limits(limits=threads, user_api="blas"):
         used = threads or _blas_threads(blas_info())
-        flops = {dt: peak_matmul(dt, budget_seconds * MATMUL_SHARE / len(dtype_list)) for dt in dtype_list}
+    thread_counts = sorted({1, used}, reverse=True)
+    backends = ("numpy", "torch") if torch else ("numpy",)
+    per_peak = budget_seconds * MATMUL_SHARE / (len(dtype_list) * len(thread_counts) * len(backends))
+    peaks = []
+    for n in thread_counts:
+        with threadpool_limits(limits=n, user_api="blas"):
+            for dt in dtype_list:
+                peaks.append({"backend": "numpy", "dtype": dt, "threads": n, "flops_per_second": peak_matmul(dt, per_peak)})
+        if torch:
+            for dt in dtype_list:
+                peaks.append({"backend": "torch", "dtype": dt, "threads": n,
+                              "flops_per_second": peak_torch(dt, n, per_peak)})
+    flops = {p["dtype"]: p["flops_per_second"] for p in peaks if (p["backend"], p["threads"]) == ("numpy", used)}
     per_set = budget_seconds * (1 - MATMUL_SHARE) / len(working_sets)
     points = sorted((ws, bandwidth(ws, per_set)) for ws in working_sets)
     memory = points[-1][1]
@@ -195,4 +193,5 @@ def ceilings(dtype_list=("float32", "float64"), threads: int | None = None, budg
         "matmul_flops_per_second": flops,
         "bandwidth": [{"working_set_bytes": ws, "bytes_per_second": bw} for ws, bw in points],
         "machine_balance": {dt: f / memory for dt, f in flops.items()},
+        "peaks": peaks,
     }

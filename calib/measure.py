@@ -13,6 +13,7 @@ from costmodel.model.ops import OpKey
 from calib.cnn import ReferenceCNN, one_hot, to_layout
 from calib.kernels import blas_threads
 from calib.memory import check_memory
+from calib.noise import LoadMonitor, relative_spread
 from calib.timer import OpTimer
 
 
@@ -34,9 +35,10 @@ def measure(arch: Architecture, *, steps: int = 10, warmup: int = 2, threads: in
     Every step starts from the same seeded parameters (restored outside the timed region), so
     the times do not depend on whether the optimizer's settings make training diverge on
     synthetic data. ``step_seconds`` is the median wall-clock of whole steps, timed outside
-    the op timers; ``coverage`` is the median over steps of the sum of a step's op times over its
-wall-clock. ``threads`` limits
-    the BLAS (and OpenMP) pools with threadpoolctl (None keeps the current setting) and is
+    the op timers; ``coverage`` is the median over steps of the sum of a step's op times over
+    its wall-clock. ``load`` is the machine's load while the steps ran (calib.noise: other
+    processes' CPU time, steal, each op's spread over the steps). ``threads`` limits the BLAS
+    (and OpenMP) pools with threadpoolctl (None keeps the current setting) and is
     the number of threads the strided implementation shares its large ops among.
     """
     from threadpoolctl import threadpool_limits
@@ -44,7 +46,7 @@ wall-clock. ``threads`` limits
     if steps < 1 or warmup < 0:
         raise ValueError("steps must be >= 1 and warmup >= 0")
     check_memory(arch, impl)
-    with threadpool_limits(limits=threads):
+    with threadpool_limits(limits=threads), LoadMonitor() as monitor:
         used_threads = blas_threads()
         cnn = ReferenceCNN(arch, impl=impl, seed=seed, threads=used_threads)
         X, Y = synthetic_batch(arch, seed)
@@ -65,9 +67,19 @@ wall-clock. ``threads`` limits
                 step_seconds.append((t1 - t0) * 1e-9)
             if progress is not None:
                 progress(i + 1, total)
+        add_step_spreads(monitor, op_seconds)
 
     return {"arch": arch.name, "batch": arch.batch, "dtype": arch.dtype, "threads": used_threads,
-            "impl": impl, **summarize(op_seconds, step_seconds, list(op_seconds[0]))}
+            "impl": impl, **summarize(op_seconds, step_seconds, list(op_seconds[0])),
+            "load": monitor.load.as_dict()}
+
+
+def add_step_spreads(monitor: LoadMonitor, op_seconds: list[dict]) -> None:
+    """Each op's relative spread over the steps, weighted by its median time."""
+    keys = {key for step in op_seconds for key in step}
+    for key in keys:
+        times = [step.get(key, 0.0) for step in op_seconds]
+        monitor.add_spreads([relative_spread(times)], [float(np.median(times))])
 
 
 def summarize(op_seconds: list[dict], step_seconds: list[float], order: list[OpKey]) -> dict:

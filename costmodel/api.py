@@ -4,8 +4,13 @@
     frame = costmodel.predict_frame("examples/mnist-demo-layer4.yaml", "profile.json", batch=64)
 
 Every function takes the architecture as an `Architecture`, a path to its YAML file, or the
-file's content as a dict; and the profile as a `Profile`, a path, or None (yours, else the
-reference profile shipped with costmodel). Step-level numbers are in ``frame.attrs``.
+file's content as a dict; and the profile as a `Profile`, a path, or None: $COSTMODEL_PROFILE,
+else yours, else the reference profile shipped with costmodel, transferred to this machine by
+a short probe when this machine differs from its machine (costmodel.machine.resolve). Like the
+command line, the API is an entry point: that probe runs on the machine side (calib.probe),
+the one place costmodel reaches into calib. Step-level numbers are in ``frame.attrs``, the
+profile's provenance in ``frame.attrs["profile"]``; a profile of another machine is also a
+Python warning (CostModelWarning).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from typing import Mapping, Sequence
 import pandas as pd
 
 from costmodel.machine.predict import predict
-from costmodel.machine.profile import Profile, find_profile
+from costmodel.machine.profile import Profile
 from costmodel.model.arch import Architecture, load_arch, parse_arch
 
 #: the columns of predict_frame(by="op"), in order
@@ -40,8 +45,24 @@ def _arch(arch: Architecture | str | Path | Mapping) -> Architecture:
     return load_arch(arch)
 
 
-def _profile(profile: Profile | str | Path | None) -> Profile:
-    return profile if isinstance(profile, Profile) else find_profile(profile)
+class CostModelWarning(UserWarning):
+    """The profile a prediction used was made on another machine (or transferred)."""
+
+
+def _prober(**needs):
+    from calib.probe import cached_probe  # the API is an entry point, as cli.py (module docstring)
+
+    return cached_probe(**needs)[0]
+
+
+def _resolved(profile, arch: Architecture, impl: str = "index", backend: str = "numpy", threads=None):
+    """The profile to predict with, its provenance and threads (costmodel.machine.resolve)."""
+    import warnings
+
+    from costmodel.machine.resolve import resolve
+
+    return resolve(profile, dtype=arch.dtype, impl=impl, backend=backend, threads=threads, prober=_prober,
+                   warn=lambda line: warnings.warn(line, CostModelWarning, stacklevel=4))
 
 
 def predict_frame(arch, profile=None, *, impl: str = "index", threads: int | None = None,
@@ -50,14 +71,16 @@ def predict_frame(arch, profile=None, *, impl: str = "index", threads: int | Non
     (`by`, then GROUP_COLUMNS); ``.attrs`` holds STEP_ATTRS."""
     from costmodel.present.data import prediction_report, prediction_rows
 
-    pred = predict(_arch(arch), _profile(profile), impl=impl, threads=threads, batch=batch, backend=backend)
+    a = _arch(arch).with_batch(batch)
+    res = _resolved(profile, a, impl, backend, threads)
+    pred = predict(a, res.profile, impl=impl, threads=res.threads, backend=backend, provenance=res.provenance)
     rows = prediction_rows(pred, by)
     if by == "op":
         frame = pd.DataFrame(rows, columns=PREDICT_COLUMNS)
     else:
         frame = pd.DataFrame(rows, columns=[by, *GROUP_COLUMNS])
     report = prediction_report(pred, by)
-    frame.attrs.update({k: report[k] for k in STEP_ATTRS})
+    frame.attrs.update({k: report[k] for k in STEP_ATTRS}, profile=report["profile"])
     return frame
 
 
@@ -110,11 +133,13 @@ def sweep_frame(arch, profile=None, *, vary: str | Mapping[str, Sequence], impl:
     else:
         raise UsageError(f"vary: give one name and its values, not {len(vary)}")
     a = _arch(arch).with_batch(batch)
-    points = sweep(a, _profile(profile), name, list(values), impl=impl, threads=threads)
+    res = _resolved(profile, a, impl, "numpy", threads)
+    points = sweep(a, res.profile, name, list(values), impl=impl, threads=res.threads)
     result = sweep_report(a, name, points, by, impl)
     frame = pd.DataFrame(long_rows(result), columns=[name, *group_columns(by), "seconds", "seconds_low",
                                                      "seconds_high", "fraction", "flops", "bytes", "step_seconds"])
-    frame.attrs.update({k: result[k] for k in ("arch", "dtype", "impl", "threads", "vary", "symbol", "by")})
+    frame.attrs.update({k: result[k] for k in ("arch", "dtype", "impl", "threads", "vary", "symbol", "by")},
+                       profile=points[0][1].profile_info)
     return frame
 
 
@@ -124,5 +149,7 @@ def explain_report(arch, profile=None, *, impl: str = "index", threads: int | No
     or with text=True the report as the command prints it."""
     from costmodel.present.explain import explain, render_text
 
-    facts = explain(_arch(arch), _profile(profile), impl=impl, threads=threads, batch=batch)
+    a = _arch(arch).with_batch(batch)
+    res = _resolved(profile, a, impl, "numpy", threads)
+    facts = explain(a, res.profile, impl=impl, threads=res.threads, provenance=res.provenance)
     return render_text(facts) if text else facts

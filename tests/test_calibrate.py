@@ -36,7 +36,7 @@ def test_sweep_design_is_reproducible_and_within_limits():
 @pytest.fixture(scope="module")
 def tiny_profile(tmp_path_factory):
     plan = Plan(dtypes=("float32",), impls=("index", "strided"), points=10, rounds=2, chunk=5,
-                limits=TINY, ceilings_seconds=0.5)
+                limits=TINY, ceilings_seconds=0.5, probe_seconds=0.5)
     profile = to_profile(calibrate(plan, threads=1))
     path = tmp_path_factory.mktemp("profile") / "profile.json"
     save_profile(profile, path)
@@ -91,3 +91,25 @@ def test_killed_calibration_leaves_no_profile(tmp_path, sig):
     assert os.listdir(tmp_path) == []  # no temporary file either
     if sig == signal.SIGINT:
         assert "Traceback" not in err and "interrupted" in err
+
+
+def test_tiny_calibration_keeps_every_rate_within_its_ceiling(tiny_profile):
+    """Facts are physical: every model was fitted under a ceiling measured on this machine (the
+    peak product at one thread, the bandwidth of each level), stored with it, and none of its
+    rates is above it; the probe for transfers is stored too."""
+    from calib.fit import over_ceiling
+    from costmodel.machine.profile import render_profile
+
+    path, plan = tiny_profile
+    profile = load_profile(path)
+    assert {(p.backend, p.dtype, p.threads) for p in profile.ceilings.peaks} == {("numpy", "float32", 1)}
+    for entry in profile.entries:
+        assert entry.load is not None and entry.load.cores_available >= 1
+        for key, model in entry.ops.items():
+            assert model.model == "bounded-linear" and model.ceiling is not None
+            assert model.ceiling.flops_per_second == profile.ceilings.peaks[0].flops_per_second
+            assert set(model.ceiling.bytes_per_second) <= {"L2", "L3", "memory"}
+            assert over_ceiling(model) == [], (entry.describe(), key)
+    assert {p.shape for p in profile.probe.products} == {"square", "conv", "small"}
+    assert {lv.level for lv in profile.probe.bandwidth} == {"L1", "L2", "L3", "memory"}
+    assert "% of the" in render_profile(profile) and "peak" in render_profile(profile)

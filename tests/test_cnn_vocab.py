@@ -359,15 +359,17 @@ def _run(arch: Architecture, impl: str, seed: int = 5, threads: int | None = Non
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(arch=vocab_architectures(dtype="float32"))
+@given(arch=vocab_architectures(dtype="float64"))
 def test_random_vocab_index_and_strided_agree(arch):
+    """In float64: in float32 a batch norm over two values, two steps later, differs by the order
+    of the sums alone (seen: 3e-4 relative), which is not a disagreement of the two kernels."""
     index_loss, index_arrays = _run(arch, "index")
     strided_loss, strided_arrays = _run(arch, "strided")
-    assert strided_loss == pytest.approx(index_loss, rel=1e-5)
+    assert strided_loss == pytest.approx(index_loss, rel=1e-9)
     assert len(index_arrays) == len(strided_arrays)
     for a, b in zip(index_arrays, strided_arrays):
-        assert a.dtype == b.dtype == np.float32
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * max(1.0, np.abs(a).max()))
+        assert a.dtype == b.dtype == np.float64
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-9 * max(1.0, np.abs(a).max()))
 
 
 @pytest.mark.parametrize("threads", [2, 3])

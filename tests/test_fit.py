@@ -65,3 +65,103 @@ def test_the_design_matrix_reads_a_rows_basis_and_refuses_an_unknown_feature():
     np.testing.assert_array_equal(X, [[7, 9, 3, 0]])
     with pytest.raises(ValueError, match="unknown feature 'joules'"):
         design_matrix([other], Machine(), ("joules",))
+
+
+# -- facts are physical: the fit stays within the measured ceilings --------------------------------
+
+from calib.fit import Ceiling, bounded_lstsq  # noqa: E402
+
+L2, L3 = 1e6, 3e7
+
+
+def levels(n=300, seed=0, coef=(12e-6, 1 / 80e9, 1 / 40e9, 1 / 20e9, 1 / 30e9), noise=0.0):
+    """Synthetic samples over the three working-set levels, times from `coef`."""
+    rng = np.random.default_rng(seed)
+    flops = 10 ** rng.uniform(3, 10, n)
+    nbytes = 10 ** rng.uniform(3, 9, n)
+    X = np.column_stack([np.ones(n), flops, nbytes, np.where(nbytes > L2, nbytes, 0.0),
+                         np.where(nbytes > L3, nbytes, 0.0)])
+    t = X @ np.array(coef) * np.exp(rng.normal(0, noise, n))
+    return X, t, np.arange(n) // 3
+
+
+def effective(coef):
+    """Effective bytes/s in cache, beyond L2 and beyond L3 of FEATURES' coefficients."""
+    c = dict(zip(FEATURES, coef))
+    return (1 / c["bytes"], 1 / (c["bytes"] + c["bytes_beyond_L2"]),
+            1 / (c["bytes"] + c["bytes_beyond_L2"] + c["bytes_beyond_L3"]))
+
+
+def test_a_ceiling_far_above_the_rates_changes_nothing():
+    X, t, groups = levels()
+    loose = Ceiling(1e13, {"L2": 1e12, "L3": 1e12, "memory": 1e12})
+    np.testing.assert_allclose(OpTimeModel(ceiling=loose).fit(X, t).coef_, OpTimeModel().fit(X, t).coef_, rtol=1e-6)
+    assert fit_op(X, t, groups, ceiling=loose).model == "bounded-linear"
+
+
+def test_no_rate_above_its_ceiling_when_the_data_say_faster():
+    # the data's rates: 80 GFLOP/s, 40 GB/s in cache, 13.3 GB/s beyond L2, 8 GB/s beyond L3;
+    # the ceilings: a 50 GFLOP/s peak and 30 / 10 / 6 GB/s
+    X, t, groups = levels(noise=0.05, seed=3)
+    ceiling = Ceiling(50e9, {"L2": 30e9, "L3": 10e9, "memory": 6e9})
+    result = fit_op(X, t, groups, ceiling=ceiling)
+    coef = dict(zip(FEATURES, result.coef))
+    assert 1 / coef["flops"] <= 50e9 * (1 + 1e-9)
+    for rate, roof in zip(effective(result.coef), (30e9, 10e9, 6e9)):
+        assert rate <= roof * (1 + 1e-9)
+    assert min(result.coef) >= 0
+
+
+def test_a_binding_sum_is_met_at_the_least_cost():
+    """Only beyond L2 is the data faster than its ceiling: the sum c_byte + c_L2 binds, the
+    in-cache rate stays what the data say."""
+    coef = (12e-6, 1 / 80e9, 1 / 40e9, 1 / 200e9, 1 / 30e9)  # 33 GB/s beyond L2
+    X, t, _ = levels(coef=coef)
+    fitted = OpTimeModel(ceiling=Ceiling(None, {"L3": 25e9})).fit(X, t).coef_
+    in_cache, beyond_l2, _ = effective(fitted)
+    assert beyond_l2 == pytest.approx(25e9, rel=1e-6)
+    assert in_cache > 25e9 and min(fitted) >= 0
+
+
+def test_an_unused_feature_costs_the_least_its_ceiling_allows():
+    X, t, _ = levels()
+    small = X[:, 2] <= L3  # no sample beyond L3
+    X, t = X[small], t[small]
+    fitted = OpTimeModel(ceiling=Ceiling(None, {"memory": 5e9})).fit(X, t).coef_
+    assert effective(fitted)[2] == pytest.approx(5e9, rel=1e-9)
+    assert OpTimeModel().fit(X, t).coef_[FEATURES.index("bytes_beyond_L3")] == 0
+
+
+def test_bounded_lstsq_solves_a_small_constrained_problem():
+    # min (x0 - 1)^2 + (x1 - 1)^2 subject to x >= 0 and x0 + x1 >= 4: x = (2, 2)
+    x = bounded_lstsq(np.eye(2), np.ones(2), np.zeros(2), np.array([[1.0, 1.0]]), np.array([4.0]))
+    np.testing.assert_allclose(x, [2, 2], rtol=1e-6)
+
+
+def test_the_sums_hold_when_the_columns_have_very_different_scales():
+    """The solver works on columns scaled to 1: a sum met there is met in seconds per unit too."""
+    G = np.array([[1.0, 1e-6]])
+    x = bounded_lstsq(np.array([[1.0, 0.0], [0.0, 1e-3]]), np.array([0.0, 0.0]), np.zeros(2), G, np.array([1.0]))
+    assert G @ x >= 1.0 * (1 - 1e-9) and min(x) >= 0
+
+
+def test_ceiling_of_an_op_follows_the_threads_it_runs_on():
+    from calib.fit import ceiling_of
+
+    peaks = {("numpy", "float32", 1): 60e9, ("numpy", "float32", 2): 110e9, ("torch", "float32", 2): 150e9,
+             ("numpy", "float64", 2): 50e9}
+    levels = {"L2": 60e9, "memory": 15e9}
+
+    def of(key, backend="numpy", impl="index"):
+        return ceiling_of(key, backend=backend, impl=impl, threads=2, peaks=peaks, dtype="float32", levels=levels)
+
+    assert of("conv_matmul") == Ceiling(110e9, {"L2": 120e9, "memory": 30e9}, 2)  # BLAS's two threads
+    assert of("phi") == Ceiling(60e9, levels, 1)  # NumPy indexing: one thread
+    assert of("conv_matmul:serial", impl="strided") == Ceiling(60e9, levels, 1)
+    assert of("phi:threaded", impl="strided").threads == 2
+    assert of("phi+conv_matmul+bias", backend="torch", impl="torch").flops_per_second == 150e9
+    assert of("other:forward", backend="torch", impl="torch") is None
+    # a peak measured lower with two threads (a busy core) does not bound below one thread's
+    slow = {**peaks, ("numpy", "float32", 2): 10e9}
+    assert ceiling_of("conv_matmul", backend="numpy", impl="index", threads=2, peaks=slow, dtype="float32",
+                      levels=levels).flops_per_second == 60e9

@@ -170,7 +170,7 @@ def torch_profile(tmp_path_factory):
     from calib.calibrate import Plan, calibrate, to_profile
 
     plan = Plan(dtypes=("float32",), impls=("torch",), points=10, rounds=1, chunk=5, limits=TINY,
-                ceilings_seconds=0.5, backend="torch")
+                ceilings_seconds=0.5, backend="torch", probe_seconds=0.5)
     path = tmp_path_factory.mktemp("profile") / "profile.json"
     save_profile(to_profile(calibrate(plan, threads=1)), path)
     return path

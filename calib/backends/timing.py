@@ -11,6 +11,8 @@ import numpy as np
 
 from costmodel.model.arch import Architecture
 
+from calib.noise import relative_spread
+
 
 def chunked_sweep(archs: list[Architecture], *, chunk: int, rounds: int, seed: int,
                   build: Callable[[int, Architecture], object],
@@ -19,7 +21,8 @@ def chunked_sweep(archs: list[Architecture], *, chunk: int, rounds: int, seed: i
     """The sweep's timing loop, shared by both backends: networks in chunks of `chunk`
     (`build(i, arch)` makes network i, warm); in each of `rounds` rounds a chunk's networks are
     visited in a new random order and `run_round(visits)` returns, per network, its seconds per
-    (layer, op, phase); gc is off while timing. A sample is the median over the rounds."""
+    (layer, op, phase); gc is off while timing. A sample is the median over the rounds, with
+    the rounds' relative spread (calib.noise.relative_spread)."""
     rng = np.random.default_rng(seed)
     samples: list[dict] = []
     for first in range(0, len(archs), chunk):
@@ -36,8 +39,10 @@ def chunked_sweep(archs: list[Architecture], *, chunk: int, rounds: int, seed: i
                 gc.enable()
         for i, _ in nets:
             for layer, op, phase in laps[i][0]:
+                rounds_seconds = [lap.get((layer, op, phase), 0.0) for lap in laps[i]]
                 samples.append({"point": i, "layer": layer, "op": op, "phase": phase,
-                                "seconds": float(np.median([lap.get((layer, op, phase), 0.0) for lap in laps[i]]))})
+                                "seconds": float(np.median(rounds_seconds)),
+                                "spread": relative_spread(rounds_seconds)})  # calib.noise
             if progress:
                 progress(1)
         del nets

@@ -208,6 +208,7 @@ class TorchStep:
         self.x = torch.from_numpy(np.ascontiguousarray(x))
         self.y = torch.from_numpy(np.ascontiguousarray(Y.T))
         self.labels = self.y.argmax(dim=1)
+        self.update_batch: int | None = None  # data-parallel SG: the whole mini-batch (calib/parallel)
 
     def restore(self) -> None:
         with self.torch.no_grad():
@@ -224,15 +225,20 @@ class TorchStep:
 
         return nullcontext()
 
-    def step(self) -> None:
-        torch, opt, I = self.torch, self.arch.optimizer, self.x.shape[0]
-        for p in self.params:
-            p.grad = None
-        outputs = [self.x]
+    def forward(self, x):
+        """The layers' forward, each in its profiler range (DistributedDataParallel wraps it:
+        calib/parallel)."""
+        outputs = [x]
         for m, (layer, inputs) in enumerate(zip(self.layers, self.inputs), start=1):
             with self._range(f"layer{m}:forward"):
                 outputs.append(layer(*(outputs[i] for i in inputs)))
-        z = outputs[-1]
+        return outputs[-1]
+
+    def step(self) -> None:
+        torch, opt, I = self.torch, self.arch.optimizer, self.update_batch or self.x.shape[0]
+        for p in self.params:
+            p.grad = None
+        z = self.forward(self.x)
         with self._range("loss"):
             if self.arch.loss == "mse":
                 loss = ((z - self.y) ** 2).sum()

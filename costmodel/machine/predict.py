@@ -13,7 +13,6 @@ step's interval sums the rows' bounds (no cancellation of errors assumed).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Mapping
 
@@ -26,17 +25,6 @@ if TYPE_CHECKING:
     from costmodel.model.arch import Architecture
 
 BY = ("op", "layer", "phase", "kind")
-
-
-def default_threads(profile: "Profile", dtype: str, impl: str, backend: str = "numpy") -> int:
-    """The thread count to predict for when none is given: this machine's core count if the
-    profile has it, else the largest the profile has for (dtype, impl)."""
-    have = sorted({e.threads for e in profile.entries
-                   if (e.dtype, e.impl, e.backend) == (dtype, impl, backend)})
-    cores = os.cpu_count() or 1
-    if cores in have or not have:
-        return cores
-    return have[-1]
 
 
 @dataclass(frozen=True)
@@ -132,16 +120,20 @@ def predict_rows(rows: list[Row], entry, machine: Machine, missing) -> list[tupl
 
 
 def predict(arch: "Architecture", profile: "Profile", *, impl: str = "index", threads: int | None = None,
-            batch: int | None = None, backend: str = "numpy") -> Prediction:
+            batch: int | None = None, backend: str = "numpy", provenance: Mapping | None = None) -> Prediction:
     """The predicted step of `arch` on the profile's machine: a Prediction whose rows are the
     backend's (the contract's ops for "numpy", PyTorch's op groups for "torch", whose one
     implementation is "torch"). A row without a model in the profile is an error naming the
-    command that calibrates it, never a silent 0."""
+    command that calibrates it, never a silent 0. `provenance` (costmodel.machine.resolve) is
+    carried in the prediction's profile_info beside the profile's CPU and date."""
     be = get_backend(backend)
     if backend != "numpy":
         impl = be.impls[0]
     arch = arch.with_batch(batch)
-    threads = threads or default_threads(profile, arch.dtype, impl, backend)
+    if threads is None:
+        from costmodel.machine.resolve import default_threads
+
+        threads = default_threads(profile, arch.dtype, impl, backend)
     entry = profile.entry(arch.dtype, impl, threads, backend)
     machine = Machine.of(profile.fingerprint)
     rows = be.rows(arch, impl, threads, machine)
@@ -157,4 +149,5 @@ def predict(arch: "Architecture", profile: "Profile", *, impl: str = "index", th
                       for row, s, (lo, hi), parts, cv in timed)
     return Prediction(arch, backend, impl, threads, predicted, total,
                       sum(r.seconds_low for r in predicted), sum(r.seconds_high for r in predicted),
-                      {"cpu_model": profile.fingerprint.cpu_model, "created": profile.created.isoformat()})
+                      {"cpu_model": profile.fingerprint.cpu_model, "created": profile.created.isoformat(),
+                       **(provenance or {})})

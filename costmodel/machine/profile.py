@@ -32,9 +32,10 @@ from costmodel.machine.timemodel import fact
 from costmodel.present.report import FORMATS, atomic_write, render_table, to_csv, to_json
 from costmodel.units import human, iec as _iec, threads_text as _threads
 
-__all__ = ["SCHEMA_VERSION", "BandwidthPoint", "BlasInfo", "Ceilings", "Entry", "Fingerprint", "OpModel",
-           "Profile", "calibrate_command", "check_machine", "default_profile_path", "embedded_profile_path", "fact",
-           "find_profile", "load_profile", "render_profile", "save_profile"]
+__all__ = ["SCHEMA_VERSION", "BandwidthPoint", "BlasInfo", "Ceilings", "Entry", "Fingerprint", "model_facts",
+           "LevelRate", "LoadRecord", "Network", "NetworkPoint", "OpCeiling", "OpModel", "PeakPoint", "Probe",
+           "ProductRate", "Profile", "Transfer", "calibrate_command", "default_profile_path", "embedded_profile_path",
+           "fact", "load_profile", "render_profile", "save_profile"]
 
 SCHEMA_VERSION = 1
 PROFILE_NAME = "profile.json"
@@ -78,11 +79,29 @@ class Fingerprint(_Model):
     python: str
     platform: str
     machine: str
+    # since issue 11 (optional: older profiles load without them)
+    cpu_vendor: str | None = Field(None, description="cpuinfo's vendor_id (Arm: CPU implementer)")
+    cpu_family: str | None = Field(None, description="cpuinfo's cpu family (Arm: CPU architecture)")
+    cpu_model_id: str | None = Field(None, description="cpuinfo's model number (Arm: CPU part)")
+    cpu_stepping: str | None = Field(None, description="cpuinfo's stepping (Arm: CPU revision)")
+    cores_available: PositiveInt | None = Field(None, description="logical CPUs the process may run on "
+                                                "(os.sched_getaffinity)")
+    torch_version: str | None = Field(None, description="the installed torch, from its metadata")
 
 
 class BandwidthPoint(_Model):
     working_set_bytes: PositiveInt
     bytes_per_second: PositiveFloat
+
+
+class PeakPoint(_Model):
+    """The best FLOP/s measured for one backend's products (numpy: np.matmul; torch: torch.mm and
+    conv2d) of one dtype with `threads` threads."""
+
+    backend: str = "numpy"
+    dtype: Literal[DTYPES]
+    threads: PositiveInt
+    flops_per_second: PositiveFloat
 
 
 class Ceilings(_Model):
@@ -94,6 +113,70 @@ class Ceilings(_Model):
     matmul_flops_per_second: dict[str, PositiveFloat]
     bandwidth: list[BandwidthPoint] = Field(min_length=1)
     machine_balance: dict[str, PositiveFloat]
+    peaks: list[PeakPoint] = Field([], description="peak FLOP/s by backend, dtype and threads (the fit's bounds)")
+
+
+class LoadRecord(_Model):
+    """The load on the machine while a calibration (or measurement) ran (calib.noise)."""
+
+    wall_seconds: Annotated[float, Field(ge=0)]
+    cores_available: PositiveInt
+    other_cpu: Annotated[float, Field(ge=0)] = Field(description="other processes' CPU time over the "
+                                                     "available cores' time")
+    steal: Annotated[float, Field(ge=0)] = Field(description="steal time over the available cores' time")
+    spread: Annotated[float, Field(ge=0)] | None = Field(None, description="median relative spread of "
+                                                         "repeated samples, weighted by time")
+    disturbed: bool
+    reasons: list[str] = []
+
+
+class ProductRate(_Model):
+    """A probed product rate: an (m x k) @ (k x n) product (torch 'conv': a convolution with
+    the same FLOPs) of one shape class."""
+
+    backend: str = "numpy"
+    dtype: Literal[DTYPES]
+    threads: PositiveInt
+    shape: str
+    m: PositiveInt
+    k: PositiveInt
+    n: PositiveInt
+    flops_per_second: PositiveFloat
+
+
+class LevelRate(_Model):
+    level: Literal["L1", "L2", "L3", "memory"]
+    working_set_bytes: PositiveInt
+    bytes_per_second: PositiveFloat
+
+
+class Probe(_Model):
+    """A short probe of a machine (calib.probe): product rate by shape class, dtype and threads,
+    bandwidth by working-set level, and the time of one call of a tiny op per backend."""
+
+    products: list[ProductRate] = []
+    bandwidth: list[LevelRate] = []
+    call_seconds: dict[str, PositiveFloat] = {}
+    seconds: Annotated[float, Field(ge=0)] = 0.0
+
+
+class Transfer(_Model):
+    """Where a transferred profile came from (costmodel.machine.transfer)."""
+
+    rule: str = Field(description="the transfer rule (costmodel.machine.transfer.RULE)")
+    source_fingerprint: Fingerprint = Field(description="the machine the profile was made on")
+    source_probe: Probe = Field(description="that machine's probe")
+
+
+class OpCeiling(_Model):
+    """The ceilings an op model was fitted under (calib.fit): its per-FLOP rate at most
+    `flops_per_second`, its effective per-byte rate at each working-set level ("L2": in cache,
+    "L3": beyond L2, "memory": beyond L3) at most bytes_per_second[level]; both measured for
+    the `threads` the op runs on."""
+
+    threads: PositiveInt = 1
+    flops_per_second: PositiveFloat | None = None
+    bytes_per_second: dict[Literal["L2", "L3", "memory"], PositiveFloat] = {}
 
 
 class OpModel(_Model):
@@ -107,6 +190,7 @@ class OpModel(_Model):
     interval: tuple[PositiveFloat, PositiveFloat] = Field(
         description="low and high quantiles of measured/predicted time")
     n_samples: PositiveInt
+    ceiling: OpCeiling | None = Field(None, description="the ceilings the model was fitted under")
 
     @model_validator(mode="after")
     def _consistent(self) -> "OpModel":
@@ -129,6 +213,10 @@ class Entry(_Model):
     versions: dict[str, str] = Field({}, description="versions of what the backend ran on, e.g. torch")
     ops: dict[str, OpModel] = Field(min_length=1, description="op name, or 'op:variant' (e.g. loss:mse) -> model")
     sweep: dict[str, int | float] = Field({}, description="how the samples were taken (points, rounds, ...)")
+    load: LoadRecord | None = Field(None, description="the machine's load while the entry was calibrated")
+    accepted_noisy: bool = Field(False, description="written although disturbed (--accept-noisy)")
+    transfer_factors: dict[str, PositiveFloat] = Field(
+        {}, description="transferred: the factor each term's coefficient was multiplied by")
 
     @model_validator(mode="after")
     def _known_ops(self) -> "Entry":
@@ -161,6 +249,38 @@ class Entry(_Model):
         return _setting(*self.key)
 
 
+class NetworkPoint(_Model):
+    """One message size of the allreduce microbenchmark (calib/parallel/network.py)."""
+
+    message_bytes: PositiveInt
+    seconds: PositiveFloat = Field(description="median over the repeats of the slowest worker's time")
+    predicted_seconds: Annotated[float, Field(ge=0)]
+    error: float = Field(description="predicted / measured - 1")
+    fitted: bool = Field(True, description="false: measured and shown, left out of the fit")
+
+
+class Network(_Model):
+    """The network between data-parallel workers as the ring allreduce model's two numbers,
+    t(n) = 2 (P-1) alpha + 2 (P-1)/P n beta (costmodel.machine.parallel).
+
+    link: "loopback" (workers on this machine), "measured" (workers on several machines,
+    `--init`), or "given" (a link the user does not have: `--link`, `--latency`/`--bandwidth`;
+    no points). fit_error and max_error: median and largest |predicted/measured - 1| over the
+    fitted points."""
+
+    alpha_seconds: Annotated[float, Field(ge=0)] = Field(description="latency: seconds per message")
+    beta_seconds_per_byte: Annotated[float, Field(ge=0)]
+    workers: PositiveInt | None = Field(None, description="P the benchmark ran with")
+    backend: Literal["gloo"] = "gloo"
+    link: Literal["loopback", "measured", "given"]
+    name: str | None = Field(None, description="the link's name, e.g. 10GbE")
+    points: list[NetworkPoint] = []
+    fit_error: Annotated[float, Field(ge=0)] | None = None
+    max_error: Annotated[float, Field(ge=0)] | None = None
+    repeats: PositiveInt | None = None
+    created: AwareDatetime | None = None
+
+
 class Profile(_Model):
     """One machine profile (schema version 1)."""
 
@@ -171,6 +291,9 @@ class Profile(_Model):
     ceilings: Ceilings
     entries: list[Entry] = []
     calibration_seconds: Annotated[float, Field(ge=0)] | None = None
+    probe: Probe | None = Field(None, description="the probe of this profile's machine, for transfers")
+    transfer: Transfer | None = Field(None, description="set when the profile was transferred from another machine")
+    network: Network | None = Field(None, description="data-parallel SG: `costmodel calibrate --network`")
 
     @field_validator("created")
     @classmethod
@@ -257,64 +380,6 @@ def load_profile(path: str | Path) -> Profile:
         raise UsageError(f"{path}: {_message(first)}") from None
 
 
-def _stderr_warning(message: str) -> None:
-    print(f"costmodel: warning: {message}", file=sys.stderr)
-
-
-def find_profile(path: str | Path | None = None,
-                 warn: Callable[[str], None] = _stderr_warning) -> Profile:
-    """The profile at `path`; else the user's default if it exists; else the reference one,
-    with a one-line warning."""
-    if path is not None:
-        return load_profile(path)
-    user = default_profile_path()
-    if user.exists():
-        return load_profile(user)
-    reference = embedded_profile_path()
-    if not reference.exists():
-        raise CostModelError(f"no profile: {user} does not exist and this costmodel ships no reference "
-                             "profile: run `costmodel calibrate`")
-    profile = load_profile(reference)
-    warn("no profile for this machine: using the reference profile shipped with costmodel "
-         f"(made on {profile.fingerprint.cpu_model}); run `costmodel calibrate` for yours")
-    return profile
-
-
-# -- checks ----------------------------------------------------------------------------------
-
-def _blas_summary(blas: list[BlasInfo]) -> str:
-    return ", ".join(f"{b.internal_api} {b.version}" + (f" ({b.threading_layer})" if b.threading_layer else "")
-                     for b in blas) or "none"
-
-
-def check_machine(profile: Profile, current: Fingerprint | Mapping, threads: int | None = None,
-                  warn: Callable[[str], None] = _stderr_warning) -> bool:
-    """Warn in one line when the profile was made on another CPU, caches, BLAS or NumPy, or has
-    no calibration for `threads` (default: the current fingerprint's). True when all match."""
-    made, here = profile.fingerprint, Fingerprint.model_validate(current)
-    threads = threads or here.threads
-    diffs = []
-    if made.cpu_model != here.cpu_model:
-        diffs.append(f"CPU {made.cpu_model!r}, here {here.cpu_model!r}")
-    for level in sorted(set(made.caches) | set(here.caches)):
-        if made.caches.get(level) != here.caches.get(level):
-            diffs.append(f"{level} {_iec(made.caches.get(level))}, here {_iec(here.caches.get(level))}")
-    if _blas_summary(made.blas) != _blas_summary(here.blas):
-        diffs.append(f"BLAS {_blas_summary(made.blas)}, here {_blas_summary(here.blas)}")
-    if made.numpy_version != here.numpy_version:
-        diffs.append(f"NumPy {made.numpy_version}, here {here.numpy_version}")
-    calibrated = sorted({e.threads for e in profile.entries} or {profile.ceilings.threads})
-    parts = [f"the profile was made on another machine ({'; '.join(diffs)})"] if diffs else []
-    command = "costmodel calibrate"
-    if threads not in calibrated:
-        parts.append(f"it has calibrations for threads={','.join(map(str, calibrated))}, this run uses "
-                     f"threads={threads}")
-        command += f" --threads {threads}"
-    if parts:
-        warn(f"{'; '.join(parts)}: predictions may not hold here; run `{command}`")
-    return not parts
-
-
 # -- rendering -------------------------------------------------------------------------------
 
 def _setting(dtype: str, impl: str, threads: int, backend: str) -> str:
@@ -325,6 +390,49 @@ def _setting(dtype: str, impl: str, threads: int, backend: str) -> str:
 
 def _caches(caches: Mapping[str, int]) -> str:
     return ", ".join(f"{name} {_iec(size)}" for name, size in sorted(caches.items())) or "unknown"
+
+
+#: byte features whose coefficients add up to the effective cost per byte of a level, and the
+#: level's name in OpCeiling.bytes_per_second
+BYTE_LEVELS = (("bytes", "L2", ""), ("bytes_beyond_L2", "L3", " beyond L2"), ("bytes_beyond_L3", "memory", " beyond L3"))
+
+
+def _of_ceiling(rate: float, ceiling: float | None, unit: str, what: str = "") -> str:
+    if ceiling is None or rate <= 0:
+        return ""
+    if rate >= ceiling * (1 - 1e-6):  # the bound binds: the data alone asked for more, or nothing
+        return f" (at the {human(ceiling, unit)}{what}: the fit's bound)"
+    return f" ({100 * rate / ceiling:.0f} % of the {human(ceiling, unit)}{what})"
+
+
+def model_facts(model: OpModel) -> list[str]:
+    """An op model's coefficients read as machine facts, each beside the ceiling it was fitted
+    under when the model has one: '12.0 us per call', '74 GFLOP/s (35 % of the 210 GFLOP/s
+    peak)'. The byte terms read as the effective rate of each level: in cache 1/c_byte, beyond
+    L2 1/(c_byte + c_L2), beyond L3 1/(c_byte + c_L2 + c_L3), which is what data of that
+    level moves at (the coefficient beyond L2 alone is not a rate of anything)."""
+    coef = dict(zip(model.features, model.coef))
+    ceiling = model.ceiling
+    effective, total = {}, 0.0  # byte feature -> (cost per byte of its level, level, qualifier)
+    for feature, level, qualifier in BYTE_LEVELS:
+        if feature in coef:
+            total += coef[feature]
+            effective[feature] = (total, level, qualifier)
+    facts = []
+    for feature, c in coef.items():
+        if feature in effective:
+            cost, level, qualifier = effective[feature]
+            if cost <= 0:
+                facts.append(f"no cost per byte{qualifier}")
+                continue
+            bound = ceiling.bytes_per_second.get(level) if ceiling else None
+            what = f" of {_threads(ceiling.threads)}" if ceiling else ""
+            facts.append(human(1 / cost, "B/s") + qualifier + _of_ceiling(1 / cost, bound, "B/s", what))
+        elif feature == "flops" and ceiling is not None and c > 0:
+            facts.append(fact(feature, c) + _of_ceiling(1 / c, ceiling.flops_per_second, "FLOP/s", " peak"))
+        else:
+            facts.append(fact(feature, c))
+    return facts
 
 
 def _level(working_set: int, caches: Mapping[str, int]) -> str:
@@ -355,7 +463,7 @@ def _fingerprint_lines(fp: Fingerprint) -> list[str]:
 
 def _op_rows(entry: Entry) -> list[dict]:
     return [{"op": op, "model": m.model, "features": m.features, "coef": m.coef,
-             "name": ", ".join(fact(f, c) for f, c in zip(m.features, m.coef)),  # "name": left-justified
+             "name": ", ".join(model_facts(m)),  # "name": left-justified
              "cv_error": m.cv_error, "interval": m.interval, "n_samples": m.n_samples}
             for op, m in sorted(entry.ops.items())]
 
@@ -383,14 +491,34 @@ def render_profile(profile: Profile, fmt: str = "table") -> str:
         raise UsageError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
     fp, ceil = profile.fingerprint, profile.ceilings
     created = profile.created.isoformat(timespec="seconds")
-    parts = [f"Machine profile (schema {profile.schema_version}, costmodel {profile.tool_version}, "
-             f"created {created})\n" + "".join(f"  {line}\n" for line in _fingerprint_lines(fp))]
-    parts.append(render_table(
-        f"Peak matrix product ({_threads(ceil.threads)})",
-        [("dtype", "name", str), ("peak", "flops", lambda v: human(v, "FLOP/s")),
-         ("machine balance", "balance", lambda v: "-" if v is None else f"{v:.3g} FLOP/B")],
-        [{"name": dt, "flops": v, "balance": ceil.machine_balance.get(dt)}
-         for dt, v in ceil.matmul_flops_per_second.items()]))
+    header = [f"Machine profile (schema {profile.schema_version}, costmodel {profile.tool_version}, "
+              f"created {created})\n" + "".join(f"  {line}\n" for line in _fingerprint_lines(fp))]
+    if profile.transfer is not None:
+        src = profile.transfer.source_fingerprint
+        header.append(f"  transferred to this machine by rule {profile.transfer.rule} (docs/transfer.md) from: "
+                      f"{src.cpu_model}, {_caches(src.caches)}, "
+                      f"BLAS {'; '.join(_blas_line(b) for b in src.blas) or 'none found'}\n")
+    if profile.probe is not None:
+        header.append(f"  probe of this machine (for transfers): {len(profile.probe.products)} products, "
+                      f"{len(profile.probe.bandwidth)} bandwidth levels, call times of "
+                      f"{', '.join(sorted(profile.probe.call_seconds))}; taken in {profile.probe.seconds:.1f} s\n")
+    parts = ["".join(header)]
+    if ceil.peaks:
+        parts.append(render_table(
+            "Peak matrix product (the fit's FLOP ceilings)",
+            [("dtype", "name", str), ("backend", "group", str), ("threads", "threads", str),
+             ("peak", "flops", lambda v: human(v, "FLOP/s")),
+             ("machine balance", "balance", lambda v: "-" if v is None else f"{v:.3g} FLOP/B")],
+            [{"name": p.dtype, "group": p.backend, "threads": p.threads, "flops": p.flops_per_second,
+              "balance": ceil.machine_balance.get(p.dtype)
+              if (p.backend, p.threads) == ("numpy", ceil.threads) else None} for p in ceil.peaks]))
+    else:
+        parts.append(render_table(
+            f"Peak matrix product ({_threads(ceil.threads)})",
+            [("dtype", "name", str), ("peak", "flops", lambda v: human(v, "FLOP/s")),
+             ("machine balance", "balance", lambda v: "-" if v is None else f"{v:.3g} FLOP/B")],
+            [{"name": dt, "flops": v, "balance": ceil.machine_balance.get(dt)}
+             for dt, v in ceil.matmul_flops_per_second.items()]))
     parts.append(render_table(
         "Bandwidth by working set",
         [("working set", "ws", _iec), ("fits in", "group", str), ("bandwidth", "bw", lambda v: human(v, "B/s"))],
@@ -403,5 +531,27 @@ def render_profile(profile: Profile, fmt: str = "table") -> str:
                ("samples", "n_samples", str)]
     parts += [render_table(f"Op models: {entry.describe()}"
                            + "".join(f", {name} {version}" for name, version in sorted(entry.versions.items())),
-                           columns, _op_rows(entry)) for entry in profile.entries]
+                           columns, _op_rows(entry), _entry_notes(entry)) for entry in profile.entries]
     return "\n".join(parts)
+
+
+def _entry_notes(entry: Entry) -> list[str]:
+    """The entry's load while it was calibrated and, for a transfer, the factors applied."""
+    notes = []
+    if any(m.ceiling is not None for m in entry.ops.values()):
+        notes.append("rates in parentheses: share of the ceiling the fit was bounded by (peak product, "
+                     "bandwidth of the level, for the threads the op runs on)")
+    load = entry.load
+    if load is not None:
+        spread = "" if load.spread is None else f", spread of repeated samples {100 * load.spread:.0f} %"
+        measured = (f"other processes {100 * load.other_cpu:.0f} % of {load.cores_available} "
+                    f"core{'s' if load.cores_available > 1 else ''}, steal {100 * load.steal:.0f} %{spread}")
+        if load.disturbed:
+            accepted = ": written with --accept-noisy" if entry.accepted_noisy else ""
+            notes.append(f"NOISY: calibrated on a disturbed machine ({'; '.join(load.reasons)}){accepted}")
+        else:
+            notes.append(f"load while calibrating: {measured}: quiet")
+    if entry.transfer_factors:
+        factors = ", ".join(f"{name} x{factor:.2f}" for name, factor in sorted(entry.transfer_factors.items()))
+        notes.append(f"transferred: time factors {factors}")
+    return notes

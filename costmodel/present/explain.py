@@ -189,10 +189,11 @@ def batch_shares(arch: "Architecture", profile: "Profile", impl: str, threads: i
 
 
 def explain(arch: "Architecture", profile: "Profile", *, impl: str = "index", threads: int | None = None,
-            batch: int | None = None, batches=BATCHES) -> dict:
-    """The facts of a predicted step and the sentences that explain it (`sections`)."""
+            batch: int | None = None, batches=BATCHES, provenance=None) -> dict:
+    """The facts of a predicted step and the sentences that explain it (`sections`);
+    `provenance` (costmodel.machine.resolve) is carried in the facts' "profile"."""
     arch = arch.with_batch(batch)
-    pred = predict(arch, profile, impl=impl, threads=threads)
+    pred = predict(arch, profile, impl=impl, threads=threads, provenance=provenance)
     ceilings = profile.ceilings
     if arch.dtype not in ceilings.machine_balance or arch.dtype not in ceilings.matmul_flops_per_second:
         raise CostModelError(f"the profile's ceilings have no {arch.dtype} peak: run "

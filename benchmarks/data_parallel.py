@@ -1,0 +1,262 @@
+"""Data-parallel SG with P = 2 workers: measured step time against the pure model's prediction.
+
+For each link -- loopback (both workers on this machine: `measure --workers 2`) and two emulated
+links (the workers in two network namespaces joined by a veth pair shaped with tc: netem rate
+10gbit and 1gbit with 0.1 ms delay; when the kernel has no netem, tbf at the rate without the
+delay, and the output says so) -- this script
+
+1. calibrates the network in the same run (`calibrate --network --quick`, written into a copy of
+   the shipped profile in a temporary directory);
+2. for three networks (a small CNN: mnist-demo-layer4; cifar10-layer7; an MLP with a large full
+   layer: benchmarks/archs/mlp-wide.yaml, 3072 x 1024) and the allreduce blocking or overlapped
+   (--overlap), measures the data-parallel step (1 thread per worker, worker r pinned to core r)
+   and predicts it with costmodel.machine.parallel from the per-op times MEASURED at I/P on one
+   worker (1 thread, pinned to core 0) and the network section fitted in step 1: the composition
+   "sum" without overlap, "overlap" with it.
+
+The per-op times at I/P are measured just before the runs of each network on each link (the
+machine's load drifts). `--baseline concurrent` measures them with P independent copies of that
+single worker running at once, each pinned to its own core (no communication): on a machine other
+work is loading, two pinned workers each get a smaller share of their core than one alone gets,
+and this baseline sees the same contention as the data-parallel run. `--baseline inrun` takes the
+compute rows of the slower worker of the very run it predicts: the error left is then only the
+communication model's and the composition's.
+
+Prints per case the measured step (the slower worker's median), its compute and communication
+(time in the collectives plus the waits, rank 0), the predicted step with its compute and exposed
+communication, and the error. Target (issue 16): |error| <= 20 % each.
+
+Namespaces need root, `ip` and `tc` (iproute2); without them only loopback runs. Everything made
+here is removed at the end, also on ^C.
+
+    python benchmarks/data_parallel.py [--steps 5] [--links loopback 10gbit 1gbit] [--archs A.yaml ...]
+                                       [--backend numpy|torch] [--impl index|strided]
+                                       [--baseline alone|concurrent]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from calib.parallel.netns import NetnsUnavailable, VethLink, netns_unavailable  # noqa: E402
+from costmodel.machine.parallel import (bucket_collectives, compose, gradient_tensors,  # noqa: E402
+                                        layer_collectives, rows_from)
+from costmodel.machine.profile import embedded_profile_path, load_profile  # noqa: E402
+from costmodel.model.arch import load_arch  # noqa: E402
+
+ARCHS = [ROOT / "examples" / "mnist-demo-layer4.yaml", ROOT / "examples" / "cifar10-layer7.yaml",
+         ROOT / "benchmarks" / "archs" / "mlp-wide.yaml"]
+LINKS = {"loopback": None, "10gbit": "10gbit", "1gbit": "1gbit"}
+DELAY_MS = 0.1
+P = 2
+TIMEOUT = 900
+PHASE = {"forward": 0, "backward": 1, "update": 2}
+_ports = itertools.count(29400)
+
+
+def _pin(core: int | None):
+    cores = sorted(os.sched_getaffinity(0))
+    if core is None:
+        return None
+    chosen = {cores[core % len(cores)]}
+    return lambda: os.sched_setaffinity(0, chosen)
+
+
+def cli(args: list[str], core: int | None = None) -> str:
+    """Run `costmodel ARGS` (this checkout's cli.py) pinned to one core; its stdout."""
+    done = subprocess.run([sys.executable, str(ROOT / "cli.py"), *map(str, args)], capture_output=True, text=True,
+                          timeout=TIMEOUT, preexec_fn=_pin(core), cwd=ROOT)
+    if done.returncode != 0:
+        raise RuntimeError(f"costmodel {' '.join(map(str, args))}: {done.stderr.strip()[-800:]}")
+    return done.stdout
+
+
+def concurrent(args: list[str]) -> list[str]:
+    """Run P copies of `costmodel ARGS` at once, copy r pinned to core r; their stdouts."""
+    procs = []
+    try:
+        for r in range(P):
+            procs.append(subprocess.Popen([sys.executable, str(ROOT / "cli.py"), *map(str, args)], stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True, preexec_fn=_pin(r), cwd=ROOT))
+        outs = []
+        for proc in procs:
+            out, err = proc.communicate(timeout=TIMEOUT)
+            if proc.returncode != 0:
+                raise RuntimeError(f"costmodel {' '.join(map(str, args))}: {err.strip()[-800:]}")
+            outs.append(out)
+        return outs
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def pair(link: VethLink, args_of_rank) -> list[str]:
+    """Run `costmodel ARGS(rank)` for ranks 0 and 1, each in its namespace and pinned to its core,
+    GLOO_SOCKET_IFNAME set to its end of the veth pair; their stdouts."""
+    procs = []
+    try:
+        for r in range(P):
+            env = dict(os.environ, GLOO_SOCKET_IFNAME=link.interface(r))
+            procs.append(subprocess.Popen(link.prefix(r) + [sys.executable, str(ROOT / "cli.py"),
+                                                              *map(str, args_of_rank(r))],
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                                          preexec_fn=_pin(r), cwd=ROOT))
+        outs = []
+        for r, proc in enumerate(procs):
+            out, err = proc.communicate(timeout=TIMEOUT)
+            if proc.returncode != 0:
+                raise RuntimeError(f"rank {r}: {err.strip()[-800:]}")
+            outs.append(out)
+        return outs
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def network(name: str, link: VethLink | None, tmp: Path):
+    """The network section fitted now for this link."""
+    profiles = [tmp / f"{name}-{r}.json" for r in range(P)]
+    for path in profiles:
+        shutil.copy(embedded_profile_path(), path)
+    if link is None:
+        cli(["calibrate", "--network", "--workers", P, "--threads", "1", "--quick", "-o", profiles[0]])
+    else:
+        port = next(_ports)
+        pair(link, lambda r: ["calibrate", "--network", "--init", f"tcp://{link.address(0)}:{port}", "--rank", r,
+                              "--world-size", P, "--threads", "1", "--quick", "--timeout", 300, "-o", profiles[r]])
+    return load_profile(profiles[0]).network
+
+
+def measured(link: VethLink | None, arch: Path, batch: int, overlap: bool, steps: int, backend: str,
+             impl: str) -> dict:
+    common = ["measure", arch, "--batch", batch, "--threads", "1", "--steps", steps, "--warmup", 1,
+              "--backend", backend, "--impl", impl, "--format", "json"] + (["--overlap"] if overlap else [])
+    if link is None:
+        return json.loads(cli(common + ["--workers", P]))
+    port = next(_ports)
+    outs = pair(link, lambda r: common + ["--init", f"tcp://{link.address(0)}:{port}", "--rank", r,
+                                          "--world-size", P, "--timeout", 300])
+    return json.loads(outs[0])
+
+
+def predicted(single: dict, arch, net, overlap: bool, backend: str):
+    rows = sorted(rows_from(single["ops"]), key=lambda r: PHASE[r.phase])  # torch's "other" rows in their phase
+    tensors = gradient_tensors(arch)
+    if backend == "torch":
+        collectives = bucket_collectives(tensors, P, net.alpha_seconds, net.beta_seconds_per_byte)
+    else:
+        collectives = layer_collectives(tensors, P, net.alpha_seconds, net.beta_seconds_per_byte)
+    return compose(rows, collectives, "overlap" if overlap else "sum", P)
+
+
+def ms(seconds: float) -> str:
+    return f"{1e3 * seconds:9.2f}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--links", nargs="+", default=list(LINKS), choices=list(LINKS))
+    parser.add_argument("--archs", nargs="+", type=Path, default=ARCHS)
+    parser.add_argument("--backend", choices=["numpy", "torch"], default="numpy")
+    parser.add_argument("--impl", choices=["index", "strided"], default="index")
+    parser.add_argument("--baseline", choices=["alone", "concurrent", "inrun"], default="alone",
+                        help="per-op times at I/P of one worker alone, of P copies at once, or the slower "
+                             "worker's own compute rows in the run predicted (see above)")
+    args = parser.parse_args()
+
+    emulated = [name for name in args.links if LINKS[name]]
+    reason = netns_unavailable() if emulated else None
+    if reason:
+        print(f"emulated links skipped: {reason}")
+        args.links = [name for name in args.links if not LINKS[name]]
+    archs = [load_arch(path) for path in args.archs]
+    print(f"load average {open('/proc/loadavg').read().split()[0]} on {os.cpu_count()} cores")
+    print(f"P = {P} workers, 1 thread each; backend {args.backend}" +
+          (f", impl {args.impl}" if args.backend == "numpy" else "") + f"; {args.steps} timed steps per case")
+
+    def baseline(path: Path, arch) -> dict | None:
+        """Per-op times at I/P of one worker, measured now (None for --baseline inrun)."""
+        if args.baseline == "inrun":
+            return None
+        single = ["measure", path, "--batch", arch.batch // P, "--threads", 1, "--steps", args.steps,
+                  "--backend", args.backend, "--impl", args.impl, "--format", "json"]
+        if args.baseline == "alone":
+            return json.loads(cli(single, core=0))
+        return max((json.loads(out) for out in concurrent(single)), key=lambda d: d["step_seconds"])
+
+    header = (f"{'link':9} {'network':18} {'overlap':7} | {'measured':>9} {'compute':>9} {'comm':>9} | "
+              f"{'predicted':>9} {'compute':>9} {'exposed':>9} | {'error':>7}")
+    rows, errors = [], []
+    with tempfile.TemporaryDirectory(prefix="costmodel-dp-") as tmp, \
+            (VethLink() if args.links != ["loopback"] else _nothing()) as veth:
+        for name in args.links:
+            link = None
+            if LINKS[name]:
+                shaping = veth.shape(LINKS[name], DELAY_MS)
+                print(f"{name}: tc qdisc {shaping.qdisc} on both ends" + (f" ({shaping.note})" if shaping.note else ""))
+                link = veth
+            net = network(name, link, Path(tmp))
+            worst = max((p for p in net.points if p.fitted), key=lambda p: abs(p.error))
+            print(f"{name}: network fitted now: latency {1e6 * net.alpha_seconds:.1f} us, "
+                  f"{1 / net.beta_seconds_per_byte / 1e6:.0f} MB/s; fit error median {100 * net.fit_error:.0f} %, "
+                  f"largest {100 * net.max_error:.0f} % at {worst.message_bytes} B")
+            for path, arch in zip(args.archs, archs):
+                single = baseline(path, arch)  # just before the runs it predicts: the load drifts
+                for overlap in (False, True):
+                    m = measured(link, path, arch.batch, overlap, args.steps, args.backend, args.impl)
+                    slow = max(m["ranks"], key=lambda r: r["step_seconds"])
+                    p = predicted(single or slow, arch, net, overlap, args.backend)
+                    error = p.step_seconds / slow["step_seconds"] - 1
+                    errors.append(error)
+                    rows.append(f"{name:9} {arch.name:18} {'yes' if overlap else 'no':7} | "
+                                f"{ms(slow['step_seconds'])} {ms(m['ranks'][0]['compute_seconds'])} "
+                                f"{ms(m['ranks'][0]['communication_seconds'])} | {ms(p.step_seconds)} "
+                                f"{ms(p.compute_seconds)} {ms(p.exposed_communication_seconds)} | {100 * error:+6.1f}%")
+                    print(rows[-1], flush=True)
+    print()
+    print("times in ms; measured: the slower worker's median step, rank 0's compute rows and communication "
+          "(collective calls + waits); predicted: compute at I/P on one worker + the allreduces of the ring model "
+          "composed (sum | overlap), exposed = step - compute")
+    print(header)
+    print("\n".join(rows))
+    within = sum(abs(e) <= 0.20 for e in errors)
+    print(f"load average {open('/proc/loadavg').read().split()[0]} at the end; compute baseline: {args.baseline}")
+    print(f"\n|error| median {100 * statistics.median(abs(e) for e in errors):.1f} %, worst "
+          f"{100 * max(abs(e) for e in errors):.1f} %; {within} of {len(errors)} within 20 % (target: all)")
+    return 0
+
+
+class _nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except NetnsUnavailable as exc:
+        print(f"cannot make the emulated links: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted (namespaces removed)", file=sys.stderr)
+        sys.exit(130)

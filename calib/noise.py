@@ -1,0 +1,191 @@
+"""Noise detection: the load on the machine while `measure` or `calibrate` runs.
+
+Three signs that a measurement was disturbed, each against a named limit:
+
+- **other processes' CPU time**: the busy time of the CPUs this process may run on
+  (/proc/stat, per CPU: user + nice + system + irq + softirq; guest time is already inside
+  user) minus this process's own (/proc/self/stat: utime + stime, all its threads, BLAS's
+  included), over the wall time times those CPUs. A busy core next to a calibration is
+  the case of issue 11: conv_grad_W fitted at 1.13 GFLOP/s instead of 79.
+- **steal time**: what the hypervisor gave other guests (/proc/stat's steal), over the same.
+- **spread of repeated samples**: the caller passes one relative spread per sample (the
+  rounds of a calibration sweep, the steps of `measure`) with a weight (the sample's time);
+  their weighted median is compared with the limit, so a few noisy microsecond ops do not
+  count, and a disturbed machine shows even when the other load is invisible to /proc/stat
+  (another VM on the same host without steal accounting, thermal or frequency changes).
+
+The CPU times have the kernel's tick resolution (1/SC_CLK_TCK, 10 ms on Linux): a
+difference of fewer than MIN_TICKS ticks is not read as load. Where /proc is not readable
+(not Linux) only the spread is judged.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+PROC_STAT = Path("/proc/stat")
+PROC_SELF_STAT = Path("/proc/self/stat")
+#: other processes may use at most this share of the available cores' time
+OTHER_CPU_LIMIT = 0.10
+#: the hypervisor may steal at most this share
+STEAL_LIMIT = 0.05
+#: the time-weighted median relative spread of repeated samples may be at most this
+SPREAD_LIMIT = 0.15
+#: fewer ticks of other or steal time than this are not load (the tick is 10 ms)
+MIN_TICKS = 5
+
+
+@dataclass(frozen=True)
+class CpuTicks:
+    """Clock ticks of a set of CPUs since boot (/proc/stat) and of this process (/proc/self/stat)."""
+
+    busy: int
+    steal: int
+    own: int
+
+
+def read_cpu_ticks(cpus: Iterable[int], stat_text: str | None = None,
+                   self_text: str | None = None) -> CpuTicks | None:
+    """Busy and steal ticks summed over `cpus` and this process's utime + stime, or None when
+    /proc is not readable."""
+    try:
+        stat_text = PROC_STAT.read_text() if stat_text is None else stat_text
+        self_text = PROC_SELF_STAT.read_text() if self_text is None else self_text
+    except OSError:
+        return None
+    wanted = {f"cpu{c}" for c in cpus}
+    busy = steal = 0
+    for line in stat_text.splitlines():
+        name, *values = line.split()
+        if name in wanted:
+            user, nice, system, _idle, _iowait, irq, softirq, st = (int(v) for v in (values + ["0"] * 8)[:8])
+            busy += user + nice + system + irq + softirq
+            steal += st
+    # the command name may hold spaces and parentheses: the fields start after the last ')'
+    fields = self_text.rpartition(")")[2].split()
+    own = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
+    return CpuTicks(busy, steal, own)
+
+
+def weighted_median(values, weights) -> float:
+    """The value at which the cumulative weight reaches half of the total."""
+    pairs = sorted(zip(values, weights))
+    total = sum(w for _, w in pairs)
+    if not pairs or total <= 0:
+        raise ValueError("weighted_median needs at least one positive weight")
+    acc = 0.0
+    for value, weight in pairs:
+        acc += weight
+        if acc >= total / 2:
+            return float(value)
+    return float(pairs[-1][0])
+
+
+def relative_spread(samples) -> float:
+    """(max - min) / median of repeated samples of one quantity; 0 for a single sample or a
+    zero median."""
+    samples = sorted(float(s) for s in samples)
+    if len(samples) < 2:
+        return 0.0
+    mid = len(samples) // 2
+    median = samples[mid] if len(samples) % 2 else (samples[mid - 1] + samples[mid]) / 2
+    return (samples[-1] - samples[0]) / median if median > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Load:
+    """The load measured over one run and the verdict on it (validates as
+    costmodel.machine.profile.LoadRecord)."""
+
+    wall_seconds: float
+    cores_available: int
+    other_cpu: float
+    steal: float
+    spread: float | None
+    disturbed: bool
+    reasons: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        """'other processes 48 % of 2 cores, steal 0 %, spread 3 %'."""
+        spread = "" if self.spread is None else f", spread {100 * self.spread:.0f} %"
+        return (f"other processes {100 * self.other_cpu:.0f} % of {self.cores_available} "
+                f"core{'s' if self.cores_available > 1 else ''}, steal {100 * self.steal:.0f} %{spread}")
+
+
+class LoadMonitor:
+    """Context manager recording the load while its block runs.
+
+    >>> with LoadMonitor() as monitor:
+    ...     samples = run_the_measurement()
+    ...     monitor.add_spreads(spreads, weights)
+    >>> monitor.load.disturbed, monitor.load.reasons
+
+    `cpus`: the CPUs to watch (default: those this process may run on); `clock` and `read`
+    (CPU ticks of the CPUs) are replaceable for tests."""
+
+    def __init__(self, cpus: Iterable[int] | None = None, *, other_limit: float = OTHER_CPU_LIMIT,
+                 steal_limit: float = STEAL_LIMIT, spread_limit: float = SPREAD_LIMIT,
+                 clock: Callable[[], float] = time.monotonic,
+                 read: Callable[[], CpuTicks | None] | None = None):
+        if cpus is None:
+            try:
+                cpus = os.sched_getaffinity(0)
+            except (AttributeError, OSError):
+                cpus = range(os.cpu_count() or 1)
+        self.cpus = sorted(cpus)
+        self.other_limit, self.steal_limit, self.spread_limit = other_limit, steal_limit, spread_limit
+        self.clock = clock
+        self.read = read or (lambda: read_cpu_ticks(self.cpus))
+        self.tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self.spreads: list[float] = []
+        self.weights: list[float] = []
+        self.load: Load | None = None
+
+    def __enter__(self) -> "LoadMonitor":
+        self._start = (self.clock(), self.read())
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.load = self.verdict(self.clock(), self.read())
+        return False
+
+    def add_spreads(self, spreads: Iterable[float], weights: Iterable[float] | None = None) -> None:
+        """Relative spreads of repeated samples (e.g. relative_spread of each op's rounds), each
+        with a weight (default 1; pass the sample's time so that large ops count more)."""
+        spreads = [float(s) for s in spreads]
+        weights = [1.0] * len(spreads) if weights is None else [float(w) for w in weights]
+        if len(weights) != len(spreads):
+            raise ValueError(f"{len(spreads)} spreads but {len(weights)} weights")
+        self.spreads += spreads
+        self.weights += weights
+
+    def verdict(self, end_time: float, end_ticks: CpuTicks | None) -> Load:
+        start_time, start_ticks = self._start
+        wall = max(end_time - start_time, 0.0)
+        cores = len(self.cpus)
+        capacity = wall * self.tick * cores  # ticks the watched CPUs had
+        other = steal = 0.0
+        if start_ticks is not None and end_ticks is not None and capacity > 0:
+            other_ticks = (end_ticks.busy - start_ticks.busy) - (end_ticks.own - start_ticks.own)
+            steal_ticks = end_ticks.steal - start_ticks.steal
+            other = max(other_ticks, 0) / capacity if other_ticks >= MIN_TICKS else 0.0
+            steal = max(steal_ticks, 0) / capacity if steal_ticks >= MIN_TICKS else 0.0
+        spread = (weighted_median(self.spreads, self.weights)
+                  if self.spreads and sum(self.weights) > 0 else None)
+        reasons = []
+        if other > self.other_limit:
+            reasons.append(f"other processes used {100 * other:.0f} % of the {cores} available "
+                           f"core{'s' if cores > 1 else ''}' time (limit {100 * self.other_limit:.0f} %)")
+        if steal > self.steal_limit:
+            reasons.append(f"steal time {100 * steal:.0f} % (limit {100 * self.steal_limit:.0f} %)")
+        if spread is not None and spread > self.spread_limit:
+            reasons.append(f"repeated samples spread {100 * spread:.0f} % (limit {100 * self.spread_limit:.0f} %)")
+        return Load(wall_seconds=wall, cores_available=cores, other_cpu=min(other, 1.0), steal=min(steal, 1.0),
+                    spread=spread, disturbed=bool(reasons), reasons=reasons)

@@ -1,0 +1,412 @@
+"""The workers of data-parallel SG and their gloo process group.
+
+Two ways to form the group (docs/data-parallel.md):
+
+- local: ``--workers P`` starts P processes on this machine with torch.multiprocessing (spawn),
+  worker r pinned with os.sched_setaffinity to its T cores (``--threads T``, default: the cores
+  this process may use, shared out), rendezvous on a free port of 127.0.0.1;
+- joined: this process is rank R of a group given by ``--init tcp://HOST:PORT --rank R
+  --world-size P`` (one command per machine, rank 0's HOST:PORT) or by torchrun's environment
+  (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE; ``--init env://``, or nothing at all when those
+  four are set).
+
+Every collective, and the rendezvous, is bounded by ``timeout`` seconds (torch.distributed's
+timeout of the gloo group). A worker that fails makes the others fail (gloo reports the closed
+connection) or wait out the timeout; the launcher then stops the rest (SIGTERM, then SIGKILL)
+and raises one ParallelError line naming the first cause. No process outlives the launcher.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from costmodel.errors import CostModelError, UsageError
+
+DEFAULT_TIMEOUT = 60.0
+ENV_VARS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")
+_TCP = re.compile(r"tcp://(\[[0-9A-Fa-f:.]+\]|[^:/\s]+):(\d{1,5})")
+
+
+class ParallelError(CostModelError):
+    """A data-parallel run that cannot go on: a worker failed, the group cannot be formed."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one worker runs and how it joins the group."""
+
+    rank: int
+    world_size: int
+    init_method: str
+    timeout: float
+    threads: int
+    cores: tuple[int, ...] | None  # None: not pinned
+
+
+@dataclass(frozen=True)
+class GroupPlan:
+    """``local``: start ``world_size`` workers here (placements, one per rank); ``joined``: this
+    process is ``placements[0].rank`` of a group formed elsewhere."""
+
+    mode: str
+    world_size: int
+    placements: tuple[Placement, ...]
+    oversubscribed: bool = False
+
+    @property
+    def threads(self) -> int:
+        return self.placements[0].threads
+
+    @property
+    def init_method(self) -> str:
+        return self.placements[0].init_method
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    """What a worker's task knows about itself."""
+
+    rank: int
+    world_size: int
+    threads: int
+    cores: tuple[int, ...] | None
+    host: str
+    pid: int
+
+
+def quiet_torch_logs() -> None:
+    """Keep torch's C++ log lines (a failed connection's retries, with C++ stack frames) off
+    stderr: the command reports the cause in one line. Set before torch is imported (workers
+    inherit it); TORCH_CPP_LOG_LEVEL set by the user wins."""
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")
+
+
+def parse_init(text: str) -> str:
+    """``tcp://HOST:PORT`` or ``env://`` as given, or a UsageError."""
+    if text == "env://":
+        return text
+    match = _TCP.fullmatch(text)
+    if not match or not 0 < int(match.group(2)) < 65536:
+        raise UsageError(f"--init: {text!r} is not tcp://HOST:PORT (a port 1-65535) or env://")
+    return text
+
+
+def plan_group(*, workers: int | None, init: str | None, rank: int | None, world_size: int | None,
+               threads: int | None, timeout: float = DEFAULT_TIMEOUT, oversubscribe: bool = False,
+               environ: Mapping[str, str] | None = None, cores: set[int] | None = None) -> GroupPlan | None:
+    """The group a command asks for, checked; None when it asks for none (one process, no
+    group). Errors are one UsageError line naming the option."""
+    environ = os.environ if environ is None else environ
+    available = sorted(os.sched_getaffinity(0) if cores is None else cores)
+    if timeout is not None and not timeout > 0:
+        raise UsageError(f"--timeout: {timeout} s; give a positive number of seconds")
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads: {threads}; give at least 1 thread per worker")
+    if workers is not None and workers < 1:
+        raise UsageError(f"--workers: {workers} workers; give at least 1")
+    env_group = init is None and workers is None and rank is None and all(v in environ for v in ENV_VARS)
+    if init is None and not env_group:
+        if rank is not None or world_size is not None:
+            raise UsageError("--rank and --world-size join a group given by --init tcp://HOST:PORT "
+                             "(or torchrun's environment); on one machine use --workers P")
+        if workers is None:
+            if oversubscribe:
+                raise UsageError("--oversubscribe goes with --workers P")
+            return None
+        return _local(workers, threads, timeout, oversubscribe, available)
+
+    method = "env://" if env_group else parse_init(init)
+    if workers is not None:
+        raise UsageError("--workers starts every worker on this machine; with --init each machine "
+                         "starts its own rank: leave --workers out and give --rank R --world-size P")
+    if method == "env://":
+        missing = [v for v in ENV_VARS if v not in environ]
+        if missing:
+            raise UsageError(f"--init env://: the environment lacks {', '.join(missing)} "
+                             "(set by torchrun, or by hand)")
+        rank = _env_int(environ, "RANK") if rank is None else rank
+        world_size = _env_int(environ, "WORLD_SIZE") if world_size is None else world_size
+        addr, port = environ["MASTER_ADDR"], environ["MASTER_PORT"]
+        method = parse_init(f"tcp://{addr}:{port}")  # the same rendezvous, checked the same way
+    if rank is None or world_size is None:
+        raise UsageError(f"--init {init}: give --rank R and --world-size P too")
+    if world_size < 1:
+        raise UsageError(f"--world-size: {world_size}; give at least 1")
+    if not 0 <= rank < world_size:
+        raise UsageError(f"--rank: {rank} is not in 0..{world_size - 1} (--world-size {world_size})")
+    T = threads or len(available)
+    if T > len(available) and not oversubscribe:
+        raise UsageError(f"--threads {T}: this process may run on {len(available)} cores "
+                         "(os.sched_getaffinity); use fewer threads or --oversubscribe")
+    return GroupPlan("joined", world_size, (Placement(rank, world_size, method, timeout, T, None),),
+                     oversubscribed=T > len(available))
+
+
+def _env_int(environ: Mapping[str, str], name: str) -> int:
+    try:
+        return int(environ[name])
+    except ValueError:
+        raise UsageError(f"{name}={environ[name]!r} in the environment is not an integer") from None
+
+
+def _local(P: int, threads: int | None, timeout: float, oversubscribe: bool, available: list[int]) -> GroupPlan:
+    n = len(available)
+    T = threads or max(1, n // P)
+    if P * T > n and not oversubscribe:
+        raise UsageError(f"--workers {P} x --threads {T} needs {P * T} cores, but this process may run on {n} "
+                         "(os.sched_getaffinity): use fewer workers or threads, or --oversubscribe to share cores")
+    method = f"tcp://127.0.0.1:{free_port()}"
+    placements = tuple(Placement(r, P, method, timeout, T, tuple(sorted({available[(r * T + j) % n] for j in range(T)})))
+                       for r in range(P))
+    return GroupPlan("local", P, placements, oversubscribed=P * T > n)
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that is free now (the OS's choice)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- joining the group -----------------------------------------------------------------------
+
+def join_group(p: Placement) -> WorkerContext:
+    """init_process_group("gloo") for this placement, bounded by its timeout; the rendezvous's
+    failure is one ParallelError line."""
+    from calib.backends.torch import import_torch
+
+    quiet_torch_logs()
+    import_torch()
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_gloo_available():
+        raise ParallelError("this PyTorch has no torch.distributed with gloo")
+    start = time.monotonic()
+    try:
+        dist.init_process_group("gloo", init_method=p.init_method, rank=p.rank, world_size=p.world_size,
+                                timeout=timedelta(seconds=p.timeout))
+    except Exception as exc:  # DistStoreError, RuntimeError, ValueError from the rendezvous
+        waited = time.monotonic() - start
+        raise ParallelError(f"--init {p.init_method}: rank {p.rank} of {p.world_size} could not join the gloo "
+                            f"group after {waited:.0f} s (timeout {p.timeout:g} s): {first_line(exc)}") from None
+    return WorkerContext(p.rank, p.world_size, p.threads, p.cores, socket.gethostname(), os.getpid())
+
+
+def leave_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception as one short line: its first non-empty line, without gloo's [file:line]."""
+    text = str(exc).strip() or exc.__class__.__name__
+    line = next((s.strip() for s in text.splitlines() if s.strip()), text)
+    line = re.sub(r"^\[[^\]]*\.(cc|cpp|h):\d+\]\s*", "", line)
+    return f"{exc.__class__.__name__}: {line}"[:300]
+
+
+class _threads:
+    """BLAS (threadpoolctl) and torch intra-op threads limited to T inside."""
+
+    def __init__(self, T: int):
+        self.T = T
+
+    def __enter__(self):
+        from threadpoolctl import threadpool_limits
+
+        import torch
+
+        self.previous = torch.get_num_threads()
+        torch.set_num_threads(self.T)
+        self.limits = threadpool_limits(limits=self.T)
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+
+        self.limits.restore_original_limits()
+        torch.set_num_threads(self.previous)
+        return False
+
+
+def run_joined(plan: GroupPlan, task: Callable, args: tuple = (),
+               log: Callable[[str], None] | None = None) -> list[Any]:
+    """Run `task(ctx, *args)` as this process's rank of the group; every rank's result (rank
+    order), gathered with all_gather_object."""
+    import torch.distributed as dist
+
+    p = plan.placements[0]
+    ctx = join_group(p)
+    if log is not None:
+        log(f"rank {p.rank} joined the gloo group of {p.world_size} ({p.init_method})")
+    try:
+        with _threads(p.threads):
+            result = task(ctx, *args)
+        gathered: list[Any] = [None] * p.world_size
+        dist.all_gather_object(gathered, result)
+    except CostModelError:
+        raise
+    except Exception as exc:  # a peer gone (gloo), a timeout
+        raise ParallelError(f"rank {p.rank}: {first_line(exc)}") from None
+    finally:
+        leave_group()
+    return gathered
+
+
+# -- local workers ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Job:
+    placements: tuple[Placement, ...]
+    task: Callable
+    args: tuple
+    outdir: str
+
+
+def _write(outdir: str, rank: int, record: tuple) -> None:
+    path = Path(outdir) / f"{rank}.pkl"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(pickle.dumps(record))
+    os.replace(tmp, path)
+
+
+def _worker_main(rank: int, job: _Job) -> None:
+    """A spawned worker: pin, join, run the task, leave its result (or its error) in outdir."""
+    p = job.placements[rank]
+    try:
+        if p.cores is not None:
+            os.sched_setaffinity(0, p.cores)
+        ctx = join_group(p)
+        import torch.distributed as dist
+
+        dist.barrier()
+        if rank == 0:
+            Path(job.outdir, "joined").touch()
+        with _threads(p.threads):
+            result = job.task(ctx, *job.args)
+        _write(job.outdir, rank, ("ok", result))
+        leave_group()
+    except KeyboardInterrupt:
+        os._exit(130)
+    except BaseException as exc:  # noqa: BLE001 - every failure becomes one line for the launcher
+        message = str(exc) if isinstance(exc, CostModelError) else first_line(exc)
+        try:
+            _write(job.outdir, rank, ("error", message, time.time()))
+        finally:
+            sys.stderr.flush()
+            os._exit(2)  # no interpreter shutdown with a broken gloo group
+
+
+def run_local(plan: GroupPlan, task: Callable, args: tuple = (),
+              log: Callable[[str], None] | None = None) -> list[Any]:
+    """Start the plan's workers, run `task(ctx, *args)` in each, and return their results in rank
+    order. When one fails, the others get `timeout` seconds to stop by themselves (gloo tells
+    them their peer is gone), then SIGTERM, then SIGKILL; the first cause is one ParallelError
+    line. ^C stops every worker. No worker outlives this call."""
+    from calib.backends.torch import import_torch
+
+    quiet_torch_logs()
+    import_torch()
+    import multiprocessing.connection
+
+    import torch.multiprocessing as mp
+
+    outdir = tempfile.mkdtemp(prefix="costmodel-parallel-")
+    job = _Job(plan.placements, task, tuple(args), outdir)
+    procs = []
+    try:
+        context = mp.start_processes(_worker_main, args=(job,), nprocs=plan.world_size, join=False,
+                                     start_method="spawn")
+        procs = list(context.processes)
+        grace = plan.placements[0].timeout
+        joined = False
+        deadline = None
+        while True:
+            if not joined and Path(outdir, "joined").exists():
+                joined = True
+                if log is not None:
+                    who = "1 worker" if plan.world_size == 1 else f"{plan.world_size} workers"
+                    log(f"{who} joined the gloo group ({plan.init_method}): pids "
+                        + " ".join(str(p.pid) for p in procs) + ", cores "
+                        + " ".join(",".join(map(str, p.cores)) for p in plan.placements))
+            alive = [p for p in procs if p.exitcode is None]
+            if deadline is None and any(p.exitcode not in (None, 0) for p in procs):
+                deadline = time.monotonic() + grace
+            if not alive or (deadline is not None and time.monotonic() > deadline):
+                break
+            multiprocessing.connection.wait([p.sentinel for p in alive], timeout=0.2)
+        stopped = {r for r, p in enumerate(procs) if p.exitcode is None}  # still running at the deadline
+        _stop(procs)
+        records = {}
+        for r in range(plan.world_size):
+            path = Path(outdir, f"{r}.pkl")
+            if path.exists():
+                records[r] = pickle.loads(path.read_bytes())
+        failed = [r for r, p in enumerate(procs) if p.exitcode != 0 or records.get(r, ("",))[0] != "ok"]
+        if failed:
+            raise ParallelError(_cause(procs, records, [r for r in failed if r not in stopped] or failed))
+        return [records[r][1] for r in range(plan.world_size)]
+    except KeyboardInterrupt:
+        _stop(procs, grace=2.0)
+        raise
+    finally:
+        _stop(procs, grace=2.0)
+        shutil.rmtree(outdir, ignore_errors=True)
+
+
+def _stop(procs: list, grace: float = 5.0) -> None:
+    """Terminate the processes still alive, then kill those that ignore it; reap them all."""
+    for p in procs:
+        if p.exitcode is None:
+            p.terminate()
+    end = time.monotonic() + grace
+    for p in procs:
+        p.join(max(0.0, end - time.monotonic()))
+    for p in procs:
+        if p.exitcode is None:
+            p.kill()
+            p.join()
+
+
+def _cause(procs: list, records: dict, failed: list[int]) -> str:
+    """The first cause of a failed run, one line: a worker killed by a signal, else the earliest
+    error a worker reported, else a worker that ended without a result."""
+    P = len(procs)
+    for r in failed:
+        code = procs[r].exitcode
+        if code is not None and code < 0 and r not in records:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            return (f"worker {r} of {P} (pid {procs[r].pid}) was killed by {name}; "
+                    "the other workers stopped")
+    errors = sorted((rec[2], r, rec[1]) for r, rec in records.items() if rec[0] == "error")
+    if errors:
+        _, r, message = errors[0]
+        return f"worker {r} of {P}: {message}"
+    r = failed[0]
+    return f"worker {r} of {P} (pid {procs[r].pid}) ended with exit status {procs[r].exitcode} and no result"
+
+
+def run(plan: GroupPlan, task: Callable, args: tuple = (), log: Callable[[str], None] | None = None) -> list[Any]:
+    """Every rank's result of `task(ctx, *args)`, in rank order, whichever way the group forms."""
+    if plan.mode == "local":
+        return run_local(plan, task, args, log=log)
+    return run_joined(plan, task, args, log=log)

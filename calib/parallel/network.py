@@ -1,0 +1,184 @@
+"""The network between data-parallel workers: a gloo allreduce microbenchmark and the fit of the
+ring model t(n) = 2 (P-1) alpha + 2 (P-1)/P n beta (costmodel.machine.parallel), or the alpha and
+beta of a link the user does not have.
+
+Benchmark: message sizes 4 B to 64 MiB (powers of 4), float32 SUM allreduces of one
+preallocated buffer; per size two untimed calls, then `repeats` rounds, each after a barrier, of
+k back-to-back calls (k = 64 for the smallest messages, fewer as they grow, 1 from 1 MiB up) timed
+together, divided by k. A round's time is the slowest worker's (the collective ends when the last
+worker has its result), and a size's time is the median over the rounds.
+
+Fit: scipy.optimize.nnls on rows scaled by 1/t (least squares of the relative error, alpha and
+beta >= 0). Reported per size: measured, predicted, predicted/measured - 1.
+
+gloo's ring (gloo/allreduce.cc) splits the buffer into at least 2P segments and sends them in
+turn, 2P - 2 per phase for a small message (the textbook ring's P - 1 sends of n/P bytes, split
+in two for pipelining); a message of fewer than 2P elements leaves segments empty and takes fewer
+sends. Such sizes (4 B for P = 2) are measured and shown but left out of the fit: a step's
+messages are larger (every gradient has at least one value per output), and alpha is then the
+latency per step of the ring model as gloo runs it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import datetime, timezone
+from time import perf_counter_ns
+
+import numpy as np
+
+from costmodel.errors import UsageError
+from costmodel.machine.parallel import ring_allreduce_seconds, ring_features
+
+SIZES = tuple(4 ** k for k in range(1, 14))  # 4 B .. 64 MiB
+REPEATS = 7
+QUICK_REPEATS = 3
+
+#: Ethernet TCP payload over the wire at MTU 1500: 1448 payload bytes (1500 - 20 IP - 32 TCP with
+#: timestamps) per 1538 bytes on the wire (+ 14 header, 4 FCS, 8 preamble, 12 inter-frame gap)
+TCP_EFFICIENCY = 1448 / 1538
+
+#: links the user may not have: name -> (alpha seconds, line rate bits/s). The line rates are
+#: IEEE 802.3's (1000BASE-T, 10GBASE, 25GBASE, 100GBASE); beta = 1 / (rate/8 * TCP_EFFICIENCY).
+#: The latencies are ASSUMED typical one-way latencies of a small message through the Linux
+#: kernel's TCP stack, two NICs and one switch (order of magnitude, not measured here); gloo adds
+#: its own per-call overhead on top: measure yours with `calibrate --network` across the machines.
+LINKS: dict[str, tuple[float, float]] = {
+    "1GbE": (50e-6, 1e9),
+    "10GbE": (20e-6, 10e9),
+    "25GbE": (15e-6, 25e9),
+    "100GbE": (10e-6, 100e9),
+}
+
+
+def link_alpha_beta(name: str) -> tuple[float, float]:
+    """(alpha s, beta s/B) of a named link (LINKS), or a UsageError listing the names."""
+    for key, (alpha, rate) in LINKS.items():
+        if key.lower() == name.strip().lower():
+            return alpha, 1.0 / (rate / 8 * TCP_EFFICIENCY)
+    raise UsageError(f"--link: {name!r} is not one of {', '.join(LINKS)}")
+
+
+_LATENCY_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+_PREFIX = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+
+
+def parse_latency(text: str) -> float:
+    """'50us', '0.2 ms', '1e-5s' -> seconds; a UsageError otherwise."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?\d+)?)\s*(s|ms|us|µs|ns)\s*", text)
+    if not match or not math.isfinite(float(match.group(1))):
+        raise UsageError(f"--latency: {text!r} is not a time such as 50us, 0.2ms or 1e-5s")
+    return float(match.group(1)) * _LATENCY_UNITS[match.group(2)]
+
+
+def parse_bandwidth(text: str) -> float:
+    """'1.25GB/s', '10Gbit/s', '10 Gb/s', '100MB/s' -> bytes per second (SI prefixes: G = 1e9);
+    B is bytes, bit or b is bits. A UsageError for anything else, or a rate that is not > 0."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?\d+)?)\s*([kKMGT]?)(B|bit|b)(?:/s|ps)\s*", text)
+    if not match:
+        raise UsageError(f"--bandwidth: {text!r} is not a rate such as 1.25GB/s or 10Gbit/s")
+    value = float(match.group(1)) * _PREFIX[match.group(2)] / (1 if match.group(3) == "B" else 8)
+    if not value > 0 or not math.isfinite(value):
+        raise UsageError(f"--bandwidth: {text!r} is not a positive rate")
+    return value
+
+
+def given_network(*, link: str | None, latency: str | None, bandwidth: str | None, workers: int | None):
+    """A costmodel.machine.profile.Network for a link the user gives: --link NAME, or --latency
+    and --bandwidth together."""
+    from costmodel.machine.profile import Network
+
+    if link is not None and (latency is not None or bandwidth is not None):
+        raise UsageError("--link names a link with its latency and bandwidth: give either --link or "
+                         "--latency and --bandwidth")
+    if link is not None:
+        alpha, beta = link_alpha_beta(link)
+        name = next(k for k in LINKS if k.lower() == link.strip().lower())
+    else:
+        if latency is None or bandwidth is None:
+            raise UsageError("give both --latency and --bandwidth (or --link)")
+        alpha, beta, name = parse_latency(latency), 1.0 / parse_bandwidth(bandwidth), f"{latency}, {bandwidth}"
+    return Network(alpha_seconds=alpha, beta_seconds_per_byte=beta, workers=workers, link="given", name=name,
+                   created=datetime.now(timezone.utc))
+
+
+def inner_calls(nbytes: int) -> int:
+    """Back-to-back calls timed together for one round: 64 for the smallest messages, 1 from
+    1 MiB up."""
+    return max(1, min(64, (1 << 20) // max(nbytes, 1)))
+
+
+def allreduce_benchmark(ctx, sizes: tuple[int, ...] = SIZES, repeats: int = REPEATS) -> dict[int, list[float]]:
+    """Task of a worker (calib.parallel.group.run): per message size (bytes, a multiple of 4), this
+    worker's seconds of one allreduce in each round (module docstring)."""
+    import torch
+    import torch.distributed as dist
+
+    buffer = torch.zeros(max(sizes) // 4, dtype=torch.float32)
+    out: dict[int, list[float]] = {}
+    for n in sizes:
+        t = buffer[: n // 4]
+        k = inner_calls(n)
+        for _ in range(2):
+            dist.all_reduce(t)
+        times = []
+        for _ in range(repeats):
+            dist.barrier()
+            t0 = perf_counter_ns()
+            for _ in range(k):
+                dist.all_reduce(t)
+            times.append((perf_counter_ns() - t0) * 1e-9 / k)
+        out[n] = times
+    return out
+
+
+def combine(per_worker: list[dict[int, list[float]]]) -> dict[int, float]:
+    """Per size, the median over the rounds of the slowest worker's time."""
+    return {n: float(np.median(np.max([w[n] for w in per_worker], axis=0))) for n in per_worker[0]}
+
+
+def fitted(nbytes: int, P: int, element_bytes: int = 4) -> bool:
+    """Whether a message size enters the fit: at least 2P elements (module docstring)."""
+    return nbytes >= 2 * P * element_bytes
+
+
+def fit_ring(seconds: dict[int, float], P: int) -> tuple[float, float]:
+    """(alpha, beta) >= 0 minimising the squared relative error of the ring model over the points
+    (scipy.optimize.nnls on the rows divided by the measured times). Errors: ValueError for
+    P < 2 or fewer than two points."""
+    from scipy.optimize import nnls
+
+    if P < 2:
+        raise ValueError("the ring model of one worker has nothing to fit (P >= 2)")
+    if len(seconds) < 2:
+        raise ValueError("at least two message sizes are needed")
+    sizes = sorted(seconds)
+    t = np.array([seconds[n] for n in sizes])
+    A = np.array([ring_features(n, P) for n in sizes]) / t[:, None]
+    (alpha, beta), _ = nnls(A, np.ones(len(sizes)))
+    return float(alpha), float(beta)
+
+
+def measured_network(seconds: dict[int, float], P: int, link: str, repeats: int):
+    """The fit as a costmodel.machine.profile.Network with its points and errors."""
+    from costmodel.machine.profile import Network, NetworkPoint
+
+    alpha, beta = fit_ring({n: t for n, t in seconds.items() if fitted(n, P)}, P)
+    points = []
+    for n in sorted(seconds):
+        predicted = ring_allreduce_seconds(n, P, alpha, beta)
+        points.append(NetworkPoint(message_bytes=n, seconds=seconds[n], predicted_seconds=predicted,
+                                   error=predicted / seconds[n] - 1, fitted=fitted(n, P)))
+    errors = [abs(p.error) for p in points if p.fitted]
+    return Network(alpha_seconds=alpha, beta_seconds_per_byte=beta, workers=P, link=link, points=points,
+                   fit_error=float(np.median(errors)), max_error=float(max(errors)), repeats=repeats,
+                   created=datetime.now(timezone.utc))
+
+
+def facts(network) -> str:
+    """alpha and beta read as machine facts: 'latency 45.0 us, 1.1 GB/s'."""
+    from costmodel.present.report import fmt_seconds, human
+
+    bandwidth = "no cost per byte" if network.beta_seconds_per_byte == 0 else human(1 / network.beta_seconds_per_byte, "B/s")
+    return f"latency {fmt_seconds(network.alpha_seconds)}, {bandwidth}"

@@ -1,0 +1,406 @@
+"""One data-parallel SG step on a worker, timed per op, with its allreduces.
+
+Worker r of P takes instances r I/P .. (r+1) I/P - 1 of the mini-batch (P must divide I), runs the
+step on them and sums the gradients with the other workers through torch.distributed; the update
+divides the summed gradient by the whole I, so every worker applies the update of the whole
+mini-batch (simpleNN's loss is a sum over instances: the allreduce SUMs).
+
+- NumPy reference (LayerAllreduce): as soon as the backward has a layer's dW^m and db^m (after its
+  bias_grad), both are allreduced in place: torch.from_numpy shares their memory, no copy. Without
+  overlap each call blocks; with overlap it is asynchronous (async_op=True) and the backward goes
+  on; the step waits for all of them before the update.
+- PyTorch (DDPStep): DistributedDataParallel with its buckets (25 MiB, the first 1 MiB), through a
+  communication hook that times each bucket's allreduce (SUM) and, without overlap, waits for it
+  in the hook.
+
+Rows: the backend's compute rows (phases forward, backward, update; calib.measure.summarize), and
+one ``allreduce`` row (phase ``communication``) per layer (NumPy) or per bucket (DDP): ``seconds``
+is the time in the collective call, ``wait_seconds`` the time the step waited for it before the
+update; the row's fraction counts both, so the fractions of a worker sum to 1.
+"""
+
+from __future__ import annotations
+
+from time import perf_counter_ns
+from typing import Callable
+
+import numpy as np
+
+from costmodel.errors import UsageError
+from costmodel.model.arch import Architecture
+from costmodel.model.ops import OpKey
+
+ALLREDUCE = "allreduce"
+WAIT = "allreduce_wait"  # a timer key only: folded into the allreduce row's wait_seconds
+COMMUNICATION = "communication"
+
+
+def per_worker(I: int, P: int) -> int:
+    """I/P, the instances of each worker; a UsageError when P does not divide I."""
+    if I % P:
+        raise UsageError(f"--workers {P} does not divide the mini-batch I={I}: every worker takes I/P "
+                         f"instances; choose a --batch that {P} divides (e.g. {max(P, I - I % P)})")
+    return I // P
+
+
+def shard(X: np.ndarray, Y: np.ndarray, rank: int, P: int) -> tuple[np.ndarray, np.ndarray]:
+    """Worker `rank`'s instances of the mini-batch (axis 1 of both layouts: (d, I, a, b) or
+    (n, I), and Y (n_classes, I)), contiguous."""
+    n = per_worker(X.shape[1], P)
+    part = slice(rank * n, (rank + 1) * n)
+    return np.ascontiguousarray(X[:, part]), np.ascontiguousarray(Y[:, part])
+
+
+def broadcast_(arrays: list[np.ndarray], src: int = 0) -> None:
+    """Overwrite every array with rank `src`'s, in place (torch.from_numpy, no copy)."""
+    import torch
+    import torch.distributed as dist
+
+    for a in arrays:
+        dist.broadcast(torch.from_numpy(a), src)
+
+
+# -- the summary of a worker's steps ---------------------------------------------------------
+
+def worker_summary(compute: list[dict], comm: list[dict], step_seconds: list[float], order: list[OpKey],
+                   comm_rows: dict) -> dict:
+    """A worker's measure JSON: the compute rows (calib.measure.summarize of `compute`, one dict
+    OpKey -> seconds per step), then the allreduce rows: `comm` holds per step {key: (call
+    seconds, wait seconds)}, `comm_rows` per key the row's fixed fields (layer, layer_type,
+    bytes, calls, ...). total_seconds sums every row's median seconds and waits; compute_seconds,
+    communication_seconds (calls and waits) and wait_seconds are medians over the steps, and
+    wait_seconds_per_step lists what each step waited before its update."""
+    from calib.measure import summarize
+
+    base = summarize(compute, step_seconds, order)
+    rows = []
+    for key, fixed in comm_rows.items():
+        rows.append({**fixed, "op": ALLREDUCE, "phase": COMMUNICATION,
+                     "seconds": float(np.median([s[key][0] if key in s else 0.0 for s in comm])),
+                     "wait_seconds": float(np.median([s[key][1] if key in s else 0.0 for s in comm]))})
+    total = base["total_seconds"] + sum(r["seconds"] + r["wait_seconds"] for r in rows)
+    ops = [r for r in base["ops"] if r["phase"] != "update"] + rows + [r for r in base["ops"] if r["phase"] == "update"]
+    for r in ops:
+        r["fraction"] = (r["seconds"] + r.get("wait_seconds", 0.0)) / total if total > 0 else 0.0
+    per_step_compute = [sum(s.values()) for s in compute]
+    per_step_comm = [sum(c + w for c, w in s.values()) for s in comm]
+    per_step_wait = [sum(w for _, w in s.values()) for s in comm]
+    return {
+        "total_seconds": total,
+        "step_seconds": base["step_seconds"],
+        "coverage": float(np.median([(a + b) / t for a, b, t in zip(per_step_compute, per_step_comm, step_seconds)])),
+        "compute_seconds": float(np.median(per_step_compute)),
+        "communication_seconds": float(np.median(per_step_comm)),
+        "wait_seconds": float(np.median(per_step_wait)),
+        "wait_seconds_per_step": per_step_wait,
+        "ops": ops,
+    }
+
+
+def _identity(ctx) -> dict:
+    return {"rank": ctx.rank, "host": ctx.host, "pid": ctx.pid,
+            "cores": list(ctx.cores) if ctx.cores is not None else None}
+
+
+# -- the NumPy reference -----------------------------------------------------------------------
+
+class LayerAllreduce:
+    """The reference CNN's hooks (ReferenceCNN.hook_grads): allreduce (SUM) every gradient of a
+    layer (dW^m, db^m; dgamma^m, dbeta^m with batch normalization: layer.parameters()) in place
+    as soon as the backward has them; with `overlap` asynchronously, waited for before the update.
+
+    Timer laps: OpKey(m, kind, "allreduce", "communication") closes after the calls,
+    OpKey(m, kind, "allreduce_wait", "communication") after waiting for layer m's."""
+
+    def __init__(self, overlap: bool):
+        import torch
+        import torch.distributed as dist
+
+        self.torch, self.dist, self.overlap = torch, dist, overlap
+        self.pending: list[tuple] = []
+
+    def grads_ready(self, layer, tm) -> None:
+        tensors = [self.torch.from_numpy(grad) for _, grad in layer.parameters().values()]
+        if self.overlap:
+            self.pending.append((layer, [self.dist.all_reduce(t, async_op=True) for t in tensors]))
+        else:
+            for t in tensors:
+                self.dist.all_reduce(t)
+        tm.lap(layer.key(ALLREDUCE, COMMUNICATION))
+
+    def before_update(self, tm) -> None:
+        for layer, works in self.pending:
+            for work in works:
+                work.wait()
+            tm.lap(layer.key(WAIT, COMMUNICATION))
+        self.pending.clear()
+
+
+def numpy_worker(arch: Architecture, impl: str, seed: int, threads: int, rank: int, P: int, overlap: bool):
+    """(cnn, X_r, Y_r): worker `rank`'s reference CNN at I/P with rank 0's weights and the
+    allreduce hooks installed, and its share of the seeded synthetic mini-batch."""
+    from calib.cnn import ReferenceCNN
+    from calib.measure import synthetic_batch
+    from calib.memory import check_memory
+
+    local = arch.with_batch(per_worker(arch.batch, P))
+    check_memory(local, impl)
+    X, Y = synthetic_batch(arch, seed)
+    Xr, Yr = shard(X, Y, rank, P)
+    cnn = ReferenceCNN(local, impl=impl, seed=seed, threads=threads)
+    broadcast_(list(cnn.parameters().values()))
+    comm = LayerAllreduce(overlap)
+    cnn.hook_grads(comm.grads_ready, comm.before_update, update_batch=arch.batch)
+    return cnn, Xr, Yr
+
+
+def measure_numpy(ctx, arch: Architecture, impl: str, steps: int, warmup: int, overlap: bool, seed: int = 0) -> dict:
+    """Task of a worker (calib.parallel.group.run): warmup + steps data-parallel steps of the
+    reference CNN on this worker's share of a synthetic batch, each from the same weights and
+    after a barrier; the worker's rows (worker_summary)."""
+    import torch.distributed as dist
+
+    from calib.timer import OpTimer
+
+    cnn, Xr, Yr = numpy_worker(arch, impl, seed, ctx.threads, ctx.rank, ctx.world_size, overlap)
+    params = cnn.state()
+    start = [a.copy() for a in params]
+    timer = OpTimer()
+    compute, comm, walls = [], [], []
+    for i in range(warmup + steps):
+        for a, a0 in zip(params, start):
+            np.copyto(a, a0)
+        dist.barrier()
+        timer.reset()
+        t0 = perf_counter_ns()
+        cnn.step(Xr, Yr, timer)
+        t1 = perf_counter_ns()
+        if i < warmup:
+            continue
+        walls.append((t1 - t0) * 1e-9)
+        seconds = timer.seconds()
+        compute.append({k: s for k, s in seconds.items() if k.phase != COMMUNICATION})
+        comm.append({k.layer: (s, seconds.get(k._replace(op=WAIT), 0.0))
+                     for k, s in seconds.items() if k.op == ALLREDUCE})
+    rows = {layer.m: {"layer": layer.m, "layer_type": layer.sz.kind,
+                      "bytes": sum(grad.nbytes for _, grad in layer.parameters().values()),
+                      "calls": len(layer.parameters())}
+            for layer in reversed(cnn.layers) if layer.parameters()}
+    order = [k for k in timer.keys() if k.phase != COMMUNICATION]
+    return {**_identity(ctx), "batch": cnn.I, "impl": impl,
+            **worker_summary(compute, comm, walls, order, rows)}
+
+
+# -- PyTorch under DistributedDataParallel -----------------------------------------------------
+
+class BucketHook:
+    """A DDP communication hook: allreduce (SUM) of each bucket, timed; without `overlap` it waits
+    inside the hook, so the backward does not go on meanwhile.
+
+    Per step (``start()``, then the step, then ``finish()``): per bucket the time in the call,
+    the time its allreduce completed, and the time the autograd graph was done and DDP's
+    finalization (which waits for every bucket) returned, from two final callbacks of the
+    autograd engine (the first queued by the first bucket, before DDP's own; it queues the
+    second, which runs after DDP's)."""
+
+    def __init__(self, overlap: bool, layer_of: dict[int, int]):
+        import torch
+        import torch.distributed as dist
+
+        self.torch, self.dist, self.overlap, self.layer_of = torch, dist, overlap, layer_of
+        self.start()
+
+    def start(self) -> None:
+        self.buckets: dict[int, dict] = {}  # DDP rebuilds its buckets after the first step
+        self.calls: dict[int, int] = {}
+        self.done: dict[int, int] = {}
+        self.graph_done = self.finalized = None
+
+    def _graph_done(self) -> None:
+        self.graph_done = perf_counter_ns()
+        self.torch.autograd.Variable._execution_engine.queue_callback(self._finalized)
+
+    def _finalized(self) -> None:
+        self.finalized = perf_counter_ns()
+
+    def __call__(self, bucket):
+        i = bucket.index()
+        if not self.calls:
+            self.torch.autograd.Variable._execution_engine.queue_callback(self._graph_done)
+        buffer = bucket.buffer()
+        t0 = perf_counter_ns()
+        work = self.dist.all_reduce(buffer, async_op=True)
+        if not self.overlap:
+            work.wait()
+        self.calls[i] = perf_counter_ns() - t0
+        self.buckets[i] = {"bytes": buffer.numel() * buffer.element_size(),
+                           "layers": sorted({self.layer_of[p.data_ptr()] for p in bucket.parameters()}, reverse=True)}
+
+        def completed(fut):
+            self.done[i] = perf_counter_ns()
+            return fut.value()[0]
+
+        return work.get_future().then(completed)
+
+    def finish(self) -> dict[int, tuple[float, float]]:
+        """{bucket: (seconds in the call, seconds the step waited for it)}: the waits follow DDP's
+        order, from the moment the graph was done."""
+        t = self.graph_done if self.graph_done is not None else max(self.done.values(), default=0)
+        out = {}
+        for i in sorted(self.calls):
+            end = self.done.get(i, t)
+            out[i] = (self.calls[i] * 1e-9, max(0, end - t) * 1e-9)
+            t = max(t, end)
+        return out
+
+
+def _bucket_hook(state: BucketHook, bucket):
+    """DDP's communication hook signature (state, bucket) -> Future[Tensor]."""
+    return state(bucket)
+
+
+class DDPStep:
+    """calib.backends.torch.TorchStep at I/P under DistributedDataParallel (default buckets)
+    with a BucketHook; the layers keep their profiler ranges inside DDP's forward."""
+
+    def __init__(self, arch: Architecture, seed: int, rank: int, P: int, overlap: bool):
+        from calib.backends.torch import TorchStep, import_torch
+        from calib.cnn import ReferenceCNN
+        from calib.measure import synthetic_batch
+
+        torch = import_torch()
+        from torch.nn.parallel import DistributedDataParallel
+
+        local = arch.with_batch(per_worker(arch.batch, P))
+        X, Y = synthetic_batch(arch, seed)
+        Xr, Yr = shard(X, Y, rank, P)
+        ts = TorchStep(local, ReferenceCNN(local, seed=seed), Xr, Yr, ranges=True)
+        ts.update_batch = arch.batch
+
+        class Ranged(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.layers = torch.nn.ModuleList(ts.layers)
+
+            def forward(self, x):
+                return type(ts).forward(ts, x)
+
+        self.ts = ts
+        self.ddp = DistributedDataParallel(Ranged())  # broadcasts rank 0's weights
+        ts.forward = self.ddp
+        layer_of = {p.data_ptr(): m for m, ps in enumerate(ts.layer_params, start=1) for p in ps}
+        self.hook = BucketHook(overlap, layer_of)
+        self.ddp.register_comm_hook(self.hook, _bucket_hook)
+        with torch.no_grad():  # the starting weights are now rank 0's
+            for p, p0 in zip(ts.params, ts.start):
+                p0.copy_(p)
+
+    def step(self) -> dict[int, tuple[float, float]]:
+        self.hook.start()
+        self.ts.step()
+        return self.hook.finish()
+
+
+def _classify_ddp(step_event, arch: Architecture) -> dict:
+    """calib.backends.torch.classify of one profiled step whose layer ranges sit inside DDP's
+    forward range: the ranges are lifted out; what DDP's range spends outside them is the
+    forward's "other" of layer 0."""
+    from calib.backends.torch import OTHER, classify
+
+    ranges, outside = [], 0.0
+
+    def lift(event) -> float:
+        inside = 0.0
+        for child in event.cpu_children:
+            if child.name.startswith("costmodel:"):
+                ranges.append(child)
+                inside += child.cpu_time_total
+            else:
+                inside += lift(child)
+        return inside
+
+    for child in step_event.cpu_children:
+        if child.name.startswith("costmodel:"):
+            ranges.append(child)
+        else:
+            outside += (child.cpu_time_total - lift(child)) * 1e-6
+    seconds = classify(ranges, arch)
+    if outside > 0:
+        seconds[(0, OTHER, "forward")] = seconds.get((0, OTHER, "forward"), 0.0) + outside
+    return seconds
+
+
+def measure_ddp(ctx, arch: Architecture, steps: int, warmup: int, overlap: bool, seed: int = 0) -> dict:
+    """Task of a worker: warmup + steps unprofiled DDP steps, then `steps` steps under
+    torch.profiler, each from the same weights and after a barrier. Rows: the op groups of
+    `measure --backend torch` from the profiled steps, and one allreduce row per bucket. The
+    time of the hook's calls and waits is taken out of the backward's "other" (the autograd
+    engine's time), where the profiler puts it."""
+    from calib.backends.torch import OTHER, import_torch, layer_type, ordered
+
+    torch = import_torch()
+    import torch.distributed as dist
+    from torch.profiler import ProfilerActivity, profile
+
+    s = DDPStep(arch, seed, ctx.rank, ctx.world_size, overlap)
+    plain = []
+    for i in range(warmup + steps):
+        s.ts.restore()
+        dist.barrier()
+        t0 = perf_counter_ns()
+        s.step()
+        if i >= warmup:
+            plain.append((perf_counter_ns() - t0) * 1e-9)
+    comm, walls = [], []
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for i in range(steps):
+            s.ts.restore()
+            dist.barrier()
+            with torch.autograd.profiler.record_function(f"costmodel:step{i}"):
+                t0 = perf_counter_ns()
+                comm.append(s.step())
+                walls.append((perf_counter_ns() - t0) * 1e-9)
+    events = sorted((int(e.name.removeprefix("costmodel:step")), e) for e in prof.events()
+                    if e.cpu_parent is None and e.name.startswith("costmodel:step"))
+    local = s.ts.arch
+    compute = []
+    for (i, e), step_comm in zip(events, comm):
+        seconds = _classify_ddp(e, local)
+        other = (0, OTHER, "backward")
+        seconds[other] = max(0.0, seconds.get(other, 0.0) - sum(c + w for c, w in step_comm.values()))
+        compute.append({OpKey(m, layer_type(local, m), grp, phase): v for (m, grp, phase), v in seconds.items()})
+    keys = set().union(*compute)
+    order = [OpKey(m, layer_type(local, m), g, p) for m, g, p in ordered(local, {(k.layer, k.op, k.phase) for k in keys})]
+    rows = {i: {"layer": 0, "layer_type": "bucket", "bucket": i, "layers": b["layers"], "bytes": b["bytes"], "calls": 1}
+            for i, b in sorted(s.hook.buckets.items())}
+    return {**_identity(ctx), "batch": local.batch, "impl": "torch", "torch_version": torch.__version__,
+            "unprofiled_step_seconds": float(np.median(plain)),
+            **worker_summary(compute, comm, walls, order, rows)}
+
+
+# -- checks (tests and the benchmark) ----------------------------------------------------------
+
+def numpy_grads_after_allreduce(ctx, arch: Architecture, impl: str, overlap: bool, steps: int, seed: int = 0) -> dict:
+    """Task: one data-parallel step of the reference CNN, then its gradients by name (the sums over
+    the whole mini-batch: ReferenceCNN.gradients), then `steps` more steps; the parameters at the
+    end by name."""
+    cnn, Xr, Yr = numpy_worker(arch, impl, seed, ctx.threads, ctx.rank, ctx.world_size, overlap)
+    cnn.step(Xr, Yr)
+    grads = cnn.gradients()
+    for _ in range(steps):
+        cnn.step(Xr, Yr)
+    return {"grads": grads, "params": {name: a.copy() for name, a in cnn.parameters().items()}}
+
+
+def ddp_grads_after_allreduce(ctx, arch: Architecture, overlap: bool, steps: int, seed: int = 0) -> dict:
+    """Task: the same for PyTorch under DDP (gradients as PyTorch lays them out: conv W as
+    (d', d, h, h))."""
+    s = DDPStep(arch, seed, ctx.rank, ctx.world_size, overlap)
+    s.step()
+    grads = [p.grad.detach().numpy().copy() for p in s.ts.params]
+    for _ in range(steps):
+        s.step()
+    return {"grads": grads, "params": [p.detach().numpy().copy() for p in s.ts.params]}
+
+
+TASKS: dict[str, Callable] = {"numpy": measure_numpy, "torch": measure_ddp}

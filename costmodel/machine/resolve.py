@@ -1,0 +1,124 @@
+"""Which profile a prediction uses, and where it comes from (DESIGN.md, "Trust").
+
+The profile is, in order: the one given (``--profile FILE``, or a Profile object in the API);
+the file named by $COSTMODEL_PROFILE; the user's own (``costmodel calibrate`` writes
+$XDG_CACHE_HOME/costmodel/profile.json); else the reference profile shipped with costmodel.
+Every prediction carries its provenance (costmodel.machine.provenance): the file, whether it
+is the reference one, whether its machine is this one, the differences that change speed, and
+whether it was transferred.
+
+When the reference profile is the one used and this machine differs from its machine, it is
+transferred to this machine by a short probe (costmodel.machine.transfer, docs/transfer.md;
+the probe itself runs on the machine side, calib.probe, and is passed in as `prober`, cached
+in the user's cache directory). Only the entries the prediction needs are probed and
+transferred. A profile of another machine that the user gave is not transferred: one warning
+line names the differences.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from costmodel.errors import UsageError
+from costmodel.machine import profile as profiles
+from costmodel.machine.profile import Profile, load_profile
+
+ENV = "COSTMODEL_PROFILE"
+
+#: prober(threads=[...], dtypes=[...], torch=bool) -> this machine's Probe (calib.probe.cached_probe)
+Prober = Callable[..., object]
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """The profile a prediction uses, its provenance and the thread count it predicts for."""
+
+    profile: Profile
+    provenance: dict
+    threads: int
+    note: str | None  # the one line to tell the user, if any
+
+
+def _stderr(line: str) -> None:
+    print(f"costmodel: warning: {line}", file=sys.stderr)
+
+
+def locate(path: str | Path | None = None) -> tuple[Profile, Path | None, bool]:
+    """(profile, its file, whether it is the shipped reference) by the order of the module
+    docstring; UsageError when $COSTMODEL_PROFILE names a file that is not a profile."""
+    if path is not None:
+        return load_profile(path), Path(path), False
+    env = os.environ.get(ENV)
+    if env:
+        if not Path(env).is_file():
+            raise UsageError(f"${ENV}={env}: no such profile file")
+        return load_profile(env), Path(env), False
+    user = profiles.default_profile_path()
+    if user.exists():
+        return load_profile(user), user, False
+    reference = profiles.embedded_profile_path()
+    if not reference.exists():
+        raise UsageError(f"no profile: {user} does not exist and this costmodel ships no reference "
+                         "profile: run `costmodel calibrate`")
+    return load_profile(reference), reference, True
+
+
+def default_threads(profile: Profile, dtype: str, impl: str, backend: str = "numpy") -> int:
+    """The thread count to predict for when none is given: the cores this process may use if
+    the profile has a calibration for that many, else the largest the profile has."""
+    from costmodel.machine.fingerprint import available_cores
+
+    have = sorted({e.threads for e in profile.entries if (e.dtype, e.impl, e.backend) == (dtype, impl, backend)})
+    cores = available_cores()
+    if cores in have or not have:
+        return cores
+    return have[-1]
+
+
+def _needed(profile: Profile, dtype: str, threads: int, backend: str) -> Profile:
+    """The profile with only the entries a prediction of (dtype, threads, backend) reads (both
+    NumPy implementations: explain compares them)."""
+    entries = [e for e in profile.entries if (e.dtype, e.threads, e.backend) == (dtype, threads, backend)]
+    return profile.model_copy(update={"entries": entries or profile.entries})
+
+
+def resolve(path: str | Path | Profile | None, *, dtype: str, impl: str = "index", backend: str = "numpy",
+            threads: int | None = None, prober: Prober | None = None,
+            warn: Callable[[str], None] | None = _stderr) -> Resolved:
+    """The profile for a prediction of (dtype, impl, backend, threads), transferred when it is
+    the reference profile of another machine and a `prober` is given; its provenance; and the
+    thread count (default_threads when None). `warn` gets the one line to tell (None: silent)."""
+    from costmodel.machine.fingerprint import take_fingerprint
+    from costmodel.machine.provenance import provenance, warning_line
+    from costmodel.machine.transfer import TransferError, probe_needs, transfer
+
+    if isinstance(path, Profile):
+        profile, file, reference = path, None, False
+    else:
+        profile, file, reference = locate(path)
+    if backend != "numpy":
+        impl = backend
+    threads = threads or default_threads(profile, dtype, impl, backend)
+    here = take_fingerprint(threads)
+    prov = provenance(profile, here, path=file, reference=reference, threads=threads)
+    note = warning_line(prov)
+    if reference and not prov["machine_match"] and prober is not None:
+        needed = _needed(profile, dtype, threads, backend)
+        try:
+            moved = transfer(needed, prober(**probe_needs(needed)), here)
+        except TransferError as exc:
+            note = f"{note}; it could not be transferred: {exc}"
+        else:
+            profile = moved
+            prov = provenance(profile, here, path=file, reference=reference, threads=threads)
+            note = f"no profile of this machine, so the reference profile shipped with costmodel: {warning_line(prov)}"
+    elif reference and prov["machine_match"]:
+        note = ("no profile of this machine: using the reference profile shipped with costmodel, made on a machine "
+                "like this one; `costmodel calibrate` makes yours")
+    if note and warn is not None:
+        warn(note)
+    return Resolved(profile, prov, threads, note)

@@ -1,0 +1,235 @@
+"""The transfer rule (costmodel.machine.transfer) on synthetic probes: each term rescaled by the
+ratio of the matching kernel, the byte terms through the levels' effective costs, errors for
+what the probes cannot give."""
+
+import copy
+import math
+
+import pytest
+
+from costmodel.machine.profile import Probe, Profile, load_profile, save_profile
+from costmodel.machine.transfer import RULE, TransferError, probe_needs, transfer
+
+from tests.test_profile import CEILINGS, FINGERPRINT
+
+FEATURES = ["calls", "flops", "bytes", "bytes_beyond_L2", "bytes_beyond_L3"]
+COEF = [10e-6, 1 / 50e9, 1 / 20e9, 1 / 40e9, 1 / 40e9]  # effective 20, 13.3, 10 GB/s
+SHAPES = {"square": (640, 640, 640), "conv": (64, 576, 8192), "small": (64, 64, 64)}
+
+
+def model(features=FEATURES, coef=COEF, ceiling=None):
+    return {"model": "bounded-linear", "features": list(features), "coef": list(coef), "cv_error": 0.1,
+            "interval": [0.9, 1.1], "n_samples": 10, "ceiling": ceiling}
+
+
+def make_probe(products: dict, levels: dict, calls: dict) -> dict:
+    """products: (backend, dtype, threads, shape) -> FLOP/s; levels: level -> B/s; calls: backend -> s."""
+    return {"products": [{"backend": b, "dtype": d, "threads": n, "shape": s, "m": SHAPES[s][0], "k": SHAPES[s][1],
+                          "n": SHAPES[s][2], "flops_per_second": v} for (b, d, n, s), v in products.items()],
+            "bandwidth": [{"level": lv, "working_set_bytes": ws, "bytes_per_second": v}
+                          for (lv, v), ws in zip(levels.items(), (16 << 10, 256 << 10, 2 << 20, 64 << 20))],
+            "call_seconds": calls, "seconds": 2.0}
+
+
+MADE_RATES = {"square": 100e9, "conv": 80e9, "small": 10e9}
+MADE_LEVELS = {"L1": 80e9, "L2": 60e9, "L3": 40e9, "memory": 20e9}
+#: this machine: conv products 2x slower, square 1.5x, small 3x; L1 2x, L2 1.25x, L3 1x, memory 4x
+#: slower; calls 2x (numpy) and 1.5x (torch) slower
+HERE_RATES = {"square": 100e9 / 1.5, "conv": 40e9, "small": 10e9 / 3}
+HERE_LEVELS = {"L1": 40e9, "L2": 48e9, "L3": 40e9, "memory": 5e9}
+
+
+def probes(backends=("numpy", "torch"), threads=(1, 2), here_backends=None, made_rates=MADE_RATES,
+           here_rates=HERE_RATES, made_levels=MADE_LEVELS, here_levels=HERE_LEVELS):
+    def products(rates, bs):
+        return {(b, d, n, s): v * (2 if b == "torch" else 1) for b in bs for d in ("float32", "float64")
+                for n in threads for s, v in rates.items()}
+
+    here_backends = backends if here_backends is None else here_backends
+    made = make_probe(products(made_rates, backends), made_levels, {"numpy": 1e-6, "torch": 4e-6})
+    here = make_probe(products(here_rates, here_backends), here_levels,
+                      {"numpy": 2e-6, "torch": 6e-6} if "torch" in here_backends else {"numpy": 2e-6})
+    return made, Probe.model_validate(here)
+
+
+def synthetic_profile(probe=None) -> Profile:
+    ops = {"conv_matmul": model(ceiling={"threads": 2, "flops_per_second": 100e9,
+                                         "bytes_per_second": {"L2": 120e9, "L3": 80e9, "memory": 40e9}}),
+           "full_matmul": model(), "bias": model(), "phi": model()}
+    strided = {"conv_matmul:serial": model(), "conv_matmul:threaded": model(), "bias": model()}
+    torch_ops = {"phi+conv_matmul+bias": model(FEATURES + ["bytes_fresh", "flops_lane_waste"],
+                                               COEF + [1 / 10e9, 1 / 50e9]),
+                 "other:forward": model(), "activation": model()}
+    data = {"schema_version": 1, "created": "2025-01-02T03:04:05Z", "fingerprint": copy.deepcopy(FINGERPRINT),
+            "ceilings": {**copy.deepcopy(CEILINGS),
+                         "peaks": [{"backend": "numpy", "dtype": "float32", "threads": 2, "flops_per_second": 2e11}]},
+            "entries": [{"dtype": "float32", "impl": "index", "threads": 2, "ops": ops},
+                        {"dtype": "float32", "impl": "strided", "threads": 2, "ops": strided},
+                        {"dtype": "float32", "impl": "torch", "threads": 2, "backend": "torch", "ops": torch_ops}],
+            "probe": probe}
+    return Profile.model_validate(data)
+
+
+HERE = {**FINGERPRINT, "cpu_model": "Other CPU", "caches": {**FINGERPRINT["caches"], "L2": 512 << 10}}
+
+
+def coef(profile: Profile, impl: str, key: str) -> dict:
+    entry = next(e for e in profile.entries if e.impl == impl)
+    return dict(zip(entry.ops[key].features, entry.ops[key].coef))
+
+
+@pytest.fixture
+def moved():
+    made, here = probes()
+    return transfer(synthetic_profile(made), here, HERE)
+
+
+def test_products_are_rescaled_by_the_product_rate_of_their_shape(moved):
+    c = coef(moved, "index", "conv_matmul")
+    assert c["flops"] == pytest.approx(COEF[1] * 2)  # conv shape: 2x slower
+    assert c["calls"] == pytest.approx(COEF[0] * 3)  # a product's call: the small product
+    assert coef(moved, "index", "full_matmul")["flops"] == pytest.approx(COEF[1] * 1.5)  # square
+
+
+def test_other_ops_by_call_time_and_l1_throughput(moved):
+    c = coef(moved, "index", "bias")
+    assert c["calls"] == pytest.approx(COEF[0] * 2)  # np.add of one element: 2x
+    assert c["flops"] == pytest.approx(COEF[1] * 2)  # bandwidth in L1: 2x
+
+
+def test_byte_terms_through_the_effective_cost_of_each_level(moved):
+    c = coef(moved, "index", "phi")
+    e_l2, e_l3, e_mem = COEF[2], COEF[2] + COEF[3], sum(COEF[2:5])
+    assert c["bytes"] == pytest.approx(e_l2 * 1.25)
+    assert c["bytes"] + c["bytes_beyond_L2"] == pytest.approx(e_l3 * 1.0)
+    assert c["bytes"] + c["bytes_beyond_L2"] + c["bytes_beyond_L3"] == pytest.approx(e_mem * 4)
+
+
+def test_a_level_that_got_relatively_faster_leaves_no_negative_term():
+    # here L2 is 3x slower, L3 as fast as there: e_L3 would fall below e_L2
+    made, here = probes(here_levels={**HERE_LEVELS, "L2": 20e9})
+    c = coef(transfer(synthetic_profile(made), here, HERE), "index", "phi")
+    assert c["bytes"] == pytest.approx(COEF[2] * 3)
+    assert c["bytes_beyond_L2"] == 0.0 and min(c.values()) >= 0
+
+
+def test_serial_products_use_one_thread_and_threaded_ones_the_entry_threads():
+    made, here = probes()
+    here_data = here.model_dump()
+    for p in here_data["products"]:  # one thread is 4x slower here, two threads as above
+        if p["threads"] == 1:
+            p["flops_per_second"] = MADE_RATES[p["shape"]] / 4 * (2 if p["backend"] == "torch" else 1)
+    moved = transfer(synthetic_profile(made), Probe.model_validate(here_data), HERE)
+    assert coef(moved, "strided", "conv_matmul:serial")["flops"] == pytest.approx(COEF[1] * 4)
+    assert coef(moved, "strided", "conv_matmul:threaded")["flops"] == pytest.approx(COEF[1] * 2)
+
+
+def test_torch_models_use_torchs_ratios_and_other_its_call_time(moved):
+    c = coef(moved, "torch", "phi+conv_matmul+bias")
+    assert c["flops"] == pytest.approx(COEF[1] * 2) and c["flops_lane_waste"] == pytest.approx(1 / 50e9 * 2)
+    assert c["bytes_fresh"] == pytest.approx(1 / 10e9 * 4)  # memory
+    other = coef(moved, "torch", "other:forward")
+    assert all(other[f] == pytest.approx(v * 1.5) for f, v in zip(FEATURES, COEF))  # torch.add's call: 1.5x
+    assert coef(moved, "torch", "activation")["calls"] == pytest.approx(COEF[0] * 1.5)
+    entry = next(e for e in moved.entries if e.backend == "torch")
+    assert entry.transfer_factors["product:conv:torch:float32:2"] == pytest.approx(2)
+
+
+def test_torch_models_fall_back_to_numpys_ratios_without_torch_here():
+    made, here = probes(here_backends=("numpy",))
+    moved = transfer(synthetic_profile(made), here, HERE)
+    entry = next(e for e in moved.entries if e.backend == "torch")
+    assert "product:conv:numpy:float32:2" in entry.transfer_factors and "calls:numpy" in entry.transfer_factors
+
+
+def test_the_same_probe_changes_no_coefficient():
+    made, _ = probes()
+    profile = synthetic_profile(made)
+    moved = transfer(profile, Probe.model_validate(made), FINGERPRINT)
+    for before, after in zip(profile.entries, moved.entries):
+        for key, m in before.ops.items():
+            assert after.ops[key].coef == pytest.approx(m.coef, rel=1e-12)
+        assert list(after.transfer_factors.values()) == pytest.approx([1.0] * len(after.transfer_factors))
+
+
+def test_a_uniform_slowdown_scales_every_coefficient():
+    k = 1.7
+    made, _ = probes()
+    here = probes(here_rates={s: v / k for s, v in MADE_RATES.items()},
+                  here_levels={lv: v / k for lv, v in MADE_LEVELS.items()})[1].model_dump()
+    here["call_seconds"] = {b: s * k for b, s in made["call_seconds"].items()}
+    for p in here["products"]:
+        p["flops_per_second"] = next(q["flops_per_second"] for q in made["products"]
+                                     if (q["backend"], q["dtype"], q["threads"], q["shape"])
+                                     == (p["backend"], p["dtype"], p["threads"], p["shape"])) / k
+    profile = synthetic_profile(made)
+    moved = transfer(profile, Probe.model_validate(here), HERE)
+    for before, after in zip(profile.entries, moved.entries):
+        for key, m in before.ops.items():
+            assert after.ops[key].coef == pytest.approx([c * k for c in m.coef], rel=1e-9)
+
+
+def test_the_transferred_profile_says_so_and_round_trips(moved, tmp_path):
+    assert moved.transfer.rule == RULE and moved.transfer.source_fingerprint.cpu_model == "Test CPU 9000"
+    assert moved.fingerprint.cpu_model == "Other CPU" and moved.fingerprint.caches["L2"] == 512 << 10
+    assert moved.probe.call_seconds["numpy"] == 2e-6
+    assert all(e.transfer_factors for e in moved.entries)
+    # ceilings: the peak follows the square product, the bandwidth is this machine's probe
+    assert moved.ceilings.matmul_flops_per_second["float32"] == pytest.approx(2e11 / 1.5)
+    assert moved.ceilings.peaks[0].flops_per_second == pytest.approx(2e11 / 1.5)
+    assert [p.bytes_per_second for p in moved.ceilings.bandwidth] == list(HERE_LEVELS.values())
+    ceiling = next(e for e in moved.entries if e.impl == "index").ops["conv_matmul"].ceiling
+    assert ceiling.flops_per_second == pytest.approx(50e9)
+    assert ceiling.bytes_per_second["memory"] == pytest.approx(10e9)
+    path = tmp_path / "moved.json"
+    save_profile(moved, path)
+    assert load_profile(path) == moved
+    with pytest.raises(TransferError, match="itself a transfer"):
+        transfer(moved, moved.probe, HERE)
+
+
+def test_what_cannot_be_transferred_is_an_error():
+    _, here = probes()
+    with pytest.raises(TransferError, match="no probe of the machine it was made on"):
+        transfer(synthetic_profile(None), here, HERE)
+    made, _ = probes()
+    _, one_thread = probes(threads=(1,))
+    with pytest.raises(TransferError, match=r"no probe of numpy small products in float32 with 2 thread\(s\) on both machines"):
+        transfer(synthetic_profile(made), one_thread, HERE)
+    other = make_probe({}, MADE_LEVELS, {"numpy": 1e-6})
+    other["products"] = [{**p, "m": 32} for p in made["products"]]
+    with pytest.raises(TransferError, match="different"):
+        transfer(synthetic_profile(made), Probe.model_validate(other), HERE)
+
+
+def test_probe_needs():
+    made, _ = probes()
+    assert probe_needs(synthetic_profile(made)) == {"threads": [1, 2], "dtypes": ["float32"], "torch": True}
+
+
+def test_a_transferred_prediction_scales_with_the_ratios():
+    """Predict one network with the profile and its transfer to a machine uniformly 2x slower
+    (same caches): every op's time doubles."""
+    from costmodel.machine.predict import predict
+    from costmodel.model.arch import load_arch
+    from tests.conftest import ROOT
+
+    k = 2.0
+    made, _ = probes()
+    here = copy.deepcopy(made)
+    for p in here["products"]:
+        p["flops_per_second"] /= k
+    for p in here["bandwidth"]:
+        p["bytes_per_second"] /= k
+    here["call_seconds"] = {b: s * k for b, s in here["call_seconds"].items()}
+    data = synthetic_profile(made).model_dump(mode="json")
+    keys = {"activation", "activation_grad", "bias", "bias_grad", "conv_grad_W", "conv_grad_input", "conv_matmul",
+            "flatten", "flatten_grad", "full_grad_W", "full_grad_input", "full_matmul", "loss:mse", "loss_grad:mse",
+            "pad", "pad_grad", "phi", "phi_grad", "pool", "pool_grad", "update"}
+    data["entries"] = [{"dtype": "float32", "impl": "index", "threads": 2, "ops": {k_: model() for k_ in keys}}]
+    profile = Profile.model_validate(data)
+    arch = load_arch(ROOT / "examples" / "mnist-demo-layer4.yaml")
+    before = predict(arch, profile, impl="index", threads=2)
+    after = predict(arch, transfer(profile, Probe.model_validate(here), FINGERPRINT), impl="index", threads=2)
+    assert after.total_seconds == pytest.approx(k * before.total_seconds, rel=1e-9)
+    assert all(math.isclose(a.seconds, k * b.seconds, rel_tol=1e-9) for a, b in zip(after.rows, before.rows))
