@@ -371,6 +371,18 @@ class Concatenation(nn.Module):
         return self.out(torch.flatten(torch.cat([self.a(x), self.b(x)], 1), 1))
 
 
+class SharedWeights(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.hidden = nn.Linear(4 * 6 * 6, 10)
+        self.twice = nn.Linear(10, 10)
+
+    def forward(self, x):
+        h = F.relu(self.hidden(torch.flatten(F.relu(self.conv(x)), 1)))
+        return self.twice(F.relu(self.twice(h)))
+
+
 def with_lstm():
     return WithLSTM()
 
@@ -403,6 +415,10 @@ def concatenation():
     return Concatenation()
 
 
+def shared_weights():
+    return SharedWeights()
+
+
 def raises():
     raise ValueError("this factory fails")
 
@@ -421,4 +437,5 @@ UNSUPPORTED = {
     "relu_after_pool": (relu_after_pool, (1, 8, 8), ("act (ReLU)", "an activation after the pooling")),
     "unused_parameter": (unused_parameter, (1, 8, 8), ("spare.weight", "used by no layer")),
     "concatenation": (concatenation, (1, 8, 8), ("torch.cat", "not supported")),
+    "shared_weights": (shared_weights, (1, 8, 8), ("twice (Linear): the parameter twice.weight is used again",)),
 }

@@ -162,6 +162,7 @@ def test_a_node_of_another_domain_is_refused(tmp_path):
     ("without_bias", ("/conv/Conv (Conv): a conv without bias",)),
     ("relu_after_pool", ("/act/Relu (Relu): an activation after the pooling of /conv/Conv (Conv)",)),
     ("concatenation", ("/Concat (Concat): not supported",)),
+    ("shared_weights", ("/twice_1/Gemm (Gemm): its weight 'twice.weight' is used again (first by /twice/Gemm (Gemm))",)),
 ])
 def test_what_the_format_cannot_describe_is_refused_in_one_line(name, words, tmp_path):
     factory, shape, _ = UNSUPPORTED[name]
@@ -250,3 +251,24 @@ def test_without_the_onnx_package(monkeypatch, tmp_path):
     with pytest.raises(UsageError, match=r"^reading an ONNX file needs the onnx package: pip install "
                                          r"'costmodel\[onnx\]'$"):
         onnx_graph(path)
+
+
+@pytest.mark.parametrize("attrs, words", [
+    ({"strides": [0, 0]}, "strides (0, 0): two positive sizes expected"),
+    ({"pads": [-1, -1, -1, -1]}, "pads (-1, -1, -1, -1): four sizes of zero or more expected"),
+    ({"kernel_shape": [5, 5]}, "kernel_shape (5, 5) and a weight of 4x1x3x3"),
+])
+def test_a_conv_with_impossible_attributes_is_refused(tmp_path, attrs, words):
+    import numpy as np
+
+    nodes = [helper.make_node("Conv", ["x", "W", "B"], ["c"], name="conv", **attrs),
+             helper.make_node("Flatten", ["c"], ["f"], name="flat"),
+             helper.make_node("Gemm", ["f", "G", "b"], ["y"], name="fc", transB=1)]
+    inits = {"W": np.zeros((4, 1, 3, 3), np.float32), "B": np.zeros(4, np.float32),
+             "G": np.zeros((10, 144), np.float32), "b": np.zeros(10, np.float32)}
+    path = tmp_path / "bad.onnx"
+    model = _model(nodes, inits, shape=("N", 1, 8, 8))
+    path.write_bytes(model.SerializeToString())  # not checked by onnx.save: the reader must refuse it
+    with pytest.raises(ArchError) as info:
+        _arch(path)
+    assert words in str(info.value) and "\n" not in str(info.value)

@@ -110,6 +110,7 @@ class _Reader:
         self.init = {t.name: t for t in self.graph.initializer}
         self.constants: dict[str, object] = {}  # small constant values: name -> numpy array
         self.own: dict[str, tuple[int, ...]] = {}  # shapes of the network's values (without the batch)
+        self.used: dict[str, str] = {}  # initializer used as a weight -> the node that uses it
         self.nodes: list[Node] = []
         self.data: set[str] = set()
         self.params = 0
@@ -175,6 +176,13 @@ class _Reader:
                 if a.type != self.onnx.AttributeProto.GRAPH and a.type != self.onnx.AttributeProto.GRAPHS}
 
     def init_dims(self, name: str, node, index: int, what: str) -> tuple[int, ...]:
+        """The dims of an initializer (or small constant) that a layer uses as its `what`; a
+        weight used by a second layer is refused (the format's layers have their own)."""
+        if what != "running average" and name in self.used:
+            raise self.refuse(node, index, f"its {what} {name!r} is used again (first by {self.used[name]}); the "
+                                           "format's layers have their own weights")
+        if what != "running average":
+            self.used[name] = "{} ({})".format(*self.where(node, index))
         if name in self.init:
             return tuple(self.init[name].dims)
         if name in self.constants:
@@ -399,11 +407,19 @@ class _Reader:
         kernel = tuple(a.get("kernel_shape", w[2:]))
         stride = tuple(a.get("strides", (1, 1)))
         dilation = tuple(a.get("dilations", (1, 1)))
+        if kernel != tuple(w[2:]):
+            raise self.refuse(node, index, f"kernel_shape {kernel} and a weight of {_text(w)}")
+        self._positive(node, index, kernel=kernel, strides=stride, dilations=dilation)
         _, height, width = self.shape(x, node, index)
         pads = self._pads(a, (height, width), kernel, stride, node, index)
         self.emit(node, index, "conv", [x], dict(in_channels=w[1] * a.get("group", 1), filters=w[0], kernel=kernel,
                                                  stride=stride, pads=pads, dilation=dilation,
                                                  groups=a.get("group", 1), bias=bias))
+
+    def _positive(self, node, index, **values) -> None:
+        for what, value in values.items():
+            if len(value) != 2 or any(v < 1 for v in value):
+                raise self.refuse(node, index, f"{what} {tuple(value)}: two positive sizes expected")
 
     def _pads(self, a: dict, size, kernel, stride, node, index) -> tuple[int, int, int, int]:
         """ONNX pads [top, left, bottom, right] or auto_pad, as (top, left, bottom, right)."""
@@ -411,8 +427,8 @@ class _Reader:
         auto = auto.decode() if isinstance(auto, bytes) else auto
         if auto in ("NOTSET", ""):
             pads = tuple(a.get("pads", (0, 0, 0, 0)))
-            if len(pads) != 4:
-                raise self.refuse(node, index, f"pads {pads}")
+            if len(pads) != 4 or any(p < 0 for p in pads):
+                raise self.refuse(node, index, f"pads {pads}: four sizes of zero or more expected")
             return pads[0], pads[1], pads[2], pads[3]
         if auto == "VALID":
             return 0, 0, 0, 0
@@ -500,6 +516,7 @@ class _Reader:
         shape = self.shape(x, node, index)
         if len(kernel) != 2 or len(shape) != 3:
             raise self.refuse(node, index, f"a {len(kernel)}-D pooling")
+        self._positive(node, index, kernel_shape=kernel, strides=stride, dilations=tuple(a.get("dilations", (1, 1))))
         attrs = dict(kernel=kernel, stride=stride, pads=self._pads(a, shape[1:], kernel, stride, node, index),
                      ceil=bool(a.get("ceil_mode", 0)))
         if kind == "max_pool":
