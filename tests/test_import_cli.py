@@ -54,7 +54,7 @@ def test_a_bad_config_line_is_named(tmp_path):
     path = tmp_path / "bad.config"
     path.write_text(DEMO.replace("wd_filter = [5,3,3];", "wd_filter = [5,3,eval('3')];"))
     line = _one_line_error(runner.invoke(app, ["costs", str(path)]))
-    assert re.search(r"bad.config: line 10: wd_filter: .*is not an integer", line)
+    assert re.search(r"bad.config: line 9: wd_filter: .*is not an integer", line)
 
 
 def test_import_a_config(tmp_path):

@@ -329,3 +329,17 @@ def test_parse_input(text):
 def test_parse_input_refuses(text):
     with pytest.raises(UsageError, match="--input"):
         parse_input(text)
+
+
+def test_the_model_file_imports_its_neighbours(tmp_path):
+    """The file's folder is on sys.path while it runs and while the factory runs (then no more)."""
+    import sys
+
+    (tmp_path / "blocks.py").write_text("import torch\ndef head():\n    return torch.nn.Linear(4 * 6 * 6, 3)\n")
+    (tmp_path / "model.py").write_text(
+        "import torch\nimport blocks\n"
+        "def make():\n    import blocks as again\n"
+        "    return torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), again.head())\n")
+    result = import_source(f"{tmp_path / 'model.py'}:make", input_shape=(1, 8, 8))
+    assert result.arch.parameter_count() == 4 * 9 + 4 + 144 * 3 + 3
+    assert str(tmp_path) not in sys.path

@@ -81,18 +81,23 @@ def load_module(spec: str):
     user.__file__ = str(path)
     folder = str(path.resolve().parent)
     sys.modules[module_name] = user  # dataclasses and pickling look the module up
-    sys.path.insert(0, folder)
+    sys.path.insert(0, folder)  # the file's own imports of its neighbours, while it runs and makes the module
+    try:
+        return _make(user, text, path, spec, attr, torch), path, attr
+    finally:
+        if folder in sys.path:
+            sys.path.remove(folder)
+
+
+def _make(user, text: str, path: Path, spec: str, attr: str, torch):
     try:
         code = compile(text, str(path), "exec")
         exec(code, user.__dict__)  # noqa: S102 - running the user's own model file is the point
     except (Exception, SystemExit) as exc:
         raise UsageError(f"{path}: running the file raised {_first_line(exc)}") from None
-    finally:
-        if sys.path and sys.path[0] == folder:
-            del sys.path[0]
     if not hasattr(user, attr):
         names = [n for n, v in vars(user).items() if not n.startswith("_") and callable(v)
-                 and getattr(v, "__module__", None) == module_name]
+                 and getattr(v, "__module__", None) == user.__name__]
         raise UsageError(f"{path}: no {attr!r} in the file" + (f" (it defines {', '.join(names[:10])})" if names else ""))
     maker = getattr(user, attr)
     if not callable(maker):
@@ -103,7 +108,7 @@ def load_module(spec: str):
         raise UsageError(f"{spec}: calling it with no arguments raised {_first_line(exc)}") from None
     if not isinstance(module, torch.nn.Module):
         raise UsageError(f"{spec}: returned a {type(module).__name__}, not a torch.nn.Module")
-    return module, path, attr
+    return module
 
 
 # -- tracing --------------------------------------------------------------------------------
