@@ -181,7 +181,8 @@ def test_without_onnx_the_extra_is_named(monkeypatch, tmp_path):
 
 # -- the README's two lines -----------------------------------------------------------------------
 
-def test_the_readmes_import_lines_work(tmp_path, monkeypatch):
+def test_the_readmes_import_lines_work(tmp_path, monkeypatch, tiny_profile):
+    """(predict with conftest's tiny calibration: the shipped reference profile predates batch norm)"""
     pytest.importorskip("torch")
     text = (ROOT / "README.md").read_text()
     block = re.search(r"## Your own network.*?```bash\n(.*?)```", text, re.S).group(1)
@@ -189,6 +190,7 @@ def test_the_readmes_import_lines_work(tmp_path, monkeypatch):
     assert len(lines) == 2 and lines[0][:2] == ["costmodel", "import"] and lines[1][:2] == ["costmodel", "predict"]
     monkeypatch.chdir(tmp_path)
     (tmp_path / "model.py").write_text(MODELS.read_text())
+    lines[1] += ["--profile", str(tiny_profile[0]), "--threads", "1"]
     for words in lines:
         result = runner.invoke(app, words[1:])
         assert result.exit_code == 0, result.stderr
