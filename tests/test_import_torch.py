@@ -343,3 +343,27 @@ def test_the_model_file_imports_its_neighbours(tmp_path):
     result = import_source(f"{tmp_path / 'model.py'}:make", input_shape=(1, 8, 8))
     assert result.arch.parameter_count() == 4 * 9 + 4 + 144 * 3 + 3
     assert str(tmp_path) not in sys.path
+
+
+@pytest.mark.parametrize("layers, padding", [
+    (lambda nn: [nn.Conv2d(1, 2, 4, padding="same")], "same"),  # torch's extra row and column at the end
+    (lambda nn: [nn.Conv2d(1, 2, 3, padding="valid")], None),
+    (lambda nn: [nn.ZeroPad2d(1), nn.Conv2d(1, 2, 3, padding=1)], 2),  # folded: 1 + 1 on every border
+    (lambda nn: [nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(1, 2, 2, stride=2)], "same"),  # TensorFlow's SAME of 9
+])
+def test_paddings_fold_into_the_conv(layers, padding):
+    from torch import nn
+
+    module = nn.Sequential(*layers(nn), nn.Flatten(), nn.LazyLinear(3))
+    module(torch.zeros(1, 1, 9, 9))  # the lazy Linear learns its input size
+    data, _ = to_arch_data(module_graph(module, (1, 9, 9))[0], name="p")
+    assert data["layers"][0].get("padding") == padding
+
+
+def test_an_asymmetric_padding_that_is_not_same_is_refused():
+    from torch import nn
+
+    module = nn.Sequential(nn.ZeroPad2d((2, 0, 0, 0)), nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2 * 7 * 9, 3))
+    with pytest.raises(ArchError, match=r"^1 \(Conv2d\): padding of 0/0 rows and 2/0 columns .* is neither the "
+                                        r"same on every border nor TensorFlow's SAME for a 9x9 input$"):
+        to_arch_data(module_graph(module, (1, 9, 9))[0], name="p")

@@ -116,6 +116,14 @@ def to_arch_data(graph: Graph, *, name: str, batch: int | None = None, loss: str
     `loss`: "mse" or "softmax_ce", None for the graph's own (softmax or log_softmax at its end:
     softmax_ce) else `default_loss`. Raises ArchError naming the node that does not fit the
     format (module docstring)."""
+    shape = graph.input_shape
+    if len(shape) == 3:
+        channels, height, width = shape
+    elif len(shape) == 1:
+        channels, height, width = shape[0], 1, 1
+    else:
+        raise ArchError(f"the network's input has the shape {_shape(shape)} per instance; the format's input is "
+                        "an image CxHxW or a vector")
     notes: list[str] = []
     items = _walk(graph)
     fold = _Fold(graph, notes)
@@ -131,14 +139,6 @@ def to_arch_data(graph: Graph, *, name: str, batch: int | None = None, loss: str
         loss = default_loss
         notes.append(f"loss {loss}: assumed, the network ends with its output layer's values"
                      + (" (logits, as for nn.CrossEntropyLoss)" if loss == "softmax_ce" else ""))
-    shape = graph.input_shape
-    if len(shape) == 3:
-        channels, height, width = shape
-    elif len(shape) == 1:
-        channels, height, width = shape[0], 1, 1
-    else:
-        raise ArchError(f"the network's input has the shape {_shape(shape)} per instance; the format's input is "
-                        "an image CxHxW or a vector")
     data = {"name": name, "input": {"height": height, "width": width, "channels": channels}}
     if batch is not None:
         data["batch"] = batch
