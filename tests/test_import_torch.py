@@ -259,19 +259,23 @@ def test_torch_export_traces_what_fx_cannot():
         def __init__(self):
             super().__init__()
             self.conv = nn.Conv2d(3, 4, 3, padding=1)
-            self.out = nn.Linear(4 * 8 * 8, 5)
+            self.bn = nn.BatchNorm2d(4)
+            self.drop = nn.Dropout(0.1)
+            self.out = nn.Linear(4 * 4 * 4, 5)
 
         def forward(self, x):
-            x = self.conv(x)
+            x = self.bn(self.conv(x))
             if x.shape[1] > 2:
                 x = torch.relu(x)
-            return self.out(x.flatten(1))
+            return self.out(self.drop(F.max_pool2d(x, 2)).flatten(1))
 
-    graph, how = module_graph(Branchy(), (3, 8, 8))
+    module = Branchy()
+    graph, how = module_graph(module, (3, 8, 8))
     assert how == "torch.export"
     data, _ = to_arch_data(graph, name="b")
-    assert data["layers"] == [{"type": "conv", "filters": 4, "kernel": 3, "padding": 1},
-                              {"type": "full", "units": 5}]
+    assert data["layers"] == [{"type": "conv", "filters": 4, "kernel": 3, "padding": 1, "batch_norm": True,
+                               "pool": 2, "dropout": 0.1}, {"type": "full", "units": 5}]
+    assert parse_arch(data).parameter_count() == sum(p.numel() for p in module.parameters())
 
 
 # -- refusals -------------------------------------------------------------------------------------
