@@ -63,8 +63,13 @@ def import_onnx():
 
 
 def load_model(path: str | Path):
-    """The ModelProto of an .onnx file: read (a regular file of at most MAX_ONNX_BYTES), parsed,
-    checked with onnx.checker; ArchError naming the file otherwise."""
+    """The ModelProto of an .onnx file and the shapes of its external initializers: read (a
+    regular file of at most MAX_ONNX_BYTES), parsed, checked with onnx.checker; ArchError naming
+    the file otherwise.
+
+    An initializer whose data is in another file (PyTorch's default exporter writes one) keeps
+    only its shape: it is taken off the initializers and checked as a graph input of that shape,
+    so that neither onnx.checker nor costmodel opens the file it names."""
     onnx = import_onnx()
     from costmodel.files import read_regular
 
@@ -79,16 +84,20 @@ def load_model(path: str | Path):
         raise ArchError(f"{path}: not an ONNX model (no graph nodes)")
     if len(model.graph.node) > MAX_NODES:
         raise ArchError(f"{path}: {len(model.graph.node)} nodes, more than the {MAX_NODES} read")
-    external = next((t for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL), None)
-    if external is not None:
-        raise ArchError(f"{path}: the initializer {external.name[:80]!r} keeps its data in another file; costmodel "
-                        "reads no file an ONNX file names (save the model with its weights inside)")
+    external: dict[str, tuple[int, ...]] = {}
+    initializers = model.graph.initializer
+    for i in reversed(range(len(initializers))):
+        t = initializers[i]
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            external[t.name] = tuple(t.dims)
+            model.graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+            del initializers[i]
     try:
         onnx.checker.check_model(model)
     except Exception as exc:
         first = str(exc).strip().splitlines()
         raise ArchError(f"{path}: not a valid ONNX model ({first[0][:160] if first else type(exc).__name__})") from None
-    return model
+    return model, external
 
 
 def _dims(value_info) -> list:
@@ -102,12 +111,14 @@ def _dims(value_info) -> list:
 class _Reader:
     """Maps a checked ModelProto's graph onto costmodel.importers.graph's Nodes."""
 
-    def __init__(self, model, path: str, input_shape: tuple[int, ...] | None):
+    def __init__(self, model, path: str, input_shape: tuple[int, ...] | None,
+                 external: dict[str, tuple[int, ...]] | None = None):
         self.onnx = import_onnx()
         self.model = model
         self.path = path
         self.graph = model.graph
         self.init = {t.name: t for t in self.graph.initializer}
+        self.external = external or {}  # initializers whose data is in another file: their shapes
         self.constants: dict[str, object] = {}  # small constant values: name -> numpy array
         self.own: dict[str, tuple[int, ...]] = {}  # shapes of the network's values (without the batch)
         self.used: dict[str, str] = {}  # initializer used as a weight -> the node that uses it
@@ -119,7 +130,7 @@ class _Reader:
 
     # -- the input and the shapes
     def _input(self, input_shape) -> None:
-        inputs = [i for i in self.graph.input if i.name not in self.init]
+        inputs = [i for i in self.graph.input if i.name not in self.init and i.name not in self.external]
         if len(inputs) != 1:
             raise ArchError(f"{self.path}: the graph has {len(inputs)} inputs ({', '.join(i.name for i in inputs)[:80]}); "
                             "the format's network reads one")
@@ -185,6 +196,8 @@ class _Reader:
             self.used[name] = "{} ({})".format(*self.where(node, index))
         if name in self.init:
             return tuple(self.init[name].dims)
+        if name in self.external:
+            return self.external[name]
         if name in self.constants:
             return tuple(self.constants[name].shape)
         raise self.refuse(node, index, f"its {what} {name!r} is not an initializer (weights computed in the graph)")
@@ -633,8 +646,8 @@ def onnx_graph(path: str | Path, input_shape: tuple[int, ...] | None = None) -> 
     """The graph of an ONNX file, the notes of what the file says that the format's step does
     otherwise (inference-mode batch norm, dropout), and the parameter count of its initializers
     that the layers use (weights, biases, batch norm's scale and shift)."""
-    model = load_model(path)
-    reader = _Reader(model, str(path), input_shape)
+    model, external = load_model(path)
+    reader = _Reader(model, str(path), input_shape, external)
     graph = reader.run()
     return graph, reader.notes, reader.params
 
