@@ -216,6 +216,17 @@ class By(str, Enum):
     kind = "kind"
 
 
+PredictWorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="Data-parallel SG: predict one worker's "
+                                                          "step of P, each on I/P instances, with the allreduces "
+                                                          "(docs/data-parallel.md).", show_default=False)]
+LinkOpt = Annotated[Optional[str], typer.Option("--link", help="With --workers: the link, 1GbE, 10GbE, 25GbE or 100GbE "
+                                                "(default: the profile's network section).", show_default=False)]
+LatencyOpt = Annotated[Optional[str], typer.Option("--latency", help="With --workers and --bandwidth: a link's "
+                                                   "latency, e.g. 50us.", show_default=False)]
+BandwidthOpt = Annotated[Optional[str], typer.Option("--bandwidth", help="With --workers and --latency: a link's "
+                                                     "bandwidth, e.g. 1.25GB/s.", show_default=False)]
+OverlapOpt = Annotated[bool, typer.Option("--overlap", help="With --workers: the allreduces overlap the backward "
+                                          "(composition overlap; default: sum).")]
 ProfileOpt = Annotated[Optional[Path], typer.Option("--profile", help="Machine profile (default: yours, else the shipped reference).")]
 PlotOpt = Annotated[Optional[Path], typer.Option("--plot", help="Also draw the result into FILE.png or FILE.pdf.")]
 
@@ -235,22 +246,37 @@ def predict(
     backend: Annotated[Backend, typer.Option("--backend", help="numpy: the reference CNN's ops; torch: the "
                                              "same step in PyTorch, per op group (needs a torch calibration, "
                                              "not torch itself).")] = Backend.numpy,
+    workers: PredictWorkersOpt = None,
+    link: LinkOpt = None,
+    latency: LatencyOpt = None,
+    bandwidth: BandwidthOpt = None,
+    overlap: OverlapOpt = False,
 ) -> None:
-    """Predict the time of every op of an SG step, and its share of the step, from a machine profile."""
+    """Predict the time of every op of an SG step, and its share of the step, from a machine profile;
+    with --workers P, one worker's step of data-parallel SG."""
     arch = _arch_file(arch, example)
     from costmodel.machine.backends import backend as get_backend
+    from costmodel.machine.backends.parallel import given_options, predict_data_parallel, setting_for, worker_batch
     from costmodel.machine.predict import predict as predict_step
     from costmodel.model.arch import load_arch
     from costmodel.present.tables import prediction_output
 
+    given = given_options(workers=workers, link=link, latency=latency, bandwidth=bandwidth, overlap=overlap)
     if plot:
         from costmodel.present.plots import plot_format
 
         plot_format(plot)  # a bad suffix fails before anything is computed
     architecture = load_arch(arch).with_batch(batch)
+    if workers is not None:
+        worker_batch(architecture.batch, workers)
     res = _resolved(profile, architecture, impl.value, backend.value, threads)
-    pred = predict_step(architecture, res.profile, impl=impl.value, threads=res.threads, backend=backend.value,
-                        provenance=res.provenance)
+    if workers is None:
+        pred = predict_step(architecture, res.profile, impl=impl.value, threads=res.threads, backend=backend.value,
+                            provenance=res.provenance)
+    else:
+        pred = predict_data_parallel(architecture, res.profile, setting_for(res.profile, workers, given, overlap),
+                                     impl=impl.value, threads=res.threads, backend=backend.value,
+                                     provenance=res.provenance)
     if plot:
         from costmodel.present.plots import plot_predict
 
@@ -359,17 +385,29 @@ def explain(
     threads: ThreadsOpt = None,
     impl: ImplOpt = Impl.index,
     fmt: Annotated[TextFormat, typer.Option("--format", help="Output format.")] = TextFormat.table,
+    workers: PredictWorkersOpt = None,
+    link: LinkOpt = None,
+    latency: LatencyOpt = None,
+    bandwidth: BandwidthOpt = None,
+    overlap: OverlapOpt = False,
 ) -> None:
     """Explain a predicted step from its numbers: major ops, compute- or memory-bound, FLOP share
-    against time share, the slides' ratios, the other implementation, the mini-batch size."""
+    against time share, the slides' ratios, the other implementation, the mini-batch size; with
+    --workers P, data-parallel SG: when the network becomes communication-bound."""
     arch = _arch_file(arch, example)
+    from costmodel.machine.backends.parallel import given_options, setting_for, worker_batch
     from costmodel.model.arch import load_arch
     from costmodel.present.explain import explain as explain_step, render_text
     from costmodel.present.report import to_json
 
+    given = given_options(workers=workers, link=link, latency=latency, bandwidth=bandwidth, overlap=overlap)
     architecture = load_arch(arch).with_batch(batch)
+    if workers is not None:
+        worker_batch(architecture.batch, workers)
     res = _resolved(profile, architecture, impl.value, "numpy", threads)
-    facts = explain_step(architecture, res.profile, impl=impl.value, threads=res.threads, provenance=res.provenance)
+    setting = setting_for(res.profile, workers, given, overlap) if workers is not None else None
+    facts = explain_step(architecture, res.profile, impl=impl.value, threads=res.threads, provenance=res.provenance,
+                         data_parallel=setting)
     typer.echo(to_json(facts) if fmt.value == "json" else render_text(facts), nl=False)
 
 
@@ -387,22 +425,39 @@ def sweep(
     by: Annotated[By, typer.Option("--by", help="Group the ops.")] = By.kind,
     fmt: FormatOpt = Format.table,
     plot: PlotOpt = None,
+    workers: PredictWorkersOpt = None,
+    link: LinkOpt = None,
+    latency: LatencyOpt = None,
+    bandwidth: BandwidthOpt = None,
+    overlap: OverlapOpt = False,
 ) -> None:
-    """Predict the step for each value of one size: its time and the fractions of its ops."""
+    """Predict the step for each value of one size: its time and the fractions of its ops
+    (--vary workers=1,2,4,...: data-parallel SG on P workers, its speedup and efficiency)."""
     arch = _arch_file(arch, example)
-    from costmodel.machine.sweep import parse_vary, sweep as sweep_steps
+    from costmodel.errors import UsageError
+    from costmodel.machine.backends.parallel import given_options, setting_for
+    from costmodel.machine.sweep import WORKERS, check_workers_values, parse_vary, sweep as sweep_steps
     from costmodel.model.arch import load_arch
     from costmodel.present.data import sweep_report
     from costmodel.present.tables import sweep_output
 
     name, values = parse_vary(vary)
+    if name == WORKERS and workers is not None:
+        raise UsageError("--workers with --vary workers=...: the sweep gives P; leave out --workers")
+    given = given_options(workers=workers, link=link, latency=latency, bandwidth=bandwidth, overlap=overlap,
+                          sweep_workers=name == WORKERS)
     if plot:
         from costmodel.present.plots import plot_format
 
         plot_format(plot)  # a bad suffix fails before any prediction
     architecture = load_arch(arch).with_batch(batch)
+    if name == WORKERS:
+        check_workers_values(architecture.batch, values)
     res = _resolved(profile, architecture, impl.value, "numpy", threads)
-    points = sweep_steps(architecture, res.profile, name, values, impl=impl.value, threads=res.threads)
+    setting = (setting_for(res.profile, workers or 1, given, overlap) if name == WORKERS or workers is not None
+               else None)
+    points = sweep_steps(architecture, res.profile, name, values, impl=impl.value, threads=res.threads,
+                         data_parallel=setting)
     result = sweep_report(architecture, name, points, by.value, impl.value)
     if plot:
         from costmodel.present.plots import plot_sweep

@@ -6,10 +6,15 @@ architecture the step-time error (%) and the mean per-op fraction error (percent
 It also measures the floor: the run-to-run spread of `measure` on the same architecture
 (two measurements compared with each other, the same way as prediction against measurement).
 
-Targets (issues 5 and 7): step-time error median <= 10 %, worst <= 25 %; mean fraction error
-<= 2 pp. `--impl torch` does the same for `predict --backend torch` against
-`measure --backend torch` (PyTorch's op groups; the step time with the profiler on, which the
-groups add up to).
+Also: the worst single-op fraction error (pp), the per-op relative time error (median over the
+ops of at least 1 % of the step, and the worst such op), and whether the measured step lies in
+the predicted step's 90 % interval (coverage over the runs, and the interval's median
+half-width in percent of the prediction).
+
+Targets (issue 11): step-time error median <= 5 %, worst <= 15 %; worst single-op fraction
+error <= 3 pp; >= 80 % of measured steps inside their 90 % interval, median half-width <= 25 %.
+`--impl torch` does the same for `predict --backend torch` against `measure --backend torch`
+(PyTorch's op groups; the step time with the profiler on, which the groups add up to).
 
     python benchmarks/accuracy.py [--impl index strided torch] [--profile FILE] [--steps 5] [--threads 2]
 """
@@ -31,6 +36,10 @@ from calib.backends.torch import measure_torch  # noqa: E402
 from costmodel.model.arch import load_arch  # noqa: E402
 from costmodel.machine.predict import predict  # noqa: E402
 from costmodel.machine.profile import load_profile, save_profile  # noqa: E402
+from costmodel.present.data import prediction_report  # noqa: E402
+
+#: ops below this share of the measured step are left out of the per-op relative errors
+MAJOR_OP_SHARE = 0.01
 
 ARCHS = sorted((ROOT / "examples").glob("*.yaml")) + sorted((ROOT / "benchmarks" / "archs").glob("*.yaml"))
 
@@ -38,6 +47,17 @@ ARCHS = sorted((ROOT / "examples").glob("*.yaml")) + sorted((ROOT / "benchmarks"
 def fraction_error_pp(a: list[dict], b: list[dict]) -> float:
     """Mean over the ops of |fraction_a - fraction_b|, in percentage points."""
     return 100 * statistics.fmean(abs(x["fraction"] - y["fraction"]) for x, y in zip(a, b, strict=True))
+
+
+def worst_fraction_pp(a: list[dict], b: list[dict]) -> float:
+    """The largest |fraction_a - fraction_b| of one op, in percentage points."""
+    return 100 * max(abs(x["fraction"] - y["fraction"]) for x, y in zip(a, b, strict=True))
+
+
+def op_errors(predicted: list[dict], measured: list[dict]) -> list[tuple[float, str]]:
+    """(relative error %, op) of every op with at least MAJOR_OP_SHARE of the measured step."""
+    return [(100 * (p["seconds"] / m["seconds"] - 1), f"{m['op']}@{m['layer']}")
+            for p, m in zip(predicted, measured, strict=True) if m["fraction"] >= MAJOR_OP_SHARE and m["seconds"] > 0]
 
 
 def main() -> int:
@@ -69,7 +89,7 @@ def main() -> int:
 
     rows = []
     header = (f"{'architecture':30s} {'impl':8s} {'measured':>10s} {'predicted':>10s} {'step err':>9s} "
-              f"{'frac err':>9s} {'floor step':>10s} {'floor frac':>10s}")
+              f"{'in 90%':>6s} {'frac err':>9s} {'worst op':>9s} {'op err':>8s} {'floor step':>10s}")
     print(header)
     print("-" * len(header))
     for path in ARCHS:
@@ -77,37 +97,53 @@ def main() -> int:
         for impl in args.impl:
             if impl == "torch":
                 m1 = measure_torch(arch, steps=args.steps, warmup=2, threads=args.threads)
-                p = predict(arch, profile, threads=m1["threads"], backend="torch")
+                p = prediction_report(predict(arch, profile, threads=m1["threads"], backend="torch"))
                 m2 = measure_torch(arch, steps=args.steps, warmup=1, threads=args.threads)
             else:
                 m1 = measure(arch, steps=args.steps, warmup=2, threads=args.threads, impl=impl)
-                p = predict(arch, profile, impl=impl, threads=m1["threads"])
+                p = prediction_report(predict(arch, profile, impl=impl, threads=m1["threads"]))
                 m2 = measure(arch, steps=args.steps, warmup=1, threads=args.threads, impl=impl)
+            ops = op_errors(p["ops"], m1["ops"])
             row = {
                 "arch": arch.name, "impl": impl,
                 "measured": m1["step_seconds"], "predicted": p["total_seconds"],
                 "step_error": 100 * (p["total_seconds"] / m1["step_seconds"] - 1),
+                "inside": p["total_seconds_low"] <= m1["step_seconds"] <= p["total_seconds_high"],
+                "half_width": 50 * (p["total_seconds_high"] - p["total_seconds_low"]) / p["total_seconds"],
                 "fraction_error": fraction_error_pp(p["ops"], m1["ops"]),
+                "worst_fraction": worst_fraction_pp(p["ops"], m1["ops"]),
+                "op_errors": ops,
                 "floor_step": 100 * abs(m2["step_seconds"] / m1["step_seconds"] - 1),
                 "floor_fraction": fraction_error_pp(m2["ops"], m1["ops"]),
             }
             rows.append(row)
+            median_op = statistics.median(abs(e) for e, _ in ops) if ops else 0.0
             print(f"{row['arch']:30s} {impl:8s} {row['measured'] * 1e3:8.2f}ms {row['predicted'] * 1e3:8.2f}ms "
-                  f"{row['step_error']:+8.1f}% {row['fraction_error']:7.2f}pp {row['floor_step']:9.1f}% "
-                  f"{row['floor_fraction']:8.2f}pp", flush=True)
+                  f"{row['step_error']:+8.1f}% {'yes' if row['inside'] else 'no':>6s} {row['fraction_error']:7.2f}pp "
+                  f"{row['worst_fraction']:7.2f}pp {median_op:7.1f}% {row['floor_step']:9.1f}%", flush=True)
 
     step_errors = [abs(r["step_error"]) for r in rows]
-    frac_errors = [r["fraction_error"] for r in rows]
+    worst = max(rows, key=lambda r: abs(r["step_error"]))
+    worst_frac = max(rows, key=lambda r: r["worst_fraction"])
+    all_ops = [(abs(e), op, r["arch"], r["impl"]) for r in rows for e, op in r["op_errors"]]
+    coverage = sum(r["inside"] for r in rows) / len(rows)
+    half = statistics.median(r["half_width"] for r in rows)
     print()
     print(f"step-time error: median {statistics.median(step_errors):.1f} %, worst {max(step_errors):.1f} % "
-          f"(targets 10 %, 25 %)")
-    print(f"per-op fraction error: mean {statistics.fmean(frac_errors):.2f} pp, worst architecture "
-          f"{max(frac_errors):.2f} pp (target 2 pp)")
+          f"({worst['arch']}, {worst['impl']}) (targets 5 %, 15 %)")
+    print(f"per-op fraction error: mean {statistics.fmean(r['fraction_error'] for r in rows):.2f} pp; worst single op "
+          f"{worst_frac['worst_fraction']:.2f} pp ({worst_frac['arch']}, {worst_frac['impl']}) (target 3 pp)")
+    if all_ops:
+        top = max(all_ops)
+        print(f"per-op relative time error (ops >= {100 * MAJOR_OP_SHARE:g} % of the step): median "
+              f"{statistics.median(e for e, *_ in all_ops):.1f} %, worst {top[0]:.1f} % ({top[1]}, {top[2]}, {top[3]})")
+    print(f"90 % interval: {100 * coverage:.0f} % of the measured steps inside (target 80 %), median half-width "
+          f"{half:.1f} % (target 25 %)")
     print(f"floor (run-to-run spread of measure): step median {statistics.median(r['floor_step'] for r in rows):.1f} %, "
           f"worst {max(r['floor_step'] for r in rows):.1f} %; fractions mean "
           f"{statistics.fmean(r['floor_fraction'] for r in rows):.2f} pp")
-    ok = (statistics.median(step_errors) <= 10 and max(step_errors) <= 25
-          and statistics.fmean(frac_errors) <= 2)
+    ok = (statistics.median(step_errors) <= 5 and max(step_errors) <= 15 and worst_frac["worst_fraction"] <= 3
+          and coverage >= 0.8 and half <= 25)
     print("targets met" if ok else "targets NOT met")
     return 0 if ok else 1
 

@@ -1,18 +1,25 @@
-"""Data-parallel SG with P = 2 workers: measured step time against the pure model's prediction.
+"""Data-parallel SG with P = 2 workers: measured step time against the cost model's prediction.
 
 For each link -- loopback (both workers on this machine: `measure --workers 2`) and two emulated
 links (the workers in two network namespaces joined by a veth pair shaped with tc: netem rate
 10gbit and 1gbit with 0.1 ms delay; when the kernel has no netem, tbf at the rate without the
 delay, and the output says so) -- this script
 
-1. calibrates the network in the same run (`calibrate --network --quick`, written into a copy of
-   the shipped profile in a temporary directory);
-2. for three networks (a small CNN: mnist-demo-layer4; cifar10-layer7; an MLP with a large full
+1. calibrates the op models once, in the same run (`calibrate --quick --threads 1` for the
+   networks' dtypes, the chosen --impl or --backend torch), or takes them from --profile FILE;
+2. calibrates the network for the link in the same run (`calibrate --network --quick`, written
+   into a copy of the shipped profile in a temporary directory);
+3. for three networks (a small CNN: mnist-demo-layer4; cifar10-layer7; an MLP with a large full
    layer: benchmarks/archs/mlp-wide.yaml, 3072 x 1024) and the allreduce blocking or overlapped
    (--overlap), measures the data-parallel step (1 thread per worker, worker r pinned to core r)
-   and predicts it with costmodel.machine.parallel from the per-op times MEASURED at I/P on one
-   worker (1 thread, pinned to core 0) and the network section fitted in step 1: the composition
-   "sum" without overlap, "overlap" with it.
+   and predicts it twice:
+   - **model**: entirely from the cost model, as `costmodel predict ARCH --workers 2 [--overlap]`
+     does (costmodel.machine.backends.parallel.predict_data_parallel): the single-machine
+     prediction at I/P from the op models of step 1, the allreduces from the network section of
+     step 2, composed "sum" without overlap, "overlap" with it;
+   - **measured compute** (for comparison, the phase-1 check of the communication model): the same
+     composition of the per-op times MEASURED at I/P on one worker (1 thread, pinned to core 0)
+     with the same allreduces.
 
 The per-op times at I/P are measured just before the runs of each network on each link (the
 machine's load drifts). `--baseline concurrent` measures them with P independent copies of that
@@ -23,15 +30,17 @@ compute rows of the slower worker of the very run it predicts: the error left is
 communication model's and the composition's.
 
 Prints per case the measured step (the slower worker's median), its compute and communication
-(time in the collectives plus the waits, rank 0), the predicted step with its compute and exposed
-communication, and the error. Target (issue 16): |error| <= 20 % each.
+(time in the collectives plus the waits, rank 0); the model's predicted step with its compute and
+exposed communication, and its error; the measured-compute variant's step and error. Target
+(issue 16): |error| <= 20 % each.
 
 Namespaces need root, `ip` and `tc` (iproute2); without them only loopback runs. Everything made
-here is removed at the end, also on ^C.
+here is removed at the end, also on ^C. A calibration disturbed by other load is refused unless
+--accept-noisy (then its figures are not final).
 
     python benchmarks/data_parallel.py [--steps 5] [--links loopback 10gbit 1gbit] [--archs A.yaml ...]
                                        [--backend numpy|torch] [--impl index|strided]
-                                       [--baseline alone|concurrent]
+                                       [--baseline alone|concurrent|inrun] [--profile FILE] [--accept-noisy]
 """
 
 from __future__ import annotations
@@ -51,8 +60,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from calib.parallel.netns import NetnsUnavailable, VethLink, netns_unavailable  # noqa: E402
+from costmodel.machine.backends.parallel import Setting, predict_data_parallel  # noqa: E402
 from costmodel.machine.parallel import (bucket_collectives, compose, gradient_tensors,  # noqa: E402
-                                        layer_collectives, rows_from)
+                                        layer_collectives, network_link, rows_from)
 from costmodel.machine.profile import embedded_profile_path, load_profile  # noqa: E402
 from costmodel.model.arch import load_arch  # noqa: E402
 
@@ -155,6 +165,30 @@ def measured(link: VethLink | None, arch: Path, batch: int, overlap: bool, steps
     return json.loads(outs[0])
 
 
+def op_models(args, archs, tmp: Path):
+    """The profile of op models to predict with: --profile, or `calibrate --quick --threads 1` now
+    (the networks' dtypes; the chosen implementation, or the torch backend)."""
+    if args.profile:
+        return load_profile(args.profile)
+    path = tmp / "ops.json"
+    command = ["calibrate", "--quick", "--threads", 1, "-o", path]
+    for dtype in sorted({arch.dtype for arch in archs}):
+        command += ["--dtype", dtype]
+    command += ["--backend", "torch"] if args.backend == "torch" else ["--impl", args.impl]
+    if args.accept_noisy:
+        command.append("--accept-noisy")
+    print(f"calibrating the op models now: costmodel {' '.join(map(str, command))}", flush=True)
+    cli(command)
+    return load_profile(path)
+
+
+def modelled(arch, profile, net, overlap: bool, backend: str, impl: str):
+    """The cost model's prediction of the data-parallel step: `costmodel predict --workers P`."""
+    with_net = profile.model_copy(update={"network": net})
+    setting = Setting(P, network_link(with_net.network), "overlap" if overlap else "sum")
+    return predict_data_parallel(arch, with_net, setting, impl=impl, threads=1, backend=backend)
+
+
 def predicted(single: dict, arch, net, overlap: bool, backend: str):
     rows = sorted(rows_from(single["ops"]), key=lambda r: PHASE[r.phase])  # torch's "other" rows in their phase
     tensors = gradient_tensors(arch)
@@ -177,8 +211,12 @@ def main() -> int:
     parser.add_argument("--backend", choices=["numpy", "torch"], default="numpy")
     parser.add_argument("--impl", choices=["index", "strided"], default="index")
     parser.add_argument("--baseline", choices=["alone", "concurrent", "inrun"], default="alone",
-                        help="per-op times at I/P of one worker alone, of P copies at once, or the slower "
-                             "worker's own compute rows in the run predicted (see above)")
+                        help="the measured-compute variant: per-op times at I/P of one worker alone, of P copies "
+                             "at once, or the slower worker's own compute rows in the run predicted (see above)")
+    parser.add_argument("--profile", type=Path, help="op models to predict with (default: calibrate --quick "
+                                                     "--threads 1 now)")
+    parser.add_argument("--accept-noisy", action="store_true", help="let the calibration write a profile "
+                                                                    "although other load disturbed it")
     args = parser.parse_args()
 
     emulated = [name for name in args.links if LINKS[name]]
@@ -202,10 +240,11 @@ def main() -> int:
         return max((json.loads(out) for out in concurrent(single)), key=lambda d: d["step_seconds"])
 
     header = (f"{'link':9} {'network':18} {'overlap':7} | {'measured':>9} {'compute':>9} {'comm':>9} | "
-              f"{'predicted':>9} {'compute':>9} {'exposed':>9} | {'error':>7}")
-    rows, errors = [], []
+              f"{'model':>9} {'compute':>9} {'exposed':>9} {'error':>7} | {'m.comp.':>9} {'error':>7}")
+    rows, errors, baseline_errors = [], [], []
     with tempfile.TemporaryDirectory(prefix="costmodel-dp-") as tmp, \
             (VethLink() if args.links != ["loopback"] else _nothing()) as veth:
+        models = op_models(args, archs, Path(tmp))
         for name in args.links:
             link = None
             if LINKS[name]:
@@ -222,24 +261,33 @@ def main() -> int:
                 for overlap in (False, True):
                     m = measured(link, path, arch.batch, overlap, args.steps, args.backend, args.impl)
                     slow = max(m["ranks"], key=lambda r: r["step_seconds"])
+                    model = modelled(arch, models, net, overlap, args.backend, args.impl)
+                    dp = model.data_parallel
+                    error = model.total_seconds / slow["step_seconds"] - 1
                     p = predicted(single or slow, arch, net, overlap, args.backend)
-                    error = p.step_seconds / slow["step_seconds"] - 1
+                    baseline_error = p.step_seconds / slow["step_seconds"] - 1
                     errors.append(error)
+                    baseline_errors.append(baseline_error)
                     rows.append(f"{name:9} {arch.name:18} {'yes' if overlap else 'no':7} | "
                                 f"{ms(slow['step_seconds'])} {ms(m['ranks'][0]['compute_seconds'])} "
-                                f"{ms(m['ranks'][0]['communication_seconds'])} | {ms(p.step_seconds)} "
-                                f"{ms(p.compute_seconds)} {ms(p.exposed_communication_seconds)} | {100 * error:+6.1f}%")
+                                f"{ms(m['ranks'][0]['communication_seconds'])} | {ms(model.total_seconds)} "
+                                f"{ms(dp.compute_seconds)} {ms(dp.exposed_communication_seconds)} "
+                                f"{100 * error:+6.1f}% | {ms(p.step_seconds)} {100 * baseline_error:+6.1f}%")
                     print(rows[-1], flush=True)
     print()
     print("times in ms; measured: the slower worker's median step, rank 0's compute rows and communication "
-          "(collective calls + waits); predicted: compute at I/P on one worker + the allreduces of the ring model "
-          "composed (sum | overlap), exposed = step - compute")
+          "(collective calls + waits); model: `costmodel predict --workers 2` from the op models and the network "
+          "fitted in this run (compute at I/P on one worker + the ring model's allreduces, composed sum | overlap; "
+          "exposed = step - compute); m.comp.: the same composition of the compute MEASURED at I/P "
+          f"(--baseline {args.baseline})")
     print(header)
     print("\n".join(rows))
-    within = sum(abs(e) <= 0.20 for e in errors)
-    print(f"load average {open('/proc/loadavg').read().split()[0]} at the end; compute baseline: {args.baseline}")
-    print(f"\n|error| median {100 * statistics.median(abs(e) for e in errors):.1f} %, worst "
-          f"{100 * max(abs(e) for e in errors):.1f} %; {within} of {len(errors)} within 20 % (target: all)")
+    print(f"load average {open('/proc/loadavg').read().split()[0]} at the end; op models: "
+          f"{args.profile or 'calibrated in this run (--quick)'}")
+    for label, errs in (("model", errors), (f"measured compute ({args.baseline})", baseline_errors)):
+        within = sum(abs(e) <= 0.20 for e in errs)
+        print(f"{label}: |error| median {100 * statistics.median(abs(e) for e in errs):.1f} %, worst "
+              f"{100 * max(abs(e) for e in errs):.1f} %; {within} of {len(errs)} within 20 % (target: all)")
     return 0
 
 

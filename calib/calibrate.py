@@ -85,8 +85,10 @@ def fit_entry(archs, samples, impl: str, threads: int, machine: Machine, backend
               ceilings: dict | None = None) -> dict:
     """Fit one (dtype, impl, threads, backend) entry: a model per model key, over the backend's
     features (costmodel.machine.timemodel), each within its ceiling (calib.fit.ceiling_of) from
-    the measured `ceilings` (calib.machine.ceilings; None: only non-negative)."""
-    from .fit import ceiling_of, fit_op
+    the measured `ceilings` (calib.machine.ceilings; None: only non-negative); and the step's
+    interval from the cross-validated predictions of every network's samples (calib.fit.step_interval).
+    Returns the entry's fields: {"ops": {key: model}, "step_interval", "step_cv_error", "step_networks"}."""
+    from .fit import ceiling_of, fit_op, step_interval
     from .machine import level_bandwidth
 
     be = get_backend(backend)
@@ -100,14 +102,17 @@ def fit_entry(archs, samples, impl: str, threads: int, machine: Machine, backend
     for i, row in enumerate(rows):
         by_key.setdefault(row.model, []).append(i)
     ops = {}
+    cv = np.empty(len(t))
     for key in sorted(by_key):
         sel = np.array(by_key[key])
         features = be.features(key)
         X = design_matrix([rows[i] for i in sel], machine, features)
         ceiling = None if ceilings is None else ceiling_of(str(key), backend=backend, impl=impl, threads=threads,
                                                            peaks=peaks, dtype=archs[0].dtype, levels=levels)
-        ops[str(key)] = fit_op(X, t[sel], groups[sel], features=features, ceiling=ceiling).as_profile_entry()
-    return ops
+        result = fit_op(X, t[sel], groups[sel], features=features, ceiling=ceiling)
+        ops[str(key)] = result.as_profile_entry()
+        cv[sel] = result.cv_predictions
+    return {"ops": ops, **step_interval(t, cv, groups)}
 
 
 def calibrate(plan: Plan, *, threads: int | None = None, progress=None, log=None) -> dict:
@@ -150,10 +155,10 @@ def calibrate(plan: Plan, *, threads: int | None = None, progress=None, log=None
                 samples = timing.time_sweep(archs, impl, threads=used_threads, rounds=plan.rounds,
                                             chunk=plan.chunk, seed=plan.seed, progress=progress)
                 monitor.add_spreads([s.get("spread", 0.0) for s in samples], [s["seconds"] for s in samples])
-                ops = fit_entry(archs, samples, impl, used_threads, Machine(caches, tuple(fp["cpu_flags"])),
-                                plan.backend, ceil)
+                fitted = fit_entry(archs, samples, impl, used_threads, Machine(caches, tuple(fp["cpu_flags"])),
+                                   plan.backend, ceil)
                 entries.append({"backend": plan.backend, "dtype": dtype, "impl": impl, "versions": versions,
-                                "threads": used_threads, "ops": ops,
+                                "threads": used_threads, **fitted,
                                 "sweep": {"points": plan.points, "rounds": plan.rounds,
                                           "samples": len(samples), "seed": plan.seed,
                                           "seconds": round(time.perf_counter() - t0, 2)}})

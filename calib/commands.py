@@ -326,6 +326,10 @@ def compare_command(arch_path: Path, *, profile, batch, threads, impl, steps, wa
                                         warmup=warmup, fmt=fmt, progress=progress)
 
     backend = parse_backends(backends)[0]
+    if plot:
+        from costmodel.present.plots import plot_format
+
+        plot_format(plot)  # a bad suffix fails before anything is measured
     if backend == "torch":
         from calib.backends.torch import import_torch
 
@@ -340,10 +344,6 @@ def compare_command(arch_path: Path, *, profile, batch, threads, impl, steps, wa
     from calib.memory import check_memory
 
     check_memory(arch, impl)
-    if plot:
-        from costmodel.present.plots import plot_format
-
-        plot_format(plot)  # a bad suffix fails before the steps are measured
     result = compare(arch, prof, impl=impl, threads=threads, steps=steps, warmup=warmup, progress=progress,
                      backend=backend)
     warn_if_disturbed(result.get("load"))

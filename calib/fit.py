@@ -203,6 +203,7 @@ class FitResult:
     features: tuple[str, ...] = FEATURES
     model: str = MODEL_NAME
     ceiling: Ceiling | None = None
+    cv_predictions: np.ndarray | None = None  # each sample's prediction by the fold that left its network out
 
     def as_profile_entry(self) -> dict:
         return {"model": self.model, "features": list(self.features), "coef": self.coef,
@@ -237,7 +238,30 @@ def fit_op(X: np.ndarray, t: np.ndarray, groups: np.ndarray, n_splits: int = 5,
         features=tuple(features),
         model=BOUNDED_MODEL_NAME if ceiling is not None else MODEL_NAME,
         ceiling=ceiling,
+        cv_predictions=cv_pred,
     )
+
+
+#: the step interval's quantiles: a 90 % interval
+STEP_QUANTILES = (0.05, 0.95)
+
+
+def step_interval(seconds: np.ndarray, cv_predictions: np.ndarray, groups: np.ndarray) -> dict:
+    """A 90 % interval of a whole step's time, from the fit's residuals by network: for every
+    calibration network, its measured step (the sum of its samples' seconds) over its
+    cross-validated predicted step (the sum of its samples' predictions by the folds that left
+    the network out); the interval is the 5 % and 95 % quantiles of that ratio over the
+    networks, and `cv_error` its median |predicted/measured - 1|. Errors of a network's ops that
+    cancel, or add up, are in it as they are in a real step (a sum of the ops' own quantiles is
+    not: it assumes every op misses the same way)."""
+    seconds = np.where(np.asarray(seconds, float) > 0, seconds, T_FLOOR)
+    groups = np.asarray(groups)
+    points = np.unique(groups)
+    measured = np.array([seconds[groups == g].sum() for g in points])
+    predicted = np.array([np.asarray(cv_predictions)[groups == g].sum() for g in points])
+    ratio = measured / np.maximum(predicted, 1e-12)
+    return {"step_interval": [float(np.quantile(ratio, q)) for q in STEP_QUANTILES],
+            "step_cv_error": float(np.median(np.abs(1.0 / ratio - 1.0))), "step_networks": int(len(points))}
 
 
 def over_ceiling(model, rtol: float = 1e-6) -> list[str]:

@@ -65,15 +65,51 @@ def _resolved(profile, arch: Architecture, impl: str = "index", backend: str = "
                    warn=lambda line: warnings.warn(line, CostModelWarning, stacklevel=4))
 
 
+def _given(workers: int | None, link, overlap: bool, sweep_workers: bool = False):
+    """The data-parallel arguments, checked before anything is predicted: P >= 1, and `link`
+    (a name of costmodel.machine.parallel.LINKS such as "10GbE", a Link, or None) and `overlap`
+    only with `workers` (or a sweep of workers). Returns the given Link or None."""
+    from costmodel.errors import UsageError
+    from costmodel.machine.backends.parallel import check_workers
+    from costmodel.machine.parallel import Link, given_link
+
+    if workers is not None:
+        check_workers(workers)
+    elif not sweep_workers and (link is not None or overlap):
+        raise UsageError("link and overlap go with workers=P (data-parallel SG)")
+    return link if link is None or isinstance(link, Link) else given_link(link=link)
+
+
+def _setting(profile: Profile, workers: int, given, overlap: bool):
+    from costmodel.machine.backends.parallel import setting_for
+
+    return setting_for(profile, workers, given, overlap)
+
+
 def predict_frame(arch, profile=None, *, impl: str = "index", threads: int | None = None,
-                  batch: int | None = None, by: str = "op", backend: str = "numpy") -> pd.DataFrame:
+                  batch: int | None = None, by: str = "op", backend: str = "numpy", workers: int | None = None,
+                  link=None, overlap: bool = False) -> pd.DataFrame:
     """The predicted SG step, one row per op (PREDICT_COLUMNS) or per layer, phase or kind
-    (`by`, then GROUP_COLUMNS); ``.attrs`` holds STEP_ATTRS."""
-    from costmodel.present.data import prediction_report, prediction_rows
+    (`by`, then GROUP_COLUMNS); ``.attrs`` holds STEP_ATTRS.
+
+    With `workers` P: one worker's step of data-parallel SG (costmodel.machine.backends.parallel):
+    its compute rows at I/P, then the allreduce rows (phase and kind "communication"); `link` a
+    name ("10GbE", as --link) or a costmodel.machine.parallel.Link, else the profile's network
+    section; `overlap` the composition overlap (default sum). ``.attrs`` then also holds the
+    step's data-parallel numbers (costmodel.present.data.DATA_PARALLEL_FIELDS)."""
+    from costmodel.machine.backends.parallel import predict_data_parallel, worker_batch
+    from costmodel.present.data import DATA_PARALLEL_FIELDS, prediction_report, prediction_rows
 
     a = _arch(arch).with_batch(batch)
+    given = _given(workers, link, overlap)
+    if workers is not None:
+        worker_batch(a.batch, workers)
     res = _resolved(profile, a, impl, backend, threads)
-    pred = predict(a, res.profile, impl=impl, threads=res.threads, backend=backend, provenance=res.provenance)
+    if workers is None:
+        pred = predict(a, res.profile, impl=impl, threads=res.threads, backend=backend, provenance=res.provenance)
+    else:
+        pred = predict_data_parallel(a, res.profile, _setting(res.profile, workers, given, overlap), impl=impl,
+                                     threads=res.threads, backend=backend, provenance=res.provenance)
     rows = prediction_rows(pred, by)
     if by == "op":
         frame = pd.DataFrame(rows, columns=PREDICT_COLUMNS)
@@ -81,6 +117,8 @@ def predict_frame(arch, profile=None, *, impl: str = "index", threads: int | Non
         frame = pd.DataFrame(rows, columns=[by, *GROUP_COLUMNS])
     report = prediction_report(pred, by)
     frame.attrs.update({k: report[k] for k in STEP_ATTRS}, profile=report["profile"])
+    if workers is not None:
+        frame.attrs.update({k: report[k] for k in DATA_PARALLEL_FIELDS})
     return frame
 
 
@@ -115,16 +153,21 @@ def costs_frame(arch, *, impl: str = "index", batch: int | None = None,
 
 
 def sweep_frame(arch, profile=None, *, vary: str | Mapping[str, Sequence], impl: str = "index",
-                threads: int | None = None, batch: int | None = None, by: str = "kind") -> pd.DataFrame:
+                threads: int | None = None, batch: int | None = None, by: str = "kind", workers: int | None = None,
+                link=None, overlap: bool = False) -> pd.DataFrame:
     """The step predicted at each value of one size, one row per (value, group): the varied
     name, the group's columns (`by`; for "op": layer, layer_type, op, phase, kind), seconds,
     seconds_low, seconds_high, fraction, flops, bytes and the step's step_seconds.
 
-    `vary` is "batch=1,8,64,512" as on the command line, or {"layers[1].filters": [16, 32]}.
+    `vary` is "batch=1,8,64,512" as on the command line, or {"layers[1].filters": [16, 32]};
+    {"workers": [1, 2, 4, 8]} sweeps the data-parallel workers P. With a workers sweep, or with
+    `workers`, every step is one worker's of data-parallel SG (`link`, `overlap` as in
+    predict_frame) and the rows also carry the step's workers, compute_seconds,
+    communication_seconds, exposed_communication_seconds, speedup and efficiency.
     """
     from costmodel.errors import UsageError
-    from costmodel.machine.sweep import parse_vary, sweep
-    from costmodel.present.data import group_columns, long_rows, sweep_report
+    from costmodel.machine.sweep import WORKERS, check_workers_values, parse_vary, sweep
+    from costmodel.present.data import long_columns, long_rows, sweep_report
 
     if isinstance(vary, str):
         name, values = parse_vary(vary)
@@ -133,23 +176,40 @@ def sweep_frame(arch, profile=None, *, vary: str | Mapping[str, Sequence], impl:
     else:
         raise UsageError(f"vary: give one name and its values, not {len(vary)}")
     a = _arch(arch).with_batch(batch)
+    values = list(values)
+    if name == WORKERS and workers is not None:
+        raise UsageError("workers with vary workers: the sweep gives P; leave out workers")
+    given = _given(workers, link, overlap, sweep_workers=name == WORKERS)
+    if name == WORKERS:
+        check_workers_values(a.batch, values)
     res = _resolved(profile, a, impl, "numpy", threads)
-    points = sweep(a, res.profile, name, list(values), impl=impl, threads=res.threads)
+    setting = (_setting(res.profile, workers or 1, given, overlap) if name == WORKERS or workers is not None
+               else None)
+    points = sweep(a, res.profile, name, values, impl=impl, threads=res.threads, data_parallel=setting)
     result = sweep_report(a, name, points, by, impl)
-    frame = pd.DataFrame(long_rows(result), columns=[name, *group_columns(by), "seconds", "seconds_low",
-                                                     "seconds_high", "fraction", "flops", "bytes", "step_seconds"])
+    frame = pd.DataFrame(long_rows(result), columns=long_columns(result))
     frame.attrs.update({k: result[k] for k in ("arch", "dtype", "impl", "threads", "vary", "symbol", "by")},
                        profile=points[0][1].profile_info)
+    if "data_parallel" in result:
+        frame.attrs["data_parallel"] = result["data_parallel"]
     return frame
 
 
 def explain_report(arch, profile=None, *, impl: str = "index", threads: int | None = None,
-                   batch: int | None = None, text: bool = False) -> dict | str:
+                   batch: int | None = None, text: bool = False, workers: int | None = None, link=None,
+                   overlap: bool = False) -> dict | str:
     """The explanation of `costmodel explain`: a dict of facts with ``sections`` of sentences,
-    or with text=True the report as the command prints it."""
+    or with text=True the report as the command prints it; with `workers` (and `link`, `overlap`
+    as in predict_frame) also the data-parallel step (facts["data_parallel"]) and its section."""
+    from costmodel.machine.backends.parallel import worker_batch
     from costmodel.present.explain import explain, render_text
 
     a = _arch(arch).with_batch(batch)
+    given = _given(workers, link, overlap)
+    if workers is not None:
+        worker_batch(a.batch, workers)
     res = _resolved(profile, a, impl, "numpy", threads)
-    facts = explain(a, res.profile, impl=impl, threads=res.threads, provenance=res.provenance)
+    setting = _setting(res.profile, workers, given, overlap) if workers is not None else None
+    facts = explain(a, res.profile, impl=impl, threads=res.threads, provenance=res.provenance,
+                    data_parallel=setting)
     return render_text(facts) if text else facts

@@ -113,3 +113,17 @@ def test_tiny_calibration_keeps_every_rate_within_its_ceiling(tiny_profile):
     assert {p.shape for p in profile.probe.products} == {"square", "conv", "small"}
     assert {lv.level for lv in profile.probe.bandwidth} == {"L1", "L2", "L3", "memory"}
     assert "% of the" in render_profile(profile) and "peak" in render_profile(profile)
+
+
+def test_the_step_interval_of_a_calibration_is_the_predictions_interval(tiny_profile):
+    """The tiny calibration stores a step interval from its networks (calib.fit.step_interval),
+    and predict's step bounds are the prediction times those factors."""
+    path, _ = tiny_profile
+    profile = load_profile(path)
+    entry = profile.entry("float32", "index", 1)
+    lo, hi = entry.step_interval
+    assert 0 < lo <= hi and entry.step_networks == 10 and entry.step_cv_error >= 0
+    pred = predict(load_arch(ROOT / "examples" / "digits-small.yaml"), profile, impl="index", threads=1)
+    assert (pred.total_seconds_low, pred.total_seconds_high) == pytest.approx((lo * pred.total_seconds,
+                                                                                hi * pred.total_seconds))
+    assert pred.interval == "90 % of the cross-validated steps of 10 calibration networks"

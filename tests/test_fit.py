@@ -165,3 +165,22 @@ def test_ceiling_of_an_op_follows_the_threads_it_runs_on():
     slow = {**peaks, ("numpy", "float32", 2): 10e9}
     assert ceiling_of("conv_matmul", backend="numpy", impl="index", threads=2, peaks=slow, dtype="float32",
                       levels=levels).flops_per_second == 60e9
+
+
+def test_the_step_interval_comes_from_whole_networks_cross_validated():
+    """Networks whose ops all miss the same way (a factor per network) make a step interval of
+    those factors; the same per-op scatter that cancels within a network does not widen it."""
+    from calib.fit import step_interval
+
+    rng = np.random.default_rng(0)
+    factors = np.exp(rng.normal(0, 0.2, 200))  # the measured/predicted of each network
+    groups = np.repeat(np.arange(200), 5)
+    predicted = rng.uniform(1e-4, 1e-3, 1000)
+    measured = predicted * factors[groups]
+    got = step_interval(measured, predicted, groups)
+    assert got["step_networks"] == 200
+    assert got["step_interval"] == pytest.approx(list(np.quantile(factors, [0.05, 0.95])), rel=1e-9)
+    # errors that cancel within each network (+x on one op, -x on a same-sized one) do not widen it
+    noise = np.tile([1.3, 0.7, 1.0, 1.0, 1.0], 200)
+    same = step_interval(np.repeat(np.full(200, 1e-3), 5) * noise, np.full(1000, 1e-3), groups)
+    assert same["step_interval"] == pytest.approx([1.0, 1.0]) and same["step_cv_error"] == pytest.approx(0.0)

@@ -143,7 +143,8 @@ def test_predict_frame_has_the_documented_columns_and_the_predictions(profile):
     assert isinstance(frame, pd.DataFrame) and list(frame.columns) == PREDICT_COLUMNS
     assert frame["seconds"].tolist() == pytest.approx([o["seconds"] for o in result["ops"]])
     assert (frame["intensity"] == frame["flops"] / frame["bytes"]).all()
-    assert set(frame.attrs) == set(STEP_ATTRS) and frame.attrs["total_seconds"] == pytest.approx(frame.seconds.sum())
+    assert set(frame.attrs) == {*STEP_ATTRS, "profile"} and frame.attrs["total_seconds"] == pytest.approx(frame.seconds.sum())
+    assert {"path", "reference", "machine_match", "differences", "transferred"} <= set(frame.attrs["profile"])
     kinds = costmodel.predict_frame(load_arch(DIGITS), profile, threads=2, batch=8, by="kind")
     assert list(kinds.columns) == ["kind", *GROUP_COLUMNS] and kinds.attrs["batch"] == 8
     assert kinds["fraction"].sum() == pytest.approx(1.0)

@@ -21,86 +21,31 @@ latency per step of the ring model as gloo runs it.
 
 from __future__ import annotations
 
-import math
-import re
 from datetime import datetime, timezone
 from time import perf_counter_ns
 
 import numpy as np
 
 from costmodel.errors import UsageError
-from costmodel.machine.parallel import ring_allreduce_seconds, ring_features
+# the links and their parsing are pure (costmodel.machine.parallel), shared with `predict --link`
+from costmodel.machine.parallel import (LINKS, TCP_EFFICIENCY, given_link, link_alpha_beta,  # noqa: F401
+                                        parse_bandwidth, parse_latency, ring_allreduce_seconds, ring_features)
 
 SIZES = tuple(4 ** k for k in range(1, 14))  # 4 B .. 64 MiB
 REPEATS = 7
 QUICK_REPEATS = 3
 
-#: Ethernet TCP payload over the wire at MTU 1500: 1448 payload bytes (1500 - 20 IP - 32 TCP with
-#: timestamps) per 1538 bytes on the wire (+ 14 header, 4 FCS, 8 preamble, 12 inter-frame gap)
-TCP_EFFICIENCY = 1448 / 1538
-
-#: links the user may not have: name -> (alpha seconds, line rate bits/s). The line rates are
-#: IEEE 802.3's (1000BASE-T, 10GBASE, 25GBASE, 100GBASE); beta = 1 / (rate/8 * TCP_EFFICIENCY).
-#: The latencies are ASSUMED typical one-way latencies of a small message through the Linux
-#: kernel's TCP stack, two NICs and one switch (order of magnitude, not measured here); gloo adds
-#: its own per-call overhead on top: measure yours with `calibrate --network` across the machines.
-LINKS: dict[str, tuple[float, float]] = {
-    "1GbE": (50e-6, 1e9),
-    "10GbE": (20e-6, 10e9),
-    "25GbE": (15e-6, 25e9),
-    "100GbE": (10e-6, 100e9),
-}
-
-
-def link_alpha_beta(name: str) -> tuple[float, float]:
-    """(alpha s, beta s/B) of a named link (LINKS), or a UsageError listing the names."""
-    for key, (alpha, rate) in LINKS.items():
-        if key.lower() == name.strip().lower():
-            return alpha, 1.0 / (rate / 8 * TCP_EFFICIENCY)
-    raise UsageError(f"--link: {name!r} is not one of {', '.join(LINKS)}")
-
-
-_LATENCY_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
-_PREFIX = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
-
-
-def parse_latency(text: str) -> float:
-    """'50us', '0.2 ms', '1e-5s' -> seconds; a UsageError otherwise."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?\d+)?)\s*(s|ms|us|µs|ns)\s*", text)
-    if not match or not math.isfinite(float(match.group(1))):
-        raise UsageError(f"--latency: {text!r} is not a time such as 50us, 0.2ms or 1e-5s")
-    return float(match.group(1)) * _LATENCY_UNITS[match.group(2)]
-
-
-def parse_bandwidth(text: str) -> float:
-    """'1.25GB/s', '10Gbit/s', '10 Gb/s', '100MB/s' -> bytes per second (SI prefixes: G = 1e9);
-    B is bytes, bit or b is bits. A UsageError for anything else, or a rate that is not > 0."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?\d+)?)\s*([kKMGT]?)(B|bit|b)(?:/s|ps)\s*", text)
-    if not match:
-        raise UsageError(f"--bandwidth: {text!r} is not a rate such as 1.25GB/s or 10Gbit/s")
-    value = float(match.group(1)) * _PREFIX[match.group(2)] / (1 if match.group(3) == "B" else 8)
-    if not value > 0 or not math.isfinite(value):
-        raise UsageError(f"--bandwidth: {text!r} is not a positive rate")
-    return value
-
 
 def given_network(*, link: str | None, latency: str | None, bandwidth: str | None, workers: int | None):
     """A costmodel.machine.profile.Network for a link the user gives: --link NAME, or --latency
-    and --bandwidth together."""
+    and --bandwidth together (costmodel.machine.parallel.given_link)."""
     from costmodel.machine.profile import Network
 
-    if link is not None and (latency is not None or bandwidth is not None):
-        raise UsageError("--link names a link with its latency and bandwidth: give either --link or "
-                         "--latency and --bandwidth")
-    if link is not None:
-        alpha, beta = link_alpha_beta(link)
-        name = next(k for k in LINKS if k.lower() == link.strip().lower())
-    else:
-        if latency is None or bandwidth is None:
-            raise UsageError("give both --latency and --bandwidth (or --link)")
-        alpha, beta, name = parse_latency(latency), 1.0 / parse_bandwidth(bandwidth), f"{latency}, {bandwidth}"
-    return Network(alpha_seconds=alpha, beta_seconds_per_byte=beta, workers=workers, link="given", name=name,
-                   created=datetime.now(timezone.utc))
+    given = given_link(link=link, latency=latency, bandwidth=bandwidth)
+    if given is None:
+        raise UsageError("give --link, or --latency and --bandwidth")
+    return Network(alpha_seconds=given.alpha_seconds, beta_seconds_per_byte=given.beta_seconds_per_byte,
+                   workers=workers, link="given", name=given.name, created=datetime.now(timezone.utc))
 
 
 def inner_calls(nbytes: int) -> int:

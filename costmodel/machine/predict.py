@@ -21,6 +21,7 @@ from costmodel.machine.backends import Row, backend as get_backend
 from costmodel.machine.timemodel import ALL_FEATURES, Machine, feature_values, terms
 
 if TYPE_CHECKING:
+    from costmodel.machine.backends.parallel import DataParallel
     from costmodel.machine.profile import Profile
     from costmodel.model.arch import Architecture
 
@@ -62,7 +63,11 @@ class GroupTotal:
 
 @dataclass(frozen=True)
 class Prediction:
-    """The predicted step: its rows in step order and the step's totals."""
+    """The predicted step: its rows in step order and the step's totals.
+
+    `data_parallel` is set by the data-parallel wrapper (costmodel.machine.backends.parallel): the
+    rows are then one worker's (its compute at I/P, then the allreduces), `batch` is still the
+    whole mini-batch I, and total_seconds is the composed step."""
 
     arch: "Architecture"
     backend: str
@@ -73,6 +78,8 @@ class Prediction:
     total_seconds_low: float
     total_seconds_high: float
     profile_info: Mapping[str, object]
+    interval: str = "5-95 % of cross-validated measured/predicted, summed over the ops"  # what the step's bounds are
+    data_parallel: "DataParallel | None" = None
 
     @property
     def dtype(self) -> str:
@@ -147,7 +154,12 @@ def predict(arch: "Architecture", profile: "Profile", *, impl: str = "index", th
     total = sum(t[1] for t in timed)
     predicted = tuple(PredictedRow(row, s, s * lo, s * hi, cv, s / total if total > 0 else 0.0, parts)
                       for row, s, (lo, hi), parts, cv in timed)
-    return Prediction(arch, backend, impl, threads, predicted, total,
-                      sum(r.seconds_low for r in predicted), sum(r.seconds_high for r in predicted),
+    if entry.step_interval is not None:  # a 90 % interval of the step (calib.fit.step_interval)
+        low, high = total * entry.step_interval[0], total * entry.step_interval[1]
+        how = f"90 % of the cross-validated steps of {entry.step_networks} calibration networks"
+    else:  # a profile made before step intervals: the ops' own quantiles, summed
+        low, high = sum(r.seconds_low for r in predicted), sum(r.seconds_high for r in predicted)
+        how = "5-95 % of cross-validated measured/predicted, summed over the ops"
+    return Prediction(arch, backend, impl, threads, predicted, total, low, high,
                       {"cpu_model": profile.fingerprint.cpu_model, "created": profile.created.isoformat(),
-                       **(provenance or {})})
+                       **(provenance or {})}, how)

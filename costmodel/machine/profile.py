@@ -28,7 +28,7 @@ from pydantic import (AwareDatetime, BaseModel, ConfigDict, Field, ValidationErr
 from costmodel import __version__
 from costmodel.model.arch import DTYPES, _message
 from costmodel.errors import CostModelError, UsageError
-from costmodel.machine.timemodel import fact
+from costmodel.machine.timemodel import fact, model_facts  # noqa: F401  (model_facts re-exported)
 from costmodel.present.report import FORMATS, atomic_write, render_table, to_csv, to_json
 from costmodel.units import human, iec as _iec, threads_text as _threads
 
@@ -217,6 +217,12 @@ class Entry(_Model):
     accepted_noisy: bool = Field(False, description="written although disturbed (--accept-noisy)")
     transfer_factors: dict[str, PositiveFloat] = Field(
         {}, description="transferred: the factor each term's coefficient was multiplied by")
+    step_interval: tuple[PositiveFloat, PositiveFloat] | None = Field(
+        None, description="5 % and 95 % quantiles of measured/predicted whole steps of the calibration's networks, "
+                          "each predicted by the folds that left it out (calib.fit.step_interval)")
+    step_cv_error: Annotated[float, Field(ge=0)] | None = Field(
+        None, description="median |predicted/measured - 1| of those steps")
+    step_networks: PositiveInt | None = Field(None, description="networks the step interval comes from")
 
     @model_validator(mode="after")
     def _known_ops(self) -> "Entry":
@@ -394,47 +400,6 @@ def _caches(caches: Mapping[str, int]) -> str:
 
 #: byte features whose coefficients add up to the effective cost per byte of a level, and the
 #: level's name in OpCeiling.bytes_per_second
-BYTE_LEVELS = (("bytes", "L2", ""), ("bytes_beyond_L2", "L3", " beyond L2"), ("bytes_beyond_L3", "memory", " beyond L3"))
-
-
-def _of_ceiling(rate: float, ceiling: float | None, unit: str, what: str = "") -> str:
-    if ceiling is None or rate <= 0:
-        return ""
-    if rate >= ceiling * (1 - 1e-6):  # the bound binds: the data alone asked for more, or nothing
-        return f" (at the {human(ceiling, unit)}{what}: the fit's bound)"
-    return f" ({100 * rate / ceiling:.0f} % of the {human(ceiling, unit)}{what})"
-
-
-def model_facts(model: OpModel) -> list[str]:
-    """An op model's coefficients read as machine facts, each beside the ceiling it was fitted
-    under when the model has one: '12.0 us per call', '74 GFLOP/s (35 % of the 210 GFLOP/s
-    peak)'. The byte terms read as the effective rate of each level: in cache 1/c_byte, beyond
-    L2 1/(c_byte + c_L2), beyond L3 1/(c_byte + c_L2 + c_L3), which is what data of that
-    level moves at (the coefficient beyond L2 alone is not a rate of anything)."""
-    coef = dict(zip(model.features, model.coef))
-    ceiling = model.ceiling
-    effective, total = {}, 0.0  # byte feature -> (cost per byte of its level, level, qualifier)
-    for feature, level, qualifier in BYTE_LEVELS:
-        if feature in coef:
-            total += coef[feature]
-            effective[feature] = (total, level, qualifier)
-    facts = []
-    for feature, c in coef.items():
-        if feature in effective:
-            cost, level, qualifier = effective[feature]
-            if cost <= 0:
-                facts.append(f"no cost per byte{qualifier}")
-                continue
-            bound = ceiling.bytes_per_second.get(level) if ceiling else None
-            what = f" of {_threads(ceiling.threads)}" if ceiling else ""
-            facts.append(human(1 / cost, "B/s") + qualifier + _of_ceiling(1 / cost, bound, "B/s", what))
-        elif feature == "flops" and ceiling is not None and c > 0:
-            facts.append(fact(feature, c) + _of_ceiling(1 / c, ceiling.flops_per_second, "FLOP/s", " peak"))
-        else:
-            facts.append(fact(feature, c))
-    return facts
-
-
 def _level(working_set: int, caches: Mapping[str, int]) -> str:
     """The smallest data cache a working set fits in, or 'memory'."""
     for name in ("L1d", "L2", "L3"):

@@ -115,10 +115,10 @@ def resolve(path: str | Path | Profile | None, *, dtype: str, impl: str = "index
         else:
             profile = moved
             prov = provenance(profile, here, path=file, reference=reference, threads=threads)
-            note = f"no profile of this machine, so the reference profile shipped with costmodel: {warning_line(prov)}"
-    elif reference and prov["machine_match"]:
-        note = ("no profile of this machine: using the reference profile shipped with costmodel, made on a machine "
-                "like this one; `costmodel calibrate` makes yours")
+            note = warning_line(prov)
+    if reference:
+        note = "no profile of this machine, so the reference profile shipped with costmodel" + (
+            f": {note}" if note else f", made on a machine like this one; `costmodel calibrate` makes yours")
     if note and warn is not None:
         warn(note)
     return Resolved(profile, prov, threads, note)

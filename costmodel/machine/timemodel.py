@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
-from costmodel.units import fmt_seconds, human
+from costmodel.units import fmt_seconds, human, threads_text
 
 if TYPE_CHECKING:
     import numpy as np
@@ -105,6 +105,43 @@ def fact(feature: str, coef: float) -> str:
     return f"{feature}: {coef:.3g} s each"
 
 
-def facts(model: "OpModel") -> list[str]:
-    """Every coefficient of the model read as a machine fact."""
-    return [fact(f, c) for f, c in zip(model.features, model.coef)]
+
+BYTE_LEVELS = (("bytes", "L2", ""), ("bytes_beyond_L2", "L3", " beyond L2"), ("bytes_beyond_L3", "memory", " beyond L3"))
+
+
+def _of_ceiling(rate: float, ceiling: float | None, unit: str, what: str = "") -> str:
+    if ceiling is None or rate <= 0:
+        return ""
+    if rate >= ceiling * (1 - 1e-6):  # the bound binds: the data alone asked for more, or nothing
+        return f" (at the {human(ceiling, unit)}{what}: the fit's bound)"
+    return f" ({100 * rate / ceiling:.0f} % of the {human(ceiling, unit)}{what})"
+
+
+def model_facts(model: "OpModel") -> list[str]:
+    """An op model's coefficients read as machine facts, each beside the ceiling it was fitted
+    under when the model has one: '12.0 us per call', '74 GFLOP/s (35 % of the 210 GFLOP/s
+    peak)'. The byte terms read as the effective rate of each level: in cache 1/c_byte, beyond
+    L2 1/(c_byte + c_L2), beyond L3 1/(c_byte + c_L2 + c_L3), which is what data of that
+    level moves at (the coefficient beyond L2 alone is not a rate of anything)."""
+    coef = dict(zip(model.features, model.coef))
+    ceiling = model.ceiling
+    effective, total = {}, 0.0  # byte feature -> (cost per byte of its level, level, qualifier)
+    for feature, level, qualifier in BYTE_LEVELS:
+        if feature in coef:
+            total += coef[feature]
+            effective[feature] = (total, level, qualifier)
+    facts = []
+    for feature, c in coef.items():
+        if feature in effective:
+            cost, level, qualifier = effective[feature]
+            if cost <= 0:
+                facts.append(f"no cost per byte{qualifier}")
+                continue
+            bound = ceiling.bytes_per_second.get(level) if ceiling else None
+            what = f" of {threads_text(ceiling.threads)}" if ceiling else ""
+            facts.append(human(1 / cost, "B/s") + qualifier + _of_ceiling(1 / cost, bound, "B/s", what))
+        elif feature == "flops" and ceiling is not None and c > 0:
+            facts.append(fact(feature, c) + _of_ceiling(1 / c, ceiling.flops_per_second, "FLOP/s", " peak"))
+        else:
+            facts.append(fact(feature, c))
+    return facts

@@ -72,13 +72,43 @@ def prediction_rows(pred: "Prediction", by: str = "op") -> list[dict]:
     return [predicted_row(r) for r in pred.rows] if by == "op" else [group_row(g) for g in pred.by(by)]
 
 
+#: the step-level numbers of a data-parallel prediction, in the order of its JSON
+DATA_PARALLEL_FIELDS = ("workers", "worker_batch", "composition", "compute_seconds", "communication_seconds",
+                        "exposed_communication_seconds", "hidden_communication_seconds", "one_worker_seconds",
+                        "speedup", "efficiency", "communication_bound", "gradient_bytes", "link")
+
+
+def data_parallel_fields(pred: "Prediction") -> dict:
+    """The step-level numbers of a data-parallel prediction (costmodel.machine.backends.parallel;
+    {} for a single-machine one): DATA_PARALLEL_FIELDS, the link as {name, source, alpha_seconds,
+    beta_seconds_per_byte}, and what the rows' fractions mean."""
+    dp = pred.data_parallel
+    if dp is None:
+        return {}
+    link = dp.link
+    fractions = ("each row's seconds over the step; they add up to 1" if dp.composition == "sum" else
+                 "each row's seconds over the step; the communication the backward hides is counted in the "
+                 "compute rows too, so they add up to 1 + hidden / step")
+    return {"workers": dp.workers, "worker_batch": dp.worker_batch, "composition": dp.composition,
+            "compute_seconds": dp.compute_seconds, "communication_seconds": dp.communication_seconds,
+            "exposed_communication_seconds": dp.exposed_communication_seconds,
+            "hidden_communication_seconds": dp.hidden_communication_seconds,
+            "one_worker_seconds": dp.one_worker_seconds, "speedup": dp.speedup, "efficiency": dp.efficiency,
+            "communication_bound": dp.communication_bound, "gradient_bytes": dp.gradient_bytes,
+            "link": {"name": link.name, "source": link.source, "alpha_seconds": link.alpha_seconds,
+                     "beta_seconds_per_byte": link.beta_seconds_per_byte},
+            "fractions": fractions}
+
+
 def prediction_report(pred: "Prediction", by: str = "op") -> dict:
     """The prediction as DESIGN.md's JSON object: per row (by="op") under "ops", else the groups
-    under "groups" with "by"."""
+    under "groups" with "by"; a data-parallel one also has the step fields of
+    data_parallel_fields (its rows are one worker's, `batch` the whole mini-batch I)."""
     head = {"arch": pred.arch.name, "batch": pred.batch, "dtype": pred.dtype, "threads": pred.threads,
             "impl": pred.impl, "backend": pred.backend, "total_seconds": pred.total_seconds,
             "total_seconds_low": pred.total_seconds_low, "total_seconds_high": pred.total_seconds_high,
-            "profile": dict(pred.profile_info), **conventions()}
+            "interval": pred.interval, **data_parallel_fields(pred), "profile": dict(pred.profile_info),
+            **conventions()}
     if by == "op":
         return {**head, "ops": prediction_rows(pred)}
     return {**head, "by": by, "groups": prediction_rows(pred, by)}
@@ -103,18 +133,39 @@ def sweep_report(arch, name: str, points: list, by: str, impl: str) -> dict:
                       for r in pred.rows]
         else:
             groups = prediction_rows(pred, by)
+        dp = {k: v for k, v in data_parallel_fields(pred).items() if k not in ("link", "fractions")}
         out.append({"value": value, "batch": pred.batch, "threads": pred.threads,
                     "total_seconds": pred.total_seconds, "total_seconds_low": pred.total_seconds_low,
-                    "total_seconds_high": pred.total_seconds_high, "groups": groups})
-    return {"arch": arch.name, "dtype": arch.dtype, "impl": impl, "threads": out[0]["threads"],
-            "vary": name, "symbol": symbol(name), "by": by, "values": [v for v, _ in points], "points": out}
+                    "total_seconds_high": pred.total_seconds_high, **dp, "groups": groups})
+    first = data_parallel_fields(points[0][1])
+    parallel = {"data_parallel": {"composition": first["composition"], "link": first["link"],
+                                  "fractions": first["fractions"]}} if first else {}
+    return {"arch": arch.name, "batch": arch.batch, "dtype": arch.dtype, "impl": impl, "threads": out[0]["threads"],
+            "vary": name, "symbol": symbol(name), "by": by, **parallel, "values": [v for v, _ in points],
+            "points": out}
+
+
+#: the step columns of a data-parallel sweep's long rows
+DATA_PARALLEL_COLUMNS = ("workers", "compute_seconds", "communication_seconds", "exposed_communication_seconds",
+                         "speedup", "efficiency")
+
+
+def long_columns(result: dict) -> list[str]:
+    """The columns of long_rows(result)."""
+    columns = [result["vary"], *group_columns(result["by"]), "seconds", "seconds_low", "seconds_high", "fraction",
+               "flops", "bytes", "step_seconds"]
+    if "data_parallel" in result:
+        columns += [c for c in DATA_PARALLEL_COLUMNS if c != result["vary"]]
+    return columns
 
 
 def long_rows(result: dict) -> list[dict]:
     """A sweep report as one row per (value, group): the value, the group's columns, its
-    seconds, fraction, FLOPs and bytes, and the step's seconds."""
+    seconds, fraction, FLOPs and bytes, and the step's seconds (and, data-parallel, the step's
+    DATA_PARALLEL_COLUMNS)."""
     name, names = result["vary"], group_columns(result["by"])
+    step = [c for c in DATA_PARALLEL_COLUMNS if c != name] if "data_parallel" in result else []
     return [{name: point["value"], **{c: g[c] for c in names},
              **{c: g[c] for c in ("seconds", "seconds_low", "seconds_high", "fraction", "flops", "bytes")},
-             "step_seconds": point["total_seconds"]}
+             "step_seconds": point["total_seconds"], **{c: point[c] for c in step}}
             for point in result["points"] for g in point["groups"]]

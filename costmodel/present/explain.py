@@ -3,8 +3,10 @@
 `explain` gathers them: the major ops, each one's arithmetic intensity against the profile's
 machine balance and the rate it reaches; FLOP and byte shares against time shares by op kind;
 the slides' symbolic ratio of W^m phi(pad(Z^m)) to phi(pad(Z^m)) per layer; what the other
-implementation would change; how the shares move with the mini-batch size.
-costmodel.present.explain_text turns the facts into sentences. Pure: no clock, no kernel.
+implementation would change; how the shares move with the mini-batch size; with P data-parallel
+workers, a worker's compute against its allreduces and the mini-batch below which the step is
+communication-bound. costmodel.present.explain_text turns the facts into sentences. Pure: no
+clock, no kernel.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ MAJOR_SHARE = 0.75
 MAX_MAJOR = 6
 BATCHES = (1, 8, 64, 512)
 
-__all__ = ["BATCHES", "IMPLEMENTATION_SHARE", "MAJOR_SHARE", "MAX_MAJOR", "bandwidth_at", "explain",
-           "memory_bandwidth", "render_text", "roofline"]
+__all__ = ["BATCHES", "IMPLEMENTATION_SHARE", "MAJOR_SHARE", "MAX_MAJOR", "bandwidth_at", "data_parallel_facts",
+           "explain", "memory_bandwidth", "render_text", "roofline"]
 
 
 def bandwidth_at(ceilings: "Ceilings", nbytes: float) -> tuple[float, int]:
@@ -188,11 +190,57 @@ def batch_shares(arch: "Architecture", profile: "Profile", impl: str, threads: i
     return {"call_seconds": calls, "points": points, "kinds": kinds}
 
 
+def data_parallel_facts(arch: "Architecture", profile: "Profile", setting, one_worker: Prediction,
+                        max_batch: int = 1 << 20) -> dict:
+    """The data-parallel step of `arch` on `setting` (costmodel.machine.backends.parallel.Setting):
+    one worker's compute by phase against its allreduces (their latency and bandwidth terms), the
+    composition, speedup and efficiency against `one_worker` (the single-machine prediction on the
+    whole I), whether the step is communication-bound (the allreduces take at least the compute:
+    no overlap can hide them), and the mini-batch below which it is
+    (costmodel.machine.parallel.communication_bound_batch, searched up to `max_batch`)."""
+    from costmodel.machine.backends.parallel import predict_data_parallel
+    from costmodel.machine.parallel import communication_bound_batch
+
+    pred = predict_data_parallel(arch, profile, setting, impl=one_worker.impl, threads=one_worker.threads,
+                                 backend=one_worker.backend, one_worker=one_worker)
+    dp = pred.data_parallel
+    phases = {ph: sum(r.seconds for r in pred.rows if r.phase == ph) for ph in ("forward", "backward", "update")}
+    P = dp.workers
+
+    def compute(n: int) -> float:
+        return predict(arch.with_batch(n), profile, impl=one_worker.impl, threads=one_worker.threads,
+                       backend=one_worker.backend).total_seconds
+
+    bound = communication_bound_batch(compute, dp.communication_seconds, P, max_batch) if dp.collectives else None
+    link = dp.link
+    return {"workers": P, "batch": arch.batch, "worker_batch": dp.worker_batch, "composition": dp.composition,
+            "backend": pred.backend,
+            "link": {"name": link.name, "source": link.source, "alpha_seconds": link.alpha_seconds,
+                     "beta_seconds_per_byte": link.beta_seconds_per_byte, "facts": link.facts()},
+            "compute_seconds": dp.compute_seconds, "phases": phases,
+            "communication_seconds": dp.communication_seconds,
+            "exposed_communication_seconds": dp.exposed_communication_seconds,
+            "hidden_communication_seconds": dp.hidden_communication_seconds,
+            "latency_seconds": dp.latency_seconds, "bandwidth_seconds": dp.bandwidth_seconds,
+            "collectives": dp.collectives,
+            "messages": sum(len(s.collective.messages) for s in dp.schedule),
+            "gradient_bytes": dp.gradient_bytes, "step_seconds": dp.step_seconds,
+            "one_worker_seconds": dp.one_worker_seconds, "speedup": dp.speedup, "efficiency": dp.efficiency,
+            "communication_bound": dp.communication_bound, "communication_bound_batch": bound,
+            "compute_at_bound_seconds": compute(bound // P) if bound else None, "max_batch": max_batch}
+
+
 def explain(arch: "Architecture", profile: "Profile", *, impl: str = "index", threads: int | None = None,
-            batch: int | None = None, batches=BATCHES, provenance=None) -> dict:
+            batch: int | None = None, batches=BATCHES, provenance=None, data_parallel=None) -> dict:
     """The facts of a predicted step and the sentences that explain it (`sections`);
-    `provenance` (costmodel.machine.resolve) is carried in the facts' "profile"."""
+    `provenance` (costmodel.machine.resolve) is carried in the facts' "profile". With
+    `data_parallel` (costmodel.machine.backends.parallel.Setting) also the step on its P workers
+    (data_parallel_facts) and a section on it."""
     arch = arch.with_batch(batch)
+    if data_parallel is not None:
+        from costmodel.machine.backends.parallel import worker_batch
+
+        worker_batch(arch.batch, data_parallel.workers)  # refused before anything is predicted
     pred = predict(arch, profile, impl=impl, threads=threads, provenance=provenance)
     ceilings = profile.ceilings
     if arch.dtype not in ceilings.machine_balance or arch.dtype not in ceilings.matmul_flops_per_second:
@@ -212,5 +260,7 @@ def explain(arch: "Architecture", profile: "Profile", *, impl: str = "index", th
         "other_impl": other_impl(arch, profile, pred),
         "batches": batch_shares(arch, profile, impl, pred.threads, call_seconds(pred), batches),
     }
+    if data_parallel is not None:
+        facts["data_parallel"] = data_parallel_facts(arch, profile, data_parallel, pred)
     facts["sections"] = sentences(facts)
     return facts

@@ -149,6 +149,76 @@ def _batch_sentences(b: dict) -> list[str]:
     return out
 
 
+def _data_parallel_sentences(d: dict) -> list[str]:
+    """The data-parallel step (costmodel.present.explain.data_parallel_facts): compute against
+    the allreduces, the composition, speedup and efficiency, and where it turns communication-bound."""
+    P, n, I, link = d["workers"], d["worker_batch"], d["batch"], d["link"]
+    where = (f"{link['name']} ({link['facts']}: the profile's network section)" if link["source"] == "profile" else
+             f"the given link {link['name']} ({link['facts']})")
+    if not d["collectives"]:
+        return [f"With P={P} worker there is nothing to allreduce: the step is the single-machine step, "
+                f"{fmt_seconds(d['step_seconds'])}."]
+    ph, comm, compute = d["phases"], d["communication_seconds"], d["compute_seconds"]
+    rows = "one per layer with weights" if d["backend"] == "numpy" else "one per DistributedDataParallel bucket"
+    out = [f"On P={P} workers over {where}, each worker takes I/P = {n} of the "
+           f"I={I} instances; its compute takes {fmt_seconds(compute)} (forward {fmt_seconds(ph['forward'])}, "
+           f"backward {fmt_seconds(ph['backward'])}, update {fmt_seconds(ph['update'])})."]
+    latency, bandwidth = d["latency_seconds"], d["bandwidth_seconds"]
+    which = ("the latency terms dominate: fewer, larger messages would move it more than a faster link"
+             if latency > bandwidth else
+             "the bandwidth terms dominate: a faster link or fewer gradient bytes would move it")
+    out.append(f"The {d['collectives']} allreduces ({rows}) carry {human(d['gradient_bytes'], 'B')} of gradients in "
+               f"{d['messages']} messages and take {fmt_seconds(comm)} by the ring model: "
+               f"{fmt_seconds(latency)} of latency (2 (P-1) alpha = {fmt_seconds(2 * (P - 1) * link['alpha_seconds'])} "
+               f"per message) and {fmt_seconds(bandwidth)} of bandwidth (2 (P-1)/P n beta); {which}.")
+    if d["composition"] == "sum":
+        out.append(f"Composed as sum (blocking allreduces), the step takes {fmt_seconds(compute)} + "
+                   f"{fmt_seconds(comm)} = {fmt_seconds(d['step_seconds'])}.")
+    else:
+        out.append(f"Composed as overlap, the backward ({fmt_seconds(ph['backward'])}) hides "
+                   f"{fmt_seconds(d['hidden_communication_seconds'])} of the {fmt_seconds(comm)}; "
+                   f"{fmt_seconds(d['exposed_communication_seconds'])} stays exposed, and the step takes "
+                   f"{fmt_seconds(compute)} + {fmt_seconds(d['exposed_communication_seconds'])} = "
+                   f"{fmt_seconds(d['step_seconds'])}.")
+    speed = (f"One worker on the whole I={I} takes {fmt_seconds(d['one_worker_seconds'])}: a speedup of "
+             f"{d['speedup']:.3g} on {P} workers, a parallel efficiency of {fmt_fraction(d['efficiency'])}")
+    if d["speedup"] < 1:
+        speed += ": slower than one worker"
+    elif d["efficiency"] > 1:
+        speed += (f" (above 1: an instance's compute is predicted cheaper at I/P={n}, "
+                  f"{fmt_seconds(compute / n)}, than at I={I}, {fmt_seconds(d['one_worker_seconds'] / I)})")
+    out.append(speed + ".")
+    if d["communication_bound"]:
+        out.append(f"The allreduces ({fmt_seconds(comm)}) take at least a worker's compute ({fmt_seconds(compute)}), "
+                   f"{_num(comm / compute)} times it: the step is communication-bound, and no overlap can hide them.")
+    elif comm > 0:
+        out.append(f"A worker's compute ({fmt_seconds(compute)}) is {_num(compute / comm)} times the allreduces "
+                   f"({fmt_seconds(comm)}): the step is compute-bound.")
+    else:
+        out.append(f"The allreduces take {fmt_seconds(comm)} on this link (alpha = beta = 0): the step is the compute, "
+                   f"{fmt_seconds(compute)}.")
+    bound, at = d["communication_bound_batch"], d["compute_at_bound_seconds"]
+    fixed = (f"The allreduces' {fmt_seconds(comm)} do not depend on I (they carry the gradients, "
+             f"{human(d['gradient_bytes'], 'B')}), while the compute grows with I/P")
+    if bound is None:
+        out.append(f"{fixed}; yet up to I={d['max_batch']} ({d['max_batch'] // P} per worker) the compute stays below "
+                   "them: communication-bound at every mini-batch up to there.")
+    elif bound == P:
+        out.append(f"{fixed}: even one instance per worker (I={P}) takes {fmt_seconds(at)} of compute, at least "
+                   "their time: compute-bound at every mini-batch.")
+    else:
+        here = "below" if I < bound else "at or above"
+        out.append(f"{fixed}: from I={bound} ({bound // P} per worker, compute {fmt_seconds(at)}) the compute takes "
+                   f"at least as long, so below I={bound} the step is communication-bound (I={I} here is {here} it).")
+    return out
+
+
+def _data_parallel_section(d: dict) -> dict:
+    P = d["workers"]
+    return {"title": f"Data-parallel SG on P={P} worker{'s' if P != 1 else ''} ({d['link']['name']})",
+            "sentences": _data_parallel_sentences(d)}
+
+
 def sentences(facts: dict) -> list[dict]:
     """The explanation as titled sections of sentences, each built from `facts`."""
     major = facts["major_ops"]
@@ -168,7 +238,7 @@ def sentences(facts: dict) -> list[dict]:
         {"title": "The slides' ratio: matrix product against phi(pad(Z^m))", "sentences": _ratio_sentences(facts)},
         {"title": f"The other implementation: {facts['other_impl']['impl']}", "sentences": _impl_sentences(facts)},
         {"title": "The mini-batch size I", "sentences": _batch_sentences(facts["batches"])},
-    ]
+    ] + ([_data_parallel_section(facts["data_parallel"])] if "data_parallel" in facts else [])
 
 
 #: a number and its unit, kept on one line when wrapping

@@ -68,6 +68,11 @@ def fmt_seconds(s: float | None) -> str:
     return rf"{s / 1e-9:.3g}\,ns"
 
 
+def _percents(text: str) -> str:
+    r"""Text with percentages typeset: '5-95 %' -> ``5--95\,\%``."""
+    return latex_escape(text).replace(" \\%", "\\,\\%").replace("5-95", "5--95")
+
+
 def fmt_fraction(f: float | None) -> str:
     r"""0.345 -> ``34.5\,\%``."""
     return "--" if f is None else rf"{100 * f:.1f}\,\%"
@@ -295,7 +300,7 @@ def step_table(report: dict, prediction: dict | None = None,
             rf"thread{'s' if threads != 1 else ''}; fraction: of the predicted step, "
             rf"{fmt_seconds(prediction['total_seconds'])} (interval "
             rf"{fmt_seconds(prediction['total_seconds_low'])}--{fmt_seconds(prediction['total_seconds_high'])}: "
-            r"5--95\,\% of cross-validated measured/predicted, summed over the ops). Profile made on "
+            rf"{_percents(prediction['interval'])}). Profile made on "
             rf"{latex_escape(prediction['profile']['cpu_model'])}.")
     else:
         notes.append(r"No machine profile was found, so the table has no time columns: run "
@@ -312,7 +317,7 @@ def step_table(report: dict, prediction: dict | None = None,
 
 def profile_table(profile: "Profile", used: "Entry | None" = None) -> str:
     """Table 3: every entry's fitted op models, their parameters read as machine facts."""
-    from costmodel.machine.timemodel import fact
+    from costmodel.machine.timemodel import model_facts
 
     head = r"op & fitted parameters & CV error & meas./pred. & samples \\"
     body = []
@@ -322,7 +327,7 @@ def profile_table(profile: "Profile", used: "Entry | None" = None) -> str:
         label = latex_escape(entry.describe()) + (" (used for the predictions)" if entry is used else "")
         body.append(_group_heading(label, 5))
         for op, model in sorted(entry.ops.items()):
-            facts = ", ".join(rf"\mbox{{{latex_escape(fact(f, c))}}}" for f, c in zip(model.features, model.coef))
+            facts = ", ".join(rf"\mbox{{{latex_escape(fact)}}}" for fact in model_facts(model))
             body.append(" & ".join([
                 rf"\texttt{{{latex_escape(op)}}}", facts, fmt_fraction(model.cv_error),
                 rf"{model.interval[0]:.2f}--{model.interval[1]:.2f}", str(model.n_samples),

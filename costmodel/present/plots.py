@@ -17,6 +17,7 @@ from costmodel.machine.profile import Ceilings
 from costmodel.present.explain import memory_bandwidth
 from costmodel.present.notation import course_tex
 from costmodel.present.report import atomic_write
+from costmodel.units import fmt_seconds, human
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -26,7 +27,9 @@ PLOT_FORMATS = {".png": "png", ".pdf": "pdf"}
 KIND_COLORS = {"matrix product": "tab:blue", "index manipulation": "tab:orange", "elementwise": "tab:green",
                "loss": "tab:red", "update": "tab:purple",
                # PyTorch's groups (costmodel.machine.fused)
-               "fused convolution": "tab:cyan", "framework overhead": "tab:gray"}
+               "fused convolution": "tab:cyan", "framework overhead": "tab:gray",
+               # data-parallel SG: the allreduces (costmodel.machine.backends.parallel)
+               "communication": "tab:brown"}
 #: ops named on a roofline or a scatter: the largest by time
 LABELLED = 5
 #: groups drawn one by one in stacked bars (the rest are summed as "other")
@@ -316,13 +319,22 @@ def figure_predict(pred, ceilings: Ceilings, by: str = "kind") -> "Figure":
 
     rows = [predicted_row(r) | {"mathtext": r.row.mathtext} for r in pred.rows]
     result = prediction_report(pred) | {"ops": rows}
+    # the allreduces of a data-parallel step move bytes over the network, not through memory: they
+    # are in the time shares, not on the roofline or the memory bandwidth
+    compute = [r for r in rows if r["phase"] != "communication"]
     fig = _figure(17, 5.8)
     shares, roof, bandwidth = fig.subplots(1, 3, width_ratios=[0.8, 1.2, 1.2])
-    _shares_panel(shares, [("FLOPs", rows, "flops"), ("bytes", rows, "bytes"), ("time\n(predicted)", rows, "seconds")],
-                  by)
-    names = {roof: _roofline(roof, rows, ceilings, result["dtype"], "Roofline (predicted times)"),
-             bandwidth: _bandwidth(bandwidth, rows, ceilings, "Bandwidth reached (predicted times)")}
-    fig.suptitle(f"Predicted SG step of {_setting(result)}: {result['total_seconds'] * 1e3:.3g} ms")
+    _shares_panel(shares, [("FLOPs", compute, "flops"), ("bytes", compute, "bytes"),
+                           ("time\n(predicted)", rows, "seconds")], by)
+    names = {roof: _roofline(roof, compute, ceilings, result["dtype"], "Roofline (predicted times)"),
+             bandwidth: _bandwidth(bandwidth, compute, ceilings, "Bandwidth reached (predicted times)")}
+    if pred.data_parallel is None:
+        fig.suptitle(f"Predicted SG step of {_setting(result)}: {result['total_seconds'] * 1e3:.3g} ms")
+    else:
+        dp = pred.data_parallel
+        fig.suptitle(f"Predicted data-parallel SG step of {_setting(result)}: one worker of P={dp.workers} "
+                     f"(I/P={dp.worker_batch}), link {dp.link.name}, {dp.composition}: "
+                     f"{result['total_seconds'] * 1e3:.3g} ms, speedup {dp.speedup:.2f}")
     _name_points(fig, names)
     return fig
 
@@ -387,7 +399,7 @@ def figure_sweep(result: dict) -> "Figure":
     below = [p["total_seconds"] - p["total_seconds_low"] for p in points]
     above = [p["total_seconds_high"] - p["total_seconds"] for p in points]
     times.errorbar(x, seconds, yerr=[below, above], marker="o", color="black", capsize=3,
-                   label="predicted step (interval: 5-95 % of CV measured/predicted)")
+                   label="predicted step and its interval")
     times.set_xticks(x, names)
     if all(s > 0 for s in seconds) and max(seconds) / min(seconds) > 10:
         times.set_yscale("log")
@@ -401,7 +413,67 @@ def figure_sweep(result: dict) -> "Figure":
     return fig
 
 
+def figure_workers(result: dict) -> "Figure":
+    """A sweep of the number of data-parallel workers P (costmodel.present.data.sweep_report with
+    vary "workers"): the predicted step against P, split into one worker's compute and the
+    exposed communication, with all the allreduces' time and the ideal T(1)/P; and the speedup
+    T(1)/T(P) against the ideal P, each point labelled with its parallel efficiency."""
+    points = result["points"]
+    workers = [p["value"] for p in points]
+    step = [p["total_seconds"] for p in points]
+    compute = [p["compute_seconds"] for p in points]
+    exposed = [p["exposed_communication_seconds"] for p in points]
+    communication = [p["communication_seconds"] for p in points]
+    one = points[0]["one_worker_seconds"]
+    dp = result["data_parallel"]
+    fig = _figure(14, 5.4)
+    times, gains = fig.subplots(1, 2)
+    x = list(range(len(points)))
+    times.bar(x, compute, 0.6, color=KIND_COLORS["matrix product"], label="compute (one worker, I/P instances)")
+    times.bar(x, exposed, 0.6, bottom=compute, color=KIND_COLORS["communication"],
+              label="exposed communication (step - compute)")
+    moving = [i for i in x if communication[i] > 0]  # P = 1 allreduces nothing: no point
+    times.plot(moving, [communication[i] for i in moving], color="black", marker="o", ls="--", lw=1,
+               label="all allreduces (ring model)")
+    times.plot(x, [one / P for P in workers], color="grey", ls=":", marker=".", lw=1,
+               label="ideal: T(1)/P")
+    for i, s in enumerate(step):
+        times.text(i, compute[i] + exposed[i], fmt_seconds(s), ha="center", va="bottom", fontsize=8)
+    times.set_xticks(x, [str(P) for P in workers])
+    values = [v for v in step + communication + [one / P for P in workers] if v > 0]
+    if values and max(values) / min(values) > 30:
+        times.set_yscale("log")
+    _engineering(times, None, "s")
+    times.set_xlabel("workers P")
+    times.set_ylabel("predicted time of one worker's step")
+    times.set_title(f"Step time and its split ({dp['composition']})", fontsize=10)
+    times.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize=8, frameon=False, ncol=2)
+    gains.plot(workers, workers, color="grey", ls="--", lw=1, label="ideal: speedup = P")
+    gains.plot(workers, [p["speedup"] for p in points], color="black", marker="o", label="predicted speedup")
+    for P, p in zip(workers, points):
+        gains.annotate(f"{100 * p['efficiency']:.3g} %", (P, p["speedup"]), xytext=(4, -10),
+                       textcoords="offset points", fontsize=8)
+    if len(workers) > 1 and max(workers) / min(workers) >= 4:
+        gains.set_xscale("log", base=2)
+        gains.set_yscale("log", base=2)
+    from matplotlib.ticker import ScalarFormatter
+
+    for axis in (gains.xaxis, gains.yaxis):
+        axis.set_major_formatter(ScalarFormatter())
+    gains.set_xticks(workers)
+    gains.set_xlabel("workers P")
+    gains.set_ylabel("speedup T(1)/T(P)")
+    gains.set_title("Speedup against P (labels: parallel efficiency)", fontsize=10)
+    gains.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize=8, frameon=False, ncol=2)
+    link = dp["link"]
+    rate = (human(1 / link["beta_seconds_per_byte"], "B/s") if link["beta_seconds_per_byte"] > 0
+            else "no cost per byte")
+    fig.suptitle(f"Data-parallel SG on P workers: {result['arch']}, I={result['batch']}, {result['dtype']}, "
+                 f"impl {result['impl']}; link {link['name']} (latency {fmt_seconds(link['alpha_seconds'])}, {rate})")
+    return fig
+
+
 def plot_sweep(result: dict, path: str | Path) -> None:
-    """Draw figure_sweep into `path` (.png or .pdf)."""
+    """Draw figure_sweep (figure_workers for a sweep of the workers P) into `path` (.png or .pdf)."""
     plot_format(path)
-    save(figure_sweep(result), path)
+    save(figure_workers(result) if result["vary"] == "workers" else figure_sweep(result), path)

@@ -7,7 +7,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from costmodel.model.step import conventions
-from costmodel.present.data import costs_report, group_columns, long_rows, prediction_report, prediction_rows
+from costmodel.present.data import (costs_report, group_columns, long_columns, long_rows, prediction_report,
+                                    prediction_rows)
 from costmodel.present.report import render, render_table, to_csv, to_json
 from costmodel.units import fmt_fraction, fmt_seconds, human
 
@@ -113,13 +114,46 @@ def prediction_output(pred: "Prediction", fmt: str, by: str = "op", setting: str
     arch = pred.arch
     footer = [
         f"step: {fmt_seconds(pred.total_seconds)} predicted "
-        f"(interval {fmt_seconds(pred.total_seconds_low)} - {fmt_seconds(pred.total_seconds_high)}, "
-        "5-95 % of cross-validated measured/predicted, summed over the ops)",
+        f"(interval {fmt_seconds(pred.total_seconds_low)} - {fmt_seconds(pred.total_seconds_high)}: {pred.interval})",
         f"{arch.name}: batch I={arch.batch}, {arch.dtype}, {setting}, threads={pred.threads}; "
         f"profile made on {pred.profile_info['cpu_model']} ({str(pred.profile_info['created'])[:10]})",
     ]
     title = f"Predicted SG step{' in PyTorch' if pred.backend == 'torch' else ''}: {arch.name}"
+    if pred.data_parallel is not None:
+        footer = data_parallel_footer(pred) + footer
+        title = (f"Predicted data-parallel SG step{' in PyTorch' if pred.backend == 'torch' else ''}, one worker "
+                 f"of P={pred.data_parallel.workers}: {arch.name}")
     return render_table(title, columns, rows, footer)
+
+
+def data_parallel_footer(pred: "Prediction") -> list[str]:
+    """The lines a data-parallel prediction's table adds: the split, the composition, speedup and
+    efficiency, the link, and what the fractions mean."""
+    dp = pred.data_parallel
+    P, link = dp.workers, dp.link
+    source = "the profile's network section" if link.source == "profile" else "given"
+    lines = [f"data-parallel: P={P} workers of I/P={dp.worker_batch} instances each (I={pred.batch}); the rows are "
+             f"one worker's: its compute at I/P, then {dp.collectives} allreduce{'s' if dp.collectives != 1 else ''} "
+             f"of {human(dp.gradient_bytes, 'B')} of gradients in all (ring model: 2 (P-1) alpha + 2 (P-1)/P n beta)",
+             f"link {link.name} ({source}): {link.facts()}"]
+    if not dp.collectives:
+        lines[0] = (f"data-parallel: P={P} worker takes all I={pred.batch} instances and allreduces nothing: no "
+                    "communication rows; the single-machine step")
+    if dp.composition == "sum":
+        lines.append(f"composition sum: compute {fmt_seconds(dp.compute_seconds)} + communication "
+                     f"{fmt_seconds(dp.communication_seconds)} = step {fmt_seconds(dp.step_seconds)}; the fractions "
+                     "add up to 1")
+    else:
+        lines.append(f"composition overlap: compute {fmt_seconds(dp.compute_seconds)} + exposed communication "
+                     f"{fmt_seconds(dp.exposed_communication_seconds)} = step {fmt_seconds(dp.step_seconds)} (the "
+                     f"backward hides {fmt_seconds(dp.hidden_communication_seconds)} of "
+                     f"{fmt_seconds(dp.communication_seconds)}); the hidden part counts in the fractions of both the "
+                     "compute and the allreduce rows, so they add up to more than 1")
+    lines.append(f"against one worker on the whole I={pred.batch} ({fmt_seconds(dp.one_worker_seconds)}): speedup "
+                 f"{dp.speedup:.2f}, parallel efficiency {fmt_fraction(dp.efficiency)}"
+                 + ("; communication-bound: the allreduces take at least the compute" if dp.communication_bound
+                    else ""))
+    return lines
 
 
 def _sweep_table(result: dict) -> str:
@@ -143,6 +177,19 @@ def _sweep_table(result: dict) -> str:
             row.setdefault(f"v{i}", "-")
     footer = [f"the predicted step's time, then each {by}'s fraction of it, at every value of {result['vary']}",
               f"{result['arch']}: {result['dtype']}, impl={result['impl']}, threads={result['threads']}"]
+    if "data_parallel" in result:
+        step_rows = {"compute_seconds": ("compute (one worker)", fmt_seconds),
+                     "communication_seconds": ("communication (allreduces)", fmt_seconds),
+                     "exposed_communication_seconds": ("exposed communication", fmt_seconds),
+                     "speedup": ("speedup T(1)/T(P)", lambda v: f"{v:.2f}"),
+                     "efficiency": ("parallel efficiency", fmt_fraction)}
+        extra = {key: {"layer": "", "op": label, "name": "", "group": label,
+                       **{f"v{i}": fmt(p[key]) for i, p in enumerate(points)}}
+                 for key, (label, fmt) in step_rows.items()}
+        rows = {"step": rows["step"], **extra, **{k: v for k, v in rows.items() if k != "step"}}
+        dp = result["data_parallel"]
+        footer.append(f"data-parallel: one worker's step (I/P instances each), link "
+                      f"{dp['link']['name']}, composition {dp['composition']}; fractions: {dp['fractions']}")
     return render_table(f"Sweep of {result['vary']} ({result['symbol']}): {result['arch']}", columns,
                         list(rows.values()), footer)
 
@@ -152,9 +199,7 @@ def sweep_output(result: dict, fmt: str) -> str:
     if fmt == "json":
         return to_json(result)
     if fmt == "csv":
-        name, by = result["vary"], result["by"]
-        return to_csv(long_rows(result), [name, *group_columns(by), "seconds", "seconds_low", "seconds_high",
-                                          "fraction", "flops", "bytes", "step_seconds"])
+        return to_csv(long_rows(result), long_columns(result))
     return _sweep_table(result)
 
 
