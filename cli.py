@@ -140,7 +140,8 @@ def _root(
     """Predict and explain where the time of a CNN's SG step goes on a CPU."""
 
 
-ArchArg = Annotated[Optional[Path], typer.Argument(help="Architecture file (arch.yaml); or give --example NAME.",
+ArchArg = Annotated[Optional[Path], typer.Argument(help="Architecture file (arch.yaml, a simpleNN .config or an .onnx "
+                                                   "file); or give --example NAME.",
                                                    show_default=False)]
 ExampleOpt = Annotated[Optional[str], typer.Option("--example", help="A shipped architecture instead of a file "
                                                    "(`costmodel examples` lists them).", show_default=False)]
@@ -530,6 +531,54 @@ def sweep(
         plot_sweep(result, plot)
         _plot_written(plot)
     typer.echo(sweep_output(result, fmt.value), nl=False)
+
+
+class Loss(str, Enum):
+    mse = "mse"
+    softmax_ce = "softmax_ce"
+
+
+@app.command("import")
+@domain_errors
+def import_network(
+    source: Annotated[str, typer.Argument(help="FILE.py:NAME (a function or class making a torch.nn.Module with no "
+                                          "arguments), FILE.onnx, or a simpleNN FILE.config.", show_default=False)],
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write the arch.yaml to this file "
+                                                   "(atomically, only on success); default: stdout.")] = None,
+    input_shape: Annotated[Optional[str], typer.Option("--input", help="One instance's input: CxHxW (3x32x32) or n "
+                                                       "(a vector). Required for a PyTorch module.")] = None,
+    batch: BatchOpt = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="The network's name (default: NAME or the file's "
+                                                "stem).")] = None,
+    loss: Annotated[Optional[Loss], typer.Option("--loss", help="The loss after the output layer (default: "
+                                                 "softmax_ce, or the network's own softmax).")] = None,
+) -> None:
+    """Import a network as an arch.yaml: a PyTorch module, an ONNX file or a simpleNN config.
+
+    FILE.py:NAME runs FILE.py, your model file, and calls NAME() to make the module; it runs nothing else but PyTorch's tracing (torch.fx, else torch.export). An ONNX file is only parsed, never run.
+
+    An op the format cannot describe is refused in one line naming it; nothing is written then. Needs the torch extra for a module (pip install 'costmodel[torch]'), the onnx extra for an ONNX file (pip install 'costmodel[onnx]').
+    """
+    import contextlib
+
+    from costmodel.files import atomic_write, check_writable
+    from costmodel.errors import UsageError
+    from costmodel.importers.source import import_source, parse_input
+
+    shape = parse_input(input_shape) if input_shape is not None else None
+    if output is not None:
+        check_writable(output, label=f"-o {output}")
+    with contextlib.redirect_stdout(sys.stderr):  # the model file's prints stay off the YAML
+        result = import_source(source, input_shape=shape, batch=batch, name=name,
+                               loss=loss.value if loss else None)
+    if output is None:
+        typer.echo(result.text, nl=False)
+        return
+    try:
+        atomic_write(output, result.text)
+    except OSError as exc:
+        raise UsageError(f"-o {output}: cannot write: {exc.strerror or exc}") from None
+    print(f"{result.summary} -> {output}", file=sys.stderr)
 
 
 @app.command()
