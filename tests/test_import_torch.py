@@ -215,7 +215,7 @@ def test_the_imported_file_reads_back_as_the_imported_network(name, tmp_path):
     arch = load_arch(path)
     assert arch == result.arch
     assert arch == imported(name)[1].model_copy(update={"batch": 32})
-    assert result.text.startswith(f"# Imported by costmodel ")
+    assert result.text.startswith("# Imported by costmodel ")
     assert f"from {MODELS}:{name} (PyTorch module " in result.text.splitlines()[0]
 
 
