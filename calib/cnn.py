@@ -122,6 +122,9 @@ class _Weighted(_Layer):
         self.db = np.zeros_like(self.b)
         self.vW = np.zeros_like(self.W)
         self.vb = np.zeros_like(self.b)
+        # the strided update's scratch arrays for (lr/I) dW and (lr/C) W, one per parameter shape
+        self._update_buffers = ({self.W.shape: np.empty_like(self.W), self.b.shape: np.empty_like(self.b)}
+                                if self.strided else {})
         self.bn = sz.batch_norm
         if self.bn:  # PyTorch's initial values
             self.gamma = np.ones(n_out, dtype=dtype)
@@ -318,11 +321,19 @@ class _Weighted(_Layer):
         if self.bn:
             pairs += [(self.gamma, self.dgamma, self.vgamma), (self.beta, self.dbeta, self.vbeta)]
         for theta, grad, v in pairs:
-            kernels.sgd_momentum(theta, grad, v, lr=opt.lr, momentum=opt.momentum, C=opt.C, I=I)
+            kernels.sgd_momentum(theta, grad, v, lr=opt.lr, momentum=opt.momentum, C=opt.C, I=I,
+                                 buffer=self._update_buffers.get(theta.shape))  # None: the index way
         tm.lap(self.k_update)
         if trace is not None:
-            trace(self.k_update, [a for theta, grad, v in pairs for a in (grad, theta, v)],
-                  [a for theta, grad, v in pairs for a in (theta, v)])
+            # the scaled terms (lr/I) dW, (lr/C) W: the strided buffer, or stand-ins of the index
+            # way's temporaries (already freed) with their shape and dtype
+            def scaled_terms(theta):
+                buffer = self._update_buffers.get(theta.shape)
+                return [buffer] * 2 if buffer is not None else [np.broadcast_to(np.empty((), theta.dtype),
+                                                                                theta.shape)] * 2
+            scaled = [scaled_terms(theta) for theta, _, _ in pairs]
+            trace(self.k_update, [a for (theta, grad, v), tmp in zip(pairs, scaled) for a in (grad, theta, v, *tmp)],
+                  [a for (theta, grad, v), tmp in zip(pairs, scaled) for a in (theta, v, *tmp)])
 
 
 class _ConvLayer(_Weighted):

@@ -590,12 +590,22 @@ def softmax_ce_loss_grad(P: np.ndarray, Y: np.ndarray, dZ: np.ndarray) -> None:
 
 
 def sgd_momentum(W: np.ndarray, dW: np.ndarray, v: np.ndarray, *, lr: float,
-                 momentum: float, C: float, I: int) -> None:
+                 momentum: float, C: float, I: int, buffer: np.ndarray | None = None) -> None:
     """simpleNN's SG with momentum, in place: Grad = dW/I + W/C; v = momentum v - lr Grad;
-    W = W + v."""
+    W = W + v.
+
+    The scaled terms (lr/I) dW and (lr/C) W are each written to a W-sized array and read back:
+    without `buffer` (simpleNN's way, the index implementation) to a fresh temporary each, one
+    alive at a time; with a preallocated `buffer` of W's shape and dtype (the strided
+    implementation) to that buffer, twice. The cost model counts them
+    (costmodel.model.costs.update)."""
     v *= momentum
-    v -= (lr / I) * dW
-    v -= (lr / C) * W
+    if buffer is None:
+        v -= (lr / I) * dW
+        v -= (lr / C) * W
+    else:
+        v -= np.multiply(dW, lr / I, out=buffer)
+        v -= np.multiply(W, lr / C, out=buffer)
     W += v
 
 

@@ -70,7 +70,10 @@ def estimate_step_bytes(arch: Architecture, impl: str) -> int:
         params = sz.d_next * (sz.h * sz.h * sz.d // sz.g if sz.kind == "conv" else sz.n_in) + sz.d_next
         kept += 3 * params * item  # W, dW, v and b, db, v
         kept += 8 * sz.d_next * item if sz.batch_norm else 0  # gamma, beta, their gradients, v, running averages
-        temporaries.append((params - sz.d_next) * item)  # the update: one W-sized temporary
+        if strided:  # the update's scratch arrays for (lr/I) dW and (lr/C) W, one of W's and one of b's shape
+            kept += params * item
+        else:  # the update, simpleNN's way: one W-sized temporary alive at a time
+            temporaries.append((params - sz.d_next) * item)
         S = sz.d_next * (I if sz.kind == "full" else I * sz.a_conv * sz.b_conv)
         out = sz.d_next * I * sz.a_next * sz.b_next
         smooth = sz.activation in ("tanh", "sigmoid")

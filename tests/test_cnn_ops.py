@@ -77,7 +77,8 @@ def expected_arrays(ref, arch: Architecture, impl: str) -> tuple[list, list]:
         return [((n, I), f)] * 2, [((n, I), f)]
     W, b = ((sz.d_next, sz.h * sz.h * sz.d) if sz.kind == "conv" else (sz.n_out, sz.n_in)), (sz.d_next,)
     if op == "update":
-        return [(W, f)] * 3 + [(b, f)] * 3, [(W, f)] * 2 + [(b, f)] * 2
+        # dW, W, v and the two scaled terms (lr/I) dW, (lr/C) W read back; W, v and the scaled terms written
+        return [(W, f)] * 5 + [(b, f)] * 5, [(W, f)] * 4 + [(b, f)] * 4
     if sz.kind == "full":
         Z, S, X = (sz.d, I, sz.a, sz.b), (sz.n_out, I), (sz.n_in, I)
         return {
@@ -155,4 +156,7 @@ def test_trace_views_and_buffers():
     cnn.step(X, Y)
     assert seen["pad"][1][0].base is not None and not seen["pad"][1][0].flags.c_contiguous
     assert not seen["pad_grad"][0][0].flags.c_contiguous
-    assert seen["update"][1][0] is cnn.W[0] and seen["update"][1][2] is cnn.b[0]
+    assert seen["update"][1][0] is cnn.W[0] and seen["update"][1][4] is cnn.b[0]
+    # the strided update's scaled terms go to one preallocated buffer per shape, read back
+    scaled = seen["update"][1][2:4]
+    assert scaled[0] is scaled[1] and scaled[0] is cnn.layers[0]._update_buffers[cnn.W[0].shape]

@@ -543,8 +543,8 @@ def expected_arrays(key: OpKey, arch: Architecture, impl: str) -> tuple[list, li
     W, b = sz.weight_shape, (sz.d_next,)
     if op == "update":
         n = 4 if sz.batch_norm else 2
-        reads = [(W, f)] * 3 + [(b, f)] * 3 * (n - 1)
-        return reads, [(W, f)] * 2 + [(b, f)] * 2 * (n - 1)
+        reads = [(W, f)] * 5 + [(b, f)] * 5 * (n - 1)  # with the scaled terms (lr/I) dW, (lr/C) W
+        return reads, [(W, f)] * 4 + [(b, f)] * 4 * (n - 1)
     N = I if sz.kind == "full" else I * sz.a_conv * sz.b_conv
     S, out = (sz.d_next, N), output_shape(sz, I)
     common = {

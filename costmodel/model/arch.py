@@ -825,17 +825,29 @@ def parse_arch(data: object, source: str = "<arch>") -> Architecture:
 
 
 def load_arch(path: str | Path) -> Architecture:
-    """Read and validate an arch.yaml file: a regular file of at most MAX_ARCH_BYTES, UTF-8,
-    one YAML document read as data by costmodel.model.yamlload (no tag constructs an object;
-    duplicate keys, non-text keys, deep nesting and alias bombs refused)."""
+    """Read and validate an architecture: an arch.yaml file (a regular file of at most
+    MAX_ARCH_BYTES, UTF-8, one YAML document read as data by costmodel.model.yamlload: no tag
+    constructs an object; duplicate keys, non-text keys, deep nesting and alias bombs refused),
+    a simpleNN ``.config`` (read as data by costmodel.model.simplenn, never evaluated; named by
+    its stem) or an ``.onnx`` file (parsed by costmodel.importers.onnxfile, never run; needs the
+    onnx extra). Raises ArchError naming the file and the place."""
     from costmodel.files import read_regular
     from costmodel.model import yamlload
 
+    suffix = Path(path).suffix.lower()
+    if suffix == ".onnx":
+        from costmodel.importers.onnxfile import read_onnx
+
+        return parse_arch(read_onnx(path), str(path))
     raw = read_regular(path, limit=MAX_ARCH_BYTES, what="architecture file", error=ArchError)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ArchError(f"{path}: not UTF-8 text (byte {exc.start} is {raw[exc.start]:#04x})") from None
+    if suffix == ".config":
+        from costmodel.model.simplenn import parse_config
+
+        return parse_arch(parse_config(text, str(path), Path(path).stem), str(path))
     try:
         data = yamlload.load(text, max_events=MAX_ARCH_EVENTS)
     except yaml.constructor.ConstructorError as exc:

@@ -319,15 +319,19 @@ def bias_grad(x, spec: OpSpec) -> OpCost:
 
 def update(x, spec: OpSpec) -> OpCost:
     """Grad = dW/I + W/C (2 divides, an add), v = momentum v - lr Grad (2 multiplies, a
-    subtract), W = W + v (an add): 7 FLOPs per parameter; reads dW, W, v, writes W, v; for
-    W^m, b^m and, with batch normalization, gamma^m and beta^m."""
+    subtract), W = W + v (an add): 7 FLOPs per parameter; for W^m, b^m and, with batch
+    normalization, gamma^m and beta^m. Reads dW, W, v, writes W, v, and, as implemented
+    (calib.kernels.sgd_momentum, simpleNN's ``v -= (lr/I) dW; v -= (lr/C) W``), writes the
+    scaled terms (lr/I) dW and (lr/C) W to W-sized arrays and reads them back: 9 arrays of W's
+    size per parameter, not the 5 of a fused update."""
     W = conv_arrays(x, spec).W if spec.layer_type == "conv" else full_arrays(x).W
     bias_ = W[:1]
     params = [(W, "W"), (bias_, "b")] + ([(bias_, "gamma"), (bias_, "beta")] if spec.batch_norm else [])
     reads, writes = [], []
     for shape, name in params:
-        reads += [Array(f"d{name}", shape), Array(name, shape), Array(f"v_{name}", shape)]
-        writes += [Array(name, shape), Array(f"v_{name}", shape)]
+        scaled = [Array(f"(lr/I)d{name}", shape), Array(f"(lr/C){name}", shape)]
+        reads += [Array(f"d{name}", shape), Array(name, shape), Array(f"v_{name}", shape), *scaled]
+        writes += [Array(name, shape), Array(f"v_{name}", shape), *scaled]
     return _cost(x, 7 * sum(prod(shape) for shape, _ in params), reads, writes)
 
 
