@@ -142,6 +142,8 @@ class LoadRecord(_Model):
                                                          "repeated samples, weighted by time")
     disturbed: bool
     reasons: list[str] = []
+    notes: list[str] = Field([], description="what varied without proving other load (a spread above "
+                             "its limit)")
 
 
 class ProductRate(_Model):
@@ -595,6 +597,8 @@ def _entry_notes(entry: Entry) -> list[str]:
         if load.disturbed:
             accepted = ": written with --accept-noisy" if entry.accepted_noisy else ""
             notes.append(f"NOISY: calibrated on a disturbed machine ({'; '.join(load.reasons)}){accepted}")
+        elif load.notes:
+            notes.append(f"load while calibrating: {measured}: no other load, but {'; '.join(load.notes)}")
         else:
             notes.append(f"load while calibrating: {measured}: quiet")
     if entry.transfer_factors:
