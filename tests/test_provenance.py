@@ -94,10 +94,15 @@ def test_provenance_and_its_warning_line():
     assert line.endswith("run `costmodel calibrate`")
 
 
-def test_the_shipped_profile_made_before_issue_11_still_loads():
-    fp = load_profile(embedded_profile_path()).fingerprint
+def test_a_profile_made_before_issue_11_still_loads():
+    """tests/golden/profile.json is the reference profile shipped before issue 11 (no probe, no
+    CPU identity); the shipped one now has both."""
+    old = load_profile(ROOT / "tests" / "golden" / "profile.json")
+    fp = old.fingerprint
     assert fp.cpu_vendor is None and fp.cores_available is None and fp.torch_version is None
-    assert fp.blas[0].architecture == "SkylakeX"
+    assert fp.blas[0].architecture == "SkylakeX" and old.probe is None
+    shipped = load_profile(embedded_profile_path())
+    assert shipped.probe is not None and shipped.fingerprint.cpu_vendor is not None
 
 
 # -- reading this machine ------------------------------------------------------------------------
