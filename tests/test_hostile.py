@@ -309,6 +309,13 @@ def test_kind5_markup_in_a_name_prints_literally(tmp_path, command):  # the issu
     assert MARKUP in out and "Traceback" not in err
 
 
+@pytest.mark.parametrize("name", ["\x1b[31mRED\x1b]0;title\x07", "a\nb", "a\tb", "\u202eRTL", "zero\u200bwidth"])
+def test_kind5_a_control_or_format_character_in_a_name_is_refused(tmp_path, name):
+    """An escape sequence in a name would set the terminal's title or colours from every table."""
+    path = arch_file(tmp_path, text_of(name=name))
+    one_line_refusal(["costs", path], "name: character U+", "is not printable")
+
+
 @pytest.mark.slow
 def test_kind5_markup_after_measure(tmp_path):  # the issue's: after measure has run its steps
     path = arch_file(tmp_path, text_of(name="[/bold] x"))

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, ValidationError
 from pydantic_core import PydanticCustomError
 
 from costmodel.errors import ArchError
@@ -115,10 +115,20 @@ Layer = Annotated[Union[ConvLayer, FullLayer, GlobalAvgPoolLayer, ResidualBlock]
                   Field(discriminator="type")]
 
 
+def _printable(text: str) -> str:
+    """A name is printed in every title, table, plot and file: a control or format character
+    (ESC, a newline, a bidirectional override) would reach the user's terminal as a command."""
+    bad = next((c for c in text if not c.isprintable()), None)
+    if bad is not None:
+        raise ValueError(f"character U+{ord(bad):04X} at position {text.index(bad)} is not printable "
+                         "(the name is printed in every title and table)")
+    return text
+
+
 class Architecture(_Strict):
     """One CNN and the mini-batch it is trained with (ARCH_FORMAT.md)."""
 
-    name: Annotated[str, Field(min_length=1, max_length=256)]  # printed in every title
+    name: Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_printable)]
     input: InputShape
     batch: PositiveInt = 128
     dtype: Literal["float32", "float64"] = "float32"
