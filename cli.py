@@ -628,6 +628,13 @@ def latex(
 ) -> None:
     """LaTeX tables in the course's notation: each op's complexity, the step's predicted times, the profile."""
     arch = _arch_file(arch, example)
+    if output is not None:  # before the work (and a --measured run): a place LaTeX can go
+        from costmodel.errors import UsageError
+        from costmodel.files import check_writable
+
+        if Path(output).suffix.lower() != ".tex":
+            raise UsageError(f"-o {output}: the LaTeX source goes to a .tex file (compile it with pdflatex)")
+        check_writable(output, label=f"-o {output}")
     options = dict(output=output, standalone=standalone, profile=profile, impl=impl.value, batch=batch,
                    threads=threads)
     fractions = None

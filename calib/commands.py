@@ -154,7 +154,7 @@ def calibrate_command(*, quick, threads, dtypes, impls, output, progress=None, b
         if d not in DTYPES:
             raise UsageError(f"--dtype: {d!r} is not one of {', '.join(DTYPES)}")
     path = Path(output) if output else default_profile_path()
-    check_profile_output(path)  # before a minute of calibration (and torch's import), not after it
+    check_profile_output(path, make_parents=not output)  # before a minute of calibration (and torch's import), not after it
     if backend == "torch":
         if impls:
             raise UsageError("--impl: the torch backend has one implementation, PyTorch's; leave --impl out")
@@ -190,12 +190,12 @@ def calibrate_command(*, quick, threads, dtypes, impls, output, progress=None, b
         profile = to_profile(result, merge_into=previous, accept_noisy=accept_noisy)
         if previous is not None and previous.network is not None:  # `calibrate --network` keeps its section
             profile = profile.model_copy(update={"network": previous.network})
-        save_profile(profile, path)
+        save_profile(profile, path, make_parents=not output)
     print(f"profile written to {path} ({result['calibration_seconds']:.1f} s)", file=sys.stderr)
     return render_profile(profile, "table")
 
 
-def check_profile_output(path: Path) -> None:
+def check_profile_output(path: Path, *, make_parents: bool = False) -> None:
     """Refuse, in one line and before anything runs, a place a profile cannot be written to or
     must not be: an existing file that is not a costmodel profile (it would be overwritten), a
     directory or any other non-regular file, a path under a regular file, a folder where no file
@@ -206,7 +206,7 @@ def check_profile_output(path: Path) -> None:
     from costmodel.machine.profile import load_profile
 
     label = f"-o {path}"
-    check_writable(path, label=label)
+    check_writable(path, label=label, make_parents=make_parents)
     if path.exists():
         try:
             load_profile(path)

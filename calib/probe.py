@@ -221,7 +221,7 @@ def cached_probe(threads: Iterable[int] = (1,), dtypes: Iterable[str] = ("float3
         pass
     result = probe(threads, dtypes, torch=torch, caches=fp.get("caches"), budget_seconds=budget_seconds)
     try:
-        atomic_write(path, result.model_dump_json(indent=2) + "\n")
+        atomic_write(path, result.model_dump_json(indent=2) + "\n", make_parents=True)
     except OSError:  # a read-only cache directory: the probe still serves this run
         pass
     return result, True

@@ -98,18 +98,28 @@ def temp_pattern(path: str | Path) -> str:
     return f".{Path(path).name}.*.tmp"
 
 
-def atomic_write(path: str | Path, data: str | bytes) -> None:
+def atomic_write(path: str | Path, data: str | bytes, *, make_parents: bool = False) -> None:
     """Write `data` to `path` through a temporary file in the same folder and a rename, so a
     reader never sees a half-written file and an interrupted write (an exception, ^C, SIGTERM
-    turned into an exception) leaves nothing behind. Raises OSError."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    turned into an exception) leaves nothing behind. A symbolic link is followed (its target
+    is replaced, the link kept); an existing file keeps its permissions; a new one gets those
+    open() would give it. The folder must exist unless `make_parents` (costmodel's own cache).
+    Raises OSError (FileNotFoundError for a missing folder)."""
+    path = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
+    if make_parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
     mode = "wb" if isinstance(data, bytes) else "w"
+    try:
+        keep = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        keep = None
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # as open() would create it, not mkstemp's 0600
+        if keep is None:
+            umask = os.umask(0)
+            os.umask(umask)
+            keep = 0o666 & ~umask  # as open() would create it, not mkstemp's 0600
+        os.chmod(tmp, keep)
         with os.fdopen(fd, mode, **({} if mode == "wb" else {"encoding": "utf-8"})) as fh:
             fh.write(data)
             fh.flush()
@@ -124,7 +134,7 @@ def atomic_write(path: str | Path, data: str | bytes) -> None:
 
 
 def check_writable(path: str | Path, *, label: str | None = None,
-                   error: type[CostModelError] = UsageError) -> None:
+                   error: type[CostModelError] = UsageError, make_parents: bool = False) -> None:
     """Refuse, before any work, a place atomic_write could not write `path` to: an existing
     directory, device, FIFO or socket; a path under a regular file; a folder in which no file
     can be created (read-only, /proc, /sys, no permission). `label` starts the message (default:
@@ -141,6 +151,8 @@ def check_writable(path: str | Path, *, label: str | None = None,
     if info is not None and not stat.S_ISREG(info.st_mode):
         raise error(f"{label}: {file_kind(info.st_mode)}, not a file that can be replaced: choose a file name")
     ancestor = path.parent
+    if not make_parents and not ancestor.exists():
+        raise error(f"{label}: no folder {ancestor} (a typo? costmodel does not create it)")
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
     if not ancestor.is_dir():

@@ -12,6 +12,7 @@ import io
 import json
 import multiprocessing
 import os
+import stat
 import random
 import resource
 import signal
@@ -748,8 +749,27 @@ def test_kind10_a_damaged_profile_may_be_replaced(tmp_path):
     path.write_text("[1, 2]")
     with pytest.raises(UsageError, match="not a costmodel profile"):
         check_profile_output(path)
-    check_profile_output(tmp_path / "new" / "dir" / "profile.json")  # folders are made when written
+    check_profile_output(tmp_path / "new" / "dir" / "profile.json", make_parents=True)  # the default place
+    with pytest.raises(UsageError, match="no folder .*new/dir .a typo"):  # a -o path: a missing folder is refused
+        check_profile_output(tmp_path / "new" / "dir" / "profile.json")
     assert sorted(os.listdir(tmp_path)) == ["profile.json"]
+
+
+def test_kind10_an_output_keeps_a_files_permissions_follows_a_link_and_makes_no_folder(tmp_path):
+    """latex -o over a private file keeps it private; over a symbolic link it writes the link's
+    target; into a missing folder it is refused before anything runs."""
+    private = tmp_path / "private.tex"
+    private.write_text("old")
+    private.chmod(0o600)
+    link = tmp_path / "link.tex"
+    link.symlink_to(private)
+    code, _, err = cli(["latex", "--example", "digits-small", "--profile", REFERENCE, "-o", link])
+    assert code == 0, err
+    assert link.is_symlink() and private.read_text().startswith("% costmodel latex: the SG step of digits-small")
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    one_line_refusal(["latex", "--example", "digits-small", "--profile", REFERENCE, "-o", tmp_path / "nodir" / "a.tex"],
+                     "no folder")
+    assert not (tmp_path / "nodir").exists()
 
 
 def test_kind10_sigint_and_exceptions_during_a_write_leave_no_temporary(tmp_path, monkeypatch):

@@ -79,6 +79,7 @@ def test_a_config_that_is_not_a_regular_file(tmp_path):
 def test_import_writes_the_file_and_says_so(tmp_path):
     pytest.importorskip("torch")
     out = tmp_path / "sub" / "lenet.yaml"
+    out.parent.mkdir()  # an output's folder must exist: a typo in it is refused
     result = runner.invoke(app, ["import", f"{MODELS}:lenet5", "--input", "1x32x32", "-o", str(out)])
     assert result.exit_code == 0, result.stderr
     assert result.stdout == ""

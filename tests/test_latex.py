@@ -209,6 +209,7 @@ def test_cli_writes_the_file_atomically(tmp_path, no_profile, monkeypatch):
     profile = tmp_path / "profile.json"
     save_profile(synthetic_profile(), profile)
     out = tmp_path / "out" / "tables.tex"
+    out.parent.mkdir()
     args = ["latex", str(DIGITS), "-o", str(out), "--standalone", "--profile", str(profile), "--threads", "2"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.stderr

@@ -192,6 +192,7 @@ def test_predict_and_sweep_commands_draw_the_plot(tmp_path, profile_path):
     assert done.stderr.endswith(f"plot written to {png}\n") and "Predicted SG step" in done.stdout
     _written(png)
     pdf = tmp_path / "sweep" / "sweep.pdf"
+    pdf.parent.mkdir()
     done = runner.invoke(app, ["sweep", str(DIGITS), "--vary", "batch=1,8", "--profile", str(profile_path),
                                "--threads", "2", "--plot", str(pdf)])
     assert done.exit_code == 0, done.stderr

@@ -380,10 +380,11 @@ def embedded_profile_path() -> Path:
     return Path(str(resources.files("costmodel") / "data" / REFERENCE_NAME))
 
 
-def save_profile(profile: Profile, path: str | Path) -> None:
-    """Write the profile atomically: a reader sees the old file or the new one, never a part."""
+def save_profile(profile: Profile, path: str | Path, *, make_parents: bool = False) -> None:
+    """Write the profile atomically: a reader sees the old file or the new one, never a part.
+    `make_parents`: create the missing folders (the default place, the user's cache)."""
     try:
-        atomic_write(path, profile.model_dump_json(indent=2) + "\n")
+        atomic_write(path, profile.model_dump_json(indent=2) + "\n", make_parents=make_parents)
     except OSError as exc:
         raise UsageError(f"{path}: cannot write the profile: {exc.strerror or exc}") from None
 
