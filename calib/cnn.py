@@ -801,7 +801,7 @@ class ReferenceCNN:
         for layer in self.layers:
             layer.build(I, self.workers, dphi_scratch)
         n = self.arch.n_classes
-        self.P = np.empty((n, I), dtype=self.dtype) if self.arch.loss == "softmax_ce" else None
+        self.softmax = np.empty((n, I), dtype=self.dtype) if self.arch.loss == "softmax_ce" else None
         self.dZ_out = np.empty((n, I), dtype=self.dtype)
         self.input_shape = self._input_shape(I)
 
@@ -840,21 +840,21 @@ class ReferenceCNN:
 
     def _loss(self, Z: np.ndarray, Y: np.ndarray, tm) -> float:
         trace = self.trace
-        if self.P is None:
+        if self.softmax is None:
             value = kernels.mse_loss(Z, Y)
         else:
-            value = kernels.softmax_ce_loss(Z, Y, self.P)
+            value = kernels.softmax_ce_loss(Z, Y, self.softmax)
         tm.lap(self.k_loss)
         if trace is not None:
-            trace(self.k_loss, [Z, Y], [value] if self.P is None else [self.P, value])
+            trace(self.k_loss, [Z, Y], [value] if self.softmax is None else [self.softmax, value])
 
-        if self.P is None:
+        if self.softmax is None:
             kernels.mse_loss_grad(Z, Y, self.dZ_out)
         else:
-            kernels.softmax_ce_loss_grad(self.P, Y, self.dZ_out)
+            kernels.softmax_ce_loss_grad(self.softmax, Y, self.dZ_out)
         tm.lap(self.k_loss_grad)
         if trace is not None:
-            trace(self.k_loss_grad, [Z, Y] if self.P is None else [self.P, Y], [self.dZ_out])
+            trace(self.k_loss_grad, [Z, Y] if self.softmax is None else [self.softmax, Y], [self.dZ_out])
         return float(value)
 
     def _backward(self, tm) -> None:

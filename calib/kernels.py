@@ -571,22 +571,22 @@ def mse_loss_grad(Z: np.ndarray, Y: np.ndarray, dZ: np.ndarray) -> None:
     np.multiply(dZ, 2, out=dZ)
 
 
-def softmax_ce_loss(Z: np.ndarray, Y: np.ndarray, P: np.ndarray) -> np.ndarray:
-    """sum over the batch of -log softmax(z)_y (Y one-hot); writes softmax(Z) into P.
+def softmax_ce_loss(Z: np.ndarray, Y: np.ndarray, softmax: np.ndarray) -> np.ndarray:
+    """sum over the batch of -log softmax(z)_y (Y one-hot); writes softmax(Z) into `softmax`.
 
     Returns the loss as a 0-d array of Z's dtype."""
     z_max = Z.max(axis=0)
-    np.subtract(Z, z_max, out=P)
-    np.exp(P, out=P)
-    total = P.sum(axis=0)
-    np.divide(P, total, out=P)
+    np.subtract(Z, z_max, out=softmax)
+    np.exp(softmax, out=softmax)
+    total = softmax.sum(axis=0)
+    np.divide(softmax, total, out=softmax)
     log_sum_exp = np.log(total) + z_max
     return np.asarray(log_sum_exp.sum() - np.vdot(Z, Y), dtype=Z.dtype)
 
 
-def softmax_ce_loss_grad(P: np.ndarray, Y: np.ndarray, dZ: np.ndarray) -> None:
+def softmax_ce_loss_grad(softmax: np.ndarray, Y: np.ndarray, dZ: np.ndarray) -> None:
     """dZ = softmax(Z) - Y."""
-    np.subtract(P, Y, out=dZ)
+    np.subtract(softmax, Y, out=dZ)
 
 
 def sgd_momentum(W: np.ndarray, dW: np.ndarray, v: np.ndarray, *, lr: float,

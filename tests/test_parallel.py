@@ -39,7 +39,7 @@ def _one_line_error(stderr: str) -> str:
 
 
 def _plan(P: int = 2):
-    from calib.parallel.group import plan_group
+    from calib.parallel.process_group import plan_group
 
     return plan_group(workers=P, init=None, rank=None, world_size=None, threads=1, timeout=60, oversubscribe=True)
 
@@ -62,7 +62,7 @@ def test_gradients_and_weights_match_one_process_on_the_whole_batch():
     from calib.backends.torch import TorchStep
     from calib.cnn import ReferenceCNN
     from calib.measure import synthetic_batch
-    from calib.parallel.group import run
+    from calib.parallel.process_group import run
 
     arch = example(DIGITS, batch=8, dtype="float64")
     steps = 10
@@ -304,7 +304,7 @@ def test_fit_ring_recovers_alpha_and_beta():
 
 
 def test_plan_shares_the_cores_out():
-    from calib.parallel.group import plan_group
+    from calib.parallel.process_group import plan_group
 
     plan = plan_group(workers=2, init=None, rank=None, world_size=None, threads=None, cores={0, 1, 2, 3})
     assert [p.cores for p in plan.placements] == [(0, 1), (2, 3)] and plan.threads == 2

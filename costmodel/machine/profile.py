@@ -35,7 +35,7 @@ from costmodel.units import human, iec as _iec, threads_text as _threads
 
 __all__ = ["SCHEMA_VERSION", "BandwidthPoint", "BlasInfo", "Ceilings", "Entry", "Fingerprint", "model_facts",
            "LevelRate", "LoadRecord", "Network", "NetworkPoint", "OpCeiling", "OpModel", "PeakPoint", "Probe",
-           "ProductRate", "Profile", "Transfer", "calibrate_command", "default_profile_path", "embedded_profile_path",
+           "ProductRate", "Profile", "Transfer", "calibration_hint", "default_profile_path", "embedded_profile_path",
            "fact", "load_profile", "render_profile", "save_profile"]
 
 SCHEMA_VERSION = 1
@@ -349,7 +349,7 @@ class Profile(_Model):
         for entry in self.entries:
             if entry.key == (dtype, impl, threads, backend):
                 return entry
-        command = calibrate_command(dtype, impl, threads, backend)
+        command = calibration_hint(dtype, impl, threads, backend)
         has = "; ".join(e.describe() for e in self.entries) or "nothing"
         source = _SOURCES.get(id(self))
         raise UsageError(f"{source + ': ' if source else ''}"
@@ -357,11 +357,11 @@ class Profile(_Model):
                          f"run `{command}` (it has: {has})")
 
 
-def calibrate_command(dtype: str, impl: str, threads: int, backend: str = "numpy") -> str:
+def calibration_hint(dtype: str, impl: str, threads: int, backend: str = "numpy") -> str:
     """The command that calibrates the entry for these settings."""
     from costmodel.machine.backends import backend as get_backend
 
-    return get_backend(backend).calibrate_command(dtype, impl, threads)
+    return get_backend(backend).calibration_hint(dtype, impl, threads)
 
 
 # -- files -----------------------------------------------------------------------------------

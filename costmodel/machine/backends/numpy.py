@@ -111,7 +111,7 @@ class NumpyBackend:
     def features(self, model: ModelKey) -> tuple[str, ...]:
         return FEATURES
 
-    def calibrate_command(self, dtype: str, impl: str, threads: int) -> str:
+    def calibration_hint(self, dtype: str, impl: str, threads: int) -> str:
         return f"costmodel calibrate --dtype {dtype} --impl {impl} --threads {threads}"
 
     def setting(self, impl: str) -> str:

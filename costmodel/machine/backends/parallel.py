@@ -227,8 +227,8 @@ class DataParallelBackend:
     def features(self, model: ModelKey) -> tuple[str, ...]:
         return RING_FEATURES if model == ALLREDUCE_MODEL else self.inner.features(model)
 
-    def calibrate_command(self, dtype: str, impl: str, threads: int) -> str:
-        return self.inner.calibrate_command(dtype, impl, threads)
+    def calibration_hint(self, dtype: str, impl: str, threads: int) -> str:
+        return self.inner.calibration_hint(dtype, impl, threads)
 
     def setting(self, impl: str) -> str:
         return f"{self.inner.setting(impl)}, {self.workers} worker{'s' if self.workers != 1 else ''}"
