@@ -15,6 +15,7 @@ from typing import Annotated, Optional
 import typer
 
 import costmodel
+from costmodel.units import INT64_MAX
 from costmodel.errors import CostModelError
 
 app = typer.Typer(
@@ -43,7 +44,6 @@ class Impl(str, Enum):
 
 
 #: the largest integer an option takes (sizes are counted in int64)
-INT64_MAX = 2 ** 63 - 1
 #: exit statuses of a run stopped by a signal, as a shell reports a process killed by it
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143
 

@@ -25,8 +25,10 @@ from typing import Annotated, Literal, Mapping
 from pydantic import (AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator,
                       model_validator)
 
+from costmodel.units import INT64_MAX
 from costmodel import __version__
-from costmodel.model.arch import DTYPES, _loc_to_place, _short, first_error
+from costmodel.model.arch import DTYPES
+from costmodel.model.messages import loc_to_place, short_repr, first_error
 from costmodel.errors import UsageError
 from costmodel.files import MiB, atomic_write, read_regular
 from costmodel.machine.timemodel import fact, model_facts  # noqa: F401  (model_facts re-exported)
@@ -60,7 +62,6 @@ MAX_INTERVAL = 1e3
 #: physically possible ceilings: above an exaFLOP/s or 10 PB/s, below 1 per second, a
 #: number is not a measurement of a CPU
 CEILING_RANGE = {"FLOP/s": (1.0, 1e18), "B/s": (1.0, 1e16), "FLOP/B": (1e-9, 1e9)}
-INT64_MAX = 2 ** 63 - 1
 Coefficient = Annotated[float, Field(ge=0, le=MAX_COEF)]
 
 
@@ -412,9 +413,9 @@ def _find(data, loc=()):
     while stack:
         value, where = stack.pop()
         if isinstance(value, _Duplicates):
-            return where, f"duplicate key {_short(value.key)} (a key may appear once in an object)"
+            return where, f"duplicate key {short_repr(value.key)} (a key may appear once in an object)"
         if isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT64_MAX:
-            return where, f"{_short(value)} is beyond int64"
+            return where, f"{short_repr(value)} is beyond int64"
         if isinstance(value, dict):
             stack.extend((v, (*where, k)) for k, v in reversed(list(value.items())))
         elif isinstance(value, list):
@@ -452,12 +453,12 @@ def load_profile(path: str | Path) -> Profile:
         raise UsageError(f"{path}: not a costmodel profile (no schema_version)")
     version = data["schema_version"]
     if version != SCHEMA_VERSION or not isinstance(version, int) or isinstance(version, bool):
-        raise UsageError(f"{path}: schema version {_short(version)}, this costmodel reads version "
+        raise UsageError(f"{path}: schema version {short_repr(version)}, this costmodel reads version "
                          f"{SCHEMA_VERSION}: run `costmodel calibrate` again")
     found = _find(data)
     if found is not None:
         where, problem = found
-        raise UsageError(f"{path}: {_loc_to_place(where, Profile)}{problem}")
+        raise UsageError(f"{path}: {loc_to_place(where, Profile)}{problem}")
     try:
         profile = Profile.model_validate_json(text, strict=True)
     except ValidationError as exc:
