@@ -603,7 +603,7 @@ def profile_show(
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Show a machine profile: fingerprint, ceilings, fitted parameters and their CV errors."""
-    from costmodel.machine.profile import render_profile
+    from costmodel.present.profile_text import render_profile
     from costmodel.machine.resolve import locate
 
     profile, path, reference = locate(file)

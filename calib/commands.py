@@ -142,7 +142,8 @@ def calibrate_command(*, quick, threads, dtypes, impls, output, progress=None, b
     import sys
 
     from costmodel.errors import UsageError
-    from costmodel.machine.profile import default_profile_path, load_profile, render_profile, save_profile
+    from costmodel.machine.profile import default_profile_path, load_profile, save_profile
+    from costmodel.present.profile_text import render_profile
 
     from calib.calibrate import DTYPES, Plan, calibrate, to_profile
 
