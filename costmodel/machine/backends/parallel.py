@@ -41,10 +41,10 @@ from typing import TYPE_CHECKING, Sequence
 from costmodel.errors import UsageError
 from costmodel.machine.backends import backend as get_backend
 from costmodel.machine.backends.base import Backend, ModelKey, Row
-from costmodel.machine.parallel import (COMMUNICATION, COMPOSITIONS, COMPUTE_PHASES, Collective, GradTensor, Link,
+from costmodel.machine.parallel import (COMMUNICATION, COMPOSITIONS, COMPUTE_PHASES, Collective, GradTensor,
                                         Row as ComputeRow, Scheduled, bucket_collectives, compose, efficiency,
-                                        given_link, gradient_tensors, layer_collectives, network_link, ring_features,
-                                        speedup)
+                                        gradient_tensors, layer_collectives, ring_features, speedup)
+from costmodel.machine.links import Link, given_link, network_link
 from costmodel.machine.predict import PredictedRow, Prediction, predict
 
 if TYPE_CHECKING:
