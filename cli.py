@@ -241,7 +241,7 @@ def compare(
     """Measure real steps and predict them: per op, measured and predicted fractions beside FLOP and byte shares
     (or, with --backends numpy,torch, the NumPy step against PyTorch's per op group)."""
     arch = _arch_file(arch, example)
-    from calib.commands import compare_command
+    from calib.compare_commands import compare_command
 
     typer.echo(compare_command(arch, profile=profile, batch=batch, threads=threads, impl=impl.value,
                                steps=steps, warmup=warmup, fmt=fmt.value, progress=progress_line("measure"),
@@ -376,7 +376,7 @@ def latex(
                    threads=threads)
     fractions = None
     if measured:
-        from calib.commands import measured_fractions
+        from calib.compare_commands import measured_fractions
 
         fractions = measured_fractions(arch, impl=impl.value, batch=batch, threads=threads,
                                        progress=progress_line("measure"))
