@@ -62,7 +62,7 @@ def test_gradients_and_weights_match_one_process_on_the_whole_batch():
     from calib.backends.torch import TorchStep
     from calib.cnn import ReferenceCNN
     from calib.measure import synthetic_batch
-    from calib.parallel.process_group import run
+    from calib.parallel.launch import run
 
     arch = example(DIGITS, batch=8, dtype="float64")
     steps = 10

@@ -53,7 +53,7 @@ def _with_costs(rows: list[dict], table: dict) -> None:
 def measure_parallel(arch, plan: GroupPlan, *, backend: str, impl: str, steps: int, warmup: int, overlap: bool,
                      seed: int = 0, log=_log) -> dict:
     """Run the data-parallel steps in every worker; the measure JSON with one entry per rank."""
-    from calib.parallel.process_group import run
+    from calib.parallel.launch import run
     from calib.parallel.step import measure_ddp, measure_numpy, per_worker
 
     P = plan.world_size
@@ -229,7 +229,7 @@ def calibrate_network_command(*, workers, init, rank, world_size, threads, timeo
 
 def run_benchmark(plan: GroupPlan, repeats: int, log) -> list[dict]:
     """Every worker's allreduce times (calib.parallel.network.allreduce_benchmark)."""
-    from calib.parallel.process_group import run
+    from calib.parallel.launch import run
     from calib.parallel.network import SIZES, allreduce_benchmark
 
     return run(plan, allreduce_benchmark, (SIZES, repeats), log=log)

@@ -56,7 +56,7 @@ def inner_calls(nbytes: int) -> int:
 
 
 def allreduce_benchmark(ctx, sizes: tuple[int, ...] = SIZES, repeats: int = REPEATS) -> dict[int, list[float]]:
-    """Task of a worker (calib.parallel.process_group.run): per message size (bytes, a multiple of 4), this
+    """Task of a worker (calib.parallel.launch.run): per message size (bytes, a multiple of 4), this
     worker's seconds of one allreduce in each round (module docstring)."""
     import torch
     import torch.distributed as dist

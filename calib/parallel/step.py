@@ -155,7 +155,7 @@ def numpy_worker(arch: Architecture, impl: str, seed: int, threads: int, rank: i
 
 
 def measure_numpy(ctx, arch: Architecture, impl: str, steps: int, warmup: int, overlap: bool, seed: int = 0) -> dict:
-    """Task of a worker (calib.parallel.process_group.run): warmup + steps data-parallel steps of the
+    """Task of a worker (calib.parallel.launch.run): warmup + steps data-parallel steps of the
     reference CNN on this worker's share of a synthetic batch, each from the same weights and
     after a barrier; the worker's rows (worker_summary)."""
     import torch.distributed as dist
