@@ -46,7 +46,8 @@ def _plan(P: int = 2):
 
 def _grads_task(ctx, arch, steps):
     """Both backends, blocking and overlapped: gradients after one step, weights after more."""
-    from calib.parallel.step import ddp_grads_after_allreduce, numpy_grads_after_allreduce
+    from calib.parallel.step import numpy_grads_after_allreduce
+    from calib.parallel.ddp import ddp_grads_after_allreduce
 
     return {(backend, overlap): (numpy_grads_after_allreduce(ctx, arch, "index", overlap, steps) if backend == "numpy"
                                  else ddp_grads_after_allreduce(ctx, arch, overlap, steps))

@@ -54,7 +54,8 @@ def measure_parallel(arch, plan: GroupPlan, *, backend: str, impl: str, steps: i
                      seed: int = 0, log=_log) -> dict:
     """Run the data-parallel steps in every worker; the measure JSON with one entry per rank."""
     from calib.parallel.launch import run
-    from calib.parallel.step import measure_ddp, measure_numpy, per_worker
+    from calib.parallel.step import measure_numpy, per_worker
+    from calib.parallel.ddp import measure_ddp
 
     P = plan.world_size
     n = per_worker(arch.batch, P)
