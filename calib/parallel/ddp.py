@@ -127,7 +127,8 @@ def _classify_ddp(step_event, arch: Architecture) -> dict:
     """calib.backends.torch.classify of one profiled step whose layer ranges sit inside DDP's
     forward range: the ranges are lifted out; what DDP's range spends outside them is the
     forward's "other" of layer 0."""
-    from calib.backends.torch import OTHER, classify
+    from calib.backends.torch import OTHER
+    from calib.backends.torch_events import classify
 
     ranges, outside = [], 0.0
 
@@ -158,7 +159,8 @@ def measure_ddp(ctx, arch: Architecture, steps: int, warmup: int, overlap: bool,
     `measure --backend torch` from the profiled steps, and one allreduce row per bucket. The
     time of the hook's calls and waits is taken out of the backward's "other" (the autograd
     engine's time), where the profiler puts it."""
-    from calib.backends.torch import OTHER, import_torch, layer_type, ordered
+    from calib.backends.torch import OTHER, import_torch
+    from calib.backends.torch_events import layer_type, ordered
 
     torch = import_torch()
     import torch.distributed as dist
