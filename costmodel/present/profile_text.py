@@ -3,7 +3,6 @@ as machine facts (`costmodel profile show`), as a table, JSON or CSV."""
 
 from __future__ import annotations
 
-import json
 from typing import Mapping
 
 from costmodel.errors import UsageError
