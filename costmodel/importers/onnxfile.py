@@ -37,7 +37,8 @@ from math import prod
 from pathlib import Path
 
 from costmodel.errors import ArchError, UsageError
-from costmodel.importers.graph import Graph, Node, pooled_size, to_arch_data
+from costmodel.importers.graph import Graph, Node, pooled_size
+from costmodel.importers.fold import to_arch_data
 from costmodel.importers.onnx_ops import OnnxOps, _text
 
 INSTALL_HINT = "reading an ONNX file needs the onnx package: pip install 'costmodel[onnx]'"

@@ -66,7 +66,7 @@ def import_source(source: str, *, input_shape: tuple[int, ...] | None = None, ba
     (default: NAME or the file's stem); `loss`: mse or softmax_ce (default: softmax_ce for a
     network that ends with a softmax or with logits; a config's is mse, simpleNN's).
     Raises UsageError or ArchError (one line naming the place); writes nothing."""
-    from costmodel.importers.graph import to_arch_data
+    from costmodel.importers.fold import to_arch_data
 
     if loss is not None and loss not in LOSSES:
         raise UsageError(f"--loss {loss!r}: one of {', '.join(LOSSES)}")
