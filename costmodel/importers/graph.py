@@ -3,9 +3,8 @@
 A front-end (torch.fx, torch.export or ONNX) turns every op it meets into a ``Node`` of one of
 the kinds below, with its attributes in PyTorch's conventions and the shape of its output
 without the batch dimension, or refuses it in one line naming it. ``to_arch_data``
-(costmodel.importers.fold) then walks the
-graph from the network's input to its output and folds the nodes into the file's layers
-(ARCH_FORMAT.md), in the format's order of a layer's ops:
+(costmodel.importers.fold) then walks the graph from the network's input to its output and
+folds the nodes into the file's layers (ARCH_FORMAT.md), in the format's order of a layer's ops:
 
 - conv layer: [pad,] conv, [batch_norm,] [act,] [max_pool | avg_pool,] [dropout]
 - full layer: [reshape (flatten),] linear, [batch_norm,] [act,] [dropout]
