@@ -75,7 +75,8 @@ def import_source(source: str, *, input_shape: tuple[int, ...] | None = None, ba
     if kind == "torch":
         if input_shape is None:
             raise UsageError(f"{source}: give the input of one instance with --input CxHxW (e.g. 3x32x32), or n")
-        from costmodel.importers.torchmodule import load_module, module_graph
+        from costmodel.importers.torchmodule import load_module
+        from costmodel.importers.fx_map import module_graph
 
         module, path, attr = load_module(source)
         graph, how = module_graph(module, input_shape)
