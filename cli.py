@@ -1,6 +1,6 @@
 """The `costmodel` command line: thin. Each command parses, calls one function, and prints.
 
-The functions are the adapters of costmodel/present/commands.py (the pure side: costs, predict,
+The functions are the adapters of costmodel/present/adapters.py (the pure side: costs, predict,
 explain, sweep, latex, import, profile show) and calib/commands.py (the machine side: measure,
 train, calibrate, compare). Tables, JSON and CSV go to stdout; progress and warnings to stderr.
 A domain error (CostModelError) becomes one line on stderr and its exit status, never a
@@ -126,7 +126,7 @@ def costs(
     symbolic: Annotated[bool, typer.Option("--symbolic", help="Print the expressions and their leading-order terms.")] = False,
 ) -> None:
     """FLOPs, bytes, arithmetic intensity and memory kept of every op (symbolic cost model)."""
-    from costmodel.present.commands import costs_command
+    from costmodel.present.adapters import costs_command
 
     typer.echo(costs_command(_arch_file(arch, example), batch=batch, impl=impl.value, fmt=fmt.value,
                              symbolic=symbolic), nl=False)
@@ -156,7 +156,7 @@ def predict(
     """Predict the time of every op of an SG step, and its share of the step, from a machine profile;
     with --workers P, one worker's step of data-parallel SG."""
     arch = _arch_file(arch, example)
-    from costmodel.present.commands import predict_command
+    from costmodel.present.adapters import predict_command
 
     typer.echo(predict_command(arch, profile=profile, batch=batch, threads=threads, impl=impl.value, fmt=fmt.value,
                                by=by.value, plot=plot, backend=backend.value, workers=workers, link=link,
@@ -268,7 +268,7 @@ def explain(
     against time share, the slides' ratios, the other implementation, the mini-batch size; with
     --workers P, data-parallel SG: when the network becomes communication-bound."""
     arch = _arch_file(arch, example)
-    from costmodel.present.commands import explain_command
+    from costmodel.present.adapters import explain_command
 
     typer.echo(explain_command(arch, profile=profile, batch=batch, threads=threads, impl=impl.value, fmt=fmt.value,
                                workers=workers, link=link, latency=latency, bandwidth=bandwidth, overlap=overlap,
@@ -298,7 +298,7 @@ def sweep(
     """Predict the step for each value of one size: its time and the fractions of its ops
     (--vary workers=1,2,4,...: data-parallel SG on P workers, its speedup and efficiency)."""
     arch = _arch_file(arch, example)
-    from costmodel.present.commands import sweep_command
+    from costmodel.present.adapters import sweep_command
 
     typer.echo(sweep_command(arch, vary=vary, profile=profile, batch=batch, threads=threads, impl=impl.value,
                              by=by.value, fmt=fmt.value, plot=plot, workers=workers, link=link, latency=latency,
@@ -326,7 +326,7 @@ def import_network(
 
     An op the format cannot describe is refused in one line naming it; nothing is written then. Needs the torch extra for a module (pip install 'costmodel[torch]'), the onnx extra for an ONNX file (pip install 'costmodel[onnx]').
     """
-    from costmodel.present.commands import import_command
+    from costmodel.present.adapters import import_command
 
     typer.echo(import_command(source, output=output, input_shape=input_shape, batch=batch, name=name,
                               loss=loss.value if loss else None), nl=False)
@@ -336,7 +336,7 @@ def import_network(
 @domain_errors
 def examples() -> None:
     """The architecture files shipped with costmodel: use one with --example NAME."""
-    from costmodel.present.commands import examples_text
+    from costmodel.present.adapters import examples_text
 
     typer.echo(examples_text(), nl=False)
 
@@ -352,7 +352,7 @@ def profile_show(
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Show a machine profile: fingerprint, ceilings, fitted parameters and their CV errors."""
-    from costmodel.present.commands import profile_show_command
+    from costmodel.present.adapters import profile_show_command
 
     typer.echo(profile_show_command(file, fmt.value), nl=False)
 
@@ -380,7 +380,7 @@ def latex(
 
         fractions = measured_fractions(arch, impl=impl.value, batch=batch, threads=threads,
                                        progress=progress_line("measure"))
-    from costmodel.present.commands import latex_text
+    from costmodel.present.adapters import latex_text
 
     typer.echo(latex_text(arch, **options, measured_fractions=fractions, prober=_prober), nl=False)
 

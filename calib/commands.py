@@ -1,5 +1,5 @@
 """The machine-side commands (measure, train, calibrate): load, check, run, render. Called by
-cli.py; compare is in calib/compare_commands.py, the pure side's in costmodel/present/commands.py."""
+cli.py; compare is in calib/compare_commands.py, the pure side's in costmodel/present/adapters.py."""
 
 from __future__ import annotations
 
