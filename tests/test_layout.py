@@ -72,7 +72,8 @@ def test_costmodel_never_imports_calib():
 
 
 def test_the_model_imports_nothing_of_the_machine_or_the_presentation():
-    allowed = ("costmodel.model", "costmodel.errors", "costmodel.units", "costmodel.files")
+    # the importers are a front end, neither machine nor presentation: load_arch reads an .onnx file
+    allowed = ("costmodel.model", "costmodel.errors", "costmodel.units", "costmodel.files", "costmodel.importers")
     bad = {(m, t) for m, targets in import_graph().items() if m.startswith("costmodel.model")
            for t in targets if not t.startswith(allowed)}
     assert bad == set()
