@@ -25,7 +25,9 @@ Coefficient = Annotated[float, Field(ge=0, le=MAX_COEF)]
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    #: defer_build: validators are built at first use (the whole Profile's once, when a profile is
+    #: loaded), not one per class at import (a cold start's cost)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, defer_build=True)
 
 
 class BlasInfo(StrictModel):

@@ -42,7 +42,9 @@ Padding = Annotated[Union[int, str], PlainValidator(_padding)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    #: defer_build: a model's validator is built when it is first used (the whole Architecture's
+    #: once, at its first validation), not one per class at import (a cold start's cost)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, defer_build=True)
 
 
 class InputShape(_Strict):

@@ -22,6 +22,16 @@ def resolved(profile, architecture, impl: str = "index", backend: str = "numpy",
     return resolve(profile, dtype=architecture.dtype, impl=impl, backend=backend, threads=threads, prober=prober)
 
 
+def _given(*, workers=None, link=None, latency=None, bandwidth=None, overlap: bool = False):
+    """The data-parallel options checked (costmodel.machine.backends.parallel.given_options): the
+    given link or None; with none of them given, None without importing the data-parallel model."""
+    if workers is None and link is None and latency is None and bandwidth is None and not overlap:
+        return None
+    from costmodel.machine.backends.parallel import given_options
+
+    return given_options(workers=workers, link=link, latency=latency, bandwidth=bandwidth, overlap=overlap)
+
+
 def _plot_written(path) -> None:
     print(f"plot written to {path}", file=sys.stderr)
 
@@ -50,24 +60,27 @@ def predict_command(arch_path: Path, *, profile=None, batch=None, threads=None, 
     """`costmodel predict`: the time of every op and its share of the step (with `workers`,
     one worker's step of data-parallel SG); `plot`: also drawn into that file."""
     from costmodel.machine.backends import backend as get_backend
-    from costmodel.machine.backends.parallel import given_options, predict_data_parallel, setting_for, worker_batch
     from costmodel.machine.predict import predict as predict_step
     from costmodel.model.arch import load_arch
     from costmodel.present.tables import prediction_output
 
-    given = given_options(workers=workers, link=link, latency=latency, bandwidth=bandwidth, overlap=overlap)
+    given = _given(workers=workers, link=link, latency=latency, bandwidth=bandwidth, overlap=overlap)
     if plot:
         from costmodel.present.plots import plot_format
 
         plot_format(plot)  # a bad suffix fails before anything is computed
     architecture = load_arch(arch_path).with_batch(batch)
     if workers is not None:
+        from costmodel.machine.backends.parallel import worker_batch
+
         worker_batch(architecture.batch, workers)
     res = resolved(profile, architecture, impl, backend, threads, prober=prober)
     if workers is None:
         pred = predict_step(architecture, res.profile, impl=impl, threads=res.threads, backend=backend,
                             provenance=res.provenance)
     else:
+        from costmodel.machine.backends.parallel import predict_data_parallel, setting_for
+
         pred = predict_data_parallel(architecture, res.profile, setting_for(res.profile, workers, given, overlap),
                                      impl=impl, threads=res.threads, backend=backend, provenance=res.provenance)
     if plot:
@@ -82,17 +95,20 @@ def explain_command(arch_path: Path, *, profile=None, batch=None, threads=None, 
                     fmt: str = "table", workers=None, link=None, latency=None, bandwidth=None,
                     overlap: bool = False, prober=None) -> str:
     """`costmodel explain`: the report built from a predicted step's numbers (text or JSON)."""
-    from costmodel.machine.backends.parallel import given_options, setting_for, worker_batch
     from costmodel.model.arch import load_arch
     from costmodel.present.explain import explain as explain_step, render_text
     from costmodel.present.report import to_json
 
-    given = given_options(workers=workers, link=link, latency=latency, bandwidth=bandwidth, overlap=overlap)
+    given = _given(workers=workers, link=link, latency=latency, bandwidth=bandwidth, overlap=overlap)
     architecture = load_arch(arch_path).with_batch(batch)
+    setting = None
     if workers is not None:
+        from costmodel.machine.backends.parallel import setting_for, worker_batch
+
         worker_batch(architecture.batch, workers)
     res = resolved(profile, architecture, impl, "numpy", threads, prober=prober)
-    setting = setting_for(res.profile, workers, given, overlap) if workers is not None else None
+    if workers is not None:
+        setting = setting_for(res.profile, workers, given, overlap)
     facts = explain_step(architecture, res.profile, impl=impl, threads=res.threads, provenance=res.provenance,
                          data_parallel=setting)
     return to_json(facts) if fmt == "json" else render_text(facts)
