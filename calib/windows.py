@@ -243,6 +243,28 @@ def pool_strided(A: np.ndarray, Znext: np.ndarray, pos: np.ndarray, gt: np.ndarr
     np.copyto(pos, pos_small)
 
 
+def _grad_offsets(dA: np.ndarray, dZnext: np.ndarray, P: int, t: int,
+                  zero_all: bool) -> list[tuple[int, int, int, int, int]]:
+    """The window offsets k = u P + v of a pooling's backward as (k, u, v, ra, cb): the offset
+    lies in the first ra x cb windows (offsets in none left out). First zeroes dA where the
+    offsets will not write: all of it when `zero_all` (overlapping windows add up) or when the
+    stride t skips elements, else the rows and columns the pooling crops."""
+    a_conv, b_conv = dA.shape[2:]
+    a_next, b_next = dZnext.shape[2:]
+    if zero_all or t > P:
+        dA.fill(0)
+    else:  # t == P: zero what the windows do not cover
+        dA[:, :, min(a_conv, a_next * P):, :] = 0
+        dA[:, :, :, min(b_conv, b_next * P):] = 0
+    offsets = []
+    for k in range(P * P):
+        u, v = divmod(k, P)
+        ra, cb = window_count(a_conv, u, t, a_next), window_count(b_conv, v, t, b_next)
+        if ra and cb:
+            offsets.append((k, u, v, ra, cb))
+    return offsets
+
+
 def pool_grad_strided(dZnext: np.ndarray, pos: np.ndarray, dA: np.ndarray, mask: np.ndarray,
                       spread: np.ndarray | None, P: int, t: int) -> None:
     """dA at offset k = u P + v of every window = dZ^{m+1} where pos == k. Without overlap
@@ -251,18 +273,7 @@ def pool_grad_strided(dZnext: np.ndarray, pos: np.ndarray, dA: np.ndarray, mask:
     zeroed here, as the ops after pool_grad may write dA in place (batch norm's backward does).
     With overlap (t < P, ``spread`` a buffer of dZ^{m+1}'s shape) dA is zeroed and every
     offset's share is added."""
-    a_conv, b_conv = dA.shape[2:]
-    a_next, b_next = dZnext.shape[2:]
-    if spread is not None or t > P:
-        dA.fill(0)
-    else:  # t == P: zero what the windows do not cover
-        dA[:, :, min(a_conv, a_next * P):, :] = 0
-        dA[:, :, :, min(b_conv, b_next * P):] = 0
-    for k in range(P * P):
-        u, v = divmod(k, P)
-        ra, cb = window_count(a_conv, u, t, a_next), window_count(b_conv, v, t, b_next)
-        if ra == 0 or cb == 0:
-            continue
+    for k, u, v, ra, cb in _grad_offsets(dA, dZnext, P, t, zero_all=spread is not None):
         dZ, p, mk = (X[:, :, :ra, :cb] for X in (dZnext, pos, mask))
         target = _offset(dA, u, v, t, ra, cb)
         np.equal(p, k, out=mk)
@@ -296,20 +307,9 @@ def avg_pool_grad_strided(dZnext: np.ndarray, dA: np.ndarray, share: np.ndarray,
     """dA: every element gets the dZ^{m+1} of each window it lies in over the window's count
     (``share``, a buffer of dZ^{m+1}'s shape); copied when windows do not overlap, added when
     they do. The elements no window covers are zeroed (as pool_grad_strided does)."""
-    a_conv, b_conv = dA.shape[2:]
-    a_next, b_next = dZnext.shape[2:]
     np.multiply(dZnext, 1.0 / (P * P) if inverse_count is None else inverse_count, out=share)
     overlap = t < P
-    if overlap or t > P:
-        dA.fill(0)
-    else:
-        dA[:, :, min(a_conv, a_next * P):, :] = 0
-        dA[:, :, :, min(b_conv, b_next * P):] = 0
-    for k in range(P * P):
-        u, v = divmod(k, P)
-        ra, cb = window_count(a_conv, u, t, a_next), window_count(b_conv, v, t, b_next)
-        if ra == 0 or cb == 0:
-            continue
+    for _, u, v, ra, cb in _grad_offsets(dA, dZnext, P, t, zero_all=overlap):
         target = _offset(dA, u, v, t, ra, cb)
         if overlap:
             np.add(target, share[:, :, :ra, :cb], out=target)
