@@ -36,6 +36,9 @@ def warn_if_disturbed(load: dict | None, what: str = "measured") -> None:
     if load and load.get("disturbed"):
         print(f"costmodel: warning: {what} on a disturbed machine ({'; '.join(load['reasons'])}): "
               "the times may not hold; measure again on a quiet machine", file=sys.stderr)
+    elif load and load.get("notes"):
+        print(f"costmodel: warning: {'; '.join(load['notes'])} with no other load seen: this machine's "
+              "repeated timings vary that much", file=sys.stderr)
 
 
 def _with_costs(result: dict, arch, impl: str) -> dict:
@@ -176,6 +179,9 @@ def calibrate_command(*, quick, threads, dtypes, impls, output, progress=None, b
                              "calibrate again on a quiet machine, or pass --accept-noisy to write it marked noisy")
         print(f"costmodel: warning: the machine was disturbed while calibrating ({reasons}): "
               "the profile is written marked noisy (--accept-noisy)", file=sys.stderr)
+    elif load.get("notes"):
+        print(f"costmodel: warning: {'; '.join(load['notes'])} with no other load seen: this machine's repeated "
+              "timings vary that much; the profile's step interval includes it", file=sys.stderr)
     with locked(path):  # another calibration may write the same file: read, merge and write as one
         previous = None
         if path.exists():

@@ -72,11 +72,11 @@ def test_costmodel_never_imports_calib():
 
 
 def test_the_model_imports_nothing_of_the_machine_or_the_presentation():
-    # the importers are a front end, neither machine nor presentation: load_arch reads an .onnx file
-    allowed = ("costmodel.model", "costmodel.errors", "costmodel.units", "costmodel.files", "costmodel.importers")
+    allowed = ("costmodel.model", "costmodel.errors", "costmodel.units", "costmodel.files")
     bad = {(m, t) for m, targets in import_graph().items() if m.startswith("costmodel.model")
            for t in targets if not t.startswith(allowed)}
-    assert bad == set()
+    # load_arch reads an .onnx file through the ONNX importer (the onnx extra), imported lazily
+    assert bad <= {("costmodel.model.arch", "costmodel.importers.onnxfile")}
 
 
 def test_the_machine_side_imports_nothing_of_the_presentation():

@@ -68,7 +68,17 @@ def test_steal_and_spread_are_reasons_too():
     with fake_monitor([CpuTicks(0, 0, 0), CpuTicks(100, 40, 100)]) as monitor:
         monitor.add_spreads([0.3, 0.4, 0.01], [2.0, 1.0, 1.0])
     assert monitor.load.steal == pytest.approx(0.1) and monitor.load.spread == pytest.approx(0.3)
-    assert [r.split(" ")[0] for r in monitor.load.reasons] == ["steal", "repeated"]
+    assert [r.split(" ")[0] for r in monitor.load.reasons] == ["steal"]
+    # a spread alone proves no other load: a note, not a disturbance
+    assert [r.split(" ")[0] for r in monitor.load.notes] == ["repeated"]
+
+
+def test_a_large_spread_without_other_load_is_a_note_not_a_disturbance():
+    with fake_monitor([CpuTicks(0, 0, 0), CpuTicks(300, 0, 300)]) as monitor:
+        monitor.add_spreads([0.3, 0.25, 0.28], [1.0, 1.0, 1.0])
+    load = monitor.load
+    assert not load.disturbed and load.reasons == []
+    assert load.notes == ["repeated samples spread 28 % (limit 15 %)"]
 
 
 def test_without_proc_only_the_spread_is_judged():

@@ -94,10 +94,15 @@ def test_provenance_and_its_warning_line():
     assert line.endswith("run `costmodel calibrate`")
 
 
-def test_the_shipped_profile_made_before_issue_11_still_loads():
-    fp = load_profile(embedded_profile_path()).fingerprint
+def test_a_profile_made_before_issue_11_still_loads():
+    """tests/golden/profile.json is the reference profile shipped before issue 11 (no probe, no
+    CPU identity); the shipped one now has both."""
+    old = load_profile(ROOT / "tests" / "golden" / "profile.json")
+    fp = old.fingerprint
     assert fp.cpu_vendor is None and fp.cores_available is None and fp.torch_version is None
-    assert fp.blas[0].architecture == "SkylakeX"
+    assert fp.blas[0].architecture == "SkylakeX" and old.probe is None
+    shipped = load_profile(embedded_profile_path())
+    assert shipped.probe is not None and shipped.fingerprint.cpu_vendor is not None
 
 
 # -- reading this machine ------------------------------------------------------------------------
@@ -143,3 +148,22 @@ def test_cores_available_follow_the_affinity_mask():
             "from costmodel.machine.fingerprint import available_cores; print(available_cores())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "1"
+
+
+def test_the_fingerprints_blas_is_numpys_even_when_scipy_loaded_its_own(monkeypatch):
+    """SciPy's OpenBLAS (loaded with scikit-learn) is not NumPy's: a fingerprint taken after
+    a fit must name the same BLAS as one taken before it."""
+    import numpy
+    import threadpoolctl
+
+    from costmodel.machine import fingerprint
+
+    numpy_dir = os.path.dirname(numpy.__file__)
+    own = {"user_api": "blas", "internal_api": "openblas", "version": "0.3.31", "num_threads": 2,
+           "filepath": numpy_dir + ".libs/libscipy_openblas64_.so", "architecture": "Haswell"}
+    scipys = dict(own, version="0.3.30", filepath=os.path.join(os.path.dirname(numpy_dir), "scipy.libs", "x.so"))
+    monkeypatch.setattr(threadpoolctl, "threadpool_info", lambda: [scipys, own])
+    assert [lib["version"] for lib in fingerprint.blas_info()] == ["0.3.31"]
+    system = dict(own, filepath="/usr/lib/x86_64-linux-gnu/libopenblas.so.0")  # a NumPy linked to the system's
+    monkeypatch.setattr(threadpoolctl, "threadpool_info", lambda: [system])
+    assert [lib["filepath"] for lib in fingerprint.blas_info()] == ["libopenblas.so.0"]

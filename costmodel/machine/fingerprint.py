@@ -109,15 +109,22 @@ def cpu_identity(text: str | None = None) -> dict[str, str | None]:
 
 
 def blas_info() -> list[dict]:
-    """The BLAS libraries loaded in this process, as threadpoolctl sees them now (filepath:
-    basename). NumPy loads its BLAS when it is imported, so this imports NumPy first."""
-    import numpy  # noqa: F401  (loads the BLAS threadpoolctl looks for)
+    """The BLAS library NumPy uses, as threadpoolctl sees it now (filepath: basename). NumPy
+    loads its BLAS when it is imported, so this imports NumPy first. A BLAS another package
+    loaded (SciPy's own OpenBLAS once scikit-learn is imported) is not NumPy's and would make
+    the fingerprint depend on what the process imported before: the libraries inside NumPy's
+    installation (numpy/ or numpy.libs/) are kept, all of them only where none is (a NumPy
+    linked against the system's BLAS)."""
+    import numpy
     from threadpoolctl import threadpool_info
 
+    libs = [lib for lib in threadpool_info() if lib.get("user_api") == "blas"]
+    home = os.path.dirname(os.path.abspath(numpy.__file__))
+    own = [lib for lib in libs if os.path.abspath(lib["filepath"]).startswith((home + os.sep, home + ".libs" + os.sep))]
     return [{"internal_api": lib["internal_api"], "version": lib.get("version"),
              "threading_layer": lib.get("threading_layer"), "architecture": lib.get("architecture"),
              "num_threads": lib["num_threads"], "filepath": os.path.basename(lib["filepath"])}
-            for lib in threadpool_info() if lib.get("user_api") == "blas"]
+            for lib in own or libs]
 
 
 def torch_version() -> str | None:

@@ -104,6 +104,8 @@ class LoadRecord(StrictModel):
                                                          "repeated samples, weighted by time")
     disturbed: bool
     reasons: list[str] = []
+    notes: list[str] = Field([], description="what varied without proving other load (a spread above "
+                             "its limit)")
 
 
 class ProductRate(StrictModel):

@@ -136,6 +136,8 @@ def _entry_notes(entry: Entry) -> list[str]:
         if load.disturbed:
             accepted = ": written with --accept-noisy" if entry.accepted_noisy else ""
             notes.append(f"NOISY: calibrated on a disturbed machine ({'; '.join(load.reasons)}){accepted}")
+        elif load.notes:
+            notes.append(f"load while calibrating: {measured}: no other load, but {'; '.join(load.notes)}")
         else:
             notes.append(f"load while calibrating: {measured}: quiet")
     if entry.transfer_factors:
