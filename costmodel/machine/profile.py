@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import weakref
+from functools import partial
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
@@ -244,10 +245,21 @@ class _Duplicates(dict):
     key: str = ""
 
 
-def _object(pairs: list[tuple[str, object]]) -> dict:
-    """json's object_pairs_hook: a dict, marked when a key repeats (the place is found later)."""
+def _integer(text: str, suspect: list[bool]) -> int:
+    """json's parse_int: the integer, noted in `suspect` when it is beyond int64."""
+    value = int(text)
+    if abs(value) > INT64_MAX:
+        suspect.append(True)
+    return value
+
+
+def _object(pairs: list[tuple[str, object]], suspect: list[bool] | None = None) -> dict:
+    """json's object_pairs_hook: a dict, marked (and noted in `suspect`) when a key repeats (the
+    place is found later)."""
     data = dict(pairs)
     if len(data) != len(pairs):
+        if suspect is not None:
+            suspect.append(True)
         seen: set[str] = set()
         data = _Duplicates(data)
         data.key = next(k for k, _ in pairs if k in seen or seen.add(k))
@@ -286,7 +298,9 @@ def load_profile(path: str | Path) -> Profile:
     except UnicodeDecodeError:
         raise UsageError(f"{path}: cannot read the profile: UnicodeDecodeError (not UTF-8 text)") from None
     try:
-        data = json.loads(text, object_pairs_hook=_object)
+        suspect: list[bool] = []  # a repeated key or an integer beyond int64 seen while parsing
+        data = json.loads(text, object_pairs_hook=partial(_object, suspect=suspect),
+                          parse_int=partial(_integer, suspect=suspect))
     except json.JSONDecodeError as exc:
         raise UsageError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
                          "the file is damaged: run `costmodel calibrate` again") from None
@@ -302,7 +316,7 @@ def load_profile(path: str | Path) -> Profile:
     if version != SCHEMA_VERSION or not isinstance(version, int) or isinstance(version, bool):
         raise UsageError(f"{path}: schema version {short_repr(version)}, this costmodel reads version "
                          f"{SCHEMA_VERSION}: run `costmodel calibrate` again")
-    found = _find(data)
+    found = _find(data) if suspect else None  # the walk that names the place, when there is one
     if found is not None:
         where, problem = found
         raise UsageError(f"{path}: {loc_to_place(where, Profile)}{problem}")
