@@ -1,21 +1,31 @@
 """The `costmodel` command line: thin. Each command parses, calls one function, and prints.
 
-Tables, JSON and CSV go to stdout; progress and warnings to stderr. A domain error
-(CostModelError) becomes one line on stderr and its exit status, never a traceback.
+The functions are the adapters of costmodel/present/adapters.py (the pure side: costs, predict,
+explain, sweep, latex, import, profile show) and calib/commands.py (the machine side: measure,
+train, calibrate, compare). Tables, JSON and CSV go to stdout; progress and warnings to stderr.
+A domain error (CostModelError) becomes one line on stderr and its exit status, never a
+traceback (costmodel/present/terminal.py).
+
+No ``from __future__ import annotations`` here: typer reads every command's annotations when it
+builds the app, and string annotations would be evaluated again on every run (~10 ms cold).
 """
 
-from __future__ import annotations
-
-import functools
+import os
 import sys
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 import costmodel
-from costmodel.errors import CostModelError
+from costmodel.present.options import (ArchArg, BandwidthOpt, Backend, BatchOpt, By, ExampleOpt, Format,
+                                       FormatOpt, Impl, ImplOpt, InitOpt, LatencyOpt, LinkOpt, Loss, OverlapOpt,
+                                       OversubscribeOpt, PlotOpt, PredictWorkersOpt, ProfileOpt, RankOpt, StepsOpt,
+                                       TextFormat, ThreadsOpt, TimeoutOpt, WarmupOpt, WorkersOpt, WorldSizeOpt)
+from costmodel.present.terminal import (EXIT_SIGINT, EXIT_SIGTERM, Terminated, domain_errors, err as _err,
+                                        handle_sigterm, one_line as _one_line,  # noqa: F401  (_one_line: tests)
+                                        progress_line)
+from costmodel.units import INT64_MAX
 
 app = typer.Typer(
     name="costmodel",
@@ -24,106 +34,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-class Format(str, Enum):
-    table = "table"
-    json = "json"
-    csv = "csv"
-
-
-class Backend(str, Enum):
-    numpy = "numpy"
-    torch = "torch"
-
-
-class Impl(str, Enum):
-    index = "index"
-    strided = "strided"
-
-
-#: the largest integer an option takes (sizes are counted in int64)
-INT64_MAX = 2 ** 63 - 1
-#: exit statuses of a run stopped by a signal, as a shell reports a process killed by it
-EXIT_SIGINT, EXIT_SIGTERM = 130, 143
-
-
-def _one_line(msg: str) -> str:
-    """The message on one line: control characters (a newline in a file name) escaped."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(msg))
-
-
-def _err(msg: str) -> None:
-    typer.echo(f"costmodel: error: {_one_line(msg)}", err=True)
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the program is, so that it unwinds as for ^C: temporary files
-    removed, nothing half-written; the CLI exits with 143."""
-
-
-def _raise_terminated(signum, frame):
-    raise Terminated()
-
-
-def handle_sigterm():
-    """Treat SIGTERM like SIGINT (from the main thread; elsewhere signals cannot be set).
-    Returns the handler it replaced (None when it set none)."""
-    import signal
-    import threading
-
-    if threading.current_thread() is threading.main_thread():
-        return signal.signal(signal.SIGTERM, _raise_terminated)
-    return None
-
-
-def domain_errors(fn):
-    """Turn CostModelError into one line on stderr and its exit status; ^C into status 130 and
-    SIGTERM into 143, each with one line; a closed stdout (`| head`) ends quietly; running out
-    of memory or stack is one line, never a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        previous = handle_sigterm()
-        try:
-            return fn(*args, **kwargs)
-        except CostModelError as exc:
-            _err(str(exc))
-            raise typer.Exit(exc.exit_code) from None
-        except Terminated:
-            _err("terminated (SIGTERM): nothing was written")
-            raise typer.Exit(EXIT_SIGTERM) from None
-        except KeyboardInterrupt:
-            _err("interrupted: nothing was written")
-            raise typer.Exit(EXIT_SIGINT) from None
-        except BrokenPipeError:
-            _quiet_stdout()
-            raise typer.Exit(141) from None
-        except MemoryError:
-            _err("out of memory (the machine or a ulimit/cgroup limit): try a smaller --batch")
-            raise typer.Exit(1) from None
-        except RecursionError:
-            _err("input nested too deeply")
-            raise typer.Exit(2) from None
-        finally:
-            if previous is not None:  # a command run in process (tests, an API) leaves SIGTERM as it was
-                import signal
-
-                signal.signal(signal.SIGTERM, previous)
-
-    return wrapper
-
-
-def _quiet_stdout() -> None:
-    """After a reader closed stdout: point it at /dev/null, so the interpreter's final flush
-    does not report the broken pipe."""
-    import os
-
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):
-        pass
 
 
 def _version(value: bool) -> None:
@@ -140,13 +50,6 @@ def _root(
     """Predict and explain where the time of a CNN's SG step goes on a CPU."""
 
 
-ArchArg = Annotated[Optional[Path], typer.Argument(help="Architecture file (arch.yaml, a simpleNN .config or an .onnx "
-                                                   "file); or give --example NAME.",
-                                                   show_default=False)]
-ExampleOpt = Annotated[Optional[str], typer.Option("--example", help="A shipped architecture instead of a file "
-                                                   "(`costmodel examples` lists them).", show_default=False)]
-
-
 def _arch_file(arch: Optional[Path], example: Optional[str]) -> Path:
     """The architecture file a command reads: ARCH, or the shipped example --example names."""
     from costmodel.errors import UsageError
@@ -158,39 +61,6 @@ def _arch_file(arch: Optional[Path], example: Optional[str]) -> Path:
     from costmodel.examples import example_path
 
     return example_path(example)
-
-
-BatchOpt = Annotated[Optional[int], typer.Option("--batch", min=1, max=INT64_MAX,
-                                                 help="Mini-batch size I (overrides the file).")]
-ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", min=1, max=1024, help="BLAS threads (default: all).")]
-StepsOpt = Annotated[int, typer.Option(min=1, max=1_000_000, help="Timed SG steps.")]
-WarmupOpt = Annotated[int, typer.Option(min=0, max=1_000_000, help="Untimed steps first.")]
-ImplOpt = Annotated[Impl, typer.Option("--impl", help="Implementation of the index-heavy ops.")]
-FormatOpt = Annotated[Format, typer.Option("--format", help="Output format.")]
-
-
-WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="Data-parallel SG: P worker processes on this "
-                                                   "machine (gloo), each on its share of the cores.")]
-InitOpt = Annotated[Optional[str], typer.Option("--init", help="Join a data-parallel group across machines: "
-                                                "tcp://HOST:PORT of rank 0 (or env:// for torchrun's variables).")]
-RankOpt = Annotated[Optional[int], typer.Option("--rank", help="With --init: this process's rank R.")]
-WorldSizeOpt = Annotated[Optional[int], typer.Option("--world-size", help="With --init: the number of workers P.")]
-OversubscribeOpt = Annotated[bool, typer.Option("--oversubscribe", help="Allow more worker threads than cores.")]
-TimeoutOpt = Annotated[Optional[float], typer.Option("--timeout", help="Seconds the rendezvous and every "
-                                                     "collective may take (default 60).")]
-
-
-def _progress(label: str):
-    """A progress callback writing one updating line to stderr (silent when stderr is not a tty)."""
-    interactive = sys.stderr.isatty()
-
-    def report(i: int, n: int) -> None:
-        if interactive:
-            end = "\n" if i >= n else ""
-            sys.stderr.write(f"\r{label}: {i}/{n}{end}")
-            sys.stderr.flush()
-
-    return report
 
 
 @app.command()
@@ -221,7 +91,7 @@ def measure(
     from calib.commands import measure_command
 
     typer.echo(measure_command(arch, batch=batch, steps=steps, warmup=warmup, threads=threads,
-                               impl=impl.value, fmt=fmt.value, progress=_progress("measure"),
+                               impl=impl.value, fmt=fmt.value, progress=progress_line("measure"),
                                backend=backend.value, workers=workers, overlap=overlap, init=init, rank=rank,
                                world_size=world_size, oversubscribe=oversubscribe, timeout=timeout), nl=False)
 
@@ -258,43 +128,10 @@ def costs(
     symbolic: Annotated[bool, typer.Option("--symbolic", help="Print the expressions and their leading-order terms.")] = False,
 ) -> None:
     """FLOPs, bytes, arithmetic intensity and memory kept of every op (symbolic cost model)."""
-    arch = _arch_file(arch, example)
-    from costmodel.model.arch import load_arch
+    from costmodel.present.adapters import costs_command
 
-    architecture = load_arch(arch).with_batch(batch)
-    if symbolic:
-        from costmodel.model.symbolic import symbolic_report
-        from costmodel.present.tables import symbolic_output
-
-        text = symbolic_output(symbolic_report(architecture, impl.value), fmt.value)
-    else:
-        from costmodel.model.step import step_costs
-        from costmodel.present.tables import costs_output
-
-        text = costs_output(step_costs(architecture, impl.value), fmt.value)
-    typer.echo(text, nl=False)
-
-
-class By(str, Enum):
-    op = "op"
-    layer = "layer"
-    phase = "phase"
-    kind = "kind"
-
-
-PredictWorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="Data-parallel SG: predict one worker's "
-                                                          "step of P, each on I/P instances, with the allreduces "
-                                                          "(docs/data-parallel.md).", show_default=False)]
-LinkOpt = Annotated[Optional[str], typer.Option("--link", help="With --workers: the link, 1GbE, 10GbE, 25GbE or 100GbE "
-                                                "(default: the profile's network section).", show_default=False)]
-LatencyOpt = Annotated[Optional[str], typer.Option("--latency", help="With --workers and --bandwidth: a link's "
-                                                   "latency, e.g. 50us.", show_default=False)]
-BandwidthOpt = Annotated[Optional[str], typer.Option("--bandwidth", help="With --workers and --latency: a link's "
-                                                     "bandwidth, e.g. 1.25GB/s.", show_default=False)]
-OverlapOpt = Annotated[bool, typer.Option("--overlap", help="With --workers: the allreduces overlap the backward "
-                                          "(composition overlap; default: sum).")]
-ProfileOpt = Annotated[Optional[Path], typer.Option("--profile", help="Machine profile (default: yours, else the shipped reference).")]
-PlotOpt = Annotated[Optional[Path], typer.Option("--plot", help="Also draw the result into FILE.png or FILE.pdf.")]
+    typer.echo(costs_command(_arch_file(arch, example), batch=batch, impl=impl.value, fmt=fmt.value,
+                             symbolic=symbolic), nl=False)
 
 
 @app.command()
@@ -321,34 +158,11 @@ def predict(
     """Predict the time of every op of an SG step, and its share of the step, from a machine profile;
     with --workers P, one worker's step of data-parallel SG."""
     arch = _arch_file(arch, example)
-    from costmodel.machine.backends import backend as get_backend
-    from costmodel.machine.backends.parallel import given_options, predict_data_parallel, setting_for, worker_batch
-    from costmodel.machine.predict import predict as predict_step
-    from costmodel.model.arch import load_arch
-    from costmodel.present.tables import prediction_output
+    from costmodel.present.adapters import predict_command
 
-    given = given_options(workers=workers, link=link, latency=latency, bandwidth=bandwidth, overlap=overlap)
-    if plot:
-        from costmodel.present.plots import plot_format
-
-        plot_format(plot)  # a bad suffix fails before anything is computed
-    architecture = load_arch(arch).with_batch(batch)
-    if workers is not None:
-        worker_batch(architecture.batch, workers)
-    res = _resolved(profile, architecture, impl.value, backend.value, threads)
-    if workers is None:
-        pred = predict_step(architecture, res.profile, impl=impl.value, threads=res.threads, backend=backend.value,
-                            provenance=res.provenance)
-    else:
-        pred = predict_data_parallel(architecture, res.profile, setting_for(res.profile, workers, given, overlap),
-                                     impl=impl.value, threads=res.threads, backend=backend.value,
-                                     provenance=res.provenance)
-    if plot:
-        from costmodel.present.plots import plot_predict
-
-        plot_predict(pred, res.profile.ceilings, plot, by=by.value)
-        _plot_written(plot)
-    typer.echo(prediction_output(pred, fmt.value, by.value, get_backend(backend.value).setting(pred.impl)), nl=False)
+    typer.echo(predict_command(arch, profile=profile, batch=batch, threads=threads, impl=impl.value, fmt=fmt.value,
+                               by=by.value, plot=plot, backend=backend.value, workers=workers, link=link,
+                               latency=latency, bandwidth=bandwidth, overlap=overlap, prober=_prober), nl=False)
 
 
 @app.command()
@@ -429,16 +243,11 @@ def compare(
     """Measure real steps and predict them: per op, measured and predicted fractions beside FLOP and byte shares
     (or, with --backends numpy,torch, the NumPy step against PyTorch's per op group)."""
     arch = _arch_file(arch, example)
-    from calib.commands import compare_command
+    from calib.compare_commands import compare_command
 
     typer.echo(compare_command(arch, profile=profile, batch=batch, threads=threads, impl=impl.value,
-                               steps=steps, warmup=warmup, fmt=fmt.value, progress=_progress("measure"),
+                               steps=steps, warmup=warmup, fmt=fmt.value, progress=progress_line("measure"),
                                plot=plot, backends=backends), nl=False)
-
-
-class TextFormat(str, Enum):
-    table = "table"
-    json = "json"
 
 
 @app.command()
@@ -461,20 +270,11 @@ def explain(
     against time share, the slides' ratios, the other implementation, the mini-batch size; with
     --workers P, data-parallel SG: when the network becomes communication-bound."""
     arch = _arch_file(arch, example)
-    from costmodel.machine.backends.parallel import given_options, setting_for, worker_batch
-    from costmodel.model.arch import load_arch
-    from costmodel.present.explain import explain as explain_step, render_text
-    from costmodel.present.report import to_json
+    from costmodel.present.adapters import explain_command
 
-    given = given_options(workers=workers, link=link, latency=latency, bandwidth=bandwidth, overlap=overlap)
-    architecture = load_arch(arch).with_batch(batch)
-    if workers is not None:
-        worker_batch(architecture.batch, workers)
-    res = _resolved(profile, architecture, impl.value, "numpy", threads)
-    setting = setting_for(res.profile, workers, given, overlap) if workers is not None else None
-    facts = explain_step(architecture, res.profile, impl=impl.value, threads=res.threads, provenance=res.provenance,
-                         data_parallel=setting)
-    typer.echo(to_json(facts) if fmt.value == "json" else render_text(facts), nl=False)
+    typer.echo(explain_command(arch, profile=profile, batch=batch, threads=threads, impl=impl.value, fmt=fmt.value,
+                               workers=workers, link=link, latency=latency, bandwidth=bandwidth, overlap=overlap,
+                               prober=_prober), nl=False)
 
 
 @app.command()
@@ -500,42 +300,11 @@ def sweep(
     """Predict the step for each value of one size: its time and the fractions of its ops
     (--vary workers=1,2,4,...: data-parallel SG on P workers, its speedup and efficiency)."""
     arch = _arch_file(arch, example)
-    from costmodel.errors import UsageError
-    from costmodel.machine.backends.parallel import given_options, setting_for
-    from costmodel.machine.sweep import WORKERS, check_workers_values, parse_vary, sweep as sweep_steps
-    from costmodel.model.arch import load_arch
-    from costmodel.present.data import sweep_report
-    from costmodel.present.tables import sweep_output
+    from costmodel.present.adapters import sweep_command
 
-    name, values = parse_vary(vary)
-    if name == WORKERS and workers is not None:
-        raise UsageError("--workers with --vary workers=...: the sweep gives P; leave out --workers")
-    given = given_options(workers=workers, link=link, latency=latency, bandwidth=bandwidth, overlap=overlap,
-                          sweep_workers=name == WORKERS)
-    if plot:
-        from costmodel.present.plots import plot_format
-
-        plot_format(plot)  # a bad suffix fails before any prediction
-    architecture = load_arch(arch).with_batch(batch)
-    if name == WORKERS:
-        check_workers_values(architecture.batch, values)
-    res = _resolved(profile, architecture, impl.value, "numpy", threads)
-    setting = (setting_for(res.profile, workers or 1, given, overlap) if name == WORKERS or workers is not None
-               else None)
-    points = sweep_steps(architecture, res.profile, name, values, impl=impl.value, threads=res.threads,
-                         data_parallel=setting)
-    result = sweep_report(architecture, name, points, by.value, impl.value)
-    if plot:
-        from costmodel.present.plots import plot_sweep
-
-        plot_sweep(result, plot)
-        _plot_written(plot)
-    typer.echo(sweep_output(result, fmt.value), nl=False)
-
-
-class Loss(str, Enum):
-    mse = "mse"
-    softmax_ce = "softmax_ce"
+    typer.echo(sweep_command(arch, vary=vary, profile=profile, batch=batch, threads=threads, impl=impl.value,
+                             by=by.value, fmt=fmt.value, plot=plot, workers=workers, link=link, latency=latency,
+                             bandwidth=bandwidth, overlap=overlap, prober=_prober), nl=False)
 
 
 @app.command("import")
@@ -559,37 +328,19 @@ def import_network(
 
     An op the format cannot describe is refused in one line naming it; nothing is written then. Needs the torch extra for a module (pip install 'costmodel[torch]'), the onnx extra for an ONNX file (pip install 'costmodel[onnx]').
     """
-    import contextlib
+    from costmodel.present.adapters import import_command
 
-    from costmodel.files import atomic_write, check_writable
-    from costmodel.errors import UsageError
-    from costmodel.importers.source import import_source, parse_input
-
-    shape = parse_input(input_shape) if input_shape is not None else None
-    if output is not None:
-        check_writable(output, label=f"-o {output}")
-    with contextlib.redirect_stdout(sys.stderr):  # the model file's prints stay off the YAML
-        result = import_source(source, input_shape=shape, batch=batch, name=name,
-                               loss=loss.value if loss else None)
-    if output is None:
-        typer.echo(result.text, nl=False)
-        return
-    try:
-        atomic_write(output, result.text)
-    except OSError as exc:
-        raise UsageError(f"-o {output}: cannot write: {exc.strerror or exc}") from None
-    print(f"{result.summary} -> {output}", file=sys.stderr)
+    typer.echo(import_command(source, output=output, input_shape=input_shape, batch=batch, name=name,
+                              loss=loss.value if loss else None), nl=False)
 
 
 @app.command()
 @domain_errors
 def examples() -> None:
     """The architecture files shipped with costmodel: use one with --example NAME."""
-    from costmodel.examples import description, example_paths
+    from costmodel.present.adapters import examples_text
 
-    for name, path in example_paths().items():
-        typer.echo(f"{name:<24} {description(path)}")
-    typer.echo(f"(in {next(iter(example_paths().values())).parent})")
+    typer.echo(examples_text(), nl=False)
 
 
 profile_app = typer.Typer(help="Machine profiles.", no_args_is_help=True)
@@ -603,14 +354,9 @@ def profile_show(
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Show a machine profile: fingerprint, ceilings, fitted parameters and their CV errors."""
-    from costmodel.machine.profile import render_profile
-    from costmodel.machine.resolve import locate
+    from costmodel.present.adapters import profile_show_command
 
-    profile, path, reference = locate(file)
-    if reference:
-        typer.echo(f"costmodel: warning: no profile of this machine: the reference profile shipped with costmodel "
-                   f"({path})", err=True)
-    typer.echo(render_profile(profile, fmt.value), nl=False)
+    typer.echo(profile_show_command(file, fmt.value), nl=False)
 
 
 @app.command()
@@ -639,40 +385,13 @@ def latex(
                    threads=threads)
     fractions = None
     if measured:
-        from calib.commands import measured_fractions
+        from calib.compare_commands import measured_fractions
 
         fractions = measured_fractions(arch, impl=impl.value, batch=batch, threads=threads,
-                                       progress=_progress("measure"))
-    text = latex_text(arch, **options, measured_fractions=fractions)
-    typer.echo(text, nl=False)
+                                       progress=progress_line("measure"))
+    from costmodel.present.adapters import latex_text
 
-
-def latex_text(arch_path: Path, *, output=None, standalone=False, profile=None, measured_fractions=None,
-               impl="index", batch=None, threads=None) -> str:
-    """The LaTeX tables of the arch's step (costmodel.present.latex): written atomically to
-    `output` (then "" is returned), else returned. Without `profile`, the user's or the shipped
-    one is used; if neither exists, the tables have no time columns and say so.
-    `measured_fractions`: (layer, op, phase) -> measured fraction of the step."""
-    from costmodel.errors import UsageError
-    from costmodel.machine.profile import default_profile_path, embedded_profile_path
-    from costmodel.model.arch import load_arch
-    from costmodel.present.latex import latex_document
-    from costmodel.present.report import atomic_write
-
-    architecture = load_arch(arch_path).with_batch(batch)
-    found = None
-    if profile is not None or default_profile_path().exists() or embedded_profile_path().exists():
-        res = _resolved(profile, architecture, impl, "numpy", threads)
-        found, threads = res.profile, res.threads
-    text = latex_document(architecture, impl=impl, profile=found, threads=threads, measured=measured_fractions,
-                          standalone=standalone)
-    if output is None:
-        return text
-    try:
-        atomic_write(output, text)
-    except OSError as exc:
-        raise UsageError(f"{output}: cannot write: {exc.strerror or exc}") from None
-    return ""
+    typer.echo(latex_text(arch, **options, measured_fractions=fractions, prober=_prober), nl=False)
 
 
 def _prober(**needs):
@@ -682,22 +401,13 @@ def _prober(**needs):
     return cached_probe(**needs)[0]
 
 
-def _resolved(profile, architecture, impl: str = "index", backend: str = "numpy", threads=None):
-    """The profile a prediction uses (costmodel.machine.resolve): given, $COSTMODEL_PROFILE, yours,
-    or the reference one transferred to this machine by a probe; its one line on stderr."""
-    from costmodel.machine.resolve import resolve
-
-    return resolve(profile, dtype=architecture.dtype, impl=impl, backend=backend, threads=threads, prober=_prober)
-
-
-def _plot_written(path) -> None:
-    print(f"plot written to {path}", file=sys.stderr)
-
-
 def main() -> None:
     """Console-script entry point. A usage error (an unknown option, `--batch abc`, a value out
     of range) is one line naming the option, exit status 2, like every other bad input."""
     handle_sigterm()
+    # costmodel validates its files with pydantic; looking for pydantic plugins scans every installed
+    # package's entry points (importlib.metadata), a cold process's ~20 ms: none is loaded unless asked
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     from typer._click.exceptions import ClickException, NoArgsIsHelpError
 
     try:

@@ -11,7 +11,8 @@ import time
 from datetime import datetime, timezone
 
 from calib.machine import ceilings, fingerprint
-from costmodel.machine.profile import Profile, render_profile
+from costmodel.machine.profile import Profile
+from costmodel.present.profile_text import render_profile
 
 
 def main() -> None:

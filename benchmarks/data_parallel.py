@@ -62,7 +62,8 @@ sys.path.insert(0, str(ROOT))
 from calib.parallel.netns import NetnsUnavailable, VethLink, netns_unavailable  # noqa: E402
 from costmodel.machine.backends.parallel import Setting, predict_data_parallel  # noqa: E402
 from costmodel.machine.parallel import (bucket_collectives, compose, gradient_tensors,  # noqa: E402
-                                        layer_collectives, network_link, rows_from)
+                                        layer_collectives, rows_from)
+from costmodel.machine.links import network_link  # noqa: E402
 from costmodel.machine.profile import embedded_profile_path, load_profile  # noqa: E402
 from costmodel.model.arch import load_arch  # noqa: E402
 

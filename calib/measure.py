@@ -11,7 +11,7 @@ from costmodel.model.arch import Architecture
 from costmodel.model.ops import OpKey
 
 from calib.cnn import ReferenceCNN, one_hot, to_layout
-from calib.kernels import blas_threads
+from calib.workers import blas_threads
 from calib.memory import check_memory
 from calib.noise import LoadMonitor, relative_spread
 from calib.timer import OpTimer

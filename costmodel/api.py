@@ -71,7 +71,7 @@ def _given(workers: int | None, link, overlap: bool, sweep_workers: bool = False
     only with `workers` (or a sweep of workers). Returns the given Link or None."""
     from costmodel.errors import UsageError
     from costmodel.machine.backends.parallel import check_workers
-    from costmodel.machine.parallel import Link, given_link
+    from costmodel.machine.links import Link, given_link
 
     if workers is not None:
         check_workers(workers)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import math
 
+#: the largest int64: every count (sizes, FLOPs, bytes) must fit in it
+INT64_MAX = 2 ** 63 - 1
+
 
 def human(x: float | int | None, unit: str = "") -> str:
     """1234567 -> '1.23 M'; None -> '-'."""

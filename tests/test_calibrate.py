@@ -119,7 +119,7 @@ def test_tiny_calibration_keeps_every_rate_within_its_ceiling(tiny_profile):
     peak product at one thread, the bandwidth of each level), stored with it, and none of its
     rates is above it; the probe for transfers is stored too."""
     from calib.fit import over_ceiling
-    from costmodel.machine.profile import render_profile
+    from costmodel.present.profile_text import render_profile
 
     path, plan = tiny_profile
     profile = load_profile(path)

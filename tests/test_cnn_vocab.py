@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 import costmodel.machine.backends.numpy
 from calib.cnn import IMPLS, ReferenceCNN, to_layout, one_hot
 from calib.timer import OpTimer
-from costmodel.model.arch import Architecture, block_input, load_arch, parse_arch
+from costmodel.model.arch import Architecture, load_arch, parse_arch
+from costmodel.model.sizes import block_input
 from costmodel.model.ops import OpKey, op_keys
 
 from tests.conftest import EXAMPLES, ROOT, STEP_EXAMPLES, VOCAB_EXAMPLES

@@ -1,7 +1,8 @@
 """`profile show` reads each fitted rate beside the ceiling it was fitted under, and the byte terms
 as the effective rate of each level."""
 
-from costmodel.machine.profile import OpModel, Profile, model_facts, render_profile
+from costmodel.machine.profile import OpModel, Profile, model_facts
+from costmodel.present.profile_text import render_profile
 
 from tests.test_profile import profile_data
 

@@ -228,10 +228,10 @@ def test_kind3_deep_json_in_a_profile(tmp_path):
 
 
 def test_kind3_error_places_with_odd_locs():
-    from costmodel.model.arch import _loc_to_place
+    from costmodel.model.messages import loc_to_place
 
-    assert _loc_to_place((1,)) == "[1]: "
-    assert _loc_to_place((0, "x", 2)) == "[0]: x[2]: "
+    assert loc_to_place((1,)) == "[1]: "
+    assert loc_to_place((0, "x", 2)) == "[0]: x[2]: "
 
 
 # == 4. integers beyond int64 ===================================================================

@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from costmodel.errors import ArchError, UsageError  # noqa: E402
-from costmodel.importers.graph import to_arch_data  # noqa: E402
+from costmodel.importers.fold import to_arch_data  # noqa: E402
 from costmodel.importers.onnxfile import MAX_ONNX_BYTES, onnx_graph  # noqa: E402
 from costmodel.importers.source import import_source  # noqa: E402
 from costmodel.model.arch import parse_arch  # noqa: E402

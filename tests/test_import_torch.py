@@ -15,9 +15,9 @@ torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
 
 from costmodel.errors import ArchError, UsageError  # noqa: E402
-from costmodel.importers.graph import to_arch_data  # noqa: E402
+from costmodel.importers.fold import to_arch_data  # noqa: E402
 from costmodel.importers.source import import_source, parse_input  # noqa: E402
-from costmodel.importers.torchmodule import module_graph  # noqa: E402
+from costmodel.importers.fx_map import module_graph  # noqa: E402
 from costmodel.model.arch import load_arch, parse_arch  # noqa: E402
 
 from tests.conftest import ROOT  # noqa: E402

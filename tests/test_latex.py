@@ -21,8 +21,8 @@ from costmodel.machine.profile import Profile, save_profile
 from costmodel.model.arch import load_arch, parse_arch
 from costmodel.model.costs import Array, OpCost
 from costmodel.model.ops import RECORDS, op_keys
-from costmodel.present.latex import (PACKAGES, complexity_table, describe, fmt_count, fmt_fraction, fmt_seconds,
-                                     latex_document, latex_escape, layer_ranges)
+from costmodel.present.latex import PACKAGES, complexity_table, latex_document
+from costmodel.present.latex_format import describe, fmt_count, fmt_fraction, fmt_seconds, latex_escape, layer_ranges
 
 from tests.conftest import EXAMPLES, ROOT, all_model_keys
 from tests.test_profile import CEILINGS, FINGERPRINT

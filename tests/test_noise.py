@@ -15,7 +15,8 @@ from calib.calibrate import Plan
 from calib.design import SweepLimits
 from calib.noise import CpuTicks, LoadMonitor, read_cpu_ticks, relative_spread, weighted_median
 from cli import app
-from costmodel.machine.profile import load_profile, render_profile
+from costmodel.machine.profile import load_profile
+from costmodel.present.profile_text import render_profile
 
 from tests.conftest import ROOT
 

@@ -39,14 +39,15 @@ def _one_line_error(stderr: str) -> str:
 
 
 def _plan(P: int = 2):
-    from calib.parallel.group import plan_group
+    from calib.parallel.process_group import plan_group
 
     return plan_group(workers=P, init=None, rank=None, world_size=None, threads=1, timeout=60, oversubscribe=True)
 
 
 def _grads_task(ctx, arch, steps):
     """Both backends, blocking and overlapped: gradients after one step, weights after more."""
-    from calib.parallel.step import ddp_grads_after_allreduce, numpy_grads_after_allreduce
+    from calib.parallel.step import numpy_grads_after_allreduce
+    from calib.parallel.ddp import ddp_grads_after_allreduce
 
     return {(backend, overlap): (numpy_grads_after_allreduce(ctx, arch, "index", overlap, steps) if backend == "numpy"
                                  else ddp_grads_after_allreduce(ctx, arch, overlap, steps))
@@ -62,7 +63,7 @@ def test_gradients_and_weights_match_one_process_on_the_whole_batch():
     from calib.backends.torch import TorchStep
     from calib.cnn import ReferenceCNN
     from calib.measure import synthetic_batch
-    from calib.parallel.group import run
+    from calib.parallel.launch import run
 
     arch = example(DIGITS, batch=8, dtype="float64")
     steps = 10
@@ -304,7 +305,7 @@ def test_fit_ring_recovers_alpha_and_beta():
 
 
 def test_plan_shares_the_cores_out():
-    from calib.parallel.group import plan_group
+    from calib.parallel.process_group import plan_group
 
     plan = plan_group(workers=2, init=None, rank=None, world_size=None, threads=None, cores={0, 1, 2, 3})
     assert [p.cores for p in plan.placements] == [(0, 1), (2, 3)] and plan.threads == 2

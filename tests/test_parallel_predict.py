@@ -17,8 +17,9 @@ from costmodel.errors import UsageError
 from costmodel.machine.backends.parallel import (ALLREDUCE, DataParallelBackend, Setting, predict_data_parallel,
                                                  worker_batch)
 from costmodel.machine.backends import backend as get_backend
-from costmodel.machine.parallel import (COMMUNICATION, LINKS, Link, bucket_collectives, communication_bound_batch,
-                                        compose, given_link, gradient_tensors, network_link, ring_allreduce_seconds)
+from costmodel.machine.parallel import (COMMUNICATION, bucket_collectives, communication_bound_batch, compose,
+                                        gradient_tensors, ring_allreduce_seconds)
+from costmodel.machine.links import LINKS, Link, given_link, network_link
 from costmodel.machine.predict import predict
 from costmodel.machine.profile import Network, load_profile, save_profile
 from costmodel.machine.sweep import sweep

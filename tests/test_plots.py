@@ -47,9 +47,9 @@ def _fake_measure(result):
 
 @pytest.fixture
 def compared(monkeypatch, profile, result):
-    """What calib.commands.compare returns, from the fake measurement."""
+    """What calib.compare_commands.compare returns, from the fake measurement."""
     import calib.measure
-    from calib.commands import compare
+    from calib.compare_commands import compare
 
     monkeypatch.setattr(calib.measure, "measure", _fake_measure(result))
     return compare(load_arch(DIGITS), profile, impl="index", threads=2, steps=1, warmup=0)
@@ -210,12 +210,12 @@ def test_a_bad_suffix_is_exit_2_and_writes_nothing(tmp_path, profile_path, comma
 
 
 def test_compare_refuses_a_bad_suffix_before_measuring(tmp_path, monkeypatch, profile_path):
-    import calib.commands
+    import calib.compare_commands
 
     def measured(*args, **kwargs):
         raise AssertionError("compare measured steps although the plot could not be written")
 
-    monkeypatch.setattr(calib.commands, "compare", measured)
+    monkeypatch.setattr(calib.compare_commands, "compare", measured)
     out = tmp_path / "compare.gif"
     done = CliRunner().invoke(app, ["compare", str(DIGITS), "--profile", str(profile_path), "--plot", str(out)])
     assert done.exit_code == 2

@@ -17,9 +17,9 @@ import costmodel
 import costmodel.machine.profile as prof
 from calib import machine
 from costmodel.errors import CostModelError, UsageError
-from costmodel.machine.profile import (SCHEMA_VERSION, Ceilings, Fingerprint, Profile,
-                               default_profile_path, embedded_profile_path, load_profile,
-                               render_profile, save_profile)
+from costmodel.machine.profile import (SCHEMA_VERSION, Ceilings, Fingerprint, Profile, default_profile_path,
+                                       embedded_profile_path, load_profile, save_profile)
+from costmodel.present.profile_text import render_profile
 
 from tests.conftest import ROOT
 

@@ -124,7 +124,7 @@ def test_dataframe_api_on_the_extended_vocabulary(torch_profile):
 
 def test_numpy_model_keys_of_the_extended_vocabulary():
     """A variant only where another kernel runs; a grouped product is threaded by its bytes
-    (shared by groups, calib.kernels.Workers.run), dropout never (the calling thread's
+    (shared by groups, calib.workers.Workers.run), dropout never (the calling thread's
     generator); the course's ops keep their keys."""
     from costmodel.machine.backends.numpy import SPLIT_BYTES, SPLIT_FLOPS, NumpyBackend, kernel_variant, regime
     from costmodel.model.costs import OpSpec

@@ -9,7 +9,7 @@ from pathlib import Path
 from costmodel.errors import UsageError
 from costmodel.present.report import fmt_fraction, fmt_seconds, human, render_table, to_csv, to_json
 
-from calib.parallel.group import DEFAULT_TIMEOUT, GroupPlan, plan_group, quiet_torch_logs
+from calib.parallel.process_group import DEFAULT_TIMEOUT, GroupPlan, plan_group, quiet_torch_logs
 
 
 def _log(line: str) -> None:
@@ -17,7 +17,7 @@ def _log(line: str) -> None:
 
 
 def group_options(*, workers, init, rank, world_size, threads, timeout, oversubscribe) -> GroupPlan | None:
-    """The group the options ask for (calib.parallel.group.plan_group), None for none."""
+    """The group the options ask for (calib.parallel.process_group.plan_group), None for none."""
     return plan_group(workers=workers, init=init, rank=rank, world_size=world_size, threads=threads,
                       timeout=DEFAULT_TIMEOUT if timeout is None else timeout, oversubscribe=oversubscribe)
 
@@ -53,8 +53,9 @@ def _with_costs(rows: list[dict], table: dict) -> None:
 def measure_parallel(arch, plan: GroupPlan, *, backend: str, impl: str, steps: int, warmup: int, overlap: bool,
                      seed: int = 0, log=_log) -> dict:
     """Run the data-parallel steps in every worker; the measure JSON with one entry per rank."""
-    from calib.parallel.group import run
-    from calib.parallel.step import measure_ddp, measure_numpy, per_worker
+    from calib.parallel.launch import run
+    from calib.parallel.step import measure_numpy, per_worker
+    from calib.parallel.ddp import measure_ddp
 
     P = plan.world_size
     n = per_worker(arch.batch, P)
@@ -229,7 +230,7 @@ def calibrate_network_command(*, workers, init, rank, world_size, threads, timeo
 
 def run_benchmark(plan: GroupPlan, repeats: int, log) -> list[dict]:
     """Every worker's allreduce times (calib.parallel.network.allreduce_benchmark)."""
-    from calib.parallel.group import run
+    from calib.parallel.launch import run
     from calib.parallel.network import SIZES, allreduce_benchmark
 
     return run(plan, allreduce_benchmark, (SIZES, repeats), log=log)

@@ -28,8 +28,9 @@ import numpy as np
 
 from costmodel.errors import UsageError
 # the links and their parsing are pure (costmodel.machine.parallel), shared with `predict --link`
-from costmodel.machine.parallel import (LINKS, TCP_EFFICIENCY, given_link, link_alpha_beta,  # noqa: F401
-                                        parse_bandwidth, parse_latency, ring_allreduce_seconds, ring_features)
+from costmodel.machine.parallel import ring_allreduce_seconds, ring_features
+from costmodel.machine.links import (LINKS, TCP_EFFICIENCY, given_link, link_alpha_beta,  # noqa: F401
+                                     parse_bandwidth, parse_latency)
 
 SIZES = tuple(4 ** k for k in range(1, 14))  # 4 B .. 64 MiB
 REPEATS = 7
@@ -55,7 +56,7 @@ def inner_calls(nbytes: int) -> int:
 
 
 def allreduce_benchmark(ctx, sizes: tuple[int, ...] = SIZES, repeats: int = REPEATS) -> dict[int, list[float]]:
-    """Task of a worker (calib.parallel.group.run): per message size (bytes, a multiple of 4), this
+    """Task of a worker (calib.parallel.launch.run): per message size (bytes, a multiple of 4), this
     worker's seconds of one allreduce in each round (module docstring)."""
     import torch
     import torch.distributed as dist

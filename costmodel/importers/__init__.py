@@ -1,10 +1,13 @@
 """Importers: a network written elsewhere, mapped onto the architecture file's vocabulary.
 
 - ``costmodel.importers.torchmodule``: a PyTorch module (``model.py:factory`` or
-  ``model.py:ClassName``), traced with torch.fx (torch.export when fx cannot trace it);
-- ``costmodel.importers.onnxfile``: an ONNX file, parsed with the ``onnx`` package and never run;
+  ``model.py:ClassName``), traced with torch.fx (torch.export when fx cannot trace it); its
+  graph mapped by ``fx_map`` (each call's kind: ``fx_ops``);
+- ``costmodel.importers.onnxfile``: an ONNX file, parsed with the ``onnx`` package and never run
+  (its operators: ``onnx_ops``);
 - ``costmodel.importers.graph``: what both produce (a small graph of the ops the format knows,
-  with the shapes of their outputs) and the one mapping of that graph onto the file's layers;
+  with the shapes of their outputs) and its walk; ``costmodel.importers.fold``: the one mapping
+  of that graph onto the file's layers;
 - ``costmodel.importers.source``: the ``costmodel import`` command's work (the arch.yaml text,
   commented with its source, checked to round-trip).
 

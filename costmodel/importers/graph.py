@@ -2,9 +2,9 @@
 
 A front-end (torch.fx, torch.export or ONNX) turns every op it meets into a ``Node`` of one of
 the kinds below, with its attributes in PyTorch's conventions and the shape of its output
-without the batch dimension, or refuses it in one line naming it. ``to_arch_data`` then walks the
-graph from the network's input to its output and folds the nodes into the file's layers
-(ARCH_FORMAT.md), in the format's order of a layer's ops:
+without the batch dimension, or refuses it in one line naming it. ``to_arch_data``
+(costmodel.importers.fold) then walks the graph from the network's input to its output and
+folds the nodes into the file's layers (ARCH_FORMAT.md), in the format's order of a layer's ops:
 
 - conv layer: [pad,] conv, [batch_norm,] [act,] [max_pool | avg_pool,] [dropout]
 - full layer: [reshape (flatten),] linear, [batch_norm,] [act,] [dropout]
@@ -36,7 +36,6 @@ Node kinds and their attributes (``attrs``):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from math import prod
 
 from costmodel.errors import ArchError
 
@@ -45,8 +44,8 @@ OPS = ("conv", "linear", "batch_norm", "act", "max_pool", "avg_pool", "global_av
 #: batch normalization's constants in the format (docs/arch-format.md: PyTorch's defaults)
 BN_EPS, BN_MOMENTUM = 1e-5, 0.1
 #: the order of a layer's ops in the format; a node may only follow a lower stage
-_CONV_STAGES = {"conv": 0, "batch_norm": 1, "act": 2, "pool": 3, "dropout": 4}
-_ORDER = "conv, batch norm, activation, pooling, dropout"
+CONV_STAGES = {"conv": 0, "batch_norm": 1, "act": 2, "pool": 3, "dropout": 4}
+LAYER_ORDER = "conv, batch norm, activation, pooling, dropout"
 
 
 @dataclass(frozen=True)
@@ -84,7 +83,7 @@ class Graph:
 
 
 @dataclass
-class _Block:
+class Block:
     """A residual block found by the walk: F's nodes, the shortcut's nodes (empty: identity),
     the addition and the activation after it (or None)."""
 
@@ -104,51 +103,13 @@ def same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-def _shape(shape: tuple[int, ...]) -> str:
+def shape_text(shape: tuple[int, ...]) -> str:
     return "x".join(map(str, shape)) if shape else "a scalar"
-
-
-def to_arch_data(graph: Graph, *, name: str, batch: int | None = None, loss: str | None = None,
-                 default_loss: str = "softmax_ce") -> tuple[dict, list[str]]:
-    """The architecture file's data (for costmodel.model.arch.parse_arch) of `graph`, and the
-    notes to write beside it (what the file cannot say and changes no cost, what was assumed).
-
-    `loss`: "mse" or "softmax_ce", None for the graph's own (softmax or log_softmax at its end:
-    softmax_ce) else `default_loss`. Raises ArchError naming the node that does not fit the
-    format (module docstring)."""
-    shape = graph.input_shape
-    if len(shape) == 3:
-        channels, height, width = shape
-    elif len(shape) == 1:
-        channels, height, width = shape[0], 1, 1
-    else:
-        raise ArchError(f"the network's input has the shape {_shape(shape)} per instance; the format's input is "
-                        "an image CxHxW or a vector")
-    notes: list[str] = []
-    items = _walk(graph)
-    fold = _Fold(graph, notes)
-    for item in items:
-        fold.item(item)
-    layers = fold.finish()
-    if fold.softmax is not None:
-        if loss == "mse":
-            raise ArchError(f"{fold.softmax.where}: the network ends with a softmax, whose loss is softmax_ce, "
-                            "not mse")
-        loss = "softmax_ce"
-    elif loss is None:
-        loss = default_loss
-        notes.append(f"loss {loss}: assumed, the network ends with its output layer's values"
-                     + (" (logits, as for nn.CrossEntropyLoss)" if loss == "softmax_ce" else ""))
-    data = {"name": name, "input": {"height": height, "width": width, "channels": channels}}
-    if batch is not None:
-        data["batch"] = batch
-    data.update({"dtype": graph.dtype, "loss": loss, "layers": layers})
-    return data, notes
 
 
 # -- the walk: the path from the input to the output, residual blocks found at forks ----------
 
-def _walk(graph: Graph) -> list:
+def walk(graph: Graph) -> list:
     readers: dict[str, list[Node]] = {}
     producer: dict[str, Node] = {}
     for node in graph.nodes:
@@ -189,7 +150,7 @@ def _walk(graph: Graph) -> list:
     return items
 
 
-def _block(x: str, after: list[Node], readers: dict[str, list[Node]], graph: Graph, where) -> _Block:
+def _block(x: str, after: list[Node], readers: dict[str, list[Node]], graph: Graph, where) -> Block:
     """The residual block whose input x is read by the two nodes `after`."""
     branches: list[tuple[list[Node], Node]] = []
     for first in after:
@@ -228,7 +189,7 @@ def _block(x: str, after: list[Node], readers: dict[str, list[Node]], graph: Gra
         f, shortcut = second, first
     nxt = readers.get(add.output, [])
     act = nxt[0] if add.output != graph.output and len(nxt) == 1 and nxt[0].op == "act" else None
-    return _Block(f, shortcut, add, act, [*c0, *c1, add, *([act] if act else [])])
+    return Block(f, shortcut, add, act, [*c0, *c1, add, *([act] if act else [])])
 
 
 def _projection_like(chain: list[Node]) -> bool:
@@ -239,323 +200,7 @@ def _projection_like(chain: list[Node]) -> bool:
             and not any(conv.attrs["pads"]))
 
 
-# -- the fold: nodes into the file's layers ---------------------------------------------------
-
-class _Fold:
-    """Folds the walk's items into the file's layers, one open layer at a time (``open`` is the
-    layer whose later ops may still come, ``stage`` the last of its ops so far)."""
-
-    def __init__(self, graph: Graph, notes: list[str], inside: str | None = None):
-        self.graph = graph
-        self.notes = notes
-        self.inside = inside  # the block's addition, for messages, when folding a residual branch
-        self.layers: list[dict] = []
-        self.open: dict | None = None
-        self.open_node: Node | None = None
-        self.stage = -1
-        self.pad: Node | None = None
-        self.last = "input"  # kind of what came last: input, conv, full, global_avg_pool, residual
-        self.shape = graph.input_shape
-        self.softmax: Node | None = None
-        self.last_act: Node | None = None  # the activation of the open full layer (for the output check)
-
-    # -- helpers
-    def _close(self) -> None:
-        if self.open is not None:
-            if self.stage < _CONV_STAGES["act"]:
-                self.open["activation"] = "none"
-            self.layers.append(_ordered(self.open))
-        self.open, self.open_node, self.stage = None, None, -1
-
-    def _need_open(self, node: Node, what: str) -> dict:
-        if self.open is None:
-            after = {"input": "the network's input", "global_avg_pool": "global average pooling",
-                     "residual": "a residual block's addition"}.get(self.last, "a layer")
-            raise ArchError(f"{node.where}: {what} after {after}; in the format it belongs to a conv or Linear layer "
-                            f"(order: {_ORDER})")
-        return self.open
-
-    def _order(self, node: Node, stage: str, what: str) -> None:
-        if self.stage >= _CONV_STAGES[stage]:
-            raise ArchError(f"{node.where}: {what} after the {self._stage_name()} of {self.open_node.where}; the "
-                            f"format's layer runs {_ORDER}, in this order, each once")
-        self.stage = _CONV_STAGES[stage]
-
-    def _stage_name(self) -> str:
-        return {v: k for k, v in _CONV_STAGES.items()}[self.stage].replace("act", "activation").replace(
-            "pool", "pooling").replace("batch_norm", "batch normalization")
-
-    # -- items
-    def item(self, item) -> None:
-        if isinstance(item, _Block):
-            self.block(item)
-            return
-        node = item
-        if self.pad is not None and node.op not in ("conv", "identity"):
-            raise ArchError(f"{self.pad.where}: a padding that no conv follows ({node.where} does); the format pads "
-                            "only a conv layer's input")
-        getattr(self, f"op_{node.op}", self.op_other)(node)
-        if node.op != "pad":  # a conv reads the padding's input with the padding folded in
-            self.shape = node.shape
-
-    def op_other(self, node: Node) -> None:
-        raise ArchError(f"{node.where}: not supported here")  # a front-end refuses unknown ops first
-
-    def op_identity(self, node: Node) -> None:
-        pass
-
-    def op_add(self, node: Node) -> None:  # _walk takes every addition into a block
-        raise ArchError(f"{node.where}: an addition that is not a residual block's")
-
-    def op_pad(self, node: Node) -> None:
-        a = node.attrs
-        if self.pad is not None:
-            raise ArchError(f"{node.where}: a second padding in a row ({self.pad.where} first)")
-        if a.get("mode", "constant") != "constant" or (a.get("value") or 0) != 0:
-            raise ArchError(f"{node.where}: {a.get('mode')} padding with {a.get('value')}; the format pads with zeros")
-        if len(self.shape) != 3 or any(p < 0 for p in a["pads"]):
-            raise ArchError(f"{node.where}: only zeros around an image's rows and columns fold into a conv layer "
-                            f"(pads {a['pads']} of a {_shape(self.shape)} input)")
-        self.pad = node
-
-    def op_conv(self, node: Node) -> None:
-        a = node.attrs
-        self._close()
-        if len(self.shape) != 3:
-            raise ArchError(f"{node.where}: a conv on a {_shape(self.shape)} input; the format's conv layers come "
-                            "before the flatten")
-        kh, kw = a["kernel"]
-        sh, sw = a["stride"]
-        if kh != kw:
-            raise ArchError(f"{node.where}: kernel {kh}x{kw}; the format's kernels are square (h^m x h^m)")
-        if sh != sw:
-            raise ArchError(f"{node.where}: stride {sh}x{sw}; the format's stride is the same on both axes")
-        if tuple(a["dilation"]) != (1, 1):
-            raise ArchError(f"{node.where}: dilation {a['dilation']}; the format's conv is not dilated")
-        if a.get("padding_mode", "zeros") != "zeros":
-            raise ArchError(f"{node.where}: padding_mode {a['padding_mode']!r}; the format pads with zeros")
-        if not a["bias"]:
-            raise ArchError(f"{node.where}: a conv without bias; the format's conv layer always has a bias b^m, so "
-                            "its parameters and update would differ (PyTorch: bias=True)")
-        pads = a["pads"]
-        if self.pad is not None:
-            pads = tuple(p + q for p, q in zip(pads, self.pad.attrs["pads"]))
-        d, height, width = self.shape
-        top, left, bottom, right = pads
-        if top == bottom == left == right:
-            padding: int | str = top
-        elif (top, bottom) == same_pads(height, kh, sh) and (left, right) == same_pads(width, kh, sh):
-            padding = "same"
-        else:
-            raise ArchError(f"{node.where}: padding of {top}/{bottom} rows and {left}/{right} columns (top/bottom, "
-                            f"left/right) is neither the same on every border nor TensorFlow's SAME for a "
-                            f"{height}x{width} input")
-        expect = (a["filters"], (height + top + bottom - kh) // sh + 1, (width + left + right - kh) // sh + 1)
-        _check_shape(node, expect)
-        layer = {"type": "conv", "filters": a["filters"], "kernel": kh}
-        if padding:
-            layer["padding"] = padding
-        if sh != 1:
-            layer["stride"] = sh
-        if a["groups"] != 1:
-            layer["groups"] = a["groups"]
-        self.pad = None
-        self.open, self.open_node, self.stage, self.last = layer, node, 0, "conv"
-
-    def op_linear(self, node: Node) -> None:
-        a = node.attrs
-        self._close()
-        if self.inside:
-            raise ArchError(f"{node.where}: a Linear inside a residual block; the format's blocks hold conv layers")
-        if len(self.shape) != 1:
-            raise ArchError(f"{node.where}: a Linear on a {_shape(self.shape)} input; the format's full layer reads "
-                            "a vector (flatten the image first)")
-        if a["in_features"] != self.shape[0]:
-            raise ArchError(f"{node.where}: {a['in_features']} inputs, but it reads {self.shape[0]} values")
-        if not a["bias"]:
-            raise ArchError(f"{node.where}: a Linear without bias; the format's full layer always has a bias b^m, "
-                            "so its parameters and update would differ (PyTorch: bias=True)")
-        _check_shape(node, (a["out_features"],))
-        self.open, self.open_node, self.stage, self.last = {"type": "full", "units": a["out_features"]}, node, 0, "full"
-        self.last_act = None
-
-    def op_batch_norm(self, node: Node) -> None:
-        a = node.attrs
-        layer = self._need_open(node, "batch normalization")
-        self._order(node, "batch_norm", "batch normalization")
-        image = layer["type"] == "conv"
-        if image != (len(self.shape) == 3):
-            raise ArchError(f"{node.where}: batch normalization of a {_shape(self.shape)} input after "
-                            f"{self.open_node.where}; the format normalizes a conv layer's channels (BatchNorm2d) "
-                            "or a full layer's units (BatchNorm1d)")
-        if a["features"] != self.shape[0]:
-            raise ArchError(f"{node.where}: {a['features']} features, but its input has {self.shape[0]}")
-        if not a["affine"]:
-            raise ArchError(f"{node.where}: batch normalization without a learnable scale and shift (affine=False); "
-                            "the format's has gamma and beta")
-        if not a["running"]:
-            raise ArchError(f"{node.where}: batch normalization without running averages "
-                            "(track_running_stats=False); the format's updates them")
-        for what, value, default in (("eps", a["eps"], BN_EPS), ("momentum", a["momentum"], BN_MOMENTUM)):
-            if value is not None and abs(value - default) > 1e-6 * default:
-                self.notes.append(f"{node.where}: {what} {value:g} (the format's batch norm has {default:g}; "
-                                  "no cost changes)")
-        layer["batch_norm"] = True
-
-    def op_act(self, node: Node) -> None:
-        layer = self._need_open(node, "an activation")
-        if self.stage >= _CONV_STAGES["pool"] and layer["type"] == "conv":
-            raise ArchError(f"{node.where}: an activation after the {self._stage_name()} of {self.open_node.where}; "
-                            f"the format's conv layer runs {_ORDER}, in this order (write the activation before "
-                            "the pooling)")
-        self._order(node, "act", "an activation")
-        layer["activation"] = node.attrs["fn"]
-        self.last_act = node
-
-    def _pool(self, node: Node, kind: str) -> None:
-        a = node.attrs
-        if self.open is None and kind == "avg" and self.last in ("residual", "conv") and node.shape[1:] == (1, 1) \
-                and tuple(a["kernel"]) == self.shape[1:] and not any(a["pads"]):
-            self.op_global_avg_pool(node)  # a window over the whole map: global average pooling
-            return
-        what = "pooling"
-        if self.inside:
-            raise ArchError(f"{node.where}: pooling inside a residual block; the format's blocks hold conv layers "
-                            "without pooling")
-        layer = self._need_open(node, what)
-        if layer["type"] != "conv" or len(self.shape) != 3:
-            raise ArchError(f"{node.where}: pooling of a {_shape(self.shape)} input; the format pools a conv "
-                            "layer's output")
-        self._order(node, "pool", what)
-        (kh, kw), (sh, sw) = a["kernel"], a["stride"]
-        if kh != kw or sh != sw:
-            raise ArchError(f"{node.where}: a {kh}x{kw} window with stride {sh}x{sw}; the format's pooling window "
-                            "and stride are square")
-        if any(a["pads"]):
-            raise ArchError(f"{node.where}: pooling with padding {a['pads']}; the format's pooling pads nothing")
-        if tuple(a.get("dilation", (1, 1))) != (1, 1):
-            raise ArchError(f"{node.where}: dilated pooling; the format's is not")
-        if a.get("divisor_override"):
-            raise ArchError(f"{node.where}: divisor_override {a['divisor_override']}; the format's average divides "
-                            "by the window's elements")
-        if kh == 1:
-            raise ArchError(f"{node.where}: a pooling window of 1 (stride {sh}); the format's pool 1 means no "
-                            "pooling")
-        _, height, width = self.shape
-        expect = (self.shape[0], pooled_size(height, kh, sh, a["ceil"]), pooled_size(width, kh, sh, a["ceil"]))
-        _check_shape(node, expect)
-        layer["pool"] = kh
-        if sh != kh:
-            layer["pool_stride"] = sh
-        if kind == "avg":
-            layer["pool_type"] = "avg"
-        if a["ceil"]:
-            layer["pool_ceil"] = True
-
-    def op_max_pool(self, node: Node) -> None:
-        self._pool(node, "max")
-
-    def op_avg_pool(self, node: Node) -> None:
-        self._pool(node, "avg")
-
-    def op_global_avg_pool(self, node: Node) -> None:
-        if self.inside:
-            raise ArchError(f"{node.where}: global average pooling inside a residual block")
-        self._close()
-        if len(self.shape) != 3 or self.last not in ("conv", "residual"):
-            raise ArchError(f"{node.where}: global average pooling of {_shape(self.shape)} values after "
-                            f"{'the input' if self.last == 'input' else 'a ' + self.last + ' layer'}; the format "
-                            "has it after a conv layer or a residual block")
-        if node.shape not in ((self.shape[0], 1, 1), (self.shape[0],)):
-            raise ArchError(f"{node.where}: gives {_shape(node.shape)} from {_shape(self.shape)}, not the mean of "
-                            "each channel")
-        self.layers.append({"type": "global_avg_pool"})
-        self.last = "global_avg_pool"
-
-    def op_dropout(self, node: Node) -> None:
-        rate = node.attrs["rate"]
-        if rate == 0:
-            return
-        layer = self._need_open(node, "dropout")
-        self._order(node, "dropout", "dropout")
-        layer["dropout"] = rate
-
-    def op_reshape(self, node: Node) -> None:
-        if node.shape == self.shape:
-            return
-        if self.inside or len(self.shape) != 3 or node.shape != (prod(self.shape),):
-            raise ArchError(f"{node.where}: a reshape from {_shape(self.shape)} to {_shape(node.shape)}; the format "
-                            "only flattens an image to a vector (before the first full layer)")
-        if self.open is not None and self.stage < _CONV_STAGES["pool"]:
-            self.stage = _CONV_STAGES["pool"]  # after the flatten, only dropout may join the conv layer
-
-    def op_softmax(self, node: Node) -> None:
-        if node.output != self.graph.output:
-            raise ArchError(f"{node.where}: a softmax inside the network; the format has it only in the loss, after "
-                            "the output layer")
-        if self.open is None or self.open["type"] != "full" or len(self.shape) != 1:
-            raise ArchError(f"{node.where}: a softmax that does not follow the output Linear layer")
-        if node.attrs["dim"] not in (1, -1):
-            raise ArchError(f"{node.where}: a softmax over axis {node.attrs['dim']}, not the classes")
-        self.softmax = node
-
-    def block(self, block: _Block) -> None:
-        self._close()
-        if self.pad is not None:
-            raise ArchError(f"{self.pad.where}: a padding before a residual block")
-        if self.inside:
-            raise ArchError(f"{block.add.where}: a residual block inside a residual block")
-        if len(self.shape) != 3 or self.last in ("full",):
-            raise ArchError(f"{block.add.where}: a residual block on {_shape(self.shape)} values; the format's "
-                            "blocks come before the full layers")
-        f = self._branch(block.f, block)
-        shortcut = "identity"
-        if block.shortcut:
-            projection = self._branch(block.shortcut, block)
-            strides = prod(layer.get("stride", 1) for layer in f)
-            bn = any(layer.get("batch_norm") for layer in f)
-            p = projection[0] if len(projection) == 1 else {}
-            if (len(projection) != 1 or p["kernel"] != 1 or p.get("padding", 0) or p.get("groups", 1) != 1
-                    or p.get("stride", 1) != strides or p.get("activation", "relu") != "none" or p.get("dropout")
-                    or bool(p.get("batch_norm")) != bn):
-                raise ArchError(f"{block.shortcut[0].where}: the shortcut of the residual block that ends in "
-                                f"{block.add.where} is not the format's projection: one 1x1 conv with stride {strides} "
-                                f"(F's), no padding, {'with' if bn else 'without'} batch normalization (as F), no "
-                                "activation")
-            shortcut = "projection"
-        layer = {"type": "residual", "layers": f, "shortcut": shortcut}
-        layer["activation"] = block.act.attrs["fn"] if block.act else "none"
-        if layer["activation"] == "relu":
-            del layer["activation"]
-        self.layers.append(layer)
-        self.shape = (block.act or block.add).shape
-        self.last = "residual"
-
-    def _branch(self, nodes: list[Node], block: _Block) -> list[dict]:
-        inner = _Fold(self.graph, self.notes, inside=block.add.where)
-        inner.shape = self.shape
-        inner.last = "conv"
-        for node in nodes:
-            inner.item(node)
-        if inner.pad is not None:
-            raise ArchError(f"{inner.pad.where}: a padding that no conv follows")
-        inner._close()
-        return inner.layers
-
-    def finish(self) -> list[dict]:
-        if self.pad is not None:
-            raise ArchError(f"{self.pad.where}: a padding that no conv follows")
-        output = self.open
-        act = self.last_act if output is not None and output["type"] == "full" else None
-        self._close()
-        if output is None or output["type"] != "full":
-            raise ArchError("the network must end with a Linear layer: the format's output layer is a full layer, "
-                            "its loss after it")
-        if act is not None:
-            raise ArchError(f"{act.where}: an activation after the output layer {self.open_node.where if self.open_node else ''}"
-                            .rstrip() + "; the format's output layer is linear (its loss follows it)")
-        del self.layers[-1]["activation"]  # the last full layer is always linear
-        return self.layers
+# -- helpers of the fold (costmodel.importers.fold) ---------------------------------------------
 
 
 def pooled_size(size: int, window: int, stride: int, ceil: bool) -> int:
@@ -566,16 +211,16 @@ def pooled_size(size: int, window: int, stride: int, ceil: bool) -> int:
     return out - 1 if (out - 1) * stride >= size else out
 
 
-def _check_shape(node: Node, expect: tuple[int, ...]) -> None:
+def check_shape(node: Node, expect: tuple[int, ...]) -> None:
     if tuple(node.shape) != tuple(expect):
-        raise ArchError(f"{node.where}: gives {_shape(node.shape)}, but the format's layer gives {_shape(expect)}")
+        raise ArchError(f"{node.where}: gives {shape_text(node.shape)}, but the format's layer gives {shape_text(expect)}")
 
 
 _KEYS = ("type", "filters", "units", "kernel", "padding", "stride", "groups", "batch_norm", "activation", "pool",
          "pool_stride", "pool_type", "pool_ceil", "dropout")
 
 
-def _ordered(layer: dict) -> dict:
+def ordered_keys(layer: dict) -> dict:
     """A layer's keys in the order of ARCH_FORMAT.md's table; a hidden layer's default relu left out."""
     out = {key: layer[key] for key in _KEYS if key in layer}
     if out.get("activation") == "relu":

@@ -66,7 +66,7 @@ def import_source(source: str, *, input_shape: tuple[int, ...] | None = None, ba
     (default: NAME or the file's stem); `loss`: mse or softmax_ce (default: softmax_ce for a
     network that ends with a softmax or with logits; a config's is mse, simpleNN's).
     Raises UsageError or ArchError (one line naming the place); writes nothing."""
-    from costmodel.importers.graph import to_arch_data
+    from costmodel.importers.fold import to_arch_data
 
     if loss is not None and loss not in LOSSES:
         raise UsageError(f"--loss {loss!r}: one of {', '.join(LOSSES)}")
@@ -75,7 +75,8 @@ def import_source(source: str, *, input_shape: tuple[int, ...] | None = None, ba
     if kind == "torch":
         if input_shape is None:
             raise UsageError(f"{source}: give the input of one instance with --input CxHxW (e.g. 3x32x32), or n")
-        from costmodel.importers.torchmodule import load_module, module_graph
+        from costmodel.importers.torchmodule import load_module
+        from costmodel.importers.fx_map import module_graph
 
         module, path, attr = load_module(source)
         graph, how = module_graph(module, input_shape)

@@ -148,7 +148,7 @@ def predict(arch: "Architecture", profile: "Profile", *, impl: str = "index", th
 
     def missing(row: Row) -> str:
         return (f"the profile's {entry.describe()} calibration has no model for {what} {str(row.model)!r}: "
-                f"run `{be.calibrate_command(arch.dtype, impl, threads)}` again")
+                f"run `{be.calibration_hint(arch.dtype, impl, threads)}` again")
 
     timed = predict_rows(rows, entry, machine, missing)
     total = sum(t[1] for t in timed)

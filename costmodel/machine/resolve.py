@@ -94,7 +94,6 @@ def resolve(path: str | Path | Profile | None, *, dtype: str, impl: str = "index
     thread count (default_threads when None). `warn` gets the one line to tell (None: silent)."""
     from costmodel.machine.fingerprint import take_fingerprint
     from costmodel.machine.provenance import provenance, warning_line
-    from costmodel.machine.transfer import TransferError, probe_needs, transfer
 
     if isinstance(path, Profile):
         profile, file, reference = path, None, False
@@ -107,8 +106,11 @@ def resolve(path: str | Path | Profile | None, *, dtype: str, impl: str = "index
     prov = provenance(profile, here, path=file, reference=reference, threads=threads)
     note = warning_line(prov)
     if reference and not prov["machine_match"] and prober is not None:
+        from costmodel.machine.transfer import TransferError, check_transferable, probe_needs, transfer
+
         needed = _needed(profile, dtype, threads, backend)
         try:
+            check_transferable(needed)  # before the probe, which it would not use
             moved = transfer(needed, prober(**probe_needs(needed)), here)
         except TransferError as exc:
             note = f"{note}; it could not be transferred: {exc}"

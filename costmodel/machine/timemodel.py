@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from costmodel.machine.backends import Row
-    from costmodel.machine.profile import OpModel
+    from costmodel.machine.machine_facts import OpModel
 
 #: the features every backend's models use
 FEATURES = ("calls", "flops", "bytes", "bytes_beyond_L2", "bytes_beyond_L3")

@@ -189,6 +189,16 @@ def _transfer_ceilings(profile: Profile, ratios: _Ratios, here_probe: Probe) -> 
             "peaks": [p.model_dump() for p in peaks]}
 
 
+def check_transferable(profile: Profile) -> None:
+    """Raise TransferError when `profile` cannot be transferred whatever this machine's probe
+    (checked before probing: a probe costs a cold process its import, or seconds)."""
+    if profile.probe is None:
+        raise TransferError("the profile has no probe of the machine it was made on (made before profiles "
+                            "stored one): it cannot be transferred; run `costmodel calibrate` here instead")
+    if profile.transfer is not None:
+        raise TransferError("the profile is itself a transfer: transfer its source profile instead")
+
+
 def transfer(profile: Profile, probe_here: Probe, here: Fingerprint | Mapping | None = None) -> Profile:
     """`profile`, made on another machine, transferred to this one by rule RULE (module docstring).
 
@@ -198,11 +208,7 @@ def transfer(profile: Profile, probe_here: Probe, here: Fingerprint | Mapping | 
     the factors used in its ``transfer_factors``, and ``transfer`` naming the rule, the source
     machine and its probe. Raises TransferError when the profile has no probe or a ratio is
     missing."""
-    if profile.probe is None:
-        raise TransferError("the profile has no probe of the machine it was made on (made before profiles "
-                            "stored one): it cannot be transferred; run `costmodel calibrate` here instead")
-    if profile.transfer is not None:
-        raise TransferError("the profile is itself a transfer: transfer its source profile instead")
+    check_transferable(profile)
     if here is None:
         from costmodel.machine.fingerprint import take_fingerprint
 

@@ -16,6 +16,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from costmodel.units import INT64_MAX
 from costmodel.errors import ArchError
 from costmodel.model.arch import Architecture, LayerSizes
 from costmodel.model.costs import OpCost, OpSpec, check_impl
@@ -24,7 +25,6 @@ from costmodel.model.ops import OpRecord, OpRef, op_list
 #: bytes per element of the index arrays (intp), docs/ops.md
 INDEX_BYTES = np.dtype(np.intp).itemsize
 #: the largest value a quantity of a step may take: it must fit int64 exactly
-INT64_MAX = 2 ** 63 - 1
 QUANTITIES = ("flops", "bytes_read", "bytes_written", "memory_kept")
 
 #: the sizes the cost functions read (costmodel.model.symbols.SIZES) -> the LayerSizes field

@@ -161,12 +161,12 @@ def call_seconds(pred: Prediction) -> float:
 def other_impl(arch: "Architecture", profile: "Profile", pred: Prediction) -> dict:
     """The step predicted with the other implementation of the index-heavy ops, if the profile
     has it; else the command that calibrates it."""
-    from costmodel.machine.profile import calibrate_command
+    from costmodel.machine.profile import calibration_hint
 
     impl, threads = pred.impl, pred.threads
     other = next(i for i in IMPLS if i != impl)
     if not any(e.key == (arch.dtype, other, threads, "numpy") for e in profile.entries):
-        return {"impl": other, "available": False, "command": calibrate_command(arch.dtype, other, threads)}
+        return {"impl": other, "available": False, "command": calibration_hint(arch.dtype, other, threads)}
     alt = predict(arch, profile, impl=other, threads=threads)
     before = {g["kind"]: g["time_share"] for g in kind_shares(pred)}
     after = {g["kind"]: g["time_share"] for g in kind_shares(alt)}

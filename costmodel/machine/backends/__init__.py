@@ -9,7 +9,7 @@ A backend is a registered object with:
   each a typed `Row` with its `ModelKey`;
 - ``features(model)``: the features the time model of `model` is fitted on
   (costmodel.machine.timemodel);
-- ``calibrate_command(dtype, impl, threads)``: the command that makes its profile entry.
+- ``calibration_hint(dtype, impl, threads)``: the command that makes its profile entry.
 
 The machine side (calib.backends) registers, under the same names, how a backend's step is
 measured and how its calibration sweep is timed. A data-parallel backend wraps either one:

@@ -4,7 +4,7 @@ Implementations "index" (simpleNN's gathers and scatter-adds; one thread, produc
 BLAS's own threads) and "strided" (sliding windows into preallocated buffers, with threads of
 its own for large networks). The strided implementation's threading rule lives here because
 the cost model must fit and predict its regimes apart: with more than one thread it shares
-every large op among its threads while BLAS runs single-threaded (calib.kernels.Workers), and
+every large op among its threads while BLAS runs single-threaded (calib.workers.Workers), and
 an op's model is keyed by the regime it runs in (`regime`).
 """
 
@@ -39,7 +39,7 @@ CALLING_THREAD = ("dropout", "dropout_grad")
 def threaded_step(impl: str, threads: int) -> bool:
     """Whether `impl` runs a step on threads of its own: the strided implementation does with
     more than one thread, sharing every large op among them while BLAS runs single-threaded
-    (calib.kernels.Workers). One way for every network: switching BLAS's thread count between
+    (calib.workers.Workers). One way for every network: switching BLAS's thread count between
     networks made op times depend on what ran before (measured: up to +45 % in calibration
     against a training loop)."""
     return impl == "strided" and threads >= 2
@@ -49,7 +49,7 @@ def regime(kind: str, flops: int, nbytes: int, threaded: bool, op: str = "", gro
     """How an op runs: "" as in the index implementation (one thread; products with BLAS's own
     threads), "threaded" (shared among the strided implementation's threads) or "serial" (a
     product of a threaded step too small to share: single-threaded BLAS). A grouped product is
-    shared by groups, as the other ops, when it moves SPLIT_BYTES (calib.kernels.Workers.run);
+    shared by groups, as the other ops, when it moves SPLIT_BYTES (calib.workers.Workers.run);
     dropout and its gradient always run in the calling thread."""
     if not threaded or op in CALLING_THREAD:
         return ""
@@ -111,7 +111,7 @@ class NumpyBackend:
     def features(self, model: ModelKey) -> tuple[str, ...]:
         return FEATURES
 
-    def calibrate_command(self, dtype: str, impl: str, threads: int) -> str:
+    def calibration_hint(self, dtype: str, impl: str, threads: int) -> str:
         return f"costmodel calibrate --dtype {dtype} --impl {impl} --threads {threads}"
 
     def setting(self, impl: str) -> str:

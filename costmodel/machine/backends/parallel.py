@@ -41,10 +41,10 @@ from typing import TYPE_CHECKING, Sequence
 from costmodel.errors import UsageError
 from costmodel.machine.backends import backend as get_backend
 from costmodel.machine.backends.base import Backend, ModelKey, Row
-from costmodel.machine.parallel import (COMMUNICATION, COMPOSITIONS, COMPUTE_PHASES, Collective, GradTensor, Link,
+from costmodel.machine.parallel import (COMMUNICATION, COMPOSITIONS, COMPUTE_PHASES, Collective, GradTensor,
                                         Row as ComputeRow, Scheduled, bucket_collectives, compose, efficiency,
-                                        given_link, gradient_tensors, layer_collectives, network_link, ring_features,
-                                        speedup)
+                                        gradient_tensors, layer_collectives, ring_features, speedup)
+from costmodel.machine.links import Link, given_link, network_link
 from costmodel.machine.predict import PredictedRow, Prediction, predict
 
 if TYPE_CHECKING:
@@ -227,8 +227,8 @@ class DataParallelBackend:
     def features(self, model: ModelKey) -> tuple[str, ...]:
         return RING_FEATURES if model == ALLREDUCE_MODEL else self.inner.features(model)
 
-    def calibrate_command(self, dtype: str, impl: str, threads: int) -> str:
-        return self.inner.calibrate_command(dtype, impl, threads)
+    def calibration_hint(self, dtype: str, impl: str, threads: int) -> str:
+        return self.inner.calibration_hint(dtype, impl, threads)
 
     def setting(self, impl: str) -> str:
         return f"{self.inner.setting(impl)}, {self.workers} worker{'s' if self.workers != 1 else ''}"

@@ -83,7 +83,7 @@ LANE_FEATURES = FEATURES + ("bytes_fresh", "flops_lane_waste")
 TORCH_FEATURES = FEATURES + ("bytes_fresh",)
 
 
-class Group:
+class TorchRow:
     """One row of the PyTorch step before costing: its key, the op list indices it covers and
     those it is costed by (its scope), its kind and notation."""
 
@@ -108,11 +108,11 @@ def fused_ops(phase: str, sizes: LayerSizes | None) -> tuple[str, ...]:
     return fused
 
 
-def torch_groups(refs: list[OpRef]) -> list[Group]:
+def torch_groups(refs: list[OpRef]) -> list[TorchRow]:
     """The rows of the PyTorch step for the op list `refs`, in its order (each group where its
     first op is; a layer's forward "other" after that layer's forward ops; the backward's
     "other" after the last backward group, before the updates)."""
-    groups: list[Group] = []
+    groups: list[TorchRow] = []
     placed: set[int] = set()
     for i, ref in enumerate(refs):
         if i not in placed:
@@ -124,16 +124,16 @@ def torch_groups(refs: list[OpRef]) -> list[Group]:
             else:
                 members, kind, notation = (i,), ref.kind, (ref.record.text, ref.record.mathtext)
             placed.update(members)
-            groups.append(Group(ref.layer, ref.layer_type, tuple(refs[j].op for j in members), ref.phase, members,
+            groups.append(TorchRow(ref.layer, ref.layer_type, tuple(refs[j].op for j in members), ref.phase, members,
                                 members, kind, notation, ref.sizes))
         nxt = refs[i + 1] if i + 1 < len(refs) else None
         if ref.phase == "forward" and ref.layer_type != "loss" and (nxt is None or nxt.layer != ref.layer):
             scope = tuple(j for j, r in enumerate(refs) if (r.layer, r.phase) == (ref.layer, "forward"))
-            groups.append(Group(ref.layer, ref.layer_type, (), "forward", (), scope, OTHER_KIND, OTHER_NOTATION,
+            groups.append(TorchRow(ref.layer, ref.layer_type, (), "forward", (), scope, OTHER_KIND, OTHER_NOTATION,
                                 ref.sizes))
         if ref.phase == "backward" and (nxt is None or nxt.phase != "backward"):
             scope = tuple(j for j, r in enumerate(refs) if r.phase == "backward")
-            groups.append(Group(0, "step", (), "backward", (), scope, OTHER_KIND, OTHER_NOTATION, None))
+            groups.append(TorchRow(0, "step", (), "backward", (), scope, OTHER_KIND, OTHER_NOTATION, None))
     return groups
 
 
@@ -253,7 +253,7 @@ class TorchBackend:
             return LANE_FEATURES
         return TORCH_FEATURES
 
-    def calibrate_command(self, dtype: str, impl: str, threads: int) -> str:
+    def calibration_hint(self, dtype: str, impl: str, threads: int) -> str:
         return f"costmodel calibrate --dtype {dtype} --threads {threads} --backend torch"
 
     def setting(self, impl: str) -> str:

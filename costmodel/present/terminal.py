@@ -1,0 +1,107 @@
+"""The command line's terminal. How a command ends: a domain error (CostModelError) becomes one
+line on stderr and its exit status, never a traceback; ^C exits 130 and SIGTERM 143, each with
+one line; a closed stdout (`| head`) ends quietly; running out of memory or stack is one line.
+And the progress line of a long command on stderr."""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import typer
+
+from costmodel.errors import CostModelError
+
+#: exit statuses of a run stopped by a signal, as a shell reports a process killed by it
+EXIT_SIGINT, EXIT_SIGTERM = 130, 143
+
+
+def one_line(msg: str) -> str:
+    """The message on one line: control characters (a newline in a file name) escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(msg))
+
+
+def err(msg: str) -> None:
+    typer.echo(f"costmodel: error: {one_line(msg)}", err=True)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so that it unwinds as for ^C: temporary files
+    removed, nothing half-written; the CLI exits with 143."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def handle_sigterm():
+    """Treat SIGTERM like SIGINT (from the main thread; elsewhere signals cannot be set).
+    Returns the handler it replaced (None when it set none)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        return signal.signal(signal.SIGTERM, _raise_terminated)
+    return None
+
+
+def domain_errors(fn):
+    """Turn CostModelError into one line on stderr and its exit status; ^C into status 130 and
+    SIGTERM into 143, each with one line; a closed stdout (`| head`) ends quietly; running out
+    of memory or stack is one line, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        previous = handle_sigterm()
+        try:
+            return fn(*args, **kwargs)
+        except CostModelError as exc:
+            err(str(exc))
+            raise typer.Exit(exc.exit_code) from None
+        except Terminated:
+            err("terminated (SIGTERM): nothing was written")
+            raise typer.Exit(EXIT_SIGTERM) from None
+        except KeyboardInterrupt:
+            err("interrupted: nothing was written")
+            raise typer.Exit(EXIT_SIGINT) from None
+        except BrokenPipeError:
+            _quiet_stdout()
+            raise typer.Exit(141) from None
+        except MemoryError:
+            err("out of memory (the machine or a ulimit/cgroup limit): try a smaller --batch")
+            raise typer.Exit(1) from None
+        except RecursionError:
+            err("input nested too deeply")
+            raise typer.Exit(2) from None
+        finally:
+            if previous is not None:  # a command run in process (tests, an API) leaves SIGTERM as it was
+                import signal
+
+                signal.signal(signal.SIGTERM, previous)
+
+    return wrapper
+
+
+def _quiet_stdout() -> None:
+    """After a reader closed stdout: point it at /dev/null, so the interpreter's final flush
+    does not report the broken pipe."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def progress_line(label: str):
+    """A progress callback writing one updating line to stderr (silent when stderr is not a tty)."""
+    interactive = sys.stderr.isatty()
+
+    def report(i: int, n: int) -> None:
+        if interactive:
+            end = "\n" if i >= n else ""
+            sys.stderr.write(f"\r{label}: {i}/{n}{end}")
+            sys.stderr.flush()
+
+    return report
