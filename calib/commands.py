@@ -192,7 +192,7 @@ def calibrate_command(*, quick, threads, dtypes, impls, output, progress=None, b
         profile = to_profile(result, merge_into=previous, accept_noisy=accept_noisy)
         if previous is not None and previous.network is not None:  # `calibrate --network` keeps its section
             profile = profile.model_copy(update={"network": previous.network})
-        save_profile(profile, path, make_parents=not output)
+        save_profile(profile, path)
     print(f"profile written to {path} ({result['calibration_seconds']:.1f} s)", file=sys.stderr)
     return render_profile(profile, "table")
 

@@ -135,3 +135,20 @@ def test_the_default_threads_are_the_cores_this_process_may_use(places, monkeypa
     assert res.threads == 2  # the profile has no 1-thread entry: its largest
     assert Fingerprint.model_validate(take_fingerprint(1)).threads == 1
     assert Probe  # the probe's schema is the profile's (costmodel.machine.profile.Probe)
+
+
+def test_default_threads_stay_within_the_cores_or_say_so(monkeypatch):
+    """One core and a profile of 1 and 2 threads: 1; a profile of 2 only: 2, and the note says
+    the prediction is for more threads than cores."""
+    from costmodel.machine import fingerprint, resolve as resolve_mod
+
+    monkeypatch.setattr(fingerprint, "available_cores", lambda: 1)
+    from costmodel.machine.profile import embedded_profile_path, load_profile
+
+    two = load_profile(embedded_profile_path())
+    assert {e.threads for e in two.entries} == {2}
+    assert resolve_mod.default_threads(two, "float32", "index") == 2
+    res = resolve_mod.resolve(two, dtype="float32", impl="index", warn=None)
+    assert res.threads == 2 and "predicted for 2 threads, the profile's fewest; this process may use 1 core" in res.note
+    one = two.model_copy(update={"entries": [*two.entries, two.entries[0].model_copy(update={"threads": 1})]})
+    assert resolve_mod.default_threads(one, "float32", "index") == 1

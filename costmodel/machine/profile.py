@@ -198,12 +198,18 @@ class Profile(StrictModel):
         for entry in self.entries:
             if entry.key == (dtype, impl, threads, backend):
                 return entry
-        command = calibration_hint(dtype, impl, threads, backend)
+        from costmodel.machine.fingerprint import available_cores
+
         has = "; ".join(e.describe() for e in self.entries) or "nothing"
         source = _SOURCES.get(id(self))
+        cores = available_cores()
+        # calibrate refuses more threads than cores: such an entry is made on a machine that has them
+        hint = (f"this machine has {cores} core{'s' if cores > 1 else ''}, so that entry must be calibrated on "
+                "a machine with more" if threads > cores
+                else f"run `{calibration_hint(dtype, impl, threads, backend)}`")
         raise UsageError(f"{source + ': ' if source else ''}"
                          f"the profile has no entry for {setting_text(dtype, impl, threads, backend)}: "
-                         f"run `{command}` (it has: {has})")
+                         f"{hint} (it has: {has})")
 
 
 def calibration_hint(dtype: str, impl: str, threads: int, backend: str = "numpy") -> str:
@@ -227,9 +233,10 @@ def embedded_profile_path() -> Path:
     return Path(str(resources.files("costmodel") / "data" / REFERENCE_NAME))
 
 
-def save_profile(profile: Profile, path: str | Path, *, make_parents: bool = False) -> None:
+def save_profile(profile: Profile, path: str | Path, *, make_parents: bool = True) -> None:
     """Write the profile atomically: a reader sees the old file or the new one, never a part.
-    `make_parents`: create the missing folders (the default place, the user's cache)."""
+    `make_parents`: create the missing folders (the CLI refuses a -o path in a missing folder
+    before it calibrates, calib.commands.check_profile_output)."""
     try:
         atomic_write(path, profile.model_dump_json(indent=2) + "\n", make_parents=make_parents)
     except OSError as exc:

@@ -44,7 +44,9 @@ class Resolved:
 
 
 def _stderr(line: str) -> None:
-    print(f"costmodel: warning: {line}", file=sys.stderr)
+    from costmodel.errors import warn
+
+    warn(line)  # held until a CLI command ends: a refusal stays one line
 
 
 def locate(path: str | Path | None = None) -> tuple[Profile, Path | None, bool]:
@@ -69,14 +71,16 @@ def locate(path: str | Path | None = None) -> tuple[Profile, Path | None, bool]:
 
 def default_threads(profile: Profile, dtype: str, impl: str, backend: str = "numpy") -> int:
     """The thread count to predict for when none is given: the cores this process may use if
-    the profile has a calibration for that many, else the largest the profile has."""
+    the profile has a calibration for that many, else the largest it has within them, else its
+    smallest (resolve then says that the prediction is for more threads than cores)."""
     from costmodel.machine.fingerprint import available_cores
 
     have = sorted({e.threads for e in profile.entries if (e.dtype, e.impl, e.backend) == (dtype, impl, backend)})
     cores = available_cores()
     if cores in have or not have:
         return cores
-    return have[-1]
+    within = [t for t in have if t <= cores]
+    return within[-1] if within else have[0]
 
 
 def _needed(profile: Profile, dtype: str, threads: int, backend: str) -> Profile:
@@ -101,7 +105,11 @@ def resolve(path: str | Path | Profile | None, *, dtype: str, impl: str = "index
         profile, file, reference = locate(path)
     if backend != "numpy":
         impl = backend
+    from costmodel.machine.fingerprint import available_cores
+
+    chosen = threads is None
     threads = threads or default_threads(profile, dtype, impl, backend)
+    cores = available_cores()
     here = take_fingerprint(threads)
     prov = provenance(profile, here, path=file, reference=reference, threads=threads)
     note = warning_line(prov)
@@ -121,6 +129,11 @@ def resolve(path: str | Path | Profile | None, *, dtype: str, impl: str = "index
     if reference:
         note = "no profile of this machine, so the reference profile shipped with costmodel" + (
             f": {note}" if note else ", made on a machine like this one; `costmodel calibrate` makes yours")
+    if chosen and threads != cores:
+        fewer = (f"predicted for {threads} thread{'s' if threads > 1 else ''}, the profile's "
+                 f"{'largest' if threads < cores else 'fewest'}; this process may use {cores} "
+                 f"core{'s' if cores > 1 else ''}")
+        note = f"{note}; {fewer}" if note else fewer
     if note and warn is not None:
         warn(note)
     return Resolved(profile, prov, threads, note)

@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from costmodel.errors import CostModelError
+from costmodel.errors import CostModelError, held_warnings
 
 #: exit statuses of a run stopped by a signal, as a shell reports a process killed by it
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143
@@ -54,7 +54,8 @@ def domain_errors(fn):
     def wrapper(*args, **kwargs):
         previous = handle_sigterm()
         try:
-            return fn(*args, **kwargs)
+            with held_warnings():
+                return fn(*args, **kwargs)
         except CostModelError as exc:
             err(str(exc))
             raise typer.Exit(exc.exit_code) from None
