@@ -18,7 +18,6 @@ line names the differences.
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
