@@ -422,7 +422,10 @@ def test_kind6_nan_coefficients(tmp_path):
         load_profile(path)
 
 
-def test_kind6_a_missing_entry_names_the_profile_and_exits_2(tmp_path):
+def test_kind6_a_missing_entry_names_the_profile_and_exits_2(tmp_path, monkeypatch):
+    from costmodel.machine import fingerprint
+
+    monkeypatch.setattr(fingerprint, "available_cores", lambda: 64)  # 7 threads are possible here: calibrate them
     arch = arch_file(tmp_path, text_of())
     code, out, err = cli(["predict", arch, "--profile", REFERENCE, "--threads", "7"])
     assert code == 2 and out == "" and "Traceback" not in err
@@ -430,6 +433,9 @@ def test_kind6_a_missing_entry_names_the_profile_and_exits_2(tmp_path):
     assert all(w.startswith("costmodel: warning: ") for w in warnings)
     assert last.startswith(f"costmodel: error: {REFERENCE}: ")
     assert "costmodel calibrate --dtype float32 --impl index --threads 7" in last
+    monkeypatch.setattr(fingerprint, "available_cores", lambda: 2)  # more threads than cores: no command to run
+    code, out, err = cli(["predict", arch, "--profile", REFERENCE, "--threads", "7"])
+    assert code == 2 and "this machine has 2 cores, so that entry must be calibrated on a machine with more" in err
 
 
 # == 7. optimizer values ========================================================================

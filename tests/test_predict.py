@@ -38,6 +38,9 @@ def test_predict_without_own_profile_warns_once_and_gives_every_op(tmp_path, mon
 
 
 def test_missing_setting_names_the_calibrate_command(tmp_path, monkeypatch):
+    from costmodel.machine import fingerprint
+
+    monkeypatch.setattr(fingerprint, "available_cores", lambda: 64)  # 7 threads are possible here: calibrate them
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     result = CliRunner().invoke(app, ["predict", str(EXAMPLES[0]), "--threads", "7"])
     assert result.exit_code == 2  # a profile error names the file, exit 2 (issue 12)
