@@ -51,3 +51,17 @@ def test_a_rate_at_its_ceiling_says_it_is_the_fits_bound():
     facts = model_facts(OpModel.model_validate(model))
     assert facts[1] == "210 GFLOP/s (at the 210 GFLOP/s peak: the fit's bound)"
     assert facts[2] == "80 GB/s (at the 80 GB/s of 2 threads: the fit's bound)"
+
+
+def test_profile_show_prints_every_fit_ceiling_a_rate_quotes(tiny_profile):
+    """The op models quote "% of the X peak" and "of the Y of 1 thread": each X and Y is on a
+    'fit ceilings' line of the same entry (a new user found them in no table)."""
+    import re
+
+    from costmodel.machine.profile import load_profile
+
+    text = render_profile(load_profile(tiny_profile[0]))
+    lines = [line for line in text.splitlines() if line.startswith("fit ceilings, 1 thread")]
+    assert lines, text[-2000:]
+    quoted = set(re.findall(r"of the ([0-9.]+ [GMT]?(?:FLOP|B)/s)", text))
+    assert quoted and all(any(q in line for line in lines) for q in quoted), (quoted, lines)

@@ -128,6 +128,21 @@ def _entry_notes(entry: Entry) -> list[str]:
     if any(m.ceiling is not None for m in entry.ops.values()):
         notes.append("rates in parentheses: share of the ceiling the fit was bounded by (peak product, "
                      "bandwidth of the level, for the threads the op runs on)")
+        # the fit's ceilings, measured by the calibration per thread count (not the tables above,
+        # which are the probe's and the ceilings' own shapes): every one a rate above quotes
+        seen: dict[int, dict[str, float]] = {}
+        for m in entry.ops.values():
+            if m.ceiling is not None:
+                limits = seen.setdefault(m.ceiling.threads, {})
+                if m.ceiling.flops_per_second:
+                    limits["peak"] = max(limits.get("peak", 0.0), m.ceiling.flops_per_second)
+                for level, rate in m.ceiling.bytes_per_second.items():
+                    limits[level] = max(limits.get(level, 0.0), rate)
+        for threads, limits in sorted(seen.items()):
+            parts = ([f"peak {human(limits['peak'], 'FLOP/s')}"] if "peak" in limits else []) + [
+                f"{level} {human(limits[level], 'B/s')}" for level in ("L2", "L3", "memory") if level in limits]
+            notes.append(f"fit ceilings, {threads} thread{'s' if threads > 1 else ''} (the largest an op was bounded "
+                         f"by): {', '.join(parts)}")
     load = entry.load
     if load is not None:
         spread = "" if load.spread is None else f", spread of repeated samples {100 * load.spread:.0f} %"
