@@ -415,8 +415,8 @@ def main() -> None:
     except NoArgsIsHelpError as exc:
         exc.show()
         status = exc.exit_code
-    except ClickException as exc:
-        _err(exc.format_message())
+    except ClickException as exc:  # typer checks an option's value with pydantic, whose message starts so
+        _err(exc.format_message().replace("Value error, ", ""))
         status = exc.exit_code
     except Terminated:
         _err("terminated (SIGTERM)")

@@ -940,3 +940,10 @@ def test_a_refusal_after_the_profile_warning_is_still_one_line(tmp_path, monkeyp
     code, out, err = cli(["predict", "--example", "digits-small", "--by", "kind"])
     assert code == 0 and "step:" in out
     assert err.startswith("costmodel: warning: ") and "reference profile" in err  # printed on success
+
+
+def test_a_bad_option_value_is_named_without_the_validators_prefix(tmp_path):
+    result = run_cli(["predict", "--example", "digits-small", "--format", "xml"], tmp_path)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == ("costmodel: error: Invalid value for '--format': 'xml' is not one of 'table', "
+                             "'json', 'csv'.\n")
