@@ -94,18 +94,20 @@ def cli(args: list[str], core: int | None = None) -> str:
     return done.stdout
 
 
-def concurrent(args: list[str]) -> list[str]:
-    """Run P copies of `costmodel ARGS` at once, copy r pinned to core r; their stdouts."""
+def _run_ranks(command_of_rank, env_of_rank=lambda r: None, label=lambda r: f"rank {r}") -> list[str]:
+    """Start P processes at once (rank r: `command_of_rank(r)`, environment `env_of_rank(r)`,
+    pinned to core r), wait for them with the timeout, and return their stdouts; a failure
+    raises RuntimeError with the end of its stderr, and no process outlives the call."""
     procs = []
     try:
         for r in range(P):
-            procs.append(subprocess.Popen([sys.executable, str(ROOT / "cli.py"), *map(str, args)], stdout=subprocess.PIPE,
-                                          stderr=subprocess.PIPE, text=True, preexec_fn=_pin(r), cwd=ROOT))
+            procs.append(subprocess.Popen(command_of_rank(r), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                          text=True, env=env_of_rank(r), preexec_fn=_pin(r), cwd=ROOT))
         outs = []
-        for proc in procs:
+        for r, proc in enumerate(procs):
             out, err = proc.communicate(timeout=TIMEOUT)
             if proc.returncode != 0:
-                raise RuntimeError(f"costmodel {' '.join(map(str, args))}: {err.strip()[-800:]}")
+                raise RuntimeError(f"{label(r)}: {err.strip()[-800:]}")
             outs.append(out)
         return outs
     finally:
@@ -113,31 +115,19 @@ def concurrent(args: list[str]) -> list[str]:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def concurrent(args: list[str]) -> list[str]:
+    """Run P copies of `costmodel ARGS` at once, copy r pinned to core r; their stdouts."""
+    return _run_ranks(lambda r: [sys.executable, str(ROOT / "cli.py"), *map(str, args)],
+                      label=lambda r: f"costmodel {' '.join(map(str, args))}")
 
 
 def pair(link: VethLink, args_of_rank) -> list[str]:
     """Run `costmodel ARGS(rank)` for ranks 0 and 1, each in its namespace and pinned to its core,
     GLOO_SOCKET_IFNAME set to its end of the veth pair; their stdouts."""
-    procs = []
-    try:
-        for r in range(P):
-            env = dict(os.environ, GLOO_SOCKET_IFNAME=link.interface(r))
-            procs.append(subprocess.Popen(link.prefix(r) + [sys.executable, str(ROOT / "cli.py"),
-                                                              *map(str, args_of_rank(r))],
-                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                                          preexec_fn=_pin(r), cwd=ROOT))
-        outs = []
-        for r, proc in enumerate(procs):
-            out, err = proc.communicate(timeout=TIMEOUT)
-            if proc.returncode != 0:
-                raise RuntimeError(f"rank {r}: {err.strip()[-800:]}")
-            outs.append(out)
-        return outs
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    return _run_ranks(lambda r: link.prefix(r) + [sys.executable, str(ROOT / "cli.py"), *map(str, args_of_rank(r))],
+                      env_of_rank=lambda r: dict(os.environ, GLOO_SOCKET_IFNAME=link.interface(r)))
 
 
 def network(name: str, link: VethLink | None, tmp: Path):

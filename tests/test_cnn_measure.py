@@ -84,19 +84,23 @@ def test_measure_limits_threads():
     assert result["threads"] == 1
 
 
+def step_peak_bytes(arch, impl: str) -> int:
+    """tracemalloc's peak over building ReferenceCNN(arch, impl) and one step of a synthetic batch."""
+    tracemalloc.start()
+    try:
+        X, Y = synthetic_batch(arch)
+        ReferenceCNN(arch, impl=impl).step(X, Y)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("path", COURSE_EXAMPLES, ids=lambda p: p.stem)
 def test_memory_estimate_matches_tracemalloc(path, impl):
     """The course's examples at I = 16 (the extended vocabulary's: tests/test_cnn_vocab.py)."""
     arch = example(path, batch=16)
-    tracemalloc.start()
-    try:
-        X, Y = synthetic_batch(arch)
-        ReferenceCNN(arch, impl=impl).step(X, Y)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert estimate_step_bytes(arch, impl) == pytest.approx(peak, rel=0.15)
+    assert estimate_step_bytes(arch, impl) == pytest.approx(step_peak_bytes(arch, impl), rel=0.15)
 
 
 def test_memory_estimate_grows_with_the_batch_and_index_arrays():

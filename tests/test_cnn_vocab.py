@@ -611,17 +611,8 @@ def test_digits_resnet_learns():
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("path", [p for p in VOCAB_EXAMPLES if "vgg" not in p.stem], ids=lambda p: p.stem)
 def test_vocab_memory_estimate_matches_tracemalloc(path, impl):
-    import tracemalloc
-
-    from calib.measure import synthetic_batch
     from calib.memory import estimate_step_bytes
+    from tests.test_cnn_measure import step_peak_bytes
 
     arch = load_arch(path).with_batch(4)
-    tracemalloc.start()
-    try:
-        X, Y = synthetic_batch(arch)
-        ReferenceCNN(arch, impl=impl).step(X, Y)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert estimate_step_bytes(arch, impl) == pytest.approx(peak, rel=0.15)
+    assert estimate_step_bytes(arch, impl) == pytest.approx(step_peak_bytes(arch, impl), rel=0.15)

@@ -20,6 +20,7 @@ from costmodel.importers.source import import_source, parse_input  # noqa: E402
 from costmodel.importers.fx_map import module_graph  # noqa: E402
 from costmodel.model.arch import load_arch, parse_arch  # noqa: E402
 
+from tests.test_costs import _conv_backward_flop  # noqa: E402  (grouped weight gradients counted once)
 from tests.conftest import ROOT  # noqa: E402
 from tests.import_models import NETWORKS, UNSUPPORTED  # noqa: E402
 
@@ -95,25 +96,6 @@ def test_functional_network():
 def test_parameter_count_is_the_modules(name):
     module, arch = imported(name)
     assert arch.parameter_count() == sum(p.numel() for p in module.parameters())
-
-
-def _conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
-                        _output_padding, groups, output_mask, out_shape, **kwargs) -> int:
-    """torch.utils.flop_counter's count of aten.convolution_backward with the weight gradient
-    of a grouped convolution counted once (torch 2.13 counts it `groups` times; fixed upstream
-    in pytorch/pytorch pull request #183405; tests/test_costs.py has the same)."""
-    from torch.utils.flop_counter import conv_flop_count
-
-    def t(shape):
-        return [shape[1], shape[0]] + list(shape[2:])
-
-    count = 0
-    if output_mask[0]:
-        count += conv_flop_count(grad_out_shape, w_shape, list(out_shape[0]), not transposed)
-    if output_mask[1]:
-        shapes = (t(grad_out_shape), t(x_shape)) if transposed else (t(x_shape), t(grad_out_shape))
-        count += conv_flop_count(*shapes, t(list(out_shape[1])), transposed=False) // groups
-    return count
 
 
 @pytest.mark.parametrize("name", list(NETWORKS))
