@@ -3,12 +3,16 @@
 what the predict path imports (nothing heavy: no SymPy, pandas, scikit-learn, matplotlib, torch).
 
 Runs are interleaved (numpy, predict, costs, help, numpy, ...) so that a slower moment of the
-machine hits every command alike; the figures are medians.
+machine hits every command alike; the figures are medians. The project's modules are compiled
+to bytecode first and the runs may write bytecode (PYTHONDONTWRITEBYTECODE is dropped), as in a
+pip-installed costmodel: otherwise every run compiles ~90 modules again (~35 ms, measured).
 
     python benchmarks/predict_speed.py [--runs 9]
 """
 
 import argparse
+import compileall
+import os
 import statistics
 import subprocess
 import sys
@@ -27,9 +31,12 @@ COMMANDS = {
 }
 
 
+ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
 def timed(args: list[str]) -> float:
     t0 = time.perf_counter()
-    subprocess.run(args, check=True, capture_output=True)
+    subprocess.run(args, check=True, capture_output=True, env=ENV)
     return time.perf_counter() - t0
 
 
@@ -38,7 +45,7 @@ def heavy_imports() -> list[str]:
             "try:\n    runpy.run_path(%r, run_name='__main__')\nexcept SystemExit:\n    pass\n"
             "print('HEAVY:' + ','.join(m for m in %r if m in sys.modules))"
             % (str(ARCH), str(ROOT / "cli.py"), HEAVY))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=ENV).stdout
     line = next(line for line in out.splitlines() if line.startswith("HEAVY:"))
     return [m for m in line[len("HEAVY:"):].split(",") if m]
 
@@ -47,6 +54,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=9)
     args = parser.parse_args()
+    for folder in ("costmodel", "calib"):
+        compileall.compile_dir(ROOT / folder, quiet=1)
+    compileall.compile_file(ROOT / "cli.py", quiet=1)
+    for command in COMMANDS.values():  # one untimed run each: caches (the probe's) and bytecode written
+        timed(command)
     times: dict[str, list[float]] = {name: [] for name in COMMANDS}
     for _ in range(args.runs):
         for name, command in COMMANDS.items():

@@ -29,8 +29,12 @@ def _profile(fingerprint: dict, probe=None) -> Profile:
 
 @pytest.fixture
 def places(tmp_path, monkeypatch):
-    """An empty user cache, no $COSTMODEL_PROFILE, and a reference profile made on another machine
-    (HERE's caches differ), with a probe of that machine."""
+    """An empty user cache, no $COSTMODEL_PROFILE, this machine's fingerprint fixed to HERE (the
+    differences named must not depend on the machine the tests run on), and a reference profile
+    made on another machine (HERE's caches differ), with a probe of that machine."""
+    import costmodel.machine.fingerprint as fpmod
+
+    monkeypatch.setattr(fpmod, "take_fingerprint", lambda threads=None, blas=None: {**HERE, "threads": threads or 1})
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv(ENV, raising=False)
     reference = tmp_path / "pkg" / "reference_profile.json"
@@ -78,11 +82,30 @@ def test_the_reference_profile_of_another_machine_is_transferred_by_a_probe(plac
         return here_probe
 
     res = resolve(None, dtype="float32", impl="index", threads=2, prober=prober, warn=lines.append)
-    # only what this prediction needs: its dtype and threads (and 1 thread for the strided serial products)
-    assert asked == [{"threads": [1, 2], "dtypes": ["float32"], "torch": False}]
+    # only what this prediction needs: its dtype and threads (and 1 thread for the strided serial products),
+    # with this machine's fingerprint, taken once
+    assert [{k: v for k, v in n.items() if k != "fingerprint"} for n in asked] == [
+        {"threads": [1, 2], "dtypes": ["float32"], "torch": False}]
+    assert asked[0]["fingerprint"]["cpu_model"] == res.profile.fingerprint.cpu_model
     assert res.profile.transfer is not None and res.provenance["transferred"] and res.provenance["reference"]
     assert not res.provenance["machine_match"] and res.provenance["differences"]
     assert len(lines) == 1 and "transferred to this machine by a probe" in lines[0] and "L2 1 MiB" in lines[0]
+
+
+def test_a_prediction_of_one_implementation_transfers_only_its_entries(places):
+    _, here_probe = probes()
+    asked = []
+
+    def prober(**needs):
+        asked.append(needs)
+        return here_probe
+
+    res = resolve(None, dtype="float32", impl="index", threads=2, prober=prober, warn=None, only_impl=True)
+    assert {e.impl for e in res.profile.entries} == {"index"}
+    # no strided entry, so no 1-thread product of its serial regime to probe
+    assert asked[0]["threads"] == [2] and asked[0]["fingerprint"]["cpu_model"]
+    both = resolve(None, dtype="float32", impl="index", threads=2, prober=prober, warn=None)
+    assert {e.impl for e in both.profile.entries} == {"index", "strided"}
 
 
 def test_a_given_profile_of_another_machine_is_not_transferred_but_warned_about(places):
@@ -95,7 +118,9 @@ def test_a_given_profile_of_another_machine_is_not_transferred_but_warned_about(
 
 
 def test_a_profile_of_this_machine_says_nothing(places):
-    here = take_fingerprint(2)
+    import costmodel.machine.fingerprint as fpmod
+
+    here = fpmod.take_fingerprint(2)  # the fixed fingerprint of `places`
     mine = places / "mine.json"
     save_profile(_profile(here), mine)
     lines = []

@@ -82,19 +82,23 @@ def default_threads(profile: Profile, dtype: str, impl: str, backend: str = "num
     return within[-1] if within else have[0]
 
 
-def _needed(profile: Profile, dtype: str, threads: int, backend: str) -> Profile:
-    """The profile with only the entries a prediction of (dtype, threads, backend) reads (both
-    NumPy implementations: explain compares them)."""
-    entries = [e for e in profile.entries if (e.dtype, e.threads, e.backend) == (dtype, threads, backend)]
+def _needed(profile: Profile, dtype: str, threads: int, backend: str, impl: str | None = None) -> Profile:
+    """The profile with only the entries a prediction of (dtype, threads, backend) reads: those
+    of `impl`, or of both NumPy implementations when None (explain compares them)."""
+    entries = [e for e in profile.entries if (e.dtype, e.threads, e.backend) == (dtype, threads, backend)
+               and (impl is None or e.impl == impl)]
     return profile.model_copy(update={"entries": entries or profile.entries})
 
 
 def resolve(path: str | Path | Profile | None, *, dtype: str, impl: str = "index", backend: str = "numpy",
             threads: int | None = None, prober: Prober | None = None,
-            warn: Callable[[str], None] | None = _stderr) -> Resolved:
+            warn: Callable[[str], None] | None = _stderr, only_impl: bool = False) -> Resolved:
     """The profile for a prediction of (dtype, impl, backend, threads), transferred when it is
     the reference profile of another machine and a `prober` is given; its provenance; and the
-    thread count (default_threads when None). `warn` gets the one line to tell (None: silent)."""
+    thread count (default_threads when None). `warn` gets the one line to tell (None: silent).
+    `only_impl`: transfer only `impl`'s entries (a prediction of one implementation; explain
+    and compare read both). The prober is called as prober(**probe_needs(...), fingerprint=...)
+    with this machine's fingerprint, taken once."""
     from costmodel.machine.fingerprint import take_fingerprint
     from costmodel.machine.provenance import provenance, warning_line
 
@@ -115,10 +119,10 @@ def resolve(path: str | Path | Profile | None, *, dtype: str, impl: str = "index
     if reference and not prov["machine_match"] and prober is not None:
         from costmodel.machine.transfer import TransferError, check_transferable, probe_needs, transfer
 
-        needed = _needed(profile, dtype, threads, backend)
+        needed = _needed(profile, dtype, threads, backend, impl if only_impl and backend == "numpy" else None)
         try:
             check_transferable(needed)  # before the probe, which it would not use
-            moved = transfer(needed, prober(**probe_needs(needed)), here)
+            moved = transfer(needed, prober(**probe_needs(needed), fingerprint=here), here)
         except TransferError as exc:
             note = f"{note}; it could not be transferred: {exc}"
         else:

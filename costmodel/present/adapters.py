@@ -14,12 +14,14 @@ import sys
 from pathlib import Path
 
 
-def resolved(profile, architecture, impl: str = "index", backend: str = "numpy", threads=None, *, prober=None):
+def resolved(profile, architecture, impl: str = "index", backend: str = "numpy", threads=None, *, prober=None,
+             only_impl: bool = False):
     """The profile a prediction uses (costmodel.machine.resolve): given, $COSTMODEL_PROFILE, yours,
     or the reference one transferred to this machine by a probe; its one line on stderr."""
     from costmodel.machine.resolve import resolve
 
-    return resolve(profile, dtype=architecture.dtype, impl=impl, backend=backend, threads=threads, prober=prober)
+    return resolve(profile, dtype=architecture.dtype, impl=impl, backend=backend, threads=threads, prober=prober,
+                   only_impl=only_impl)
 
 
 def _given(*, workers=None, link=None, latency=None, bandwidth=None, overlap: bool = False):
@@ -74,7 +76,7 @@ def predict_command(arch_path: Path, *, profile=None, batch=None, threads=None, 
         from costmodel.machine.backends.parallel import worker_batch
 
         worker_batch(architecture.batch, workers)
-    res = resolved(profile, architecture, impl, backend, threads, prober=prober)
+    res = resolved(profile, architecture, impl, backend, threads, prober=prober, only_impl=True)
     if workers is None:
         pred = predict_step(architecture, res.profile, impl=impl, threads=res.threads, backend=backend,
                             provenance=res.provenance)
