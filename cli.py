@@ -18,10 +18,11 @@ from typing import Annotated, Optional
 import typer
 
 import costmodel
-from costmodel.present.options import (ArchArg, BandwidthOpt, Backend, BatchOpt, By, ExampleOpt, Format,
-                                       FormatOpt, Impl, ImplOpt, InitOpt, LatencyOpt, LinkOpt, Loss, OverlapOpt,
+from costmodel.present.options import (ArchArg, BackendImplOpt, BandwidthOpt, Backend, BatchOpt, By, ExampleOpt,
+                                       Format, FormatOpt, Impl, ImplOpt, InitOpt, LatencyOpt, LinkOpt, Loss, OverlapOpt,
                                        OversubscribeOpt, PlotOpt, PredictWorkersOpt, ProfileOpt, RankOpt, StepsOpt,
-                                       TextFormat, ThreadsOpt, TimeoutOpt, WarmupOpt, WorkersOpt, WorldSizeOpt)
+                                       TextFormat, ThreadsOpt, TimeoutOpt, WarmupOpt, WorkersOpt, WorldSizeOpt,
+                                       backend_impl)
 from costmodel.present.terminal import (EXIT_SIGINT, EXIT_SIGTERM, Terminated, domain_errors, err as _err,
                                         handle_sigterm, one_line as _one_line,  # noqa: F401  (_one_line: tests)
                                         progress_line)
@@ -72,7 +73,7 @@ def measure(
     steps: StepsOpt = 10,
     warmup: WarmupOpt = 2,
     threads: ThreadsOpt = None,
-    impl: ImplOpt = Impl.index,
+    impl: BackendImplOpt = None,
     fmt: FormatOpt = Format.table,
     backend: Annotated[Backend, typer.Option("--backend", help="numpy: the reference CNN; torch: the same "
                                              "step in PyTorch, per op from torch.profiler.")] = Backend.numpy,
@@ -91,7 +92,7 @@ def measure(
     from calib.commands import measure_command
 
     typer.echo(measure_command(arch, batch=batch, steps=steps, warmup=warmup, threads=threads,
-                               impl=impl.value, fmt=fmt.value, progress=progress_line("measure"),
+                               impl=backend_impl(impl, backend.value), fmt=fmt.value, progress=progress_line("measure"),
                                backend=backend.value, workers=workers, overlap=overlap, init=init, rank=rank,
                                world_size=world_size, oversubscribe=oversubscribe, timeout=timeout), nl=False)
 
@@ -142,7 +143,7 @@ def predict(
     profile: ProfileOpt = None,
     batch: BatchOpt = None,
     threads: ThreadsOpt = None,
-    impl: ImplOpt = Impl.index,
+    impl: BackendImplOpt = None,
     fmt: FormatOpt = Format.table,
     by: Annotated[By, typer.Option("--by", help="Group the ops.")] = By.op,
     plot: PlotOpt = None,
@@ -160,7 +161,8 @@ def predict(
     arch = _arch_file(arch, example)
     from costmodel.present.adapters import predict_command
 
-    typer.echo(predict_command(arch, profile=profile, batch=batch, threads=threads, impl=impl.value, fmt=fmt.value,
+    typer.echo(predict_command(arch, profile=profile, batch=batch, threads=threads,
+                               impl=backend_impl(impl, backend.value), fmt=fmt.value,
                                by=by.value, plot=plot, backend=backend.value, workers=workers, link=link,
                                latency=latency, bandwidth=bandwidth, overlap=overlap, prober=_prober), nl=False)
 
@@ -231,7 +233,7 @@ def compare(
     profile: ProfileOpt = None,
     batch: BatchOpt = None,
     threads: ThreadsOpt = None,
-    impl: ImplOpt = Impl.index,
+    impl: BackendImplOpt = None,
     steps: StepsOpt = 10,
     warmup: WarmupOpt = 2,
     fmt: FormatOpt = Format.table,
@@ -243,9 +245,10 @@ def compare(
     """Measure real steps and predict them: per op, measured and predicted fractions beside FLOP and byte shares
     (or, with --backends numpy,torch, the NumPy step against PyTorch's per op group)."""
     arch = _arch_file(arch, example)
-    from calib.compare_commands import compare_command
+    from calib.compare_commands import compare_command, parse_backends
 
-    typer.echo(compare_command(arch, profile=profile, batch=batch, threads=threads, impl=impl.value,
+    impl_name = backend_impl(impl, "torch" if parse_backends(backends) == ("torch",) else "numpy")
+    typer.echo(compare_command(arch, profile=profile, batch=batch, threads=threads, impl=impl_name,
                                steps=steps, warmup=warmup, fmt=fmt.value, progress=progress_line("measure"),
                                plot=plot, backends=backends), nl=False)
 

@@ -41,6 +41,18 @@ def warn_if_disturbed(load: dict | None, what: str = "measured") -> None:
               "repeated timings vary that much", file=sys.stderr)
 
 
+def step_footer(result: dict, steps: int, how: str = "") -> list[str]:
+    """The footer lines of `measure`'s table on its step, each figure with what it is, so that
+    none reads as another's arithmetic: the median whole step; coverage, per step the sum of its
+    op times / its wall clock, the median over the steps (calib.measure.summarize); and the sum
+    of the ops' medians, what the fractions are of (over the median step it is not the coverage:
+    each op's median leaves out the hiccups of other steps). `how`: more on the steps' timing."""
+    return [f"step: {fmt_seconds(result['step_seconds'])} (median of {steps} whole steps{how})",
+            f"coverage {result['coverage']:.3f}: the sum of a step's op times / its wall clock, median of "
+            f"the {steps} steps",
+            f"fraction: an op's median time / the sum of the ops' medians, {fmt_seconds(result['total_seconds'])}"]
+
+
 def _with_costs(result: dict, arch, impl: str) -> dict:
     """Add the cost model's FLOPs and bytes to each measured op."""
     from costmodel.model.step import step_costs
@@ -77,8 +89,7 @@ def measure_command(arch_path: Path, *, batch, steps, warmup, threads, impl, fmt
                                  progress=progress), arch, impl)
     warn_if_disturbed(result["load"])
     footer = [
-        f"step: {fmt_seconds(result['step_seconds'])} (median of {steps} whole steps); "
-        f"sum of ops: {fmt_seconds(result['total_seconds'])}; coverage {result['coverage']:.3f}",
+        *step_footer(result, steps),
         f"{arch.name}: batch I={arch.batch}, {arch.dtype}, impl={impl}, threads={result['threads']}",
     ]
     return render(result, fmt, MEASURE_COLUMNS, f"Measured SG step: {arch.name}", footer, MEASURE_CSV)
@@ -105,9 +116,7 @@ def measure_torch_command(arch_path: Path, *, batch, steps, warmup, threads, fmt
     result["load"] = monitor.load.as_dict()
     warn_if_disturbed(result["load"])
     footer = [
-        f"step: {fmt_seconds(result['step_seconds'])} (median of {steps} whole steps, profiler on; "
-        f"{fmt_seconds(result['unprofiled_step_seconds'])} without it); "
-        f"sum of ops: {fmt_seconds(result['total_seconds'])}; coverage {result['coverage']:.3f}",
+        *step_footer(result, steps, f", profiler on; {fmt_seconds(result['unprofiled_step_seconds'])} without it"),
         f"{arch.name}: batch I={arch.batch}, {arch.dtype}, PyTorch {result['torch_version']}, "
         f"threads={result['threads']}; op groups and 'other' as in docs/torch-mapping.md",
     ]

@@ -58,6 +58,9 @@ CASES = [
     (lambda d: d["input"].update(height=-3), "input: height: -3 is not a positive integer"),
     (lambda d: d.update(batch=0), "batch: 0 is not a positive integer"),
     (lambda d: d.update(optimizer={"lr": -1.0}), "optimizer: lr: -1.0 is not a positive number"),
+    # a number field's bound said of a number, whatever the input's own type (an int here)
+    (lambda d: d.update(optimizer={"lr": 0}), "optimizer: lr: 0 is not a positive number"),
+    (lambda d: d.update(optimizer={"momentum": -1}), "optimizer: momentum: -1 is not a non-negative number"),
     (lambda d: d.update(layers=[]), "layers: must not be empty"),
     (lambda d: d["layers"].append({"type": "conv", "filters": 3, "kernel": 1}),
      "layers[4] (conv): a conv layer cannot follow a full layer"),

@@ -69,6 +69,31 @@ def test_laps_tile_the_step(monkeypatch, impl):
     assert result["coverage"] == pytest.approx(n / (n + 2))
 
 
+def test_measure_footer_says_what_each_step_figure_is(monkeypatch):
+    """`measure`'s footer labels its three figures so that none reads as another's arithmetic:
+    the median step, the coverage (per step, its op times / its wall clock) and the sum of the
+    ops' medians the fractions are of. A clock that ticks once per reading gives n ops of one
+    tick in steps of n + 2 ticks (no real time is asserted)."""
+    import calib.measure
+    import calib.timer
+    from calib.commands import measure_command
+    from costmodel.units import fmt_seconds
+
+    clock = FakeClock()
+    monkeypatch.setattr(calib.timer, "perf_counter_ns", clock)
+    monkeypatch.setattr(calib.measure, "perf_counter_ns", clock)
+    path = EXAMPLES[0]
+    text = measure_command(path, batch=2, steps=3, warmup=1, threads=None, impl="index", fmt="table")
+    n = len(op_keys(example(path, batch=2)))
+    lines = text.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("step: "))
+    assert lines[first:first + 3] == [
+        f"step: {fmt_seconds((n + 2) * 1e-6)} (median of 3 whole steps)",
+        f"coverage {n / (n + 2):.3f}: the sum of a step's op times / its wall clock, median of the 3 steps",
+        f"fraction: an op's median time / the sum of the ops' medians, {fmt_seconds(n * 1e-6)}"]
+    assert "sum of ops" not in text
+
+
 def test_measure_runs_a_threaded_step():
     """At batch 64 the strided CIFAR network shares its ops among two threads."""
     arch = example(next(p for p in EXAMPLES if p.stem == "cifar10-demo-layer4"), batch=64)

@@ -1,6 +1,8 @@
 """The symbolic cost registry: the slides' statements, the registry's rules, the notation, and
 the FLOPs of the matrix products against torch.utils.flop_counter."""
 
+import csv
+import io
 import itertools
 import subprocess
 import sys
@@ -164,6 +166,30 @@ def test_leading_term_and_big_o_of_conv_matmul():
     assert sym.order_text(cost.bytes) == "O(I h^m h^m d^m a^m_conv b^m_conv)"
     assert sym.order_latex(cost.bytes) == (
         r"\mathcal{O}(I h^{m} h^{m} d^{m} a^{m}_{\mathrm{conv}} b^{m}_{\mathrm{conv}})")
+
+
+def test_the_order_of_nothing_is_zero_not_big_o_of_zero():
+    """An op without FLOPs (pad, phi, flatten) shows 0 as its order, as its exact count does."""
+    flops = symbolic_op("conv", "pad").flops
+    assert sym.to_text(flops) == "0"
+    assert sym.order_text(flops) == "0" and sym.order_latex(flops) == "0"
+    assert sym.order_text(symbolic_op("conv", "phi").bytes).startswith("O(")
+
+
+def test_costs_symbolic_shows_no_order_of_zero():
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    arch = str(ROOT / "examples" / "mnist-demo-layer4.yaml")
+    table = CliRunner().invoke(app, ["costs", arch, "--symbolic"], env={"COLUMNS": "250"})
+    assert table.exit_code == 0 and "pad" in table.stdout and "O(0)" not in table.stdout
+    rows = list(csv.DictReader(io.StringIO(CliRunner().invoke(app, ["costs", arch, "--symbolic", "--format",
+                                                                    "csv"]).stdout)))
+    free = [r for r in rows if r["flops"] == "0"]
+    assert {r["op"] for r in free} >= {"pad", "phi", "flatten"}
+    assert all(r["flops_order"] == "0" for r in free)
+    assert all(r["flops_order"].startswith("O(") for r in rows if r["flops"] != "0")
 
 
 def test_leading_term_keeps_every_monomial_of_the_top_degree():

@@ -269,6 +269,27 @@ def _predict(profile_path, *args):
     return runner.invoke(app, ["predict", str(DIGITS), "--profile", str(profile_path), "--threads", "2", *args])
 
 
+@pytest.mark.parametrize("options", [["--workers", "4", "--link", "10GbE"], ["--workers", "4", "--overlap"],
+                                     ["--workers", "1", "--link", "10GbE"]], ids=["sum", "overlap", "one"])
+def test_predict_workers_footer_breaks_between_clauses(profile_path, options):
+    """The data-parallel footer's lines fit 80 columns, broken between clauses: the ring model and
+    the composition's sum are each whole on one line."""
+    import re
+
+    table = _predict(profile_path, *options)
+    assert table.exit_code == 0, table.stderr
+    lines = table.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("data-parallel: "))
+    end = next(i for i, line in enumerate(lines) if line.startswith("step: "))
+    footer = lines[start:end]
+    assert len(footer) > 4 and all(len(line) <= 80 for line in footer), footer
+    assert all(line.strip() and (line.startswith("  ") or not line.startswith(" ")) for line in footer)
+    composition = r"compute \S+ \w+ \+ (exposed )?communication \S+ \w+ = step \S+ \w+"
+    assert sum(bool(re.search(composition, line)) for line in footer) == 1
+    if options[1] != "1":
+        assert sum("(ring model: 2 (P-1) alpha + 2 (P-1)/P n beta)" in line for line in footer) == 1
+
+
 def test_predict_workers_json_is_the_per_op_object_plus_the_step_fields(profile_path, profile, digits):
     done = _predict(profile_path, "--workers", "4", "--overlap", "--format", "json")
     assert done.exit_code == 0, done.stderr

@@ -122,6 +122,10 @@ BAD_CONTENT = [
     (_drop("entries", 0, "ops", "phi", "coef"), "entries[0]: ops: phi: missing required key 'coef'"),
     (_set("two", "fingerprint", "cores"), "fingerprint: cores: 'two' has the wrong type"),
     (_set(0, "entries", 0, "threads"), "entries[0]: threads: 0 is not a positive integer"),
+    (_set({"flops": 0}, "entries", 0, "transfer_factors"),  # a dict's float value, given as an int
+     "entries[0]: transfer_factors: flops: 0 is not a positive number"),
+    (_set({"points": {"a": 1}}, "entries", 0, "sweep"),  # int | float: a number, not "an integer or a number"
+     "entries[0]: sweep: points: {'a': 1} is not allowed (expected a number)"),
     (_set("float16", "entries", 0, "dtype"), "entries[0]: dtype: 'float16' is not allowed"),
     (_set(1, "entries", 0, "ops", "phi", "extra"), "entries[0]: ops: phi: unknown key 'extra'"),
     (_set([1e-9], "entries", 0, "ops", "phi", "coef"), "2 features but 1 coefficients"),

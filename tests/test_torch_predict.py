@@ -258,6 +258,20 @@ def test_cli_calibrate_torch_refuses_impl_and_needs_torch(monkeypatch, tmp_path)
     assert res.exit_code == 2 and "pip install 'costmodel[torch]'" in res.stderr and not out.exists()
 
 
+@pytest.mark.parametrize("impl", ["strided", "index"])
+@pytest.mark.parametrize("command", [["predict", "--backend", "torch"],
+                                     ["measure", "--backend", "torch", "--steps", "1", "--warmup", "0"],
+                                     ["compare", "--backends", "torch", "--steps", "1", "--warmup", "0"]])
+def test_cli_impl_with_the_torch_backend_is_refused_not_ignored(command, impl):
+    """PyTorch has no index or strided variant: --impl given with --backend torch is one line,
+    exit status 2, before anything is predicted or measured."""
+    path = next(p for p in EXAMPLES if p.stem == "digits-small")
+    res = runner.invoke(app, [command[0], str(path), *command[1:], "--batch", "2", "--impl", impl])
+    assert res.exit_code == 2 and res.stdout == ""
+    refusal = "costmodel: error: --impl: the torch backend has one implementation, PyTorch's; leave --impl out"
+    assert res.stderr.splitlines() == [refusal]
+
+
 def test_torch_groups_have_course_names_and_plot(torch_profile, tmp_path):
     from costmodel.machine.predict import predict
     from costmodel.present.notation import course_name, course_tex

@@ -291,8 +291,8 @@ def measure_torch(arch: Architecture, *, steps: int = 10, warmup: int = 2, threa
     per-op JSON; ``impl`` is "torch").
 
     Every timed step runs under torch.profiler; ``step_seconds`` is the median wall-clock of
-    these whole steps, timed around them with the profiler on, and ``coverage`` is the sum of
-    the groups' medians over it (interpreter time between profiler events is in no row).
+    these whole steps, timed around them with the profiler on; ``coverage`` is the median over the
+    steps of a step's summed group times / its wall clock (time between profiler events is in no row).
     ``unprofiled_step_seconds`` is the median of as many steps without the profiler, to show
     its overhead. ``threads`` sets torch.set_num_threads for the run (None keeps torch's)."""
     torch = import_torch()

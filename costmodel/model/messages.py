@@ -104,19 +104,27 @@ def _join(words: list[str]) -> str:
     return ", ".join(words[:-1]) + (" or " if len(words) > 1 else "") + (words[-1] if words else "")
 
 
-def _alternatives(t, metadata=()) -> list[str]:
-    """What a field of type `t` accepts, as alternatives in words."""
+def _alternatives(t, metadata=(), number: bool = False) -> list[str]:
+    """What a field of type `t` accepts, as alternatives in words (`number`: an integer's bounds
+    said of a number, to compare it with a float's)."""
     if get_origin(t) is Annotated:
         metadata = [*metadata, *get_args(t)[1:]]
     t = _unwrap(t)
     if get_origin(t) in (Union, types.UnionType):
-        return [w for arg in get_args(t) if arg is not type(None) for w in _alternatives(arg)]
+        args = [arg for arg in get_args(t) if arg is not type(None)]
+        numbers = {w for arg in args if _unwrap(arg) is float for w in _alternatives(arg)}
+        words = []
+        for arg in args:
+            if _unwrap(arg) is int and _alternatives(arg, number=True)[0] in numbers:
+                continue  # `int | float`: "a number" says it all ("an integer or a number" reads as two things)
+            words += _alternatives(arg)
+        return list(dict.fromkeys(words))
     if get_origin(t) is Literal:
         return [repr(v) for v in get_args(t)]
     if t is bool:
         return ["true or false"]
     if t in (int, float):
-        return [_bounds_text(metadata, t is int)]
+        return [_bounds_text(metadata, t is int and not number)]
     if t is str:
         return ["text"]
     if get_origin(t) in (list, tuple):
@@ -184,6 +192,13 @@ def _resolve(loc: tuple, model=None) -> _Place:
     return _Place("".join(f"{p}: " for p in parts), t, metadata, owner)
 
 
+def _integer_field(place: _Place, value) -> bool:
+    """Whether the number at `place` must be an integer (`int`, `PositiveInt | None`, an int or a
+    word) rather than any number; a field the schema does not describe: whether `value` is one."""
+    numeric = [m for m in map(_unwrap, _members(place.field)) if m in (int, float)] if place.field is not None else []
+    return all(m is int for m in numeric) if numeric else isinstance(value, int)
+
+
 def _custom(place: _Place) -> bool:
     """Whether the field validates with its own function (a PlainValidator, ...): its error's
     words then say what is allowed better than its type does."""
@@ -241,7 +256,8 @@ def _message(err: dict, model=None, group: list[dict] = ()) -> str:
         return f"{where}{short_repr(inp)} is not allowed ({expected})"
     bound = (err.get("ctx") or {}).get("gt" if kind == "greater_than" else "ge", 0)
     if kind in ("greater_than", "greater_than_equal") and bound == 0:
-        what = "integer" if isinstance(inp, int) else "number"
+        # the field's kind of value, not the input's: an lr of 0 is not a positive *number*
+        what = "integer" if _integer_field(place, inp) else "number"
         sign = "positive" if kind == "greater_than" else "non-negative"
         return f"{where}{short_repr(inp)} is not a {sign} {what}"
     if kind == "less_than_equal" and err.get("ctx", {}).get("le") == INT64_MAX:

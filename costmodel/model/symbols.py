@@ -211,10 +211,13 @@ def to_latex(expr: sp.Expr) -> str:
 
 
 def order_text(expr: sp.Expr) -> str:
-    """``O(...)`` of `expr` in plain text."""
-    return f"O({to_text(big_o(expr))})"
+    """``O(...)`` of `expr` in plain text; ``0`` for an op that costs nothing of it (pad's FLOPs),
+    as its exact count says, not ``O(0)``."""
+    order = big_o(expr)
+    return "0" if order == 0 else f"O({to_text(order)})"
 
 
 def order_latex(expr: sp.Expr) -> str:
-    r"""``\mathcal{O}(...)`` of `expr` in LaTeX."""
-    return rf"\mathcal{{O}}({to_latex(big_o(expr))})"
+    r"""``\mathcal{O}(...)`` of `expr` in LaTeX; ``0`` for 0."""
+    order = big_o(expr)
+    return "0" if order == 0 else rf"\mathcal{{O}}({to_latex(order)})"

@@ -56,6 +56,21 @@ ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", min=1, max=1024,
 StepsOpt = Annotated[int, typer.Option(min=1, max=1_000_000, help="Timed SG steps.")]
 WarmupOpt = Annotated[int, typer.Option(min=0, max=1_000_000, help="Untimed steps first.")]
 ImplOpt = Annotated[Impl, typer.Option("--impl", help="Implementation of the index-heavy ops.")]
+#: --impl of a command that also takes a backend: None when it is not given, so that giving it
+#: with --backend torch (which has one implementation, PyTorch's) can be refused, not ignored
+BackendImplOpt = Annotated[Optional[Impl], typer.Option("--impl", help="Implementation of the NumPy backend's "
+                                                        "index-heavy ops (default: index).", show_default=False)]
+
+
+def backend_impl(impl: Impl | None, backend: str) -> str:
+    """The implementation a command with a backend runs: --impl's, index when it is not given.
+    --impl given with backend "torch" is a UsageError (exit 2): PyTorch has no index or strided
+    variant, and the option would otherwise be silently ignored."""
+    if impl is not None and backend == "torch":
+        from costmodel.errors import UsageError
+
+        raise UsageError("--impl: the torch backend has one implementation, PyTorch's; leave --impl out")
+    return (impl or Impl.index).value
 FormatOpt = Annotated[Format, typer.Option("--format", help="Output format.")]
 
 

@@ -126,34 +126,57 @@ def prediction_output(pred: "Prediction", fmt: str, by: str = "op", setting: str
     return render_table(title, columns, rows, footer)
 
 
+#: the width the data-parallel footer keeps its lines to: a terminal of 80 columns breaks none of them
+FOOTER_WIDTH = 80
+
+
+def clause_lines(clauses: list[str], width: int = FOOTER_WIDTH) -> list[str]:
+    """One statement of a footer, given as its clauses (each with its own punctuation), as lines of
+    at most `width` characters: broken only between clauses, never inside one (a formula stays
+    whole; a clause longer than `width` is a line of its own); the lines after the first are
+    indented by two spaces."""
+    lines = [clauses[0]]
+    for clause in clauses[1:]:
+        if len(lines[-1]) + 1 + len(clause) <= width:
+            lines[-1] += " " + clause
+        else:
+            lines.append("  " + clause)
+    return lines
+
+
 def data_parallel_footer(pred: "Prediction") -> list[str]:
-    """The lines a data-parallel prediction's table adds: the split, the composition, speedup and
-    efficiency, the link, and what the fractions mean."""
+    """The lines a data-parallel prediction's table adds: the split, the link, the composition,
+    speedup and efficiency, each broken between its clauses (clause_lines)."""
     dp = pred.data_parallel
     P, link = dp.workers, dp.link
     source = "the profile's network section" if link.source == "profile" else "given"
-    lines = [f"data-parallel: P={P} workers of I/P={dp.worker_batch} instances each (I={pred.batch}); the rows are "
-             f"one worker's: its compute at I/P, then {dp.collectives} allreduce{'s' if dp.collectives != 1 else ''} "
-             f"of {human(dp.gradient_bytes, 'B')} of gradients in all (ring model: 2 (P-1) alpha + 2 (P-1)/P n beta)",
-             f"link {link.name} ({source}): {link.facts()}"]
-    if not dp.collectives:
-        lines[0] = (f"data-parallel: P={P} worker takes all I={pred.batch} instances and allreduces nothing: no "
-                    "communication rows; the single-machine step")
-    if dp.composition == "sum":
-        lines.append(f"composition sum: compute {fmt_seconds(dp.compute_seconds)} + communication "
-                     f"{fmt_seconds(dp.communication_seconds)} = step {fmt_seconds(dp.step_seconds)}; the fractions "
-                     "add up to 1")
+    if dp.collectives:
+        split = [f"data-parallel: P={P} workers of I/P={dp.worker_batch} instances each (I={pred.batch});",
+                 "the rows are one worker's: its compute at I/P,",
+                 (f"then {dp.collectives} allreduce{'s' if dp.collectives != 1 else ''} of "
+                  f"{human(dp.gradient_bytes, 'B')} of gradients in all"),
+                 "(ring model: 2 (P-1) alpha + 2 (P-1)/P n beta)"]
     else:
-        lines.append(f"composition overlap: compute {fmt_seconds(dp.compute_seconds)} + exposed communication "
-                     f"{fmt_seconds(dp.exposed_communication_seconds)} = step {fmt_seconds(dp.step_seconds)} (the "
-                     f"backward hides {fmt_seconds(dp.hidden_communication_seconds)} of "
-                     f"{fmt_seconds(dp.communication_seconds)}); the hidden part counts in the fractions of both the "
-                     "compute and the allreduce rows, so they add up to more than 1")
-    lines.append(f"against one worker on the whole I={pred.batch} ({fmt_seconds(dp.one_worker_seconds)}): speedup "
-                 f"{dp.speedup:.2f}, parallel efficiency {fmt_fraction(dp.efficiency)}"
-                 + ("; communication-bound: the allreduces take at least the compute" if dp.communication_bound
-                    else ""))
-    return lines
+        split = [f"data-parallel: P={P} worker takes all I={pred.batch} instances and allreduces nothing:",
+                 "no communication rows;", "the single-machine step"]
+    statements = [split, [f"link {link.name} ({source}): {link.facts()}"]]
+    if dp.composition == "sum":
+        statements.append([(f"composition sum: compute {fmt_seconds(dp.compute_seconds)} + communication "
+                            f"{fmt_seconds(dp.communication_seconds)} = step {fmt_seconds(dp.step_seconds)};"),
+                           "the fractions add up to 1"])
+    else:
+        statements.append(["composition overlap:",
+                           (f"compute {fmt_seconds(dp.compute_seconds)} + exposed communication "
+                            f"{fmt_seconds(dp.exposed_communication_seconds)} = step {fmt_seconds(dp.step_seconds)}"),
+                           (f"(the backward hides {fmt_seconds(dp.hidden_communication_seconds)} of "
+                            f"{fmt_seconds(dp.communication_seconds)});"),
+                           "the hidden part counts in the fractions of compute and allreduce rows alike,",
+                           "so they add up to more than 1"])
+    gains = f"speedup {dp.speedup:.2f}, parallel efficiency {fmt_fraction(dp.efficiency)}"
+    statements.append([f"against one worker on the whole I={pred.batch} ({fmt_seconds(dp.one_worker_seconds)}):",
+                       *([f"{gains};", "communication-bound: the allreduces take at least the compute"]
+                         if dp.communication_bound else [gains])])
+    return [line for clauses in statements for line in clause_lines(clauses)]
 
 
 def _sweep_table(result: dict) -> str:
