@@ -10,7 +10,7 @@ varied architectures of benchmarks/archs/.
 Targets (issue 11): with the transfer, step-time error median <= 15 %, worst <= 30 %.
 
     python benchmarks/portability.py --profile FILE [--impl index] [--steps 3] [--threads 2]
-                                     [--emulate native SandyBridge Nehalem taskset]
+                                     [--emulate native SandyBridge Nehalem taskset] [--verbose]
 
 The profile must hold a probe (made by `costmodel calibrate` since issue 11) and, for
 `taskset`, entries at 1 thread. Prints figures; asserts nothing.
@@ -80,6 +80,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--emulate", nargs="+", default=list(EMULATIONS), choices=list(EMULATIONS))
+    parser.add_argument("--verbose", action="store_true", help="also print every architecture's figures")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -108,6 +109,10 @@ def main() -> None:
         print(f"  profile as is: median {med0:.1f} %, worst {worst0:+.1f} % ({at0}); transferred (probe "
               f"{result['probe_seconds']:.1f} s): median {med1:.1f} %, worst {worst1:+.1f} % ({at1}); "
               f"{len(rows)} architectures, {noisy} measured on a disturbed machine")
+        if args.verbose:
+            for r in sorted(rows, key=lambda r: -abs(r["transferred"] / r["measured"] - 1)):
+                print(f"    {r['arch']:<24} measured {1e3 * r['measured']:9.3f} ms  as is {100 * (r['as_is'] / r['measured'] - 1):+7.1f} %"
+                      f"  transferred {100 * (r['transferred'] / r['measured'] - 1):+7.1f} %{'  (disturbed)' if r['disturbed'] else ''}")
 
 
 if __name__ == "__main__":

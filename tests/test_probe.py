@@ -12,6 +12,20 @@ from costmodel.machine.transfer import transfer
 from tests.test_profile import FINGERPRINT
 
 
+def _monitor(other_ticks_per_probe: int):
+    """A load monitor factory whose CPU counters show `other_ticks_per_probe` ticks of other
+    processes over each monitored block (0: a quiet machine), whatever the real machine does."""
+    from calib.noise import CpuTicks, LoadMonitor
+
+    def factory():
+        ticks = iter([CpuTicks(busy=0, steal=0, own=0), CpuTicks(busy=other_ticks_per_probe, steal=0, own=0)])
+        return LoadMonitor(cpus=[0, 1], read=lambda: next(ticks))
+    return factory
+
+
+QUIET = _monitor(0)
+
+
 def test_each_working_set_lies_inside_its_level():
     caches = {"L1d": 32 << 10, "L2": 512 << 10, "L3": 32 << 20}
     sets = working_sets(caches)
@@ -44,21 +58,40 @@ def test_a_profile_transfers_to_this_machine_by_its_own_probe():
 
 def test_the_cache_is_reused_until_more_is_asked_or_the_file_is_damaged(tmp_path):
     path = tmp_path / "probe.json"
-    first, fresh = cached_probe([1], ["float32"], fingerprint=FINGERPRINT, path=path, budget_seconds=0.2)
+    first, fresh = cached_probe([1], ["float32"], fingerprint=FINGERPRINT, path=path, budget_seconds=0.2, monitor=QUIET)
     assert fresh and Probe.model_validate_json(path.read_text()) == first
-    again, fresh = cached_probe([1], ["float32"], fingerprint=FINGERPRINT, path=path, budget_seconds=0.2)
+    again, fresh = cached_probe([1], ["float32"], fingerprint=FINGERPRINT, path=path, budget_seconds=0.2, monitor=QUIET)
     assert not fresh and again == first
-    more, fresh = cached_probe([1], ["float32", "float64"], fingerprint=FINGERPRINT, path=path, budget_seconds=0.2)
+    more, fresh = cached_probe([1], ["float32", "float64"], fingerprint=FINGERPRINT, path=path, budget_seconds=0.2, monitor=QUIET)
     assert fresh and covers(more, [1], ["float32", "float64"], torch=False)
     path.write_text("{not json")
-    _, fresh = cached_probe([1], ["float32"], fingerprint=FINGERPRINT, path=path, budget_seconds=0.2)
+    _, fresh = cached_probe([1], ["float32"], fingerprint=FINGERPRINT, path=path, budget_seconds=0.2, monitor=QUIET)
     assert fresh and json.loads(path.read_text())["products"]
     assert [p.name for p in tmp_path.iterdir()] == ["probe.json"]
 
 
+def test_a_probe_on_a_busy_machine_is_taken_again_then_used_uncached_and_warned_about(tmp_path, capsys):
+    path = tmp_path / "probe.json"
+    made = []
+
+    def busy():  # other processes on both cores for the whole probe
+        made.append(1)
+        return _monitor(10_000)()
+
+    result, fresh = cached_probe([1], ["float32"], fingerprint=FINGERPRINT, path=path, budget_seconds=0.1, monitor=busy)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(made) == 2  # taken once more before giving up
+    assert fresh and covers(result, [1], ["float32"], torch=False)
+    assert not path.exists()  # a disturbed probe must not poison later transfers
+    assert len(lines) == 1 and "ran while other processes used" in lines[0] and "not cached" in lines[0]
+    # quiet again: probed anew and cached
+    _, fresh = cached_probe([1], ["float32"], fingerprint=FINGERPRINT, path=path, budget_seconds=0.1, monitor=QUIET)
+    assert fresh and path.exists()
+
+
 def test_the_default_cache_file_sits_next_to_profile_json(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    cached_probe([1], ["float32"], fingerprint=FINGERPRINT, budget_seconds=0.2)
+    cached_probe([1], ["float32"], fingerprint=FINGERPRINT, budget_seconds=0.2, monitor=QUIET)
     assert [p.name for p in (tmp_path / "costmodel").iterdir()] == [f"probe-{probe_key(FINGERPRINT)}.json"]
 
 
