@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from cli import app
 from costmodel.model.ops import op_list
-from tests.conftest import COURSE_EXAMPLES, STEP_EXAMPLES
+from tests.conftest import COURSE_EXAMPLES, ROOT, STEP_EXAMPLES
 from tests.test_cnn import EXAMPLES, example
 
 runner = CliRunner()
@@ -79,3 +79,19 @@ def test_cli_measure_torch_without_torch(monkeypatch):
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1
     assert "pip install 'costmodel[torch]'" in lines[0]
+
+
+def test_measure_torch_prints_no_profiler_chatter_on_stderr():
+    """torch 2.13's Kineto writes 'USDT: ... profiler_start/stop' lines straight to fd 2 around
+    every profiled step; the command's stderr is for its own lines only (a fresh process: the
+    level is read when torch's profiler starts)."""
+    import os
+    import subprocess
+
+    pytest.importorskip("torch")
+    env = {k: v for k, v in os.environ.items() if k != "KINETO_LOG_LEVEL"}
+    res = subprocess.run([sys.executable, str(ROOT / "cli.py"), "measure", str(EXAMPLES[0]), "--backend", "torch",
+                          "--batch", "2", "--steps", "2", "--warmup", "1"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert not [line for line in res.stderr.splitlines() if "profiler_st" in line or line.startswith("USDT")]

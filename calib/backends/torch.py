@@ -36,8 +36,18 @@ class TorchMissing(CostModelError):
     exit_code = 2
 
 
+#: Kineto (torch.profiler's engine, torch 2.13) prints a "USDT: ... profiler_start" and a
+#: "profiler_stop" line on stderr around every profiled step; levels above 5 silence them.
+#: A KINETO_LOG_LEVEL the user set wins.
+KINETO_QUIET = "6"
+
+
 def import_torch():
-    """torch, or a one-line CostModelError saying how to install it."""
+    """torch, or a one-line CostModelError saying how to install it. Silences Kineto's per-step
+    lines on stderr first (KINETO_QUIET), as the profiler is how the torch backend is timed."""
+    import os
+
+    os.environ.setdefault("KINETO_LOG_LEVEL", KINETO_QUIET)
     try:
         import torch
     except ImportError:

@@ -85,8 +85,12 @@ class WorkerContext:
 def quiet_torch_logs() -> None:
     """Keep torch's C++ log lines (a failed connection's retries, with C++ stack frames) off
     stderr: the command reports the cause in one line. Set before torch is imported (workers
-    inherit it); TORCH_CPP_LOG_LEVEL set by the user wins."""
+    inherit it), and Kineto's per-step profiler lines (calib.backends.torch.KINETO_QUIET);
+    TORCH_CPP_LOG_LEVEL and KINETO_LOG_LEVEL set by the user win."""
+    from calib.backends.torch import KINETO_QUIET
+
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")
+    os.environ.setdefault("KINETO_LOG_LEVEL", KINETO_QUIET)
 
 
 def parse_init(text: str) -> str:
