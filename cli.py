@@ -427,7 +427,11 @@ def main() -> None:
     except (typer.Abort, KeyboardInterrupt):
         _err("interrupted")
         status = EXIT_SIGINT
-    sys.exit(status if isinstance(status, int) else 0)
+    status = status if isinstance(status, int) else 0
+    group = sys.modules.get("calib.parallel.process_group")
+    if group is not None and group.joined_here:  # --init: this process was a rank of a gloo group
+        group.exit_now(status)
+    sys.exit(status)
 
 
 if __name__ == "__main__":

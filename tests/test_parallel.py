@@ -238,6 +238,27 @@ def test_an_unreachable_init_address_is_one_line_after_the_timeout():
     assert time.monotonic() - start < 120
 
 
+def test_two_processes_joined_by_init_run_ddp_and_exit_cleanly():
+    """The group given by --init, as across machines: both ranks' DDP steps end with status 0,
+    without the abort torch's static destructors caused at interpreter shutdown."""
+    _torch()
+    port = _free_port()
+    cmd = [sys.executable, str(ROOT / "cli.py"), "measure", str(DIGITS), "--backend", "torch", "--batch", "8",
+           "--steps", "2", "--warmup", "1", "--init", f"tcp://127.0.0.1:{port}", "--world-size", "2", "--timeout", "60"]
+    other = subprocess.Popen([*cmd, "--rank", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        first = subprocess.run([*cmd, "--rank", "0"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+        out, err = other.communicate(timeout=120)
+    finally:
+        if other.poll() is None:
+            other.kill()
+            other.wait()
+    for code, stderr in ((first.returncode, first.stderr), (other.returncode, err)):
+        assert code == 0, stderr
+        assert "terminate called" not in stderr and "Fatal Python error" not in stderr
+    assert "allreduce" in first.stdout
+
+
 @pytest.mark.parametrize("args, message", [
     (["--workers", "0"], "--workers: 0 workers"),
     (["--workers", "-1"], "--workers: -1 workers"),
@@ -299,9 +320,26 @@ def test_fit_ring_recovers_alpha_and_beta():
     alpha, beta = 40e-6, 8e-10
     seconds = {n: ring_allreduce_seconds(n, 4, alpha, beta) for n in SIZES}
     got = fit_ring(seconds, 4)
-    assert got == pytest.approx((alpha, beta), rel=1e-6)
+    assert got == pytest.approx((alpha, beta), rel=1e-5)
     net = measured_network(seconds, 4, "measured", 5)
-    assert net.max_error == pytest.approx(0.0, abs=1e-6)
+    assert net.max_error == pytest.approx(0.0, abs=1e-5)
+
+
+def test_fit_ring_keeps_the_large_messages_when_the_small_ones_scatter():
+    """Loopback as measured on a 2-core VM: small messages scatter 0.8-1.7 ms, 1 MiB is an odd
+    fast point. A step's large gradients must not be bought with them: the relative-error least
+    squares predicted 16 and 64 MiB 85 % too fast."""
+    from calib.parallel.network import fit_ring
+    from costmodel.machine.parallel import ring_allreduce_seconds
+
+    seconds = {16: 1.438e-3, 64: 0.996e-3, 256: 1.054e-3, 1024: 0.988e-3, 4096: 1.390e-3, 16384: 0.992e-3,
+               65536: 1.727e-3, 262144: 0.862e-3, 1048576: 0.3375e-3, 4194304: 4.089e-3, 16777216: 13.690e-3,
+               67108864: 39.233e-3}
+    alpha, beta = fit_ring(seconds, 2)
+    for n in (4194304, 16777216, 67108864):
+        assert abs(ring_allreduce_seconds(n, 2, alpha, beta) / seconds[n] - 1) < 0.25
+    small = [ring_allreduce_seconds(n, 2, alpha, beta) / seconds[n] - 1 for n in seconds if n <= 65536]
+    assert max(abs(e) for e in small) < 0.5
 
 
 def test_plan_shares_the_cores_out():

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import sys
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -182,9 +183,24 @@ def free_port() -> int:
 
 # -- joining the group -----------------------------------------------------------------------
 
+#: whether this process joined a gloo group: it then ends by os._exit (exit_now), not by the
+#: interpreter's shutdown, where torch 2.13's static destructors abort after DDP (SIGABRT,
+#: "terminate called without an active exception"; calib/parallel/launch.py)
+joined_here = False
+
+
+def exit_now(status: int) -> None:
+    """End this process with `status` after flushing stdout and stderr, without the
+    interpreter's shutdown (see `joined_here`)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
 def join_group(p: Placement) -> WorkerContext:
     """init_process_group("gloo") for this placement, bounded by its timeout; the rendezvous's
-    failure is one ParallelError line."""
+    failure is one ParallelError line. Sets `joined_here`."""
+    global joined_here
     from calib.backends.torch import import_torch
 
     quiet_torch_logs()
@@ -195,6 +211,7 @@ def join_group(p: Placement) -> WorkerContext:
         raise ParallelError("this PyTorch has no torch.distributed with gloo")
     start = time.monotonic()
     try:
+        joined_here = True
         dist.init_process_group("gloo", init_method=p.init_method, rank=p.rank, world_size=p.world_size,
                                 timeout=timedelta(seconds=p.timeout))
     except Exception as exc:  # DistStoreError, RuntimeError, ValueError from the rendezvous
