@@ -5,8 +5,10 @@ links (the workers in two network namespaces joined by a veth pair shaped with t
 10gbit and 1gbit with 0.1 ms delay; when the kernel has no netem, tbf at the rate without the
 delay, and the output says so) -- this script
 
-1. calibrates the op models once, in the same run (`calibrate --quick --threads 1` for the
-   networks' dtypes, the chosen --impl or --backend torch), or takes them from --profile FILE;
+1. calibrates the op models once, in the same run (`calibrate --threads 1` for the networks'
+   dtypes, the chosen --impl or --backend torch; `--quick` for the quick calibration), or takes
+   them from --profile FILE (2026-12-01, 2-core VM, float32 index: the full calibration took 25 s
+   and put all 18 cases within 20 %, model median 2.2 %; --quick put 17 of 18, median 14.7 %);
 2. calibrates the network for the link in the same run (`calibrate --network --quick`, written
    into a copy of the shipped profile in a temporary directory);
 3. for three networks (a small CNN: mnist-demo-layer4; cifar10-layer7; an MLP with a large full
@@ -40,7 +42,8 @@ here is removed at the end, also on ^C. A calibration disturbed by other load is
 
     python benchmarks/data_parallel.py [--steps 5] [--links loopback 10gbit 1gbit] [--archs A.yaml ...]
                                        [--backend numpy|torch] [--impl index|strided]
-                                       [--baseline alone|concurrent|inrun] [--profile FILE] [--accept-noisy]
+                                       [--baseline alone|concurrent|inrun] [--profile FILE] [--quick]
+                                       [--accept-noisy]
 """
 
 from __future__ import annotations
@@ -157,12 +160,12 @@ def measured(link: VethLink | None, arch: Path, batch: int, overlap: bool, steps
 
 
 def op_models(args, archs, tmp: Path):
-    """The profile of op models to predict with: --profile, or `calibrate --quick --threads 1` now
+    """The profile of op models to predict with: --profile, or `calibrate [--quick] --threads 1` now
     (the networks' dtypes; the chosen implementation, or the torch backend)."""
     if args.profile:
         return load_profile(args.profile)
     path = tmp / "ops.json"
-    command = ["calibrate", "--quick", "--threads", 1, "-o", path]
+    command = ["calibrate", *(["--quick"] if args.quick else []), "--threads", 1, "-o", path]
     for dtype in sorted({arch.dtype for arch in archs}):
         command += ["--dtype", dtype]
     command += ["--backend", "torch"] if args.backend == "torch" else ["--impl", args.impl]
@@ -204,8 +207,9 @@ def main() -> int:
     parser.add_argument("--baseline", choices=["alone", "concurrent", "inrun"], default="alone",
                         help="the measured-compute variant: per-op times at I/P of one worker alone, of P copies "
                              "at once, or the slower worker's own compute rows in the run predicted (see above)")
-    parser.add_argument("--profile", type=Path, help="op models to predict with (default: calibrate --quick "
-                                                     "--threads 1 now)")
+    parser.add_argument("--profile", type=Path, help="op models to predict with (default: calibrate --threads 1 "
+                                                     "now)")
+    parser.add_argument("--quick", action="store_true", help="calibrate the op models with --quick")
     parser.add_argument("--accept-noisy", action="store_true", help="let the calibration write a profile "
                                                                     "although other load disturbed it")
     args = parser.parse_args()
@@ -274,7 +278,7 @@ def main() -> int:
     print(header)
     print("\n".join(rows))
     print(f"load average {open('/proc/loadavg').read().split()[0]} at the end; op models: "
-          f"{args.profile or 'calibrated in this run (--quick)'}")
+          f"{args.profile or 'calibrated in this run' + (' (--quick)' if args.quick else '')}")
     for label, errs in (("model", errors), (f"measured compute ({args.baseline})", baseline_errors)):
         within = sum(abs(e) <= 0.20 for e in errs)
         print(f"{label}: |error| median {100 * statistics.median(abs(e) for e in errs):.1f} %, worst "
