@@ -147,10 +147,15 @@ def network(name: str, link: VethLink | None, tmp: Path):
     return load_profile(profiles[0]).network
 
 
+def _implementation(backend: str, impl: str) -> list[str]:
+    """The options naming what runs: --backend torch (which has one implementation), or numpy's --impl."""
+    return ["--backend", "torch"] if backend == "torch" else ["--backend", "numpy", "--impl", impl]
+
+
 def measured(link: VethLink | None, arch: Path, batch: int, overlap: bool, steps: int, backend: str,
              impl: str) -> dict:
     common = ["measure", arch, "--batch", batch, "--threads", "1", "--steps", steps, "--warmup", 1,
-              "--backend", backend, "--impl", impl, "--format", "json"] + (["--overlap"] if overlap else [])
+              *_implementation(backend, impl), "--format", "json"] + (["--overlap"] if overlap else [])
     if link is None:
         return json.loads(cli(common + ["--workers", P]))
     port = next(_ports)
@@ -229,7 +234,7 @@ def main() -> int:
         if args.baseline == "inrun":
             return None
         single = ["measure", path, "--batch", arch.batch // P, "--threads", 1, "--steps", args.steps,
-                  "--backend", args.backend, "--impl", args.impl, "--format", "json"]
+                  *_implementation(args.backend, args.impl), "--format", "json"]
         if args.baseline == "alone":
             return json.loads(cli(single, core=0))
         return max((json.loads(out) for out in concurrent(single)), key=lambda d: d["step_seconds"])
