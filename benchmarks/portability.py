@@ -12,8 +12,9 @@ Targets (issue 11): with the transfer, step-time error median <= 15 %, worst <= 
     python benchmarks/portability.py --profile FILE [--impl index] [--steps 3] [--threads 2]
                                      [--emulate native SandyBridge Nehalem taskset] [--verbose]
 
-The profile must hold a probe (made by `costmodel calibrate` since issue 11) and, for
-`taskset`, entries at 1 thread. Prints figures; asserts nothing.
+The profile must hold a probe (made by `costmodel calibrate` since issue 11). Without entries at
+the emulation's thread count (`taskset`: 1) its entries at more threads are rescaled first, as
+`predict` does (costmodel.machine.transfer.fewer_threads). Prints figures; asserts nothing.
 """
 
 from __future__ import annotations
@@ -44,10 +45,13 @@ def child(args) -> None:
     from costmodel.machine.predict import predict
     from costmodel.machine.profile import load_profile
     from costmodel.machine.provenance import compare_machines, describe_differences
-    from costmodel.machine.transfer import probe_needs, transfer
+    from costmodel.machine.transfer import fewer_threads, probe_needs, transfer
     from costmodel.model.arch import load_arch
 
     profile = load_profile(args.profile)
+    if not any((e.impl, e.threads, e.backend) == (args.impl, args.threads, "numpy") for e in profile.entries):
+        profile = fewer_threads(profile, args.threads)  # as `predict` does on a machine with fewer cores
+    profile = profile.model_copy(update={"entries": [e for e in profile.entries if e.threads == args.threads]})
     here = take_fingerprint(args.threads)
     needs = probe_needs(profile)
     with tempfile.TemporaryDirectory() as tmp:

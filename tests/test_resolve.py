@@ -177,3 +177,26 @@ def test_default_threads_stay_within_the_cores_or_say_so(monkeypatch):
     assert res.threads == 2 and "predicted for 2 threads, the profile's fewest; this process may use 1 core" in res.note
     one = two.model_copy(update={"entries": [*two.entries, two.entries[0].model_copy(update={"threads": 1})]})
     assert resolve_mod.default_threads(one, "float32", "index") == 1
+
+
+def test_a_reference_without_entries_at_these_cores_is_rescaled_to_them(places, monkeypatch):
+    """One core, a reference calibrated at 2 threads: its NumPy entries are rescaled to 1 thread
+    by its own probe (rule blas-threads-1), then transferred; the line says both."""
+    import costmodel.machine.fingerprint as fpmod
+
+    _, here_probe = probes()
+    asked, lines = [], []
+    monkeypatch.setattr(fpmod, "available_cores", lambda: 1)
+
+    def prober(**needs):
+        asked.append(needs)
+        return here_probe
+
+    res = resolve(None, dtype="float32", impl="index", prober=prober, warn=lines.append, only_impl=True)
+    assert res.threads == 1 and {e.threads for e in res.profile.entries} == {1}
+    assert res.profile.transfer is not None and asked[0]["threads"] == [1]
+    assert any(k.startswith("threads:2->1:") for e in res.profile.entries for k in e.transfer_factors)
+    assert len(lines) == 1 and "rescaled to 1 thread" in lines[0] and "transferred to this machine" in lines[0]
+    # without a prober (the API's silent path) nothing is rescaled: the 2-thread entries, said so
+    plain = resolve(None, dtype="float32", impl="index", warn=None)
+    assert plain.threads == 2

@@ -233,3 +233,50 @@ def test_a_transferred_prediction_scales_with_the_ratios():
     after = predict(arch, transfer(profile, Probe.model_validate(here), FINGERPRINT), impl="index", threads=2)
     assert after.total_seconds == pytest.approx(k * before.total_seconds, rel=1e-9)
     assert all(math.isclose(a.seconds, k * b.seconds, rel_tol=1e-9) for a, b in zip(after.rows, before.rows))
+
+
+def test_fewer_threads_rescales_only_the_products_by_the_profiles_own_probe():
+    """A 2-thread entry used on one core: its BLAS products run at the made machine's 1-thread
+    rate (here half of the 2-thread one for square and conv, a third for small), everything
+    else (NumPy's single-threaded kernels) as calibrated; the ceilings follow the square class."""
+    from costmodel.machine.transfer import THREADS_RULE, fewer_threads
+
+    rates = {1: {"square": 50e9, "conv": 40e9, "small": 10e9 / 3}, 2: MADE_RATES}
+    made = make_probe({("numpy", "float32", n, s): v for n, r in rates.items() for s, v in r.items()},
+                      MADE_LEVELS, {"numpy": 1e-6})
+    profile = synthetic_profile(made)
+    one = fewer_threads(profile, 1)
+    assert THREADS_RULE == "blas-threads-1"
+    new = {e.impl: e for e in one.entries if e.threads == 1}
+    assert set(new) == {"index", "strided"}  # NumPy's entries; torch threads everything: not rescaled
+    before = next(e for e in profile.entries if e.impl == "index")
+    after = new["index"]
+    for key in ("conv_matmul", "full_matmul"):
+        b, a = dict(zip(before.ops[key].features, before.ops[key].coef)), dict(zip(after.ops[key].features,
+                                                                               after.ops[key].coef))
+        assert a["flops"] == pytest.approx(2 * b["flops"]) and a["calls"] == pytest.approx(3 * b["calls"])
+        assert {f: a[f] for f in a if f not in ("flops", "calls")} == {f: b[f] for f in b if f not in ("flops", "calls")}
+    for key in ("bias", "phi"):
+        assert after.ops[key].coef == before.ops[key].coef
+    assert after.ops["conv_matmul"].ceiling.flops_per_second == pytest.approx(50e9)
+    assert after.ops["conv_matmul"].ceiling.threads == 1
+    strided = new["strided"]
+    old_strided = next(e for e in profile.entries if e.impl == "strided")
+    assert strided.ops["conv_matmul:serial"].coef == old_strided.ops["conv_matmul:serial"].coef  # already 1 thread
+    assert strided.ops["conv_matmul:threaded"].coef != old_strided.ops["conv_matmul:threaded"].coef
+    assert any(k.startswith("threads:2->1:") for k in after.transfer_factors)
+    assert one.ceilings.threads == 1
+    # then transferred to another machine at 1 thread, as `predict` does on a 1-core machine
+    _, here = probes()
+    moved = transfer(one.model_copy(update={"entries": [e for e in one.entries if e.threads == 1]}), here, HERE)
+    assert {e.threads for e in moved.entries} == {1}
+
+
+def test_fewer_threads_needs_the_probe_at_both_thread_counts():
+    from costmodel.machine.transfer import fewer_threads
+
+    only_two = make_probe({("numpy", "float32", 2, s): v for s, v in MADE_RATES.items()}, MADE_LEVELS, {"numpy": 1e-6})
+    with pytest.raises(TransferError, match="at 2 and 1 thread"):
+        fewer_threads(synthetic_profile(only_two), 1)
+    with pytest.raises(TransferError, match="no probe"):
+        fewer_threads(synthetic_profile(None), 1)

@@ -90,6 +90,24 @@ def _needed(profile: Profile, dtype: str, threads: int, backend: str, impl: str 
     return profile.model_copy(update={"entries": entries or profile.entries})
 
 
+def _fewer_threads(profile: Profile, dtype: str, impl: str, backend: str, threads: int) -> tuple[Profile, str | None]:
+    """The reference profile with NumPy entries at `threads` rescaled from more threads
+    (costmodel.machine.transfer.fewer_threads) when it has none at `threads` but some at more
+    (a machine with fewer cores than the profile's), and the words saying so; else unchanged."""
+    from costmodel.machine.transfer import THREADS_RULE, TransferError, fewer_threads
+
+    counts = {e.threads for e in profile.entries if (e.dtype, e.impl, e.backend) == (dtype, impl, backend)}
+    if backend != "numpy" or threads in counts or not any(n > threads for n in counts):
+        return profile, None
+    try:
+        rescaled = fewer_threads(profile, threads)
+    except TransferError:
+        return profile, None
+    source = min(n for n in counts if n > threads)
+    return rescaled, (f"its {source}-thread entries rescaled to {threads} thread{'s' if threads > 1 else ''} by "
+                      f"its probe's product rates (rule {THREADS_RULE}, docs/transfer.md)")
+
+
 def resolve(path: str | Path | Profile | None, *, dtype: str, impl: str = "index", backend: str = "numpy",
             threads: int | None = None, prober: Prober | None = None,
             warn: Callable[[str], None] | None = _stderr, only_impl: bool = False) -> Resolved:
@@ -111,8 +129,11 @@ def resolve(path: str | Path | Profile | None, *, dtype: str, impl: str = "index
     from costmodel.machine.fingerprint import available_cores
 
     chosen = threads is None
-    threads = threads or default_threads(profile, dtype, impl, backend)
     cores = available_cores()
+    rescaled = None
+    if reference and prober is not None:
+        profile, rescaled = _fewer_threads(profile, dtype, impl, backend, threads or cores)
+    threads = threads or default_threads(profile, dtype, impl, backend)
     here = take_fingerprint(threads)
     prov = provenance(profile, here, path=file, reference=reference, threads=threads)
     note = warning_line(prov)
@@ -129,6 +150,8 @@ def resolve(path: str | Path | Profile | None, *, dtype: str, impl: str = "index
             profile = moved
             prov = provenance(profile, here, path=file, reference=reference, threads=threads)
             note = warning_line(prov)
+    if rescaled:
+        note = f"{note}; {rescaled}" if note else rescaled
     if reference:
         note = "no profile of this machine, so the reference profile shipped with costmodel" + (
             f": {note}" if note else ", made on a machine like this one; `costmodel calibrate` makes yours")

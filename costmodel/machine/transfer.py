@@ -39,9 +39,11 @@ from costmodel.errors import CostModelError
 from costmodel.machine.profile import Ceilings, Entry, Fingerprint, OpModel, Probe, Profile, Transfer
 from costmodel.model.ops import MATMUL, records
 
-__all__ = ["RULE", "TransferError", "probe_needs", "transfer", "time_factor"]
+__all__ = ["RULE", "THREADS_RULE", "TransferError", "fewer_threads", "probe_needs", "transfer", "time_factor"]
 
 RULE = "probe-ratios-1"
+#: a NumPy entry at T threads used at t < T threads (fewer_threads)
+THREADS_RULE = "blas-threads-1"
 BYTE_LEVELS = (("bytes", "L2"), ("bytes_beyond_L2", "L3"), ("bytes_beyond_L3", "memory"))
 
 
@@ -219,7 +221,7 @@ def transfer(profile: Profile, probe_here: Probe, here: Fingerprint | Mapping | 
     for entry in profile.entries:
         used: dict[str, float] = {}
         ops = {key: _transfer_model(ratios, entry, key, model, used) for key, model in entry.ops.items()}
-        entries.append(entry.model_copy(update={"ops": ops, "transfer_factors": used}))
+        entries.append(entry.model_copy(update={"ops": ops, "transfer_factors": {**entry.transfer_factors, **used}}))
     moved = profile.model_copy(update={
         "fingerprint": here,
         "ceilings": Ceilings.model_validate(_transfer_ceilings(profile, ratios, probe_here)),
@@ -228,3 +230,75 @@ def transfer(profile: Profile, probe_here: Probe, here: Fingerprint | Mapping | 
         "transfer": Transfer(rule=RULE, source_fingerprint=profile.fingerprint, source_probe=profile.probe),
     })
     return Profile.model_validate(moved.model_dump())
+
+
+def fewer_threads(profile: Profile, threads: int) -> Profile:
+    """`profile` with a NumPy entry at `threads` for every (dtype, impl) it has only at more
+    threads: rule THREADS_RULE, on the machine the profile was made on. Only the BLAS runs on
+    several threads in the NumPy step (its index and elementwise kernels are NumPy's, single-
+    threaded; a strided entry's ``:serial`` products already run on one), so the `flops` and
+    `calls` terms of the matrix products are multiplied by the profile's own probe's product
+    rate at the entry's threads over its rate at `threads`, per shape class (as `transfer`
+    picks them), and every other term is kept. The entry used is the one with the fewest
+    threads above `threads`; its ``transfer_factors`` name each factor ("threads:2->1:...").
+    Errors: TransferError when the profile has no probe, or its probe no products at one of
+    the two thread counts. Apply before `transfer` (which then rescales to this machine)."""
+    if profile.probe is None:
+        raise TransferError("the profile has no probe of the machine it was made on: it cannot be rescaled to "
+                            f"{threads} thread(s); run `costmodel calibrate --threads {threads}` here")
+    have = {(e.dtype, e.impl, e.backend, e.threads) for e in profile.entries}
+    own = _Ratios(profile.probe, profile.probe)  # the made machine's probe, read at two thread counts
+    added = []
+    for entry in sorted(profile.entries, key=lambda e: e.threads):
+        key = (entry.dtype, entry.impl, entry.backend, threads)
+        if entry.backend != "numpy" or entry.threads <= threads or key in have:
+            continue
+        have.add(key)
+        used: dict[str, float] = {}
+        label = f"threads:{entry.threads}->{threads}"
+        ops = {}
+        for name, model in entry.ops.items():
+            coef = dict(zip(model.features, model.coef))
+            ceiling = model.ceiling
+            if [op for op in _ops_of(name) if op in product_ops()] and "serial" not in name.partition(":")[2].split("+"):
+                for feature in ("flops", "calls"):
+                    if feature in coef:
+                        shape = "small" if feature == "calls" else (
+                            "conv" if any(op.startswith("conv_") for op in _ops_of(name)) else "square")
+                        factor = _thread_factor(own, entry, shape, threads)
+                        coef[feature] *= factor
+                        used[f"{label}:{shape}:{entry.dtype}"] = factor
+                if ceiling is not None:
+                    flops = ceiling.flops_per_second
+                    if flops is not None:
+                        shape = "conv" if any(op.startswith("conv_") for op in _ops_of(name)) else "square"
+                        flops = flops / _thread_factor(own, entry, shape, threads)
+                    ceiling = ceiling.model_copy(update={"flops_per_second": flops, "threads": threads})
+            ops[name] = model.model_copy(update={"coef": [coef[f] for f in model.features], "ceiling": ceiling})
+        added.append(entry.model_copy(update={"threads": threads, "ops": ops,
+                                              "transfer_factors": {**entry.transfer_factors, **used}}))
+    ceil = profile.ceilings
+    if ceil.threads > threads:  # the ceilings at the thread count predicted: peaks by the square class
+        flops = {}
+        for dt, v in ceil.matmul_flops_per_second.items():
+            rate = {p.threads: p.flops_per_second for p in profile.probe.products
+                    if (p.backend, p.dtype, p.shape) == ("numpy", dt, "square")}
+            if ceil.threads in rate and threads in rate:
+                flops[dt] = v * rate[threads] / rate[ceil.threads]
+        if flops:
+            memory = max(ceil.bandwidth, key=lambda b: b.working_set_bytes).bytes_per_second if ceil.bandwidth else None
+            ceil = ceil.model_copy(update={
+                "threads": threads, "matmul_flops_per_second": flops,
+                "machine_balance": {dt: f / memory for dt, f in flops.items()} if memory else ceil.machine_balance})
+    return profile.model_copy(update={"entries": [*profile.entries, *added], "ceilings": ceil})
+
+
+def _thread_factor(own: _Ratios, entry: Entry, shape: str, threads: int) -> float:
+    """The made machine's product rate at the entry's threads over its rate at `threads`."""
+    rate = {p.threads: p.flops_per_second for p in own.made.products
+            if (p.backend, p.dtype, p.shape) == ("numpy", entry.dtype, shape)}
+    if entry.threads not in rate or threads not in rate:
+        raise TransferError(f"the profile's probe has no numpy {shape} products in {entry.dtype} at "
+                            f"{entry.threads} and {threads} thread(s): run `costmodel calibrate --threads {threads}` here")
+    return rate[entry.threads] / rate[threads]
+
