@@ -124,7 +124,7 @@ def test_time_columns_and_totals_by_phase():
     step = next(line for line in text.splitlines() if "\\textbf{step}" in line)
     assert step.count("100.0\\,\\%") == 2  # predicted and measured fractions sum to the step
     assert latex_escape(CPU) in text and CPU not in text
-    assert "50\\,GFLOP/s" not in text and "50 GFLOP/s" in text  # the profile's facts, escaped text
+    assert "50\\,GFLOP/s" not in text and "50~GFLOP/s" in text  # the profile's facts: escaped text, number and unit unbroken
     assert "(used for the predictions)" in text
 
 
@@ -146,6 +146,23 @@ def test_standalone_document_of_every_example_compiles(tmp_path, path):
         text = subprocess.run(["pdftotext", "doc.pdf", "-"], cwd=tmp_path, capture_output=True, text=True,
                               check=True).stdout
         assert "#1 & 50%" in text and "{x}" in text  # printed literally
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None,
+                    reason="pdflatex is not installed (Debian: texlive-latex-base texlive-latex-recommended)")
+def test_the_shipped_profiles_facts_fit_their_column(tmp_path):
+    """The reference profile's facts are long ('46.8 GB/s beyond L2 (39 % of the 119 GB/s of 1
+    thread)'): each in one unbreakable box, they ran past the column (537 overfull lines)."""
+    from costmodel.machine.profile import embedded_profile_path, load_profile
+
+    arch = load_arch(EXAMPLES[0])
+    tex = tmp_path / "doc.tex"
+    tex.write_text(latex_document(arch, profile=load_profile(embedded_profile_path()), threads=2, standalone=True))
+    proc = subprocess.run(["pdflatex", "-halt-on-error", "-interaction=nonstopmode", tex.name],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    log = (tmp_path / "doc.log").read_text(errors="replace")
+    assert re.findall(r"Overfull \\hbox \((.*?)pt too wide\)", log) == []
 
 
 # -- the O() column comes from the SymPy expressions ------------------------------------------
