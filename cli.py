@@ -23,9 +23,9 @@ from costmodel.present.options import (ArchArg, BackendImplOpt, BandwidthOpt, Ba
                                        OversubscribeOpt, PlotOpt, PredictWorkersOpt, ProfileOpt, RankOpt, StepsOpt,
                                        TextFormat, ThreadsOpt, TimeoutOpt, WarmupOpt, WorkersOpt, WorldSizeOpt,
                                        backend_impl)
-from costmodel.present.terminal import (EXIT_SIGINT, EXIT_SIGTERM, Terminated, domain_errors, err as _err,
-                                        handle_sigterm, one_line as _one_line,  # noqa: F401  (_one_line: tests)
-                                        progress_line)
+from costmodel.present.options import arch_file as _arch_file
+from costmodel.present.terminal import (domain_errors, handle_sigterm, one_line as _one_line,  # noqa: F401  (tests)
+                                        progress_line, run_app)
 from costmodel.units import INT64_MAX
 
 app = typer.Typer(
@@ -49,19 +49,6 @@ def _root(
                                                     help="Print the version and exit.")] = None,
 ) -> None:
     """Predict and explain where the time of a CNN's SG step goes on a CPU."""
-
-
-def _arch_file(arch: Optional[Path], example: Optional[str]) -> Path:
-    """The architecture file a command reads: ARCH, or the shipped example --example names."""
-    from costmodel.errors import UsageError
-
-    if (arch is None) == (example is None):
-        raise UsageError("give an architecture file ARCH or --example NAME (one of them)")
-    if example is None:
-        return arch
-    from costmodel.examples import example_path
-
-    return example_path(example)
 
 
 @app.command()
@@ -411,23 +398,7 @@ def main() -> None:
     # costmodel validates its files with pydantic; looking for pydantic plugins scans every installed
     # package's entry points (importlib.metadata), a cold process's ~20 ms: none is loaded unless asked
     os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
-    from typer._click.exceptions import ClickException, NoArgsIsHelpError
-
-    try:
-        status = app(standalone_mode=False)
-    except NoArgsIsHelpError as exc:
-        exc.show()
-        status = exc.exit_code
-    except ClickException as exc:  # typer checks an option's value with pydantic, whose message starts so
-        _err(exc.format_message().replace("Value error, ", ""))
-        status = exc.exit_code
-    except Terminated:
-        _err("terminated (SIGTERM)")
-        status = EXIT_SIGTERM
-    except (typer.Abort, KeyboardInterrupt):
-        _err("interrupted")
-        status = EXIT_SIGINT
-    status = status if isinstance(status, int) else 0
+    status = run_app(app)
     group = sys.modules.get("calib.parallel.process_group")
     if group is not None and group.joined_here:  # --init: this process was a rank of a gloo group
         group.exit_now(status)

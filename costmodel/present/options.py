@@ -96,3 +96,17 @@ OverlapOpt = Annotated[bool, typer.Option("--overlap", help="With --workers: the
                                           "(composition overlap; default: sum).")]
 ProfileOpt = Annotated[Optional[Path], typer.Option("--profile", help="Machine profile (default: yours, else the shipped reference).")]
 PlotOpt = Annotated[Optional[Path], typer.Option("--plot", help="Also draw the result into FILE.png or FILE.pdf.")]
+
+
+def arch_file(arch: Optional[Path], example: Optional[str]) -> Path:
+    """The architecture file a command reads: ARCH, or the shipped example --example names;
+    UsageError unless exactly one is given."""
+    from costmodel.errors import UsageError
+
+    if (arch is None) == (example is None):
+        raise UsageError("give an architecture file ARCH or --example NAME (one of them)")
+    if example is None:
+        return arch
+    from costmodel.examples import example_path
+
+    return example_path(example)

@@ -106,3 +106,26 @@ def progress_line(label: str):
             sys.stderr.flush()
 
     return report
+
+
+def run_app(app) -> int:
+    """Run the typer `app` on sys.argv and return its exit status: a usage error (an unknown
+    option, `--batch abc`, a value out of range) is one line naming the option, status 2, like
+    every other bad input; SIGTERM and ^C are one line and their statuses."""
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+
+    try:
+        status = app(standalone_mode=False)
+    except NoArgsIsHelpError as exc:
+        exc.show()
+        status = exc.exit_code
+    except ClickException as exc:  # typer checks an option's value with pydantic, whose message starts so
+        err(exc.format_message().replace("Value error, ", ""))
+        status = exc.exit_code
+    except Terminated:
+        err("terminated (SIGTERM)")
+        status = EXIT_SIGTERM
+    except (typer.Abort, KeyboardInterrupt):
+        err("interrupted")
+        status = EXIT_SIGINT
+    return status if isinstance(status, int) else 0
