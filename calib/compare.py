@@ -90,6 +90,13 @@ def _x(r: float | None) -> str:
     return "-" if r is None else f"{r:.3g}x"
 
 
+def _as_fast(ratio: float | None) -> str:
+    """A speed ratio in words: '1.62x faster', '1.13x slower' (never '0.886x faster')."""
+    if ratio is None or ratio <= 0:
+        return "of unknown speed"
+    return f"{_x(ratio)} faster" if ratio >= 1 else f"{_x(1 / ratio)} slower"
+
+
 def _faster_sentences(groups: list[dict]) -> list[str]:
     ops = [g for g in groups if g["group"] != OTHER and g["torch_seconds"] > 0]
     faster = sorted((g for g in ops if g["ratio"] is not None and g["ratio"] >= FASTER_RATIO),
@@ -211,8 +218,8 @@ def _elementwise_verdict(groups: list[dict], threads: int) -> dict:
         kernels = n / t1 if t1 > 0 else None
         numbers.update(torch_1thread_seconds=t1, thread_speedup=from_threads, kernel_ratio=kernels)
         evidence.append(f"Measured again with 1 PyTorch thread, they take {_ms(t1)}: {threads} threads make them "
-                        f"{_x(from_threads)} faster, and on one thread PyTorch's kernels are still {_x(kernels)} "
-                        "faster than NumPy's.")
+                        f"{_as_fast(from_threads)}, and on one thread PyTorch's kernels are {_as_fast(kernels)} "
+                        "than NumPy's.")
         supported = from_threads is not None and from_threads >= FASTER_RATIO
         if not supported:
             evidence.append(f"Threads give less than {FASTER_RATIO:g}x: the kernels, not the threads, make the "

@@ -186,8 +186,9 @@ class LoadMonitor:
                   if self.spreads and sum(self.weights) > 0 else None)
         reasons = []
         if other > self.other_limit:
-            reasons.append(f"other processes used {100 * other:.0f} % of the {cores} available "
-                           f"core{'s' if cores > 1 else ''}' time (limit {100 * self.other_limit:.0f} %)")
+            whose = f"the {cores} available cores'" if cores > 1 else "the one available core's"
+            reasons.append(f"other processes used {100 * other:.0f} % of {whose} time "
+                           f"(limit {100 * self.other_limit:.0f} %)")
         if steal > self.steal_limit:
             reasons.append(f"steal time {100 * steal:.0f} % (limit {100 * self.steal_limit:.0f} %)")
         notes = []

@@ -69,14 +69,14 @@ def read_regular(path: str | Path, *, limit: int, what: str = "file",
         raise error(f"{path}: {missing}") from None
     except OSError as exc:
         if exc.errno == errno.ENXIO:  # a socket, or a FIFO with no writer
-            raise error(f"{path}: not a regular file, cannot read a {what} from it") from None
+            raise error(f"{path}: not a regular file, cannot read {_a(what)} from it") from None
         raise error(f"{path}: cannot read: {exc.strerror or exc.__class__.__name__}") from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise error(f"{path}: {file_kind(info.st_mode)}, not a regular file: cannot read a {what} from it")
+            raise error(f"{path}: {file_kind(info.st_mode)}, not a regular file: cannot read {_a(what)} from it")
         if info.st_size > limit:
-            raise error(f"{path}: {_size(info.st_size)}, more than the {_size(limit)} a {what} may have")
+            raise error(f"{path}: {_size(info.st_size)}, more than the {_size(limit)} {_a(what)} may have")
         chunks, total = [], 0
         while True:
             chunk = os.read(fd, min(1 << 20, limit + 1 - total))
@@ -85,7 +85,7 @@ def read_regular(path: str | Path, *, limit: int, what: str = "file",
             chunks.append(chunk)
             total += len(chunk)
             if total > limit:
-                raise error(f"{path}: more than the {_size(limit)} a {what} may have")
+                raise error(f"{path}: more than the {_size(limit)} {_a(what)} may have")
         return b"".join(chunks)
     except OSError as exc:
         raise error(f"{path}: cannot read: {exc.strerror or exc.__class__.__name__}") from None
@@ -227,3 +227,9 @@ def locked(path: str | Path, *, error: type[CostModelError] = UsageError) -> Ite
         except OSError:
             pass
         os.close(fd)  # closing releases the flock
+
+
+def _a(noun: str) -> str:
+    """'a profile', 'an architecture file': the article a noun takes (by its first letter)."""
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
+

@@ -184,3 +184,16 @@ def test_the_step_interval_comes_from_whole_networks_cross_validated():
     noise = np.tile([1.3, 0.7, 1.0, 1.0, 1.0], 200)
     same = step_interval(np.repeat(np.full(200, 1e-3), 5) * noise, np.full(1000, 1e-3), groups)
     assert same["step_interval"] == pytest.approx([1.0, 1.0]) and same["step_cv_error"] == pytest.approx(0.0)
+
+
+def test_an_op_interval_stays_within_the_profiles_bounds():
+    """Measured/predicted of 1128 (a model predicting almost nothing for an op timed under load)
+    made a profile that did not validate: the interval is held at the schema's bound."""
+    import numpy as np
+
+    from calib.fit import _bounded_interval
+    from costmodel.machine.machine_facts import MAX_INTERVAL
+
+    low, high = _bounded_interval(np.array([0.9, 1.0, 1.1, 1128.0, 5000.0]))
+    assert 0 < low <= high == MAX_INTERVAL
+    assert _bounded_interval(np.array([1e-6, 1e-7])) == (1 / MAX_INTERVAL, 1 / MAX_INTERVAL)

@@ -931,12 +931,12 @@ def test_hostile_script_generates_at_least_300_inputs():
 
 
 def test_a_refusal_after_the_profile_warning_is_still_one_line(tmp_path, monkeypatch):
-    """The reference profile's warning is held until the command ends: a refusal after it (no
-    entry for 999 threads) is the one line, which says calibrate cannot make that entry here."""
+    """The reference profile's warning is held until the command ends: a refusal after it (999
+    threads, more than the cores a probe could transfer it to) is the one line, before any probe."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # no profile of this machine: the reference
     monkeypatch.delenv("COSTMODEL_PROFILE", raising=False)
     one_line_refusal(["predict", "--example", "digits-small", "--threads", "999"],
-                     "no entry for float32, impl index, 999 threads", "must be calibrated on a machine with more")
+                     "--threads 999: this process may use", "cannot run 999 threads on them")
     code, out, err = cli(["predict", "--example", "digits-small", "--by", "kind"])
     assert code == 0 and "step:" in out
     assert err.startswith("costmodel: warning: ") and "reference profile" in err  # printed on success

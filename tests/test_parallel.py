@@ -355,3 +355,16 @@ def test_plan_shares_the_cores_out():
     assert (plan.mode, plan.world_size, plan.placements[0].rank) == ("joined", 4, 3)
     assert plan.init_method == "tcp://10.0.0.1:29500"
     assert plan_group(workers=None, init=None, rank=None, world_size=None, threads=None, environ={}) is None
+
+
+def test_profile_show_reads_the_network_section_as_machine_facts():
+    from calib.parallel.network import SIZES, measured_network
+    from costmodel.machine.parallel import ring_allreduce_seconds
+    from costmodel.present.profile_text import render_profile
+    from tests.test_transfer import synthetic_profile
+
+    seconds = {n: ring_allreduce_seconds(n, 2, 45e-6, 1 / 1.1e9) for n in SIZES}
+    profile = synthetic_profile().model_copy(update={"network": measured_network(seconds, 2, "loopback", 5)})
+    text = render_profile(profile, "table")
+    assert "Network (gloo allreduce, 2 workers, loopback): latency 45.0 us, 1.1 GB/s" in " ".join(text.split())
+    assert "fit error: median 0.0 %" in text and "67.1 MB" in text

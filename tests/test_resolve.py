@@ -200,3 +200,20 @@ def test_a_reference_without_entries_at_these_cores_is_rescaled_to_them(places, 
     # without a prober (the API's silent path) nothing is rescaled: the 2-thread entries, said so
     plain = resolve(None, dtype="float32", impl="index", warn=None)
     assert plain.threads == 2
+
+
+def test_a_disturbed_probe_leaves_the_reference_untransferred_in_one_line(places):
+    _, here_probe = probes()
+    data = here_probe.model_dump()
+    for p in data["products"]:
+        p["flops_per_second"] /= 5000  # a probe beside heavy load
+    lines = []
+    res = resolve(None, dtype="float32", impl="index", threads=2, prober=lambda **n: Probe.model_validate(data),
+                  warn=lines.append)
+    assert res.profile.transfer is None and not res.provenance["transferred"]
+    assert len(lines) == 1 and "could not be transferred" in lines[0] and "disturbed" in lines[0]
+
+
+def test_a_missing_entry_is_refused_before_any_probe(places):
+    with pytest.raises(UsageError, match="no entry for float64"):
+        resolve(None, dtype="float64", impl="index", threads=2, prober=lambda **n: pytest.fail("probed"), warn=None)

@@ -299,3 +299,10 @@ def test_bytes_fresh_counts_only_arrays_of_fresh_pages():
         assert r.basis["bytes_fresh"] <= r.bytes_written
     small = example(next(p for p in EXAMPLES if p.stem == "digits-small"), batch=8)
     assert all(r.basis["bytes_fresh"] == 0 for r in rows_of(small))
+
+
+def test_a_speed_ratio_below_one_reads_as_slower():
+    from calib.compare import _as_fast
+
+    assert _as_fast(0.886) == "1.13x slower" and _as_fast(1.62) == "1.62x faster"
+    assert _as_fast(None) == _as_fast(0.0) == "of unknown speed"

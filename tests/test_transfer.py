@@ -280,3 +280,19 @@ def test_fewer_threads_needs_the_probe_at_both_thread_counts():
         fewer_threads(synthetic_profile(only_two), 1)
     with pytest.raises(TransferError, match="no probe"):
         fewer_threads(synthetic_profile(None), 1)
+
+
+def test_a_disturbed_probe_is_an_error_not_a_profile_out_of_bounds():
+    """Under load a 64^3 torch.mm measured 3,000-10,000x slower than quiet: its factor took a
+    per-call coefficient past the profile's bounds (a traceback). A factor beyond MAX_FACTOR
+    names the kernel instead."""
+    from costmodel.machine.transfer import MAX_FACTOR
+
+    made, here = probes()
+    data = here.model_dump()
+    for p in data["products"]:
+        if p["shape"] == "small":
+            p["flops_per_second"] /= 5000
+    with pytest.raises(TransferError, match=r"probe of product:small.*disturbed"):
+        transfer(synthetic_profile(made), Probe.model_validate(data), HERE)
+    assert 3.5 * 10 < MAX_FACTOR  # the real CPUs seen differ by at most 3.5x per kernel: far inside

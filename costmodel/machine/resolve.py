@@ -133,7 +133,13 @@ def resolve(path: str | Path | Profile | None, *, dtype: str, impl: str = "index
     rescaled = None
     if reference and prober is not None:
         profile, rescaled = _fewer_threads(profile, dtype, impl, backend, threads or cores)
+    if reference and prober is not None and threads and threads > cores:
+        raise UsageError(f"--threads {threads}: this process may use {cores} core{'s' if cores > 1 else ''}, and the "
+                         "reference profile is transferred by a probe of this machine, which cannot run "
+                         f"{threads} threads on them: leave --threads out, or give a profile calibrated for "
+                         f"{threads} threads with --profile")
     threads = threads or default_threads(profile, dtype, impl, backend)
+    profile.entry(dtype, impl, threads, backend)  # no such entry: its one line now, before any probe
     here = take_fingerprint(threads)
     prov = provenance(profile, here, path=file, reference=reference, threads=threads)
     note = warning_line(prov)

@@ -64,11 +64,26 @@ def probe_needs(profile: Profile) -> dict:
             "torch": any(e.backend == "torch" for e in profile.entries)}
 
 
+#: a time factor beyond this (either way) is not another CPU but a disturbed probe: under load,
+#: a 64^3 torch.mm measured 3,000-10,000x slower than quiet (2026-12-01), which took a per-call
+#: coefficient past the profile's bounds. Real CPUs seen here differ by 1.3-3.5x per kernel.
+MAX_FACTOR = 50.0
+
+
 class _Ratios:
-    """Time factors (made machine's rate / this machine's rate) read from two probes."""
+    """Time factors (made machine's rate / this machine's rate) read from two probes; a factor
+    beyond MAX_FACTOR either way is a TransferError naming the kernel."""
 
     def __init__(self, made: Probe, here: Probe):
         self.made, self.here = made, here
+
+    @staticmethod
+    def _checked(name: str, factor: float) -> tuple[str, float]:
+        if not (1 / MAX_FACTOR <= factor <= MAX_FACTOR):
+            raise TransferError(f"this machine's probe of {name} is {factor:.3g}x the profile machine's time "
+                                f"(beyond {MAX_FACTOR:g}x either way): the probe was disturbed; predict again on a "
+                                "quiet machine, or run `costmodel calibrate`")
+        return name, factor
 
     def product(self, backend: str, dtype: str, threads: int, shape: str) -> tuple[str, float]:
         def find(probe: Probe, b: str):
@@ -82,7 +97,8 @@ class _Ratios:
                     raise TransferError(f"the probes measured different {shape} products "
                                         f"({made.m}x{made.k}x{made.n} and {here.m}x{here.k}x{here.n}): "
                                         "probe this machine again with this costmodel")
-                return f"product:{shape}:{b}:{dtype}:{threads}", made.flops_per_second / here.flops_per_second
+                return self._checked(f"product:{shape}:{b}:{dtype}:{threads}",
+                                     made.flops_per_second / here.flops_per_second)
         raise TransferError(f"no probe of {backend} {shape} products in {dtype} with {threads} thread(s) on both "
                             "machines: probe this machine with costmodel.machine.transfer.probe_needs(profile)")
 
@@ -91,12 +107,12 @@ class _Ratios:
         here = next((p for p in self.here.bandwidth if p.level == level), None)
         if made is None or here is None:
             raise TransferError(f"no probe of the bandwidth in {level} on both machines")
-        return f"bytes:{level}", made.bytes_per_second / here.bytes_per_second
+        return self._checked(f"bytes:{level}", made.bytes_per_second / here.bytes_per_second)
 
     def call(self, backend: str) -> tuple[str, float]:
         for b in dict.fromkeys((backend, "numpy")):
             if b in self.made.call_seconds and b in self.here.call_seconds:
-                return f"calls:{b}", self.here.call_seconds[b] / self.made.call_seconds[b]
+                return self._checked(f"calls:{b}", self.here.call_seconds[b] / self.made.call_seconds[b])
         raise TransferError(f"no probe of the call time of {backend} on both machines")
 
 
@@ -229,7 +245,15 @@ def transfer(profile: Profile, probe_here: Probe, here: Fingerprint | Mapping | 
         "probe": probe_here,
         "transfer": Transfer(rule=RULE, source_fingerprint=profile.fingerprint, source_probe=profile.probe),
     })
-    return Profile.model_validate(moved.model_dump())
+    from pydantic import ValidationError
+
+    try:
+        return Profile.model_validate(moved.model_dump())
+    except ValidationError as exc:  # a rescaled coefficient past the profile's bounds
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        raise TransferError(f"the transferred profile is not valid ({where}: {error['msg']}): the probe was "
+                            "probably disturbed; predict again on a quiet machine, or run `costmodel calibrate`") from None
 
 
 def fewer_threads(profile: Profile, threads: int) -> Profile:

@@ -112,6 +112,8 @@ def render_profile(profile: Profile, fmt: str = "table") -> str:
         [{"ws": p.working_set_bytes, "group": _level(p.working_set_bytes, fp.caches), "bw": p.bytes_per_second}
          for p in ceil.bandwidth],
         ["np.add(a, b, out=c), 1 thread: bytes of a, b and c per second"]))
+    if profile.network is not None:
+        parts.append(_network_table(profile.network))
     columns = [("op", "op", str), ("model", "model", str), ("parameters", "name", str),
                ("CV error", "cv_error", lambda v: "-" if v is None else f"{100 * v:.1f} %"),
                ("measured/predicted", "interval", lambda v: f"{v[0]:.2f} .. {v[1]:.2f}"),
@@ -120,6 +122,25 @@ def render_profile(profile: Profile, fmt: str = "table") -> str:
                            + "".join(f", {name} {version}" for name, version in sorted(entry.versions.items())),
                            columns, _op_rows(entry), _entry_notes(entry)) for entry in profile.entries]
     return "\n".join(parts)
+
+
+def _network_table(net) -> str:
+    """The network section (calibrate --network, or a given link): alpha and beta read as machine
+    facts, and the allreduce microbenchmark's points against the ring model."""
+    from costmodel.present.report import fmt_seconds
+
+    bandwidth = "no cost per byte" if net.beta_seconds_per_byte == 0 else human(1 / net.beta_seconds_per_byte, "B/s")
+    who = f"{net.workers} workers, " if net.workers else ""
+    title = (f"Network ({net.backend} allreduce, {who}{net.name or net.link}): latency "
+             f"{fmt_seconds(net.alpha_seconds)}, {bandwidth}")
+    notes = ["ring allreduce t(n) = 2 (P-1) alpha + 2 (P-1)/P n beta"]
+    if net.fit_error is not None:
+        notes.append(f"fit error: median {100 * net.fit_error:.1f} %, largest {100 * net.max_error:.1f} %")
+    rows = [{"n": p.message_bytes, "t": p.seconds, "p": p.predicted_seconds, "e": p.error,
+             "fitted": "yes" if p.fitted else "no"} for p in net.points]
+    return render_table(title, [("message", "n", lambda v: human(v, "B")), ("measured", "t", fmt_seconds),
+                                ("predicted", "p", fmt_seconds), ("error", "e", lambda v: f"{100 * v:+.1f} %"),
+                                ("fitted", "fitted", str)], rows, notes)
 
 
 def _entry_notes(entry: Entry) -> list[str]:
