@@ -163,8 +163,7 @@ def measure_parallel_command(arch_path: Path, *, batch, steps, warmup, threads, 
 
     per_worker(arch.batch, plan.world_size)  # refuse before starting anything
     if plan.oversubscribed:
-        _log(f"warning: {plan.world_size} worker(s) x {plan.threads} thread(s) share fewer cores (--oversubscribe): "
-             "the times include waiting for a core")
+        _oversubscribed(plan, _log)
     result = measure_parallel(arch, plan, backend=backend, impl=impl, steps=steps, warmup=warmup, overlap=overlap)
     return render_parallel(result, fmt)
 
@@ -174,6 +173,11 @@ def measure_parallel_command(arch_path: Path, *, batch, steps, warmup, threads, 
 POINT_COLUMNS = [("message", "message_bytes", lambda b: human(b, "B")), ("measured", "seconds", fmt_seconds),
                  ("predicted", "predicted_seconds", fmt_seconds), ("error", "error", lambda e: f"{100 * e:+.1f} %"),
                  ("fitted", "fitted", lambda f: "yes" if f else "no: < 2P elements")]
+
+
+def _oversubscribed(plan: GroupPlan, log) -> None:
+    log(f"warning: {plan.world_size} worker(s) x {plan.threads} thread(s) share fewer cores (--oversubscribe): "
+        "the times include waiting for a core")
 
 
 def calibrate_network_command(*, workers, init, rank, world_size, threads, timeout, oversubscribe, link, latency,
@@ -199,6 +203,8 @@ def calibrate_network_command(*, workers, init, rank, world_size, threads, timeo
         if plan.world_size < 2:
             raise UsageError(f"--workers {plan.world_size}: an allreduce among one worker moves nothing; "
                              "give 2 or more")
+        if plan.oversubscribed:
+            _oversubscribed(plan, log)
         from calib.backends.torch import import_torch
 
         quiet_torch_logs()
