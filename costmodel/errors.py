@@ -56,3 +56,30 @@ class held_warnings:
                 for line in lines:
                     warn(line)
         return False
+
+
+# -- a signal that must not be lost ----------------------------------------------------------------
+
+_signalled: list[str] = []  # the signals the CLI's handlers saw during the current command
+
+
+def note_signal(name: str) -> None:
+    """Record that the command got `name` (SIGINT, SIGTERM). Python raises the signal's
+    exception wherever the main thread is, and there it can be swallowed: inside a finalizer
+    that a garbage collection runs, it is only printed ("Exception ignored in ..."), and the
+    command goes on to write its file (seen once in CI: a ^C'd calibration exited 0 and wrote
+    its profile). `check_signals` raises it again before anything is written."""
+    _signalled.append(name)
+
+
+def clear_signals() -> None:
+    """Forget the signals of a command that has ended."""
+    _signalled.clear()
+
+
+def check_signals() -> None:
+    """Raise KeyboardInterrupt if a signal was noted and not acted on (costmodel.files'
+    atomic_write calls it before it renames its file into place)."""
+    if _signalled:
+        raise KeyboardInterrupt(_signalled[-1])
+

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from costmodel.errors import CostModelError, UsageError
+from costmodel.errors import CostModelError, UsageError, check_signals
 
 __all__ = ["KiB", "MiB", "STALE_SECONDS", "atomic_write", "check_writable", "clean_stale_temps", "file_kind",
            "locked", "read_regular", "temp_pattern"]
@@ -124,6 +124,7 @@ def atomic_write(path: str | Path, data: str | bytes, *, make_parents: bool = Fa
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        check_signals()  # a ^C swallowed on the way (costmodel.errors.note_signal): write nothing
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -101,8 +101,11 @@ def test_a_prediction_is_the_profiles_coefficients_times_the_ops_costs(tiny_prof
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
 def test_killed_calibration_leaves_no_profile(tmp_path, sig):
     out = tmp_path / "profile.json"
+    # ^C as at a terminal: the child must not inherit an ignored SIGINT (a test run started in the
+    # background by a non-interactive shell ignores it, and so, rightly, would costmodel)
     proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "calibrate", "--quick", "-o", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(3.0)  # inside the sweep: importing, ceilings, timing
     assert proc.poll() is None, proc.communicate()
     proc.send_signal(sig)

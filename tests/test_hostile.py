@@ -947,3 +947,72 @@ def test_a_bad_option_value_is_named_without_the_validators_prefix(tmp_path):
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr == ("costmodel: error: Invalid value for '--format': 'xml' is not one of 'table', "
                              "'json', 'csv'.\n")
+
+
+def test_a_signal_a_finalizer_swallowed_still_stops_the_write(tmp_path):
+    """Python raises ^C's KeyboardInterrupt wherever the main thread is; inside a finalizer run by
+    the garbage collector it is only printed, and a calibration went on to write its profile and
+    exit 0 (seen once in CI). The handlers note the signal; the write and the command check it."""
+    import typer
+
+    from costmodel.errors import clear_signals, note_signal
+    from costmodel.files import atomic_write
+    from costmodel.present.terminal import domain_errors
+
+    target = tmp_path / "profile.json"
+    note_signal("SIGINT")
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            atomic_write(target, "{}")
+    finally:
+        clear_signals()
+    assert list(tmp_path.iterdir()) == []  # neither the file nor its temporary
+
+    @domain_errors
+    def command(signal_name):
+        note_signal(signal_name)  # as if its exception had been swallowed
+        return "done"
+
+    for name, status in (("SIGINT", 130), ("SIGTERM", 143)):
+        with pytest.raises(typer.Exit) as stopped:
+            command(name)
+        assert stopped.value.exit_code == status
+    assert command.__wrapped__ is not None and atomic_write(target, "{}") is None  # cleared after the command
+    assert target.read_text() == "{}"
+
+
+def test_a_signal_raised_inside_a_finalizer_is_noted_not_printed(capsys):
+    """The unraisable hook the CLI installs: KeyboardInterrupt in a __del__ is noted (and the
+    command stops at its next check), not printed as a traceback; other errors as Python prints
+    them."""
+    import gc
+    import sys
+
+    from costmodel.errors import check_signals, clear_signals
+    from costmodel.present.terminal import handle_sigterm
+
+    class Finalizer:
+        def __init__(self, exc):
+            self.exc = exc
+
+        def __del__(self):
+            raise self.exc
+
+    previous = handle_sigterm()
+    try:
+        Finalizer(KeyboardInterrupt())
+        gc.collect()
+        with pytest.raises(KeyboardInterrupt):
+            check_signals()
+        clear_signals()
+        Finalizer(ValueError("shown"))
+        gc.collect()
+    finally:
+        import signal
+
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
+        sys.unraisablehook = sys.__unraisablehook__
+        clear_signals()
+    err = capsys.readouterr().err
+    assert "KeyboardInterrupt" not in err and "ValueError: shown" in err

@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from costmodel.errors import CostModelError, held_warnings
+from costmodel.errors import CostModelError, check_signals, clear_signals, held_warnings, note_signal
 
 #: exit statuses of a run stopped by a signal, as a shell reports a process killed by it
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143
@@ -31,18 +31,40 @@ class Terminated(KeyboardInterrupt):
 
 
 def _raise_terminated(signum, frame):
+    note_signal("SIGTERM")
     raise Terminated()
 
 
+def _raise_interrupted(signum, frame):
+    note_signal("SIGINT")
+    raise KeyboardInterrupt()
+
+
 def handle_sigterm():
-    """Treat SIGTERM like SIGINT (from the main thread; elsewhere signals cannot be set).
-    Returns the handler it replaced (None when it set none)."""
+    """Treat SIGTERM like SIGINT, and note both (costmodel.errors.note_signal: an exception a
+    finalizer swallowed is raised again before a file is written). From the main thread only
+    (elsewhere signals cannot be set). Returns the handlers it replaced, (SIGTERM's, SIGINT's),
+    or None when it set none."""
     import signal
     import threading
 
     if threading.current_thread() is threading.main_thread():
-        return signal.signal(signal.SIGTERM, _raise_terminated)
+        sys.unraisablehook = _unraisable
+        interrupt = signal.getsignal(signal.SIGINT)
+        # a SIGINT the parent ignores stays ignored (a background job of a non-interactive shell)
+        ours = interrupt if interrupt == signal.SIG_IGN else _raise_interrupted
+        return signal.signal(signal.SIGTERM, _raise_terminated), signal.signal(signal.SIGINT, ours)
     return None
+
+
+def _unraisable(unraisable) -> None:
+    """sys.unraisablehook: a ^C or SIGTERM raised inside a finalizer cannot propagate; note it
+    (the command stops at its next check) instead of printing a traceback; anything else as
+    Python prints it."""
+    if unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
+        note_signal("SIGTERM" if issubclass(unraisable.exc_type, Terminated) else "SIGINT")
+        return
+    sys.__unraisablehook__(unraisable)
 
 
 def domain_errors(fn):
@@ -53,16 +75,22 @@ def domain_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         previous = handle_sigterm()
+        clear_signals()
         try:
             with held_warnings():
-                return fn(*args, **kwargs)
+                result = fn(*args, **kwargs)
+                check_signals()  # a ^C or SIGTERM some finalizer swallowed: the command was stopped
+                return result
         except CostModelError as exc:
             err(str(exc))
             raise typer.Exit(exc.exit_code) from None
         except Terminated:
             err("terminated (SIGTERM): nothing was written")
             raise typer.Exit(EXIT_SIGTERM) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
+            if exc.args == ("SIGTERM",):  # a SIGTERM swallowed on the way, raised again by check_signals
+                err("terminated (SIGTERM): nothing was written")
+                raise typer.Exit(EXIT_SIGTERM) from None
             err("interrupted: nothing was written")
             raise typer.Exit(EXIT_SIGINT) from None
         except BrokenPipeError:
@@ -75,10 +103,13 @@ def domain_errors(fn):
             err("input nested too deeply")
             raise typer.Exit(2) from None
         finally:
-            if previous is not None:  # a command run in process (tests, an API) leaves SIGTERM as it was
+            clear_signals()
+            if previous is not None:  # a command run in process (tests, an API) leaves the handlers as they were
                 import signal
 
-                signal.signal(signal.SIGTERM, previous)
+                signal.signal(signal.SIGTERM, previous[0])
+                signal.signal(signal.SIGINT, previous[1])
+                sys.unraisablehook = sys.__unraisablehook__
 
     return wrapper
 
