@@ -9,6 +9,8 @@ delay, and the output says so) -- this script
    dtypes, the chosen --impl or --backend torch; `--quick` for the quick calibration), or takes
    them from --profile FILE (2026-12-01, 2-core VM, float32 index: the full calibration took 25 s
    and put all 18 cases within 20 %, model median 2.2 %; --quick put 17 of 18, median 14.7 %);
+   10 timed steps per case by default: with 5, one case's measured compute ran 18 % above the
+   same network's other cases and missed by 2.5 pp (17 of 18; 10 steps: 18 of 18, worst 14 %);
 2. calibrates the network for the link in the same run (`calibrate --network --quick`, written
    into a copy of the shipped profile in a temporary directory);
 3. for three networks (a small CNN: mnist-demo-layer4; cifar10-layer7; an MLP with a large full
@@ -40,7 +42,7 @@ Namespaces need root, `ip` and `tc` (iproute2); without them only loopback runs.
 here is removed at the end, also on ^C. A calibration disturbed by other load is refused unless
 --accept-noisy (then its figures are not final).
 
-    python benchmarks/data_parallel.py [--steps 5] [--links loopback 10gbit 1gbit] [--archs A.yaml ...]
+    python benchmarks/data_parallel.py [--steps 10] [--links loopback 10gbit 1gbit] [--archs A.yaml ...]
                                        [--backend numpy|torch] [--impl index|strided]
                                        [--baseline alone|concurrent|inrun] [--profile FILE] [--quick]
                                        [--accept-noisy]
@@ -204,7 +206,7 @@ def ms(seconds: float) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--links", nargs="+", default=list(LINKS), choices=list(LINKS))
     parser.add_argument("--archs", nargs="+", type=Path, default=ARCHS)
     parser.add_argument("--backend", choices=["numpy", "torch"], default="numpy")
