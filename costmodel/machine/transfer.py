@@ -125,23 +125,34 @@ def product_ops() -> frozenset[str]:
     return frozenset(r.name for r in records().values() if r.kind == MATMUL)
 
 
+def _serial(key: str) -> bool:
+    """Whether the model `key` is a :serial one (single-threaded BLAS inside a threaded step)."""
+    return "serial" in key.partition(":")[2].split("+")
+
+
+def product_shape(key: str, feature: str) -> str | None:
+    """The probe's product class that rescales the term `feature` of the model `key`: "conv" or
+    "square" for a product's FLOPs, "small" for its calls; None for a term of no product."""
+    products = [op for op in _ops_of(key) if op in product_ops()]
+    if not products:
+        return None
+    if feature in ("flops", "flops_lane_waste"):
+        return "conv" if any(op.startswith("conv_") for op in products) else "square"
+    return "small" if feature == "calls" else None
+
+
 def time_factor(ratios: _Ratios, entry: Entry, key: str, feature: str) -> tuple[str, float]:
     """(name, factor) of one term of the model `key` of `entry` under the rule (module docstring);
     the byte terms of the levels are handled together by _transfer_model."""
-    ops = _ops_of(key)
     backend = entry.backend
-    if ops == ["other"]:
+    if _ops_of(key) == ["other"]:
         return ratios.call("torch")
-    products = [op for op in ops if op in product_ops()]
-    threads = 1 if "serial" in key.partition(":")[2].split("+") else entry.threads
+    shape = product_shape(key, feature)
+    if shape is not None:
+        return ratios.product(backend, entry.dtype, 1 if _serial(key) else entry.threads, shape)
     if feature in ("flops", "flops_lane_waste"):
-        if products:
-            shape = "conv" if any(op.startswith("conv_") for op in products) else "square"
-            return ratios.product(backend, entry.dtype, threads, shape)
         return ratios.level("L1")
     if feature == "calls":
-        if products:
-            return ratios.product(backend, entry.dtype, threads, "small")
         return ratios.call(backend)
     if feature == "bytes_fresh":
         return ratios.level("memory")
@@ -262,16 +273,25 @@ def fewer_threads(profile: Profile, threads: int) -> Profile:
     several threads in the NumPy step (its index and elementwise kernels are NumPy's, single-
     threaded; a strided entry's ``:serial`` products already run on one), so the `flops` and
     `calls` terms of the matrix products are multiplied by the profile's own probe's product
-    rate at the entry's threads over its rate at `threads`, per shape class (as `transfer`
-    picks them), and every other term is kept. The entry used is the one with the fewest
-    threads above `threads`; its ``transfer_factors`` name each factor ("threads:2->1:...").
-    Errors: TransferError when the profile has no probe, or its probe no products at one of
-    the two thread counts. Apply before `transfer` (which then rescales to this machine)."""
+    rate at the entry's threads over its rate at `threads`, per shape class (product_shape, as
+    `transfer` picks them), and every other term is kept; the ceilings follow the square class.
+    The entry used is the one with the fewest threads above `threads`; its ``transfer_factors``
+    name each factor ("threads:2->1:..."). Errors: TransferError when the profile has no probe,
+    or its probe no products at one of the two thread counts. Apply before `transfer` (which
+    then rescales to this machine)."""
     if profile.probe is None:
         raise TransferError("the profile has no probe of the machine it was made on: it cannot be rescaled to "
                             f"{threads} thread(s); run `costmodel calibrate --threads {threads}` here")
+
+    def factor(dtype: str, shape: str, more: int) -> float:  # rate at `more` threads / rate at `threads`
+        rate = {p.threads: p.flops_per_second for p in profile.probe.products
+                if (p.backend, p.dtype, p.shape) == ("numpy", dtype, shape)}
+        if more not in rate or threads not in rate:
+            raise TransferError(f"the profile's probe has no numpy {shape} products in {dtype} at {more} and "
+                                f"{threads} thread(s): run `costmodel calibrate --threads {threads}` here")
+        return rate[more] / rate[threads]
+
     have = {(e.dtype, e.impl, e.backend, e.threads) for e in profile.entries}
-    own = _Ratios(profile.probe, profile.probe)  # the made machine's probe, read at two thread counts
     added = []
     for entry in sorted(profile.entries, key=lambda e: e.threads):
         key = (entry.dtype, entry.impl, entry.backend, threads)
@@ -279,25 +299,24 @@ def fewer_threads(profile: Profile, threads: int) -> Profile:
             continue
         have.add(key)
         used: dict[str, float] = {}
-        label = f"threads:{entry.threads}->{threads}"
         ops = {}
         for name, model in entry.ops.items():
+            if _serial(name) or product_shape(name, "flops") is None:
+                ops[name] = model
+                continue
             coef = dict(zip(model.features, model.coef))
+            for feature in ("flops", "calls"):
+                if feature in coef:
+                    shape = product_shape(name, feature)
+                    f = used[f"threads:{entry.threads}->{threads}:{shape}:{entry.dtype}"] = \
+                        factor(entry.dtype, shape, entry.threads)
+                    coef[feature] *= f
             ceiling = model.ceiling
-            if [op for op in _ops_of(name) if op in product_ops()] and "serial" not in name.partition(":")[2].split("+"):
-                for feature in ("flops", "calls"):
-                    if feature in coef:
-                        shape = "small" if feature == "calls" else (
-                            "conv" if any(op.startswith("conv_") for op in _ops_of(name)) else "square")
-                        factor = _thread_factor(own, entry, shape, threads)
-                        coef[feature] *= factor
-                        used[f"{label}:{shape}:{entry.dtype}"] = factor
-                if ceiling is not None:
-                    flops = ceiling.flops_per_second
-                    if flops is not None:
-                        shape = "conv" if any(op.startswith("conv_") for op in _ops_of(name)) else "square"
-                        flops = flops / _thread_factor(own, entry, shape, threads)
-                    ceiling = ceiling.model_copy(update={"flops_per_second": flops, "threads": threads})
+            if ceiling is not None:
+                flops = ceiling.flops_per_second
+                if flops is not None:
+                    flops /= factor(entry.dtype, product_shape(name, "flops"), entry.threads)
+                ceiling = ceiling.model_copy(update={"flops_per_second": flops, "threads": threads})
             ops[name] = model.model_copy(update={"coef": [coef[f] for f in model.features], "ceiling": ceiling})
         added.append(entry.model_copy(update={"threads": threads, "ops": ops,
                                               "transfer_factors": {**entry.transfer_factors, **used}}))
@@ -305,24 +324,13 @@ def fewer_threads(profile: Profile, threads: int) -> Profile:
     if ceil.threads > threads:  # the ceilings at the thread count predicted: peaks by the square class
         flops = {}
         for dt, v in ceil.matmul_flops_per_second.items():
-            rate = {p.threads: p.flops_per_second for p in profile.probe.products
-                    if (p.backend, p.dtype, p.shape) == ("numpy", dt, "square")}
-            if ceil.threads in rate and threads in rate:
-                flops[dt] = v * rate[threads] / rate[ceil.threads]
+            try:
+                flops[dt] = v / factor(dt, "square", ceil.threads)
+            except TransferError:
+                continue
         if flops:
             memory = max(ceil.bandwidth, key=lambda b: b.working_set_bytes).bytes_per_second if ceil.bandwidth else None
             ceil = ceil.model_copy(update={
                 "threads": threads, "matmul_flops_per_second": flops,
                 "machine_balance": {dt: f / memory for dt, f in flops.items()} if memory else ceil.machine_balance})
     return profile.model_copy(update={"entries": [*profile.entries, *added], "ceilings": ceil})
-
-
-def _thread_factor(own: _Ratios, entry: Entry, shape: str, threads: int) -> float:
-    """The made machine's product rate at the entry's threads over its rate at `threads`."""
-    rate = {p.threads: p.flops_per_second for p in own.made.products
-            if (p.backend, p.dtype, p.shape) == ("numpy", entry.dtype, shape)}
-    if entry.threads not in rate or threads not in rate:
-        raise TransferError(f"the profile's probe has no numpy {shape} products in {entry.dtype} at "
-                            f"{entry.threads} and {threads} thread(s): run `costmodel calibrate --threads {threads}` here")
-    return rate[entry.threads] / rate[threads]
-
