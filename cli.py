@@ -22,8 +22,7 @@ from costmodel.present.options import (ArchArg, BackendImplOpt, BandwidthOpt, Ba
                                        Format, FormatOpt, Impl, ImplOpt, InitOpt, LatencyOpt, LinkOpt, Loss, OverlapOpt,
                                        OversubscribeOpt, PlotOpt, PredictWorkersOpt, ProfileOpt, RankOpt, StepsOpt,
                                        TextFormat, ThreadsOpt, TimeoutOpt, WarmupOpt, WorkersOpt, WorldSizeOpt,
-                                       backend_impl)
-from costmodel.present.options import arch_file as _arch_file
+                                       arch_file as _arch_file, backend_impl)
 from costmodel.present.terminal import (domain_errors, handle_sigterm, one_line as _one_line,  # noqa: F401  (tests)
                                         progress_line, run_app)
 from costmodel.units import INT64_MAX
