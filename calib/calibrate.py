@@ -88,7 +88,7 @@ def fit_entry(archs, samples, impl: str, threads: int, machine: Machine, backend
     the measured `ceilings` (calib.machine.ceilings; None: only non-negative); and the step's
     interval from the cross-validated predictions of every network's samples (calib.fit.step_interval).
     Returns the entry's fields: {"ops": {key: model}, "step_interval", "step_cv_error", "step_networks"}."""
-    from .fit import ceiling_of, fit_op, step_interval
+    from .fit import ceiling_of, fit_op, flops_at_peak, step_interval
     from .machine import level_bandwidth
 
     be = get_backend(backend)
@@ -109,7 +109,8 @@ def fit_entry(archs, samples, impl: str, threads: int, machine: Machine, backend
         X = design_matrix([rows[i] for i in sel], machine, features)
         ceiling = None if ceilings is None else ceiling_of(str(key), backend=backend, impl=impl, threads=threads,
                                                            peaks=peaks, dtype=archs[0].dtype, levels=levels)
-        result = fit_op(X, t[sel], groups[sel], features=features, ceiling=ceiling)
+        result = fit_op(X, t[sel], groups[sel], features=features, ceiling=ceiling,
+                        pin_flops=flops_at_peak(str(key), backend))
         ops[str(key)] = result.as_profile_entry()
         cv[sel] = result.cv_predictions
     return {"ops": ops, **step_interval(t, cv, groups)}

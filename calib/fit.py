@@ -44,6 +44,7 @@ from costmodel.machine.timemodel import FEATURES
 
 MODEL_NAME = "nnls-linear"  # non-negative coefficients
 BOUNDED_MODEL_NAME = "bounded-linear"  # within a Ceiling too
+ROOFLINE_MODEL_NAME = "roofline-linear"  # a matrix product's FLOPs at the peak, the rest bounded
 #: a time of 0 is read as this: torch.profiler's resolution is 1 us, and an op group whose
 #: time it reports as 0 (an "other" with no gap) would otherwise get an infinite weight
 T_FLOOR = 1e-6
@@ -157,13 +158,35 @@ def ceiling_of(key: str, *, backend: str, impl: str, threads: int, peaks: Mappin
     return Ceiling(peak, {level: n * bw for level, bw in levels.items()}, n)
 
 
+def flops_at_peak(key: str, backend: str) -> bool:
+    """Whether the model `key` has its FLOP term pinned at the measured peak (OpTimeModel): a
+    NumPy model of one matrix product (BLAS). A product's FLOPs run at the peak; what a shape
+    loses to it (short dimensions, packing, the output's traffic, the call) is in the other
+    terms. Fitted freely, the FLOP term also took the losses of the sweep's degenerate products
+    (K = 1, M = 1: 2-20 GFLOP/s) and priced large, well-shaped ones 1.35-1.5x too slow
+    (benchmarks/accuracy.py, 2026-12-01; docs/transfer.md)."""
+    from costmodel.machine.transfer import product_ops
+
+    ops = key.partition(":")[0].split("+")
+    return backend == "numpy" and len(ops) == 1 and ops[0] in product_ops()
+
+
 class OpTimeModel:
     """t = X @ coef_, coef_ >= 0 and within `ceiling`, fitted by least squares on relative
-    error weighted by t."""
+    error weighted by t. With `pin_flops` and a ceiling with a peak, the `flops` coefficient is
+    1/peak (the roofline's compute time) and the other terms are fitted to the time left."""
 
-    def __init__(self, features: tuple[str, ...] = FEATURES, ceiling: Ceiling | None = None):
+    def __init__(self, features: tuple[str, ...] = FEATURES, ceiling: Ceiling | None = None,
+                 pin_flops: bool = False):
         self.features = features
         self.ceiling = ceiling
+        self.pin_flops = pin_flops
+
+    def pinned(self) -> int | None:
+        """The index of the feature whose coefficient is fixed at 1/peak, or None."""
+        if self.pin_flops and self.ceiling is not None and self.ceiling.flops_per_second and "flops" in self.features:
+            return self.features.index("flops")
+        return None
 
     def fit(self, X: np.ndarray, t: np.ndarray) -> "OpTimeModel":
         X = np.asarray(X, dtype=float)
@@ -171,17 +194,23 @@ class OpTimeModel:
         lower, G, h = (self.ceiling or Ceiling()).constraints(tuple(self.features))
         scale = np.abs(X).max(axis=0)
         unused = scale == 0
+        pin = self.pinned()
+        fixed = np.zeros(len(self.features))
+        if pin is not None:
+            fixed[pin] = 1.0 / self.ceiling.flops_per_second
+            unused[pin] = True  # not fitted: its coefficient is the peak's
         used = ~unused
         # a sum with an undetermined coefficient never binds the others: that one meets it
         rows = ~np.any(G[:, unused] != 0, axis=1) if G.size else np.zeros(0, bool)
         # weight 1/t^2 would make each residual a relative error; 1/t weighs those by t
         root = 1.0 / np.sqrt(t)
         A = X[:, used] / scale[used] * root[:, None]
-        y = bounded_lstsq(A, t * root, lower[used] * scale[used], G[rows][:, used] / scale[used], h[rows])
-        coef = np.zeros(len(self.features))
+        y = bounded_lstsq(A, (t - X @ fixed) * root, lower[used] * scale[used], G[rows][:, used] / scale[used],
+                          h[rows])
+        coef = fixed.copy()
         coef[used] = y / scale[used]
         # an undetermined coefficient: the least the bounds allow, in feature order
-        for j in np.flatnonzero(unused):
+        for j in np.flatnonzero(unused & (fixed == 0)):
             coef[j] = lower[j]
             for row, need in zip(G, h):
                 if row[j]:
@@ -212,19 +241,21 @@ class FitResult:
 
 
 def fit_op(X: np.ndarray, t: np.ndarray, groups: np.ndarray, n_splits: int = 5,
-           features: tuple[str, ...] = FEATURES, ceiling: Ceiling | None = None) -> FitResult:
+           features: tuple[str, ...] = FEATURES, ceiling: Ceiling | None = None,
+           pin_flops: bool = False) -> FitResult:
     """Fit one op kind (X's columns are `features`) within `ceiling` and estimate its error by
-    grouped cross-validation (every fold fitted within the same ceiling)."""
+    grouped cross-validation (every fold fitted within the same ceiling); `pin_flops`: the
+    FLOP term at the ceiling's peak (flops_at_peak, OpTimeModel)."""
     from sklearn.model_selection import GroupKFold
 
     X, t, groups = np.asarray(X, float), np.asarray(t, float), np.asarray(groups)
     t = np.where(t > 0, t, T_FLOOR)
     n_groups = len(np.unique(groups))
-    model = OpTimeModel(features, ceiling).fit(X, t)
+    model = OpTimeModel(features, ceiling, pin_flops).fit(X, t)
     if n_groups >= 2:
         cv_pred = np.empty_like(t)
         for train, test in GroupKFold(n_splits=min(n_splits, n_groups)).split(X, t, groups):
-            cv_pred[test] = OpTimeModel(features, ceiling).fit(X[train], t[train]).predict(X[test])
+            cv_pred[test] = OpTimeModel(features, ceiling, pin_flops).fit(X[train], t[train]).predict(X[test])
     else:  # one group: in-sample residuals are all there is
         cv_pred = model.predict(X)
     cv_pred = np.maximum(cv_pred, 1e-12)
@@ -236,7 +267,8 @@ def fit_op(X: np.ndarray, t: np.ndarray, groups: np.ndarray, n_splits: int = 5,
         n_samples=int(len(t)),
         n_groups=n_groups,
         features=tuple(features),
-        model=BOUNDED_MODEL_NAME if ceiling is not None else MODEL_NAME,
+        model=(ROOFLINE_MODEL_NAME if model.pinned() is not None else
+               BOUNDED_MODEL_NAME if ceiling is not None else MODEL_NAME),
         ceiling=ceiling,
         cv_predictions=cv_pred,
     )

@@ -121,7 +121,7 @@ def test_tiny_calibration_keeps_every_rate_within_its_ceiling(tiny_profile):
     """Facts are physical: every model was fitted under a ceiling measured on this machine (the
     peak product at one thread, the bandwidth of each level), stored with it, and none of its
     rates is above it; the probe for transfers is stored too."""
-    from calib.fit import over_ceiling
+    from calib.fit import flops_at_peak, over_ceiling
     from costmodel.present.profile_text import render_profile
 
     path, plan = tiny_profile
@@ -130,7 +130,12 @@ def test_tiny_calibration_keeps_every_rate_within_its_ceiling(tiny_profile):
     for entry in profile.entries:
         assert entry.load is not None and entry.load.cores_available >= 1
         for key, model in entry.ops.items():
-            assert model.model == "bounded-linear" and model.ceiling is not None
+            assert model.ceiling is not None
+            # a matrix product's FLOPs run at the peak (calib.fit.flops_at_peak), the rest is fitted
+            pinned = flops_at_peak(key, entry.backend)
+            assert model.model == ("roofline-linear" if pinned else "bounded-linear"), key
+            if pinned:
+                assert dict(zip(model.features, model.coef))["flops"] == 1 / model.ceiling.flops_per_second
             assert model.ceiling.flops_per_second == profile.ceilings.peaks[0].flops_per_second
             assert set(model.ceiling.bytes_per_second) <= {"L2", "L3", "memory"}
             assert over_ceiling(model) == [], (entry.describe(), key)

@@ -197,3 +197,35 @@ def test_an_op_interval_stays_within_the_profiles_bounds():
     low, high = _bounded_interval(np.array([0.9, 1.0, 1.1, 1128.0, 5000.0]))
     assert 0 < low <= high == MAX_INTERVAL
     assert _bounded_interval(np.array([1e-6, 1e-7])) == (1 / MAX_INTERVAL, 1 / MAX_INTERVAL)
+
+
+# -- a matrix product's FLOPs at the peak (flops_at_peak) --------------------------------------------
+
+from calib.fit import flops_at_peak  # noqa: E402
+
+
+def test_a_pinned_flop_term_is_the_peak_and_the_rest_is_fitted_to_the_time_left():
+    # a product at a 200 GFLOP/s peak that loses 12 us per call and 1/40 ns per byte to it
+    coef = (12e-6, 1 / 200e9, 1 / 40e9, 0.0, 0.0)
+    X, t, groups = levels(coef=coef)
+    ceiling = Ceiling(200e9, {"L2": 1e12, "L3": 1e12, "memory": 1e12})
+    result = fit_op(X, t, groups, ceiling=ceiling, pin_flops=True)
+    assert result.model == "roofline-linear"
+    assert dict(zip(FEATURES, result.coef))["flops"] == 1 / 200e9
+    np.testing.assert_allclose(result.coef, coef, rtol=1e-6, atol=1e-18)
+
+
+def test_without_a_peak_a_pinned_fit_is_the_bounded_fit():
+    X, t, groups = levels(noise=0.05, seed=4)
+    bytes_only = Ceiling(None, {"L2": 1e12})
+    np.testing.assert_allclose(fit_op(X, t, groups, ceiling=bytes_only, pin_flops=True).coef,
+                               fit_op(X, t, groups, ceiling=bytes_only).coef)
+
+
+@pytest.mark.parametrize("key, backend, pinned", [
+    ("conv_matmul", "numpy", True), ("full_grad_W", "numpy", True), ("conv_grad_input:serial", "numpy", True),
+    ("conv_matmul:grouped", "numpy", True), ("phi", "numpy", False), ("update", "numpy", False),
+    ("pad+phi+conv_matmul+bias", "torch", False), ("full_matmul", "torch", False),
+])
+def test_the_flop_term_is_pinned_for_numpys_matrix_products_only(key, backend, pinned):
+    assert flops_at_peak(key, backend) is pinned
