@@ -10,12 +10,19 @@ No ``from __future__ import annotations`` here: typer reads every command's anno
 builds the app, and string annotations would be evaluated again on every run (~10 ms cold).
 """
 
+import gc
 import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
-import typer
+# A command-line process is short: the cyclic garbage collector's passes over what the imports
+# make (numpy, pydantic, typer, costmodel) took ~9 ms of a cold `predict` (5 %, measured
+# 2026-12-01) and free nothing that matters. The machine side's long commands turn it back on
+# (_long_command): torch.profiler's event trees, for one, are cycles.
+gc.disable()
+
+import typer  # noqa: E402
 
 import costmodel
 from costmodel.present.options import (ArchArg, BackendImplOpt, BandwidthOpt, Backend, BatchOpt, By, ExampleOpt,
@@ -23,8 +30,8 @@ from costmodel.present.options import (ArchArg, BackendImplOpt, BandwidthOpt, Ba
                                        OversubscribeOpt, PlotOpt, PredictWorkersOpt, ProfileOpt, RankOpt, StepsOpt,
                                        TextFormat, ThreadsOpt, TimeoutOpt, WarmupOpt, WorkersOpt, WorldSizeOpt,
                                        arch_file as _arch_file, backend_impl)
-from costmodel.present.terminal import (domain_errors, handle_sigterm, one_line as _one_line,  # noqa: F401  (tests)
-                                        progress_line, run_app)
+from costmodel.present.terminal import (domain_errors, exit_process, handle_sigterm,  # noqa: F401  (tests)
+                                        one_line as _one_line, progress_line, run_app)
 from costmodel.units import INT64_MAX
 
 app = typer.Typer(
@@ -74,6 +81,7 @@ def measure(
 ) -> None:
     """Run real SG steps of the reference NumPy CNN (or PyTorch) and report the time of every op;
     with --workers P (or --init), data-parallel SG on torch.distributed (docs/data-parallel.md)."""
+    _long_command()
     arch = _arch_file(arch, example)
     from calib.commands import measure_command
 
@@ -97,6 +105,7 @@ def train(
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Train the reference CNN with simpleNN's SG with momentum; report loss and test accuracy."""
+    _long_command()
     arch = _arch_file(arch, example)
     from calib.commands import train_command
 
@@ -182,6 +191,7 @@ def calibrate(
 ) -> None:
     """Time the reference CNN's op kernels (or PyTorch's) on this CPU, fit the cost model, write a machine profile;
     with --network, the allreduce between data-parallel workers."""
+    _long_command()
     network_options = {"--workers": workers, "--link": link, "--latency": latency, "--bandwidth": bandwidth,
                        "--init": init, "--rank": rank, "--world-size": world_size,
                        "--oversubscribe": oversubscribe or None, "--timeout": timeout}
@@ -230,6 +240,7 @@ def compare(
 ) -> None:
     """Measure real steps and predict them: per op, measured and predicted fractions beside FLOP and byte shares
     (or, with --backends numpy,torch, the NumPy step against PyTorch's per op group)."""
+    _long_command()
     arch = _arch_file(arch, example)
     from calib.compare_commands import compare_command, parse_backends
 
@@ -374,6 +385,7 @@ def latex(
                    threads=threads)
     fractions = None
     if measured:
+        _long_command()
         from calib.compare_commands import measured_fractions
 
         fractions = measured_fractions(arch, impl=impl.value, batch=batch, threads=threads,
@@ -381,6 +393,12 @@ def latex(
     from costmodel.present.adapters import latex_text
 
     typer.echo(latex_text(arch, **options, measured_fractions=fractions, prober=_prober), nl=False)
+
+
+def _long_command() -> None:
+    """A command that runs real steps (measure, train, calibrate, compare, latex --measure):
+    the garbage collector on again (see the top of this file)."""
+    gc.enable()
 
 
 def _prober(**needs):
@@ -401,7 +419,7 @@ def main() -> None:
     group = sys.modules.get("calib.parallel.process_group")
     if group is not None and group.joined_here:  # --init: this process was a rank of a gloo group
         group.exit_now(status)
-    sys.exit(status)
+    exit_process(status)
 
 
 if __name__ == "__main__":

@@ -41,10 +41,11 @@ def timed(args: list[str]) -> float:
 
 
 def heavy_imports() -> list[str]:
-    code = ("import sys, runpy; sys.argv = ['costmodel', 'predict', %r]\n"
-            "try:\n    runpy.run_path(%r, run_name='__main__')\nexcept SystemExit:\n    pass\n"
-            "print('HEAVY:' + ','.join(m for m in %r if m in sys.modules))"
-            % (str(ARCH), str(ROOT / "cli.py"), HEAVY))
+    # printed by an atexit handler: the command line ends by os._exit after the atexit handlers
+    code = ("import atexit, sys, runpy; sys.argv = ['costmodel', 'predict', %r]\n"
+            "atexit.register(lambda: print('HEAVY:' + ','.join(m for m in %r if m in sys.modules)))\n"
+            "runpy.run_path(%r, run_name='__main__')"
+            % (str(ARCH), HEAVY, str(ROOT / "cli.py")))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=ENV).stdout
     line = next(line for line in out.splitlines() if line.startswith("HEAVY:"))
     return [m for m in line[len("HEAVY:"):].split(",") if m]
