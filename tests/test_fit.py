@@ -225,7 +225,8 @@ def test_without_a_peak_a_pinned_fit_is_the_bounded_fit():
 @pytest.mark.parametrize("key, backend, pinned", [
     ("conv_matmul", "numpy", True), ("full_grad_W", "numpy", True), ("conv_grad_input:serial", "numpy", True),
     ("conv_matmul:grouped", "numpy", True), ("phi", "numpy", False), ("update", "numpy", False),
-    ("pad+phi+conv_matmul+bias", "torch", False), ("full_matmul", "torch", False),
+    ("pad+phi+conv_matmul+bias", "torch", True), ("conv_grad_W+bias_grad+conv_grad_input+phi_grad", "torch", True),
+    ("full_matmul+bias", "torch", False), ("activation", "torch", False), ("other:forward", "torch", False),
 ])
-def test_the_flop_term_is_pinned_for_numpys_matrix_products_only(key, backend, pinned):
+def test_the_flop_term_is_pinned_for_products_at_a_known_peak(key, backend, pinned):
     assert flops_at_peak(key, backend) is pinned
