@@ -115,15 +115,20 @@ def domain_errors(fn):
 
 
 def exit_process(status: int) -> None:
-    """End the command-line process with `status`: the atexit handlers run (weakref.finalize's
-    too), stdout and stderr are flushed, then os._exit skips the interpreter's teardown of
-    every module, which a cold `costmodel predict` spends ~28 ms on (numpy, pydantic, typer;
-    measured 2026-12-01), an eighth of the command. Nothing of costmodel needs that teardown:
-    its files are written and closed by atomic_write before it returns. Only for the console
-    script's end (cli.main), never in a process that embeds costmodel."""
+    """End the command-line process with `status`: its non-daemon threads are joined, the atexit
+    handlers run (weakref.finalize's too), stdout and stderr are flushed, then os._exit skips
+    the interpreter's teardown of every module, which a cold `costmodel predict` spent ~28 ms
+    on (numpy, pydantic, typer; measured 2026-12-01), an eighth of the command. Nothing of
+    costmodel needs that teardown: its files are written and closed by atomic_write before it
+    returns. Only for the console script's end (cli.main), never in a process that embeds
+    costmodel."""
     import atexit
     import os
+    import threading
 
+    for thread in threading.enumerate():  # as the interpreter does first: its non-daemon threads end
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:
