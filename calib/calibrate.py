@@ -124,9 +124,11 @@ def calibrate(plan: Plan, *, threads: int | None = None, progress=None, log=None
     ``load`` is that record, its ``disturbed`` the verdict."""
     from threadpoolctl import threadpool_info, threadpool_limits
 
+    from calib.allocator import warm_heap
     from calib.machine import ceilings, fingerprint
     from calib.noise import LoadMonitor
 
+    warm_heap()  # the allocator's state of every measured step (calib.allocator)
     started = time.perf_counter()
     torch = plan.backend == "torch"
     with LoadMonitor() as monitor, threadpool_limits(limits=threads, user_api="blas"):

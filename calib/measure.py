@@ -10,6 +10,7 @@ import numpy as np
 from costmodel.model.arch import Architecture
 from costmodel.model.ops import OpKey
 
+from calib.allocator import warm_heap
 from calib.cnn import ReferenceCNN, one_hot, to_layout
 from calib.workers import blas_threads
 from calib.memory import check_memory
@@ -40,12 +41,14 @@ def measure(arch: Architecture, *, steps: int = 10, warmup: int = 2, threads: in
     processes' CPU time, steal, each op's spread over the steps). ``threads`` limits the BLAS
     (and OpenMP) pools with threadpoolctl (None keeps the current setting) and is
     the number of threads the strided implementation shares its large ops among.
+    ``allocator`` is the C allocator's state the steps ran in (calib.allocator.warm_heap).
     """
     from threadpoolctl import threadpool_limits
 
     if steps < 1 or warmup < 0:
         raise ValueError("steps must be >= 1 and warmup >= 0")
     check_memory(arch, impl)
+    allocator = warm_heap()
     with threadpool_limits(limits=threads), LoadMonitor() as monitor:
         used_threads = blas_threads()
         cnn = ReferenceCNN(arch, impl=impl, seed=seed, threads=used_threads)
@@ -71,7 +74,7 @@ def measure(arch: Architecture, *, steps: int = 10, warmup: int = 2, threads: in
 
     return {"arch": arch.name, "batch": arch.batch, "dtype": arch.dtype, "threads": used_threads,
             "impl": impl, **summarize(op_seconds, step_seconds, list(op_seconds[0])),
-            "load": monitor.load.as_dict()}
+            "load": monitor.load.as_dict(), "allocator": allocator}
 
 
 def add_step_spreads(monitor: LoadMonitor, op_seconds: list[dict]) -> None:

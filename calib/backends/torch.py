@@ -304,7 +304,11 @@ def measure_torch(arch: Architecture, *, steps: int = 10, warmup: int = 2, threa
     these whole steps, timed around them with the profiler on; ``coverage`` is the median over the
     steps of a step's summed group times / its wall clock (time between profiler events is in no row).
     ``unprofiled_step_seconds`` is the median of as many steps without the profiler, to show
-    its overhead. ``threads`` sets torch.set_num_threads for the run (None keeps torch's)."""
+    its overhead. ``threads`` sets torch.set_num_threads for the run (None keeps torch's).
+    ``allocator`` is the C allocator's state the steps ran in (calib.allocator.warm_heap: it
+    decides whether PyTorch's large buffers are faulted in anew every step)."""
+    from calib.allocator import warm_heap
+
     torch = import_torch()
 
     from calib.cnn import ReferenceCNN
@@ -312,6 +316,7 @@ def measure_torch(arch: Architecture, *, steps: int = 10, warmup: int = 2, threa
 
     if steps < 1 or warmup < 0:
         raise ValueError("steps must be >= 1 and warmup >= 0")
+    allocator = warm_heap()
     with torch_threads(threads) as used_threads:
         X, Y = synthetic_batch(arch, seed)
         ts = TorchStep(arch, ReferenceCNN(arch, seed=seed), X, Y, ranges=True)
@@ -343,7 +348,7 @@ def measure_torch(arch: Architecture, *, steps: int = 10, warmup: int = 2, threa
     per_step = [{key(*k): sec for k, sec in s.items()} for _, s, _ in runs]
     return {"arch": arch.name, "batch": arch.batch, "dtype": arch.dtype, "threads": used_threads,
             "impl": "torch", "torch_version": torch.__version__,
-            "unprofiled_step_seconds": float(np.median(plain)),
+            "unprofiled_step_seconds": float(np.median(plain)), "allocator": allocator,
             **summarize(per_step, [w for _, _, w in runs], order)}
 
 

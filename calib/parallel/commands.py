@@ -53,10 +53,12 @@ def _with_costs(rows: list[dict], table: dict) -> None:
 def measure_parallel(arch, plan: GroupPlan, *, backend: str, impl: str, steps: int, warmup: int, overlap: bool,
                      seed: int = 0, log=_log) -> dict:
     """Run the data-parallel steps in every worker; the measure JSON with one entry per rank."""
+    from calib.allocator import warm_heap
     from calib.parallel.launch import run
     from calib.parallel.step import measure_numpy, per_worker
     from calib.parallel.ddp import measure_ddp
 
+    warm_heap()  # this process may be a rank (--init); spawned workers set their own
     P = plan.world_size
     n = per_worker(arch.batch, P)
     local = arch.with_batch(n)

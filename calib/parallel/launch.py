@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from costmodel.errors import CostModelError
 
+from calib.allocator import warm_heap
 from calib.parallel.process_group import (GroupPlan, ParallelError, Placement, exit_now, first_line, join_group,
                                           leave_group, pinned_threads, quiet_torch_logs, run_joined)
 
@@ -40,6 +41,7 @@ def _worker_main(rank: int, job: _Job) -> None:
     """A spawned worker: pin, join, run the task, leave its result (or its error) in outdir."""
     p = job.placements[rank]
     try:
+        warm_heap()  # as every process that times steps (calib.allocator)
         if p.cores is not None:
             os.sched_setaffinity(0, p.cores)
         ctx = join_group(p)
