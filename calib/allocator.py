@@ -1,5 +1,5 @@
 """The C allocator's state while steps are timed: a warm heap (glibc), declared and the same in
-every process that measures or calibrates.
+every process that measures or calibrates (docs/torch-mapping.md, "Fresh pages").
 
 What it fixes (measured 2026-12-01, 2-core AMD EPYC VM, glibc 2.36, torch 2.13): glibc serves a
 request from the top of its heap when the top is large enough, and otherwise maps a request of
@@ -7,16 +7,18 @@ at least its mmap threshold (at most 32 MiB) afresh, whose pages the step then f
 zeroes again, ~2 GB/s in this VM. So the same PyTorch step took a different time in every
 process, by how much heap earlier work had left: mlp-4096 138-143 ms in fresh `measure
 --backend torch` processes and 66 ms inside a long benchmark process; mnist-mlp 2.4 ms and 1.2
-ms; cifar10-layer7 95-106 ms and 81 ms. With the heap kept warm (M_TOP_PAD, M_TRIM_THRESHOLD
-below) a fresh process measured 71 ms, 1.3-1.4 ms and 83-87 ms: the long process's figures.
-NumPy's steps did not move (NumPy asks the kernel for huge pages for its large arrays).
+ms. In the state set here (one arena, no mmap, a large top pad, no trimming) three fresh
+processes measured mlp-4096 at 70.7-71.0 ms and mnist-mlp at 1.23-1.28 ms: every buffer is
+faulted in once, in the warm-up step, and reused from the heap after it, as in a long training
+process. One arena, because without mmap a thread's arena cannot grow past 64 MiB (with
+several, the strided step hung). NumPy's steps did not move (NumPy asks the kernel for huge
+pages for its large arrays).
 
-The state chosen is the one a long training process drifts into and the one that repeats:
-every growth of the heap takes TOP_PAD more, and nothing is given back. It costs address space,
-not memory: pages are resident only once touched. A training process in glibc's default state
-can be slower by the re-faulted buffers of at least 32 MiB (docs/torch-mapping.md);
-`GLIBC_TUNABLES=glibc.malloc.top_pad=536870912:glibc.malloc.trim_threshold=1073741824` puts it in
-the measured state.
+It costs address space, not memory: pages are resident once touched, and freed ones stay
+resident for the process's life. A training process in glibc's default state can be slower by
+its re-faulted buffers of 32 MiB or more; GLIBC_TUNABLES=glibc.malloc.mmap_max=0:
+glibc.malloc.arena_max=1:glibc.malloc.top_pad=536870912:glibc.malloc.trim_threshold=1073741824
+at its start puts it in the measured state.
 """
 
 from __future__ import annotations
