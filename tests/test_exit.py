@@ -64,3 +64,16 @@ def test_atexit_handlers_and_threads_run_before_the_process_ends():
     lines = out.stdout.splitlines()
     assert lines[-2:] == ["THREAD", "ATEXIT"]
     assert "NOT REACHED" not in out.stdout
+
+
+def test_an_idle_thread_pool_does_not_keep_the_process_alive():
+    # the strided implementation's workers are a ThreadPoolExecutor's: idle, they wait for work
+    # until threading's exit hook tells them to stop
+    code = ("import runpy, sys\n"
+            "from concurrent.futures import ThreadPoolExecutor\n"
+            "pool = ThreadPoolExecutor(1)\n"
+            "pool.submit(int).result()\n"
+            "sys.argv = ['costmodel', 'examples']\n"
+            "runpy.run_path('cli.py', run_name='__main__')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 0, out.stderr

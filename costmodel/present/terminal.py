@@ -126,9 +126,11 @@ def exit_process(status: int) -> None:
     import os
     import threading
 
-    for thread in threading.enumerate():  # as the interpreter does first: its non-daemon threads end
-        if thread is not threading.current_thread() and not thread.daemon:
-            thread.join()
+    # as the interpreter's finalization does first: threading's exit hooks (which tell a
+    # ThreadPoolExecutor's idle workers to stop), then the non-daemon threads are joined
+    shutdown = getattr(threading, "_shutdown", None)
+    if shutdown is not None:
+        shutdown()
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:
