@@ -40,11 +40,11 @@ from typing import Mapping
 
 import numpy as np
 
-from costmodel.machine.timemodel import FEATURES
+from costmodel.machine.timemodel import FEATURES, PINNED_MODEL
 
 MODEL_NAME = "nnls-linear"  # non-negative coefficients
 BOUNDED_MODEL_NAME = "bounded-linear"  # within a Ceiling too
-ROOFLINE_MODEL_NAME = "roofline-linear"  # a matrix product's FLOPs at the peak, the rest bounded
+ROOFLINE_MODEL_NAME = PINNED_MODEL  # a matrix product's FLOPs at the peak, the rest bounded
 #: a time of 0 is read as this: torch.profiler's resolution is 1 us, and an op group whose
 #: time it reports as 0 (an "other" with no gap) would otherwise get an infinite weight
 T_FLOOR = 1e-6

@@ -65,3 +65,11 @@ def test_profile_show_prints_every_fit_ceiling_a_rate_quotes(tiny_profile):
     assert lines, text[-2000:]
     quoted = set(re.findall(r"of the ([0-9.]+ [GMT]?(?:FLOP|B)/s)", text))
     assert quoted and all(any(q in line for line in lines) for q in quoted), (quoted, lines)
+
+
+def test_a_roofline_models_flop_term_reads_as_the_peak():
+    data = op_model(CEILING, coef=(12e-6, 1 / 210e9, 1 / 20e9, 1 / 20e9, 0.0)) | {"model": "roofline-linear"}
+    facts = model_facts(OpModel.model_validate(data))
+    assert facts[1] == "210 GFLOP/s (the peak: a product's FLOPs are priced at it)"
+    bounded = model_facts(OpModel.model_validate(data | {"model": "bounded-linear"}))
+    assert bounded[1] == "210 GFLOP/s (at the 210 GFLOP/s peak: the fit's bound)"

@@ -106,6 +106,9 @@ def fact(feature: str, coef: float) -> str:
 
 
 
+#: the model name of a fit whose FLOP term is the peak's (calib.fit.flops_at_peak)
+PINNED_MODEL = "roofline-linear"
+
 BYTE_LEVELS = (("bytes", "L2", ""), ("bytes_beyond_L2", "L3", " beyond L2"), ("bytes_beyond_L3", "memory", " beyond L3"))
 
 
@@ -120,7 +123,7 @@ def _of_ceiling(rate: float, ceiling: float | None, unit: str, what: str = "") -
 def model_facts(model: "OpModel") -> list[str]:
     """An op model's coefficients read as machine facts, each beside the ceiling it was fitted
     under when the model has one: '12.0 us per call', '74 GFLOP/s (35 % of the 210 GFLOP/s
-    peak)'. The byte terms read as the effective rate of each level: in cache 1/c_byte, beyond
+    peak)'; a roofline-linear model's FLOP term is the peak itself, and says so. The byte terms read as the effective rate of each level: in cache 1/c_byte, beyond
     L2 1/(c_byte + c_L2), beyond L3 1/(c_byte + c_L2 + c_L3), which is what data of that
     level moves at (the coefficient beyond L2 alone is not a rate of anything)."""
     coef = dict(zip(model.features, model.coef))
@@ -140,6 +143,8 @@ def model_facts(model: "OpModel") -> list[str]:
             bound = ceiling.bytes_per_second.get(level) if ceiling else None
             what = f" of {threads_text(ceiling.threads)}" if ceiling else ""
             facts.append(human(1 / cost, "B/s") + qualifier + _of_ceiling(1 / cost, bound, "B/s", what))
+        elif feature == "flops" and ceiling is not None and c > 0 and model.model == PINNED_MODEL:
+            facts.append(f"{fact(feature, c)} (the peak: a product's FLOPs are priced at it)")
         elif feature == "flops" and ceiling is not None and c > 0:
             facts.append(fact(feature, c) + _of_ceiling(1 / c, ceiling.flops_per_second, "FLOP/s", " peak"))
         else:
