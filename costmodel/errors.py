@@ -33,7 +33,7 @@ def warn(line: str) -> None:
 
     if _held is not None:
         _held.append(line)
-    else:
+    elif sys.stderr is not None:  # a closed stderr (2>&-): print would write to stdout instead
         print(f"costmodel: warning: {line}", file=sys.stderr)
 
 

@@ -5,8 +5,11 @@ atexit handlers and non-daemon threads still run, though the interpreter's teard
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+
+import pytest
 
 from tests.conftest import ROOT
 
@@ -77,3 +80,27 @@ def test_an_idle_thread_pool_does_not_keep_the_process_alive():
             "runpy.run_path('cli.py', run_name='__main__')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert out.returncode == 0, out.stderr
+
+
+def _closed(fd: int):
+    return lambda: os.close(fd)
+
+
+def test_a_closed_stdout_or_stderr_is_no_error_and_no_traceback():
+    no_stdout = subprocess.run([sys.executable, str(ROOT / "cli.py"), "costs", ARCH], stderr=subprocess.PIPE,
+                               text=True, cwd=ROOT, timeout=120, preexec_fn=_closed(1))
+    assert no_stdout.returncode == 0 and "Traceback" not in no_stdout.stderr
+    # with stderr closed, a warning must not land in stdout's data
+    no_stderr = subprocess.run([sys.executable, str(ROOT / "cli.py"), "predict", ARCH, "--format", "json"],
+                               stdout=subprocess.PIPE, text=True, cwd=ROOT, timeout=120, preexec_fn=_closed(2))
+    assert no_stderr.returncode == 0
+    assert json.loads(no_stderr.stdout)["ops"]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_stdout_on_a_full_disk_is_one_line():
+    with open("/dev/full", "w") as full:
+        out = subprocess.run([sys.executable, str(ROOT / "cli.py"), "costs", ARCH], stdout=full,
+                             stderr=subprocess.PIPE, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 1
+    assert out.stderr.strip() == "costmodel: error: cannot write the output: No space left on device"

@@ -58,7 +58,7 @@ def measure_parallel(arch, plan: GroupPlan, *, backend: str, impl: str, steps: i
     from calib.parallel.step import measure_numpy, per_worker
     from calib.parallel.ddp import measure_ddp
 
-    warm_heap()  # this process may be a rank (--init); spawned workers set their own
+    allocator = warm_heap()  # this process may be a rank (--init); spawned workers set the same
     P = plan.world_size
     n = per_worker(arch.batch, P)
     local = arch.with_batch(n)
@@ -82,6 +82,7 @@ def measure_parallel(arch, plan: GroupPlan, *, backend: str, impl: str, steps: i
         "compute_seconds": slowest["compute_seconds"],
         "communication_seconds": slowest["communication_seconds"],
         "wait_seconds": slowest["wait_seconds"],
+        "allocator": allocator,
         "ranks": ranks,
     }
 

@@ -5,6 +5,7 @@ And the progress line of a long command on stderr."""
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 
@@ -67,6 +68,10 @@ def _unraisable(unraisable) -> None:
     sys.__unraisablehook__(unraisable)
 
 
+#: errno of a write that cannot succeed (a full disk or quota, a file too large, an I/O error)
+_WRITE_FAILURES = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
+
+
 def domain_errors(fn):
     """Turn CostModelError into one line on stderr and its exit status; ^C into status 130 and
     SIGTERM into 143, each with one line; a closed stdout (`| head`) ends quietly; running out
@@ -96,6 +101,12 @@ def domain_errors(fn):
         except BrokenPipeError:
             _quiet_stdout()
             raise typer.Exit(141) from None
+        except OSError as exc:
+            if exc.errno not in _WRITE_FAILURES:
+                raise
+            err(f"cannot write the output: {exc.strerror}")  # stdout on a full disk (> /dev/full)
+            _quiet_stdout()
+            raise typer.Exit(1) from None
         except MemoryError:
             err("out of memory (the machine or a ulimit/cgroup limit): try a smaller --batch")
             raise typer.Exit(1) from None
@@ -133,6 +144,8 @@ def exit_process(status: int) -> None:
         shutdown()
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
+        if stream is None:  # closed when the process started (>&-)
+            continue
         try:
             stream.flush()
         except BrokenPipeError:  # a reader closed stdout (`| head`) after the last write
