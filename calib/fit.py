@@ -309,35 +309,7 @@ def step_interval(seconds: np.ndarray, cv_predictions: np.ndarray, groups: np.nd
     predicted = np.array([np.asarray(cv_predictions)[groups == g].sum() for g in points])
     ratio = measured / np.maximum(predicted, 1e-12)
     return {"step_interval": [float(np.quantile(ratio, q)) for q in STEP_QUANTILES],
-            "step_cv_error": float(np.median(np.abs(1.0 / ratio - 1.0))), "step_networks": int(len(points)),
-            "step_intervals_by_time": _by_time(predicted, ratio)}
-
-
-#: networks per bin of the step interval by predicted time, at least
-NETWORKS_PER_BIN = 20
-#: bins, at most
-MAX_BINS = 4
-
-
-def _by_time(predicted: np.ndarray, ratio: np.ndarray) -> list[dict] | None:
-    """The step interval by the predicted step's time: the networks sorted by their predicted
-    step and split into up to MAX_BINS bins of at least NETWORKS_PER_BIN, each with its own 5 %
-    and 95 % quantiles and the predicted time it holds up to (the last bin: None, every longer
-    step). The error is not the same at every size: on one float32 index sweep (96 networks),
-    steps predicted below 1 ms had a 90 % interval of 0.57-1.09, from 1 to 8 ms 0.88-1.20,
-    above 8 ms 1.00-1.14 (2026-12-01). None when there are too few networks for two bins."""
-    bins = min(MAX_BINS, len(ratio) // NETWORKS_PER_BIN)
-    if bins < 2:
-        return None
-    order = np.argsort(predicted)
-    sorted_time, sorted_ratio = predicted[order], ratio[order]
-    out = []
-    for i, part in enumerate(np.array_split(np.arange(len(order)), bins)):
-        last = part[-1]
-        up_to = None if i == bins - 1 else float((sorted_time[last] + sorted_time[last + 1]) / 2)
-        out.append({"up_to_seconds": up_to, "networks": int(len(part)),
-                    "interval": [float(np.quantile(sorted_ratio[part], q)) for q in STEP_QUANTILES]})
-    return out
+            "step_cv_error": float(np.median(np.abs(1.0 / ratio - 1.0))), "step_networks": int(len(points))}
 
 
 def over_ceiling(model, rtol: float = 1e-6) -> list[str]:

@@ -230,30 +230,3 @@ def test_without_a_peak_a_pinned_fit_is_the_bounded_fit():
 ])
 def test_the_flop_term_is_pinned_for_products_at_a_known_peak(key, backend, pinned):
     assert flops_at_peak(key, backend) is pinned
-
-
-def test_the_step_interval_by_time_separates_small_steps_from_large_ones():
-    """Small networks that scatter widely and large ones that do not get intervals of their own,
-    binned by the predicted step (shortest first; the last bin has no upper edge)."""
-    from calib.fit import step_interval
-
-    rng = np.random.default_rng(1)
-    n = 100
-    predicted_step = np.where(np.arange(n) < 50, rng.uniform(1e-4, 1e-3, n), rng.uniform(1e-2, 1e-1, n))
-    factors = np.where(np.arange(n) < 50, np.exp(rng.normal(0, 0.3, n)), np.exp(rng.normal(0, 0.02, n)))
-    got = step_interval(predicted_step * factors, predicted_step, np.arange(n))
-    bins = got["step_intervals_by_time"]
-    assert len(bins) == 4 and sum(b["networks"] for b in bins) == n
-    edges = [b["up_to_seconds"] for b in bins]
-    assert edges[-1] is None and edges[:-1] == sorted(edges[:-1])
-    small, large = bins[0]["interval"], bins[-1]["interval"]
-    assert large[1] - large[0] < 0.2 < small[1] - small[0]
-    order = np.argsort(predicted_step)
-    assert large == pytest.approx(list(np.quantile(factors[order][75:], [0.05, 0.95])))
-
-
-def test_too_few_networks_for_two_bins_keep_one_interval():
-    from calib.fit import step_interval
-
-    got = step_interval(np.ones(30), np.ones(30), np.arange(30))
-    assert got["step_intervals_by_time"] is None and got["step_interval"] == [1.0, 1.0]

@@ -362,18 +362,3 @@ def test_ceilings_are_positive_and_cover_every_working_set():
     assert len(values) == 2 + 2 + 3 and all(v > 0 and math.isfinite(v) for v in values)
     assert machine.WORKING_SETS[0] == 8 << 10 and machine.WORKING_SETS[-1] == 256 << 20
     assert len(machine.WORKING_SETS) == 10
-
-
-def test_a_step_interval_by_time_is_read_for_the_predicted_step():
-    from costmodel.machine.profile import Entry
-
-    entry = Entry.model_validate(profile_data()["entries"][0] | {
-        "step_interval": [0.7, 1.3], "step_networks": 96,
-        "step_intervals_by_time": [{"up_to_seconds": 1e-3, "interval": [0.6, 1.1], "networks": 48},
-                                   {"up_to_seconds": None, "interval": [0.95, 1.1], "networks": 48}]})
-    assert entry.step_interval_for(5e-4) == ((0.6, 1.1), "90 % of the cross-validated steps of the 48 "
-                                             "calibration networks predicted up to 1.000 ms")
-    interval, text = entry.step_interval_for(0.2)
-    assert interval == (0.95, 1.1) and text.endswith("predicted above 1.000 ms")
-    plain = Entry.model_validate(profile_data()["entries"][0] | {"step_interval": [0.7, 1.3], "step_networks": 96})
-    assert plain.step_interval_for(0.2) == ((0.7, 1.3), "90 % of the cross-validated steps of 96 calibration networks")

@@ -296,16 +296,3 @@ def test_a_disturbed_probe_is_an_error_not_a_profile_out_of_bounds():
     with pytest.raises(TransferError, match=r"probe of product:small.*disturbed"):
         transfer(synthetic_profile(made), Probe.model_validate(data), HERE)
     assert 3.5 * 10 < MAX_FACTOR  # the real CPUs seen differ by at most 3.5x per kernel: far inside
-
-
-def test_the_step_interval_by_time_is_not_carried_to_another_machine():
-    """Its bins' edges are step times of the profile's machine; the whole sweep's interval stays."""
-    made, here = probes()
-    bins = [{"up_to_seconds": 1e-3, "interval": [0.6, 1.1], "networks": 40},
-            {"up_to_seconds": None, "interval": [0.9, 1.1], "networks": 40}]
-    profile = synthetic_profile(made)
-    profile = profile.model_copy(update={"entries": [e.model_copy(update={
-        "step_interval": (0.7, 1.2), "step_networks": 80, "step_intervals_by_time": bins}) for e in profile.entries]})
-    profile = Profile.model_validate(profile.model_dump())
-    for entry in transfer(profile, here, HERE).entries:
-        assert entry.step_intervals_by_time is None and entry.step_interval == (0.7, 1.2)

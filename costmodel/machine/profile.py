@@ -32,7 +32,7 @@ from costmodel.files import MiB, atomic_write, read_regular
 from costmodel.machine.timemodel import fact, model_facts  # noqa: F401  (model_facts re-exported)
 from costmodel.model.arch import DTYPES
 from costmodel.model.messages import first_error, loc_to_place, short_repr
-from costmodel.units import INT64_MAX, fmt_seconds, threads_text as _threads
+from costmodel.units import INT64_MAX, threads_text as _threads
 from costmodel.machine.machine_facts import (  # noqa: F401  (the machine's parts, re-exported)
     BandwidthPoint,
     BlasInfo,
@@ -66,21 +66,6 @@ REFERENCE_NAME = "reference_profile.json"
 MAX_PROFILE_BYTES = 16 * MiB
 
 
-class StepIntervalBin(StrictModel):
-    """The step interval of the calibration networks whose predicted step is at most
-    `up_to_seconds` (None: the longest steps), above the previous bin's (calib.fit._by_time)."""
-
-    up_to_seconds: PositiveFloat | None = None
-    interval: tuple[PositiveFloat, PositiveFloat]
-    networks: PositiveInt
-
-    @model_validator(mode="after")
-    def _increasing(self) -> "StepIntervalBin":
-        if self.interval[0] > self.interval[1]:
-            raise ValueError(f"interval {list(self.interval)} is not increasing")
-        return self
-
-
 class Entry(StrictModel):
     """The op models calibrated for one (dtype, impl, threads, backend)."""
 
@@ -101,26 +86,6 @@ class Entry(StrictModel):
     step_cv_error: Annotated[float, Field(ge=0)] | None = Field(
         None, description="median |predicted/measured - 1| of those steps")
     step_networks: PositiveInt | None = Field(None, description="networks the step interval comes from")
-    step_intervals_by_time: list[StepIntervalBin] | None = Field(
-        None, min_length=2, description="the step interval by predicted step time, shortest first; the "
-                                        "last bin has no upper edge (calib.fit._by_time)")
-
-    def step_interval_for(self, seconds: float) -> tuple[tuple[float, float], str] | None:
-        """(interval, what it is) of a step predicted at `seconds`: its bin's when the entry has
-        bins by predicted time, else the whole sweep's; None for an entry without either."""
-        bins = self.step_intervals_by_time
-        if bins:
-            below = None
-            for b in bins:
-                if b.up_to_seconds is None or seconds <= b.up_to_seconds:
-                    span = (f"predicted above {fmt_seconds(below)}" if b.up_to_seconds is None else
-                            f"predicted up to {fmt_seconds(b.up_to_seconds)}" if below is None else
-                            f"predicted at {fmt_seconds(below)}-{fmt_seconds(b.up_to_seconds)}")
-                    return b.interval, f"90 % of the cross-validated steps of the {b.networks} calibration networks {span}"
-                below = b.up_to_seconds
-        if self.step_interval is not None:
-            return self.step_interval, f"90 % of the cross-validated steps of {self.step_networks} calibration networks"
-        return None
 
     @model_validator(mode="after")
     def _known_ops(self) -> "Entry":
