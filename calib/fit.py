@@ -44,7 +44,6 @@ from costmodel.machine.timemodel import FEATURES, PINNED_MODEL
 
 MODEL_NAME = "nnls-linear"  # non-negative coefficients
 BOUNDED_MODEL_NAME = "bounded-linear"  # within a Ceiling too
-ROOFLINE_MODEL_NAME = PINNED_MODEL  # a matrix product's FLOPs at the peak, the rest bounded
 #: a time of 0 is read as this: torch.profiler's resolution is 1 us, and an op group whose
 #: time it reports as 0 (an "other" with no gap) would otherwise get an infinite weight
 T_FLOOR = 1e-6
@@ -168,9 +167,10 @@ def flops_at_peak(key: str, backend: str) -> bool:
     well-shaped ones 1.35-1.5x too slow (benchmarks/accuracy.py, 2026-12-01). PyTorch's full
     layers are left free: the peak it is bounded by is its convolution's (446 GFLOP/s here),
     twice what torch.mm reaches, and pinned there the MLPs were predicted 24-36 % fast."""
+    from costmodel.machine.backends import ModelKey
     from costmodel.machine.transfer import product_ops
 
-    ops = key.partition(":")[0].split("+")
+    ops = ModelKey.parse(key).ops
     if backend == "torch":  # a convolution group; the full layers' products run below its peak
         return any(op in product_ops() and op.startswith("conv_") for op in ops)
     return backend == "numpy" and len(ops) == 1 and ops[0] in product_ops()
@@ -272,7 +272,7 @@ def fit_op(X: np.ndarray, t: np.ndarray, groups: np.ndarray, n_splits: int = 5,
         n_samples=int(len(t)),
         n_groups=n_groups,
         features=tuple(features),
-        model=(ROOFLINE_MODEL_NAME if model.pinned() is not None else
+        model=(PINNED_MODEL if model.pinned() is not None else
                BOUNDED_MODEL_NAME if ceiling is not None else MODEL_NAME),
         ceiling=ceiling,
         cv_predictions=cv_pred,
