@@ -121,12 +121,14 @@ def calibrate(plan: Plan, *, threads: int | None = None, progress=None, log=None
     format): the fingerprint, the ceilings (which bound the fit), the probe of this machine
     (for transfers), and the entries, each with the load on the machine while the calibration
     ran (calib.noise: other processes' CPU time, steal, the spread of the sweep's rounds);
-    ``load`` is that record, its ``disturbed`` the verdict."""
+    ``load`` is that record, its ``disturbed`` the verdict, which also judges each sweep's
+    own share of other load (calib.noise.worst_of)."""
     from threadpoolctl import threadpool_info, threadpool_limits
 
     from calib.allocator import warm_heap
     from calib.machine import ceilings, fingerprint
-    from calib.noise import LoadMonitor
+    from calib.noise import LoadMonitor, worst_of
+    from calib.workers import settle_blas
 
     warm_heap()  # the allocator's state of every measured step (calib.allocator)
     started = time.perf_counter()
@@ -147,6 +149,7 @@ def calibrate(plan: Plan, *, threads: int | None = None, progress=None, log=None
             probed = probe(probe_threads, plan.dtypes, torch=torch, caches=caches,
                            budget_seconds=plan.probe_seconds).model_dump()
         entries = []
+        sweep_loads = {}
         for dtype in plan.dtypes:
             archs = design(plan.points, dtype=dtype, seed=plan.seed, limits=plan.limits,
                            first_kernel=plan.backend == "torch")
@@ -155,8 +158,11 @@ def calibrate(plan: Plan, *, threads: int | None = None, progress=None, log=None
                 versions = {}
                 timing = machine_backend(plan.backend)
                 versions.update(timing.versions())
-                samples = timing.time_sweep(archs, impl, threads=used_threads, rounds=plan.rounds,
-                                            chunk=plan.chunk, seed=plan.seed, progress=progress)
+                settle_blas()  # the last sweep's or ceiling's BLAS threads would share the cores
+                with LoadMonitor() as sweep_monitor:  # a short sweep's burst of load is not averaged away
+                    samples = timing.time_sweep(archs, impl, threads=used_threads, rounds=plan.rounds,
+                                                chunk=plan.chunk, seed=plan.seed, progress=progress)
+                sweep_loads[f"{dtype}/{impl}"] = sweep_monitor.load
                 monitor.add_spreads([s.get("spread", 0.0) for s in samples], [s["seconds"] for s in samples])
                 fitted = fit_entry(archs, samples, impl, used_threads, Machine(caches, tuple(fp["cpu_flags"])),
                                    plan.backend, ceil)
@@ -168,7 +174,7 @@ def calibrate(plan: Plan, *, threads: int | None = None, progress=None, log=None
                 if log:
                     log(f"{dtype}/{impl}: {len(samples)} samples from {plan.points} networks "
                         f"in {time.perf_counter() - t0:.1f} s")
-    load = monitor.load.as_dict()
+    load = worst_of(monitor.load, sweep_loads).as_dict()
     for entry in entries:
         entry["load"] = load
     return {"fingerprint": fp, "ceilings": ceil, "entries": entries, "probe": probed, "load": load,

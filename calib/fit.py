@@ -176,10 +176,20 @@ def flops_at_peak(key: str, backend: str) -> bool:
     return backend == "numpy" and len(ops) == 1 and ops[0] in product_ops()
 
 
+#: the features a roofline-linear model prices at the peak: the FLOPs, and the FLOPs a fused
+#: convolution spends on padding lanes (costmodel.machine.backends.torch.lane_waste_flops), which
+#: run at the same rate; the compute time is the padded FLOPs over the peak. Fitted freely,
+#: the lane waste's coefficient was 0.05-0.6 of the peak's cost forward, and the fit put
+#: what unaligned layers lose into the call and byte terms instead: aligned layers (16, 32, 64
+#: channels) were predicted 1.2-1.25x slow (benchmarks/accuracy.py --impl torch, 2026-12-01)
+PEAK_FEATURES = ("flops", "flops_lane_waste")
+
+
 class OpTimeModel:
     """t = X @ coef_, coef_ >= 0 and within `ceiling`, fitted by least squares on relative
-    error weighted by t. With `pin_flops` and a ceiling with a peak, the `flops` coefficient is
-    1/peak (the roofline's compute time) and the other terms are fitted to the time left."""
+    error weighted by t. With `pin_flops` and a ceiling with a peak, the coefficients of
+    PEAK_FEATURES are 1/peak (the roofline's compute time) and the other terms are fitted to
+    the time left."""
 
     def __init__(self, features: tuple[str, ...] = FEATURES, ceiling: Ceiling | None = None,
                  pin_flops: bool = False):
@@ -187,10 +197,11 @@ class OpTimeModel:
         self.ceiling = ceiling
         self.pin_flops = pin_flops
 
-    def pinned(self) -> int | None:
-        """The index of the feature whose coefficient is fixed at 1/peak, or None."""
+    def pinned(self) -> list[int] | None:
+        """The indices of the features whose coefficients are fixed at 1/peak (PEAK_FEATURES
+        the model has), or None."""
         if self.pin_flops and self.ceiling is not None and self.ceiling.flops_per_second and "flops" in self.features:
-            return self.features.index("flops")
+            return [self.features.index(f) for f in PEAK_FEATURES if f in self.features]
         return None
 
     def fit(self, X: np.ndarray, t: np.ndarray) -> "OpTimeModel":
@@ -203,7 +214,7 @@ class OpTimeModel:
         fixed = np.zeros(len(self.features))
         if pin is not None:
             fixed[pin] = 1.0 / self.ceiling.flops_per_second
-            unused[pin] = True  # not fitted: its coefficient is the peak's
+            unused[pin] = True  # not fitted: their coefficient is the peak's
         used = ~unused
         # a sum with an undetermined coefficient never binds the others: that one meets it
         rows = ~np.any(G[:, unused] != 0, axis=1) if G.size else np.zeros(0, bool)

@@ -170,6 +170,8 @@ def ceilings(dtype_list=("float32", "float64"), threads: int | None = None, budg
     one thread (and PyTorch's with both when `torch`), bandwidth for every working set, and
     machine balance (peak FLOP/s over the largest set's bandwidth). Spends about
     `budget_seconds`. The dict validates as costmodel.machine.profile.Ceilings."""
+    from calib.workers import settle_blas
+
     with threadpool_limits(limits=threads, user_api="blas"):
         used = threads or _blas_threads(blas_info())
     thread_counts = sorted({1, used}, reverse=True)
@@ -181,10 +183,12 @@ def ceilings(dtype_list=("float32", "float64"), threads: int | None = None, budg
             for dt in dtype_list:
                 peaks.append({"backend": "numpy", "dtype": dt, "threads": n, "flops_per_second": peak_matmul(dt, per_peak)})
         if torch:
+            settle_blas()  # NumPy's BLAS threads would share the cores with PyTorch's
             for dt in dtype_list:
                 peaks.append({"backend": "torch", "dtype": dt, "threads": n,
                               "flops_per_second": peak_torch(dt, n, per_peak)})
     flops = {p["dtype"]: p["flops_per_second"] for p in peaks if (p["backend"], p["threads"]) == ("numpy", used)}
+    settle_blas()
     per_set = budget_seconds * (1 - MATMUL_SHARE) / len(working_sets)
     points = sorted((ws, bandwidth(ws, per_set)) for ws in working_sets)
     memory = points[-1][1]

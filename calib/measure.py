@@ -12,7 +12,7 @@ from costmodel.model.ops import OpKey
 
 from calib.allocator import warm_heap
 from calib.cnn import ReferenceCNN, one_hot, to_layout
-from calib.workers import blas_threads
+from calib.workers import blas_threads, settle_blas
 from calib.memory import check_memory
 from calib.noise import LoadMonitor, relative_spread
 from calib.timer import OpTimer
@@ -42,6 +42,8 @@ def measure(arch: Architecture, *, steps: int = 10, warmup: int = 2, threads: in
     (and OpenMP) pools with threadpoolctl (None keeps the current setting) and is
     the number of threads the strided implementation shares its large ops among.
     ``allocator`` is the C allocator's state the steps ran in (calib.allocator.warm_heap).
+    It starts with calib.workers.settle_blas: a step right after other threaded products of
+    this process would share the cores with the BLAS threads still spinning.
     """
     from threadpoolctl import threadpool_limits
 
@@ -49,6 +51,7 @@ def measure(arch: Architecture, *, steps: int = 10, warmup: int = 2, threads: in
         raise ValueError("steps must be >= 1 and warmup >= 0")
     check_memory(arch, impl)
     allocator = warm_heap()
+    settle_blas()  # no BLAS thread left spinning by what ran before in this process
     with threadpool_limits(limits=threads), LoadMonitor() as monitor:
         used_threads = blas_threads()
         cnn = ReferenceCNN(arch, impl=impl, seed=seed, threads=used_threads)

@@ -196,3 +196,17 @@ class LoadMonitor:
             notes.append(f"repeated samples spread {100 * spread:.0f} % (limit {100 * self.spread_limit:.0f} %)")
         return Load(wall_seconds=wall, cores_available=cores, other_cpu=min(other, 1.0), steal=min(steal, 1.0),
                     spread=spread, disturbed=bool(reasons), reasons=reasons, notes=notes)
+
+
+def worst_of(whole: Load, parts: dict[str, Load]) -> Load:
+    """The load of a run made of parts (a calibration's sweeps), each with its own monitor:
+    `whole`'s figures, disturbed when it or any part is, with each disturbed part's reasons
+    named by the part ('float32/strided: other processes used 31 % ...'). A short part can be
+    disturbed while the whole run's average is not: a 2 s burst of another process during
+    a 7 s strided sweep made it predict the examples 20-37 % slow, while the calibration's
+    57 s averaged 7 % of other load (2026-12-01)."""
+    reasons = list(whole.reasons) + [f"{name}: {reason}" for name, part in parts.items() for reason in part.reasons]
+    return Load(wall_seconds=whole.wall_seconds, cores_available=whole.cores_available, other_cpu=whole.other_cpu,
+                steal=whole.steal, spread=whole.spread, disturbed=bool(reasons), reasons=reasons,
+                notes=list(whole.notes))
+

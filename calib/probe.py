@@ -165,11 +165,12 @@ def probe(threads: Iterable[int] = (1,), dtypes: Iterable[str] = ("float32", "fl
         return share / n_items
 
     products = []
-    for n in threads:
+    for n in threads:  # PyTorch's products first: NumPy's BLAS threads spin on after a product
+        if torch_module is not None:  # (calib.workers.settle_blas) and would share the cores
+            for dtype in dtypes:
+                products += _torch_products(torch_module, dtype, n, each(len(SHAPES)))
         for dtype in dtypes:
             products += _numpy_products(dtype, n, each(len(SHAPES)))
-            if torch_module is not None:
-                products += _torch_products(torch_module, dtype, n, each(len(SHAPES)))
     sets = working_sets(cache_sizes() if caches is None else caches)
     bandwidth = [_bandwidth(level, sets[level], each()) for level in LEVELS]
     one = [np.ones(1) for _ in range(3)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -16,6 +17,21 @@ import costmodel.machine.backends.numpy as rules
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 _BLAS: list = []  # threadpoolctl's controller of the BLAS libraries, made once
+
+
+#: seconds the BLAS's idle threads go on spinning after a threaded product before they sleep:
+#: OpenBLAS's THREAD_TIMEOUT is 2^28 cycles (~0.1 s at 2.5 GHz), with a margin
+BLAS_SPIN_SECONDS = 0.25
+
+
+def settle_blas() -> None:
+    """Wait until the BLAS's threads have stopped spinning after NumPy's last threaded product,
+    before timing something that runs on other threads: the strided implementation's own
+    threads, PyTorch's OpenMP threads. Measured on 2 cores: mlp-batchnorm-dropout's strided
+    step took 9.3-10.3 ms right after an index step, 6.7-7.1 ms in a fresh process or after a
+    0.25 s pause (0.05 s was not enough); PyTorch's float32 product peak at 2 threads was once
+    measured at 22 GFLOP/s (459 in another run) right after NumPy's."""
+    time.sleep(BLAS_SPIN_SECONDS)
 
 
 def blas_threads() -> int:

@@ -104,6 +104,20 @@ def test_measure_runs_a_threaded_step():
         == [tuple(k) for k in op_keys(arch)]
 
 
+def test_measure_lets_the_blas_threads_settle_before_its_first_step(monkeypatch):
+    """The BLAS's threads spin on after a threaded product; measure waits them out before it
+    runs a step (calib.workers.settle_blas), so what ran before in the process does not share
+    the cores with the steps it times."""
+    import calib.measure as measure_module
+
+    events = []
+    monkeypatch.setattr(measure_module, "settle_blas", lambda: events.append("settle"))
+    step = ReferenceCNN.step
+    monkeypatch.setattr(ReferenceCNN, "step", lambda self, *a, **k: (events.append("step"), step(self, *a, **k))[1])
+    measure(example(EXAMPLES[0], batch=2), steps=2, warmup=1, impl="strided", threads=2)
+    assert events == ["settle", "step", "step", "step"]
+
+
 def test_measure_limits_threads():
     result = measure(example(EXAMPLES[0], batch=2), steps=1, warmup=0, threads=1)
     assert result["threads"] == 1

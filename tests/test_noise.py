@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from calib.calibrate import Plan
 from calib.design import SweepLimits
-from calib.noise import CpuTicks, LoadMonitor, read_cpu_ticks, relative_spread, weighted_median
+from calib.noise import CpuTicks, LoadMonitor, read_cpu_ticks, relative_spread, weighted_median, worst_of
 from cli import app
 from costmodel.machine.profile import load_profile
 from costmodel.present.profile_text import render_profile
@@ -79,6 +79,22 @@ def test_a_large_spread_without_other_load_is_a_note_not_a_disturbance():
     load = monitor.load
     assert not load.disturbed and load.reasons == []
     assert load.notes == ["repeated samples spread 28 % (limit 15 %)"]
+
+
+def test_a_disturbed_sweep_disturbs_a_calibration_whose_average_is_quiet():
+    # the whole calibration: 10 s on 2 CPUs = 2000 ticks, others 100 (5 %): quiet on average
+    with fake_monitor([CpuTicks(0, 0, 0), CpuTicks(1100, 0, 1000)], seconds=10.0) as whole:
+        pass
+    # one 2 s sweep inside it had all of those 100 ticks of 400 (25 %)
+    with fake_monitor([CpuTicks(0, 0, 0), CpuTicks(300, 0, 200)]) as sweep:
+        pass
+    with fake_monitor([CpuTicks(0, 0, 0), CpuTicks(200, 0, 200)]) as other_sweep:
+        pass
+    assert not whole.load.disturbed and sweep.load.disturbed and not other_sweep.load.disturbed
+    load = worst_of(whole.load, {"float32/index": other_sweep.load, "float32/strided": sweep.load})
+    assert load.disturbed and load.other_cpu == whole.load.other_cpu
+    assert load.reasons == ["float32/strided: other processes used 25 % of the 2 available cores' time (limit 10 %)"]
+    assert not worst_of(whole.load, {"float32/index": other_sweep.load}).disturbed
 
 
 def test_without_proc_only_the_spread_is_judged():

@@ -308,6 +308,7 @@ def measure_torch(arch: Architecture, *, steps: int = 10, warmup: int = 2, threa
     ``allocator`` is the C allocator's state the steps ran in (calib.allocator.warm_heap: it
     decides whether PyTorch's large buffers are faulted in anew every step)."""
     from calib.allocator import warm_heap
+    from calib.workers import settle_blas
 
     torch = import_torch()
 
@@ -317,6 +318,7 @@ def measure_torch(arch: Architecture, *, steps: int = 10, warmup: int = 2, threa
     if steps < 1 or warmup < 0:
         raise ValueError("steps must be >= 1 and warmup >= 0")
     allocator = warm_heap()
+    settle_blas()  # NumPy's BLAS threads would share the cores with PyTorch's
     with torch_threads(threads) as used_threads:
         X, Y = synthetic_batch(arch, seed)
         ts = TorchStep(arch, ReferenceCNN(arch, seed=seed), X, Y, ranges=True)

@@ -123,9 +123,11 @@ def _of_ceiling(rate: float, ceiling: float | None, unit: str, what: str = "") -
 def model_facts(model: "OpModel") -> list[str]:
     """An op model's coefficients read as machine facts, each beside the ceiling it was fitted
     under when the model has one: '12.0 us per call', '74 GFLOP/s (35 % of the 210 GFLOP/s
-    peak)'; a roofline-linear model's FLOP term is the peak itself, and says so. The byte terms read as the effective rate of each level: in cache 1/c_byte, beyond
-    L2 1/(c_byte + c_L2), beyond L3 1/(c_byte + c_L2 + c_L3), which is what data of that
-    level moves at (the coefficient beyond L2 alone is not a rate of anything)."""
+    peak)'; a roofline-linear model's FLOP terms (its FLOPs, and a fused convolution's FLOPs
+    on padding lanes) are the peak itself, and say so. The byte terms read as the effective
+    rate of each level: in cache 1/c_byte, beyond L2 1/(c_byte + c_L2), beyond L3
+    1/(c_byte + c_L2 + c_L3), which is what data of that level moves at (the coefficient
+    beyond L2 alone is not a rate of anything)."""
     coef = dict(zip(model.features, model.coef))
     ceiling = model.ceiling
     effective, total = {}, 0.0  # byte feature -> (cost per byte of its level, level, qualifier)
@@ -145,6 +147,8 @@ def model_facts(model: "OpModel") -> list[str]:
             facts.append(human(1 / cost, "B/s") + qualifier + _of_ceiling(1 / cost, bound, "B/s", what))
         elif feature == "flops" and ceiling is not None and c > 0 and model.model == PINNED_MODEL:
             facts.append(f"{fact(feature, c)} (the peak: a product's FLOPs are priced at it)")
+        elif feature == "flops_lane_waste" and ceiling is not None and c > 0 and model.model == PINNED_MODEL:
+            facts.append(f"{fact(feature, c)} (the peak: padding lanes compute at it)")
         elif feature == "flops" and ceiling is not None and c > 0:
             facts.append(fact(feature, c) + _of_ceiling(1 / c, ceiling.flops_per_second, "FLOP/s", " peak"))
         else:

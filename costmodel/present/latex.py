@@ -272,7 +272,7 @@ def step_table(report: dict, prediction: dict | None = None,
 # -- table 3: the machine profile ------------------------------------------------------------
 
 #: the kernel variants of the model keys (costmodel.machine.backends: kernel_variant, torch_variant)
-KERNEL_VARIANTS = frozenset({"avg", "overlap", "tanh", "sigmoid", "grouped"})
+KERNEL_VARIANTS = frozenset({"avg", "overlap", "tanh", "sigmoid", "grouped", "stride"})
 
 def profile_table(profile: "Profile", used: "Entry | None" = None) -> str:
     """Table 3: every entry's fitted op models, their parameters read as machine facts."""

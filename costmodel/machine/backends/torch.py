@@ -137,17 +137,28 @@ def torch_groups(refs: list[OpRef]) -> list[TorchRow]:
     return groups
 
 
-def torch_variant(ops: tuple[str, ...], spec: "OpSpec") -> tuple[str, ...]:
+def torch_variant(ops: tuple[str, ...], spec: "OpSpec", sizes: LayerSizes | None = None) -> tuple[str, ...]:
     """The variant of a group whose PyTorch kernel depends on its layer: average pooling
     (avg_pool2d and its backward, "avg"), tanh and sigmoid, a grouped convolution ("grouped":
-    oneDNN's grouped and depthwise kernels). Max pooling (overlapping or not), ReLU and
-    ungrouped convolutions have none, so a file of the course's vocabulary keeps its keys."""
+    oneDNN's grouped and depthwise kernels), an ungrouped convolution with a stride s > 1
+    ("stride": its forward, and its backward with an input gradient, which scatters dZ over
+    the strided windows). Max pooling (overlapping or not), ReLU and ungrouped convolutions of
+    stride 1 have none, so a file of the course's vocabulary keeps its keys.
+
+    A strided convolution runs other kernels than one of stride 1 at the same FLOPs and bytes:
+    on a 192-network sweep its backward groups ran 1.16-1.25x what one model of both strides
+    predicted and those of stride 1 0.93-0.96x, so the examples (stride 1) were predicted
+    1.2x slow; a model of each brought the median step error of benchmarks/accuracy.py's
+    torch set from 10.6 % to 6.5 % (2026-12-01). Layer 1's backward has no input gradient and
+    its sweep layer no stride: it keeps one model."""
     if ops in (("pool",), ("pool_grad",)) and spec.pool_type == "avg":
         return ("avg",)
     if ops in (("activation",), ("activation_grad",)) and spec.activation in ("tanh", "sigmoid"):
         return (spec.activation,)
     if spec.grouped and ("conv_matmul" in ops or "conv_grad_W" in ops):
         return ("grouped",)
+    if sizes is not None and sizes.kind == "conv" and sizes.s > 1 and ("conv_matmul" in ops or "conv_grad_input" in ops):
+        return ("stride",)
     return ()
 
 
@@ -238,7 +249,7 @@ class TorchBackend:
             if not g.ops:
                 extra = {"scope_flops": flops, "scope_bytes": read + written, **extra}
                 flops = read = written = kept = 0
-            variant = torch_variant(g.ops, spec) if spec is not None else ()
+            variant = torch_variant(g.ops, spec, g.sizes) if spec is not None else ()
             rows.append(Row(g.layer, g.layer_type, g.ops, g.phase, g.kind, flops, read, written, kept,
                             group_model_key(g.ops, g.phase, arch.loss, variant), *g.notation, basis, extra))
         return rows
