@@ -53,18 +53,18 @@ def _log_uniform_int(rng: np.random.Generator, lo: int, hi: int) -> int:
 
 
 #: the share of drawn channel counts rounded to a multiple of CHANNEL_MULTIPLE, as real
-#: networks choose them (16, 32, 64, 96, 128 ...; the examples' layers past the first all are)
+#: networks choose them (the examples' conv layers: 87 of 88 have 16 to 1024 filters, all multiples of 8)
 ALIGNED_CHANNELS_SHARE = 2 / 3
 CHANNEL_MULTIPLE = 8
 
 
 def _channels(rng: np.random.Generator, lo: int, hi: int) -> int:
     """A layer's channel count, log-uniform in [lo, hi]; ALIGNED_CHANNELS_SHARE of them
-    rounded to a multiple of CHANNEL_MULTIPLE (the SIMD width of float32 with AVX). A sweep of
-    only log-uniform counts has 90 % of its conv layers with counts no library blocks well
-    (measured on a 192-network torch sweep: 145 of 161 conv backward samples), while real
-    networks' layers are aligned: oneDNN's convolutions of the examples ran 1.2-1.28x faster
-    than such a sweep predicted (benchmarks/accuracy.py --impl torch, 2026-12-01)."""
+    rounded to a multiple of CHANNEL_MULTIPLE (the SIMD width of float32 with AVX), so that the
+    sweep samples the layers real networks have. With log-uniform counts only, 145 of the 161
+    conv backward samples of a 192-network torch sweep had unaligned channel counts on both
+    sides; in a sweep with aligned ones, oneDNN's convolutions with multiples of 16 on both
+    sides ran 0.80-0.83x what the one model of all of them predicted (2026-12-01)."""
     n = _log_uniform_int(rng, lo, hi)
     if rng.random() < ALIGNED_CHANNELS_SHARE:
         n = min(max(CHANNEL_MULTIPLE, CHANNEL_MULTIPLE * round(n / CHANNEL_MULTIPLE)), hi)
