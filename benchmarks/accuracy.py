@@ -17,6 +17,9 @@ error <= 3 pp; >= 80 % of measured steps inside their 90 % interval, median half
 (PyTorch's op groups; the step time with the profiler on, which the groups add up to).
 
     python benchmarks/accuracy.py [--impl index strided torch] [--profile FILE] [--steps 5] [--threads 2]
+
+Each measurement runs at least --steps steps and at least MIN_TIMED_SECONDS of them (by the
+prediction), so that the smallest networks' medians are not one hiccup.
 """
 
 from __future__ import annotations
@@ -40,6 +43,14 @@ from costmodel.present.data import prediction_report  # noqa: E402
 
 #: ops below this share of the measured step are left out of the per-op relative errors
 MAJOR_OP_SHARE = 0.01
+#: every measurement times at least this many seconds of steps: 5 steps of a 1 ms network last
+#: 5 ms, and one hiccup moved their median by 40-66 % (digits-resnet, 2026-12-01)
+MIN_TIMED_SECONDS = 0.25
+
+
+def steps_for(predicted_seconds: float, steps: int) -> int:
+    """At least `steps`, and enough to time MIN_TIMED_SECONDS by the predicted step (at most 500)."""
+    return int(min(500, max(steps, -(-MIN_TIMED_SECONDS // max(predicted_seconds, 1e-6)))))
 
 ARCHS = sorted((ROOT / "examples").glob("*.yaml")) + sorted((ROOT / "benchmarks" / "archs").glob("*.yaml"))
 
@@ -96,13 +107,15 @@ def main() -> int:
         arch = load_arch(path)
         for impl in args.impl:
             if impl == "torch":
-                m1 = measure_torch(arch, steps=args.steps, warmup=2, threads=args.threads)
-                p = prediction_report(predict(arch, profile, threads=m1["threads"], backend="torch"))
-                m2 = measure_torch(arch, steps=args.steps, warmup=1, threads=args.threads)
+                p = prediction_report(predict(arch, profile, threads=args.threads, backend="torch"))
+                steps = steps_for(p["total_seconds"], args.steps)
+                m1 = measure_torch(arch, steps=steps, warmup=2, threads=args.threads)
+                m2 = measure_torch(arch, steps=steps, warmup=1, threads=args.threads)
             else:
-                m1 = measure(arch, steps=args.steps, warmup=2, threads=args.threads, impl=impl)
-                p = prediction_report(predict(arch, profile, impl=impl, threads=m1["threads"]))
-                m2 = measure(arch, steps=args.steps, warmup=1, threads=args.threads, impl=impl)
+                p = prediction_report(predict(arch, profile, impl=impl, threads=args.threads))
+                steps = steps_for(p["total_seconds"], args.steps)
+                m1 = measure(arch, steps=steps, warmup=2, threads=args.threads, impl=impl)
+                m2 = measure(arch, steps=steps, warmup=1, threads=args.threads, impl=impl)
             ops = op_errors(p["ops"], m1["ops"])
             row = {
                 "arch": arch.name, "impl": impl,
