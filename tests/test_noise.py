@@ -122,6 +122,15 @@ def test_a_calibration_sample_carries_the_spread_of_its_rounds():
                         "spread": pytest.approx(0.4)}]
 
 
+
+def test_a_short_step_is_visited_after_enough_warm_steps_to_last_the_warm_visit():
+    from calib.backends.timing import MAX_WARM_STEPS, WARM_VISIT_SECONDS, warm_steps
+
+    assert warm_steps(WARM_VISIT_SECONDS) == 0 and warm_steps(10 * WARM_VISIT_SECONDS) == 0
+    assert warm_steps(WARM_VISIT_SECONDS / 2) == 2
+    assert warm_steps(WARM_VISIT_SECONDS / 3 * 1.01) == 3  # 3 steps last >= WARM_VISIT_SECONDS
+    assert warm_steps(0.0) == warm_steps(1e-9) == MAX_WARM_STEPS
+
 # -- a real busy machine ---------------------------------------------------------------------------
 
 @contextmanager

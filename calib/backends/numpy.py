@@ -11,11 +11,8 @@ import numpy as np
 
 from costmodel.model.arch import Architecture
 
-from calib.backends.timing import chunked_sweep
+from calib.backends.timing import WARM_VISIT_SECONDS, chunked_sweep, warm_steps
 from calib.measure import measure  # noqa: F401  (this backend's measurement)
-
-#: networks whose step takes less than this get an untimed step before each timed one
-WARM_VISIT_SECONDS = 0.02
 
 
 def time_sweep(archs: list[Architecture], impl: str = "index", *, threads: int, rounds: int, chunk: int, seed: int,
@@ -32,21 +29,24 @@ def time_sweep(archs: list[Architecture], impl: str = "index", *, threads: int, 
         start = [w.copy() for w in cnn.W + cnn.b + cnn.vW + cnn.vb]
         t0 = time.perf_counter()
         cnn.step(X, Y)  # warm-up: first touches of every buffer, lazily built index arrays
+        seconds = time.perf_counter() - t0
+        if seconds < WARM_VISIT_SECONDS:  # the first step was short: time a warm one
+            t0 = time.perf_counter()
+            cnn.step(X, Y)
+            seconds = time.perf_counter() - t0
         # a small network's ops are dominated by per-call costs that depend on how warm the
-        # caches are: each visit runs one untimed step first, as a training loop would
-        small = time.perf_counter() - t0 < WARM_VISIT_SECONDS
-        return cnn, X, Y, start, small
+        # caches are: each visit runs untimed steps first, as a training loop has them
+        return cnn, X, Y, start, warm_steps(seconds)
 
     def run_round(visits):
         out = {}
-        for i, (cnn, X, Y, start, small) in visits:
-            if small:
-                cnn.step(X, Y)
-            # every step starts from the same weights, so no sweep network diverges
-            for w, w0 in zip(cnn.W + cnn.b + cnn.vW + cnn.vb, start):
-                np.copyto(w, w0)
-            timer = OpTimer()
-            cnn.step(X, Y, timer)
+        for i, (cnn, X, Y, start, warm) in visits:
+            for timed in [False] * warm + [True]:
+                # every step starts from the same weights, so no sweep network diverges
+                for w, w0 in zip(cnn.W + cnn.b + cnn.vW + cnn.vb, start):
+                    np.copyto(w, w0)
+                timer = OpTimer() if timed else None
+                cnn.step(X, Y, timer)
             out[i] = {(k.layer, k.op, k.phase): sec for k, sec in timer.seconds().items()}
         return out
 

@@ -404,10 +404,12 @@ def time_sweep(archs: list[Architecture], impl: str = "torch", *, threads: int, 
     does for the NumPy reference: networks in chunks, each chunk's networks visited in a new
     random order every round, every step from the same starting weights, gc off.
 
-    Every visit runs an unprofiled step before the profiled one, as a training loop (and
+    Every visit runs one unprofiled step before the profiled one, as a training loop (and
     `measure`) has the same network's step before: PyTorch's allocator and oneDNN's
     primitive cache are then warm (measured: the median step error of the examples went from
-    14.4 % to 11.6 % on the same 96 networks)."""
+    14.4 % to 11.6 % on the same 96 networks). Not the NumPy sweep's 20 ms of them
+    (calib.backends.timing.warm_steps): under the profiler they doubled the sweep's time
+    (48 networks: 17.7 s against 33.5 s) and moved the small examples' predictions by 0-8 %."""
     from calib.backends.timing import chunked_sweep
     from calib.cnn import ReferenceCNN
     from calib.measure import synthetic_batch
