@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from calib.calibrate import Plan, calibrate, to_profile  # noqa: E402
 from calib.measure import measure  # noqa: E402
+from calib.noise import HANDOFF_CHANGE_LIMIT, handoff_seconds  # noqa: E402
 from calib.backends.torch import measure_torch  # noqa: E402
 from costmodel.model.arch import load_arch  # noqa: E402
 from costmodel.machine.predict import predict  # noqa: E402
@@ -88,24 +89,30 @@ def main() -> int:
         dtypes = sorted({load_arch(p).dtype for p in ARCHS})
         numpy_impls = [i for i in args.impl if i != "torch"]
         profile = None
+        calibration_handoffs = []
         if numpy_impls:
-            profile = to_profile(calibrate(Plan.make(quick=False, dtypes=dtypes, impls=numpy_impls),
-                                           threads=args.threads))
+            result = calibrate(Plan.make(quick=False, dtypes=dtypes, impls=numpy_impls), threads=args.threads)
+            calibration_handoffs += result["load"]["handoff_seconds"]
+            profile = to_profile(result)
         if "torch" in args.impl:
-            profile = to_profile(calibrate(Plan.make(quick=False, dtypes=dtypes, impls=None, backend="torch"),
-                                           threads=args.threads), merge_into=profile)
-        print(f"calibrated {dtypes} x {args.impl} in {time.perf_counter() - t0:.1f} s", flush=True)
+            result = calibrate(Plan.make(quick=False, dtypes=dtypes, impls=None, backend="torch"), threads=args.threads)
+            calibration_handoffs += result["load"]["handoff_seconds"]
+            profile = to_profile(result, merge_into=profile)
+        print(f"calibrated {dtypes} x {args.impl} in {time.perf_counter() - t0:.1f} s; the cores' hand-off "
+              f"(calib.noise) while calibrating: {' '.join(f'{1e6 * h:.0f}' for h in calibration_handoffs)} us",
+              flush=True)
         if args.save_profile:
             save_profile(profile, args.save_profile)
 
     rows = []
     header = (f"{'architecture':30s} {'impl':8s} {'measured':>10s} {'predicted':>10s} {'step err':>9s} "
-              f"{'in 90%':>6s} {'frac err':>9s} {'worst op':>9s} {'op err':>8s} {'floor step':>10s}")
+              f"{'in 90%':>6s} {'frac err':>9s} {'worst op':>9s} {'op err':>8s} {'floor step':>10s} {'hand-off':>10s}")
     print(header)
     print("-" * len(header))
     for path in ARCHS:
         arch = load_arch(path)
         for impl in args.impl:
+            before = handoff_seconds()  # the cores' placement before and after (calib.noise)
             if impl == "torch":
                 p = prediction_report(predict(arch, profile, threads=args.threads, backend="torch"))
                 steps = steps_for(p["total_seconds"], args.steps)
@@ -116,8 +123,10 @@ def main() -> int:
                 steps = steps_for(p["total_seconds"], args.steps)
                 m1 = measure(arch, steps=steps, warmup=2, threads=args.threads, impl=impl)
                 m2 = measure(arch, steps=steps, warmup=1, threads=args.threads, impl=impl)
+            after = handoff_seconds()
             ops = op_errors(p["ops"], m1["ops"])
             row = {
+                "handoff": [h for h in (before, after) if h],
                 "arch": arch.name, "impl": impl,
                 "measured": m1["step_seconds"], "predicted": p["total_seconds"],
                 "step_error": 100 * (p["total_seconds"] / m1["step_seconds"] - 1),
@@ -133,7 +142,8 @@ def main() -> int:
             median_op = statistics.median(abs(e) for e, _ in ops) if ops else 0.0
             print(f"{row['arch']:30s} {impl:8s} {row['measured'] * 1e3:8.2f}ms {row['predicted'] * 1e3:8.2f}ms "
                   f"{row['step_error']:+8.1f}% {'yes' if row['inside'] else 'no':>6s} {row['fraction_error']:7.2f}pp "
-                  f"{row['worst_fraction']:7.2f}pp {median_op:7.1f}% {row['floor_step']:9.1f}%", flush=True)
+                  f"{row['worst_fraction']:7.2f}pp {median_op:7.1f}% {row['floor_step']:9.1f}% "
+                  f"{'/'.join(f'{1e6 * h:.0f}' for h in row['handoff']):>8s}us", flush=True)
 
     step_errors = [abs(r["step_error"]) for r in rows]
     worst = max(rows, key=lambda r: abs(r["step_error"]))
@@ -155,6 +165,16 @@ def main() -> int:
     print(f"floor (run-to-run spread of measure): step median {statistics.median(r['floor_step'] for r in rows):.1f} %, "
           f"worst {max(r['floor_step'] for r in rows):.1f} %; fractions mean "
           f"{statistics.fmean(r['floor_fraction'] for r in rows):.2f} pp")
+    handoffs = [h for r in rows for h in r["handoff"]]
+    if handoffs:
+        near = min(handoffs) * HANDOFF_CHANGE_LIMIT
+        for label, keep in (("near (shared cache)", lambda r: max(r["handoff"]) <= near),
+                            ("far", lambda r: min(r["handoff"]) > near)):
+            errors = [abs(r["step_error"]) for r in rows if r["handoff"] and keep(r)]
+            if errors:
+                print(f"measured with the cores {label} before and after (hand-off within "
+                      f"{HANDOFF_CHANGE_LIMIT}x of the run's least, {1e6 * min(handoffs):.0f} us, or beyond): "
+                      f"{len(errors)} rows, step error median {statistics.median(errors):.1f} %, worst {max(errors):.1f} %")
     ok = (statistics.median(step_errors) <= 5 and max(step_errors) <= 15 and worst_frac["worst_fraction"] <= 3
           and coverage >= 0.8 and half <= 25)
     print("targets met" if ok else "targets NOT met")

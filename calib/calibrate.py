@@ -127,13 +127,12 @@ def calibrate(plan: Plan, *, threads: int | None = None, progress=None, log=None
 
     from calib.allocator import warm_heap
     from calib.machine import ceilings, fingerprint
-    from calib.noise import LoadMonitor, worst_of
-    from calib.workers import settle_blas
+    from calib.noise import LoadMonitor, handoff_seconds, worst_of
 
     warm_heap()  # the allocator's state of every measured step (calib.allocator)
     started = time.perf_counter()
     torch = plan.backend == "torch"
-    with LoadMonitor() as monitor, threadpool_limits(limits=threads, user_api="blas"):
+    with LoadMonitor(handoff=handoff_seconds) as monitor, threadpool_limits(limits=threads, user_api="blas"):
         used_threads = threads or max([i["num_threads"] for i in threadpool_info()
                                        if i.get("user_api") == "blas"] or [1])
         fp = fingerprint(used_threads)
@@ -158,8 +157,9 @@ def calibrate(plan: Plan, *, threads: int | None = None, progress=None, log=None
                 versions = {}
                 timing = machine_backend(plan.backend)
                 versions.update(timing.versions())
-                settle_blas()  # the last sweep's or ceiling's BLAS threads would share the cores
-                with LoadMonitor() as sweep_monitor:  # a short sweep's burst of load is not averaged away
+                # a short sweep's burst of load is not averaged away; the monitor samples the cores'
+                # hand-off, then settles the last sweep's or ceiling's spinning BLAS threads
+                with LoadMonitor(handoff=handoff_seconds) as sweep_monitor:
                     samples = timing.time_sweep(archs, impl, threads=used_threads, rounds=plan.rounds,
                                                 chunk=plan.chunk, seed=plan.seed, progress=progress)
                 sweep_loads[f"{dtype}/{impl}"] = sweep_monitor.load

@@ -103,14 +103,15 @@ def measure_torch_command(arch_path: Path, *, batch, steps, warmup, threads, fmt
 
     if importlib.util.find_spec("torch") is None:
         import_torch()  # a missing torch fails first, in one line
-    from calib.noise import LoadMonitor
+    from calib.noise import LoadMonitor, handoff_seconds
 
     arch = load_arch(arch_path).with_batch(batch)  # a bad file is refused before torch's import (~200 MB)
     from calib.memory import check_memory
 
     check_memory(arch, "torch")
     import_torch()
-    with LoadMonitor() as monitor:  # other processes' CPU time and steal (no per-op spreads here)
+    # other processes' CPU time, steal and the cores' hand-off (no per-op spreads here)
+    with LoadMonitor(handoff=handoff_seconds) as monitor:
         result = with_costs(measure_torch(arch, steps=steps, warmup=warmup, threads=threads, progress=progress),
                             arch)
     result["load"] = monitor.load.as_dict()

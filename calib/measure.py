@@ -12,9 +12,9 @@ from costmodel.model.ops import OpKey
 
 from calib.allocator import warm_heap
 from calib.cnn import ReferenceCNN, one_hot, to_layout
-from calib.workers import blas_threads, settle_blas
+from calib.workers import blas_threads
 from calib.memory import check_memory
-from calib.noise import LoadMonitor, relative_spread
+from calib.noise import LoadMonitor, handoff_seconds, relative_spread
 from calib.timer import OpTimer
 
 
@@ -42,8 +42,9 @@ def measure(arch: Architecture, *, steps: int = 10, warmup: int = 2, threads: in
     (and OpenMP) pools with threadpoolctl (None keeps the current setting) and is
     the number of threads the strided implementation shares its large ops among.
     ``allocator`` is the C allocator's state the steps ran in (calib.allocator.warm_heap).
-    It starts with calib.workers.settle_blas: a step right after other threaded products of
-    this process would share the cores with the BLAS threads still spinning.
+    ``load`` holds the cores' hand-off before and after the steps (calib.noise.handoff_seconds);
+    the monitor then settles the BLAS threads (calib.workers.settle_blas): a step right after
+    other threaded products of this process would share the cores with them still spinning.
     """
     from threadpoolctl import threadpool_limits
 
@@ -51,8 +52,8 @@ def measure(arch: Architecture, *, steps: int = 10, warmup: int = 2, threads: in
         raise ValueError("steps must be >= 1 and warmup >= 0")
     check_memory(arch, impl)
     allocator = warm_heap()
-    settle_blas()  # no BLAS thread left spinning by what ran before in this process
-    with threadpool_limits(limits=threads), LoadMonitor() as monitor:
+    # the monitor samples the cores' hand-off, then lets no BLAS thread spin into the steps
+    with threadpool_limits(limits=threads), LoadMonitor(handoff=handoff_seconds) as monitor:
         used_threads = blas_threads()
         cnn = ReferenceCNN(arch, impl=impl, seed=seed, threads=used_threads)
         X, Y = synthetic_batch(arch, seed)

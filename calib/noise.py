@@ -18,6 +18,15 @@ Three signs that a measurement was disturbed, each against a named limit:
   jitter, and the cross-validated step interval measures what is left. Only what proves other
   load (other processes' time, steal) disturbs.
 
+A fourth sign is a *note*: **the cores' hand-off** (handoff_seconds), the time of a two-thread
+product so small that the hand-off between the threads decides it, sampled when a monitor that
+asks for it starts and ends. On a 2-vCPU VM (AMD EPYC, 2026-12-01) it took 22 us or 42 us,
+switching every 15-60 s as the hypervisor moved the vCPUs between cores that share an L3 and
+cores that do not (a C ping-pong between the two cores: 75-100 ns against 380-450 ns a round
+trip). Two-thread steps move with it: mnist-mlp 0.88 ms against 1.11 ms, one-thread steps not
+at all (1.37-1.42 ms in both). A run whose samples differ by more than HANDOFF_CHANGE_LIMIT
+ran in both placements, and says so.
+
 The CPU times have the kernel's tick resolution (1/SC_CLK_TCK, 10 ms on Linux): a
 difference of fewer than MIN_TICKS ticks is not read as load. Where /proc is not readable
 (not Linux) only the spread is judged.
@@ -41,6 +50,48 @@ STEAL_LIMIT = 0.05
 SPREAD_LIMIT = 0.15
 #: fewer ticks of other or steal time than this are not load (the tick is 10 ms)
 MIN_TICKS = 5
+#: the side of the square float32 product whose two-thread time is the cores' hand-off
+HANDOFF_PRODUCT = 128
+#: hand-off samples of one run further apart than this factor: it ran in two core placements
+HANDOFF_CHANGE_LIMIT = 1.5
+
+
+def handoff_seconds(reps: int = 64) -> float | None:
+    """The cores' hand-off: the median seconds of `reps` HANDOFF_PRODUCT-square float32
+    products by NumPy's BLAS on two threads (after 8 untimed), or None with fewer than two
+    cores available. Its value is this machine's and BLAS's; what it is for is comparing
+    samples of one run (module docstring). Takes ~5 ms; leaves the BLAS threads spinning
+    (calib.workers.settle_blas)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    if cores < 2:
+        return None
+    import numpy as np
+    from threadpoolctl import threadpool_limits
+
+    a = np.ones((HANDOFF_PRODUCT, HANDOFF_PRODUCT), np.float32)
+    c = np.empty_like(a)
+    times = []
+    with threadpool_limits(limits=2, user_api="blas"):
+        for i in range(8 + reps):
+            t0 = time.perf_counter_ns()
+            np.matmul(a, a, out=c)
+            if i >= 8:
+                times.append(time.perf_counter_ns() - t0)
+    return float(np.median(times)) * 1e-9
+
+
+def handoff_note(samples: Iterable[float | None]) -> str | None:
+    """The note on a run's hand-off samples (handoff_seconds) when they differ by more than
+    HANDOFF_CHANGE_LIMIT, else None."""
+    samples = [s for s in samples if s]
+    if len(samples) < 2 or max(samples) <= HANDOFF_CHANGE_LIMIT * min(samples):
+        return None
+    return (f"the cores' hand-off changed during the run (a two-thread {HANDOFF_PRODUCT}^3 product took "
+            f"{1e6 * min(samples):.0f}-{1e6 * max(samples):.0f} us: the cores moved to or from a shared cache, "
+            "as a VM's vCPUs do; two-thread steps of small networks move up to 25 % with it)")
 
 
 @dataclass(frozen=True)
@@ -113,6 +164,7 @@ class Load:
     disturbed: bool
     reasons: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    handoff_seconds: list[float] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -133,12 +185,15 @@ class LoadMonitor:
     >>> monitor.load.disturbed, monitor.load.reasons
 
     `cpus`: the CPUs to watch (default: those this process may run on); `clock` and `read`
-    (CPU ticks of the CPUs) are replaceable for tests."""
+    (CPU ticks of the CPUs) are replaceable for tests. `handoff` (e.g. handoff_seconds): sampled
+    as the block starts, then the BLAS threads are settled (calib.workers.settle_blas, 0.25 s),
+    and as it ends; samples further apart than HANDOFF_CHANGE_LIMIT give a note."""
 
     def __init__(self, cpus: Iterable[int] | None = None, *, other_limit: float = OTHER_CPU_LIMIT,
                  steal_limit: float = STEAL_LIMIT, spread_limit: float = SPREAD_LIMIT,
                  clock: Callable[[], float] = time.monotonic,
-                 read: Callable[[], CpuTicks | None] | None = None):
+                 read: Callable[[], CpuTicks | None] | None = None,
+                 handoff: Callable[[], float | None] | None = None):
         if cpus is None:
             try:
                 cpus = os.sched_getaffinity(0)
@@ -151,15 +206,30 @@ class LoadMonitor:
         self.tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
         self.spreads: list[float] = []
         self.weights: list[float] = []
+        self.handoff = handoff
+        self.handoffs: list[float] = []
         self.load: Load | None = None
 
     def __enter__(self) -> "LoadMonitor":
+        if self.handoff is not None:
+            from calib.workers import settle_blas
+
+            self._sample_handoff()
+            settle_blas()  # the probe's BLAS threads would share the cores with what is timed
         self._start = (self.clock(), self.read())
         return self
 
     def __exit__(self, *exc) -> bool:
-        self.load = self.verdict(self.clock(), self.read())
+        end = (self.clock(), self.read())
+        if self.handoff is not None and exc[0] is None:
+            self._sample_handoff()
+        self.load = self.verdict(*end)
         return False
+
+    def _sample_handoff(self) -> None:
+        sample = self.handoff()
+        if sample:
+            self.handoffs.append(sample)
 
     def add_spreads(self, spreads: Iterable[float], weights: Iterable[float] | None = None) -> None:
         """Relative spreads of repeated samples (e.g. relative_spread of each op's rounds), each
@@ -194,19 +264,26 @@ class LoadMonitor:
         notes = []
         if spread is not None and spread > self.spread_limit:
             notes.append(f"repeated samples spread {100 * spread:.0f} % (limit {100 * self.spread_limit:.0f} %)")
+        if (note := handoff_note(self.handoffs)) is not None:
+            notes.append(note)
         return Load(wall_seconds=wall, cores_available=cores, other_cpu=min(other, 1.0), steal=min(steal, 1.0),
-                    spread=spread, disturbed=bool(reasons), reasons=reasons, notes=notes)
+                    spread=spread, disturbed=bool(reasons), reasons=reasons, notes=notes,
+                    handoff_seconds=list(self.handoffs))
 
 
 def worst_of(whole: Load, parts: dict[str, Load]) -> Load:
     """The load of a run made of parts (a calibration's sweeps), each with its own monitor:
     `whole`'s figures, disturbed when it or any part is, with each disturbed part's reasons
-    named by the part ('float32/strided: other processes used 31 % ...'). A short part can be
+    named by the part ('float32/strided: other processes used 31 % ...'); the hand-off samples
+    of the whole and every part, judged together (handoff_note). A short part can be
     disturbed while the whole run's average is not: a 2 s burst of another process during
     a 7 s strided sweep made it predict the examples 20-37 % slow, while the calibration's
     57 s averaged 7 % of other load (2026-12-01)."""
     reasons = list(whole.reasons) + [f"{name}: {reason}" for name, part in parts.items() for reason in part.reasons]
+    handoffs = list(whole.handoff_seconds) + [h for part in parts.values() for h in part.handoff_seconds]
+    notes = [note for note in whole.notes if not note.startswith("the cores' hand-off")]
+    if (note := handoff_note(handoffs)) is not None:
+        notes.append(note)
     return Load(wall_seconds=whole.wall_seconds, cores_available=whole.cores_available, other_cpu=whole.other_cpu,
                 steal=whole.steal, spread=whole.spread, disturbed=bool(reasons), reasons=reasons,
-                notes=list(whole.notes))
-
+                notes=notes, handoff_seconds=handoffs)

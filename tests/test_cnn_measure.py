@@ -104,18 +104,24 @@ def test_measure_runs_a_threaded_step():
         == [tuple(k) for k in op_keys(arch)]
 
 
-def test_measure_lets_the_blas_threads_settle_before_its_first_step(monkeypatch):
+def test_measure_samples_the_handoff_and_lets_the_blas_threads_settle_before_its_first_step(monkeypatch):
     """The BLAS's threads spin on after a threaded product; measure waits them out before it
-    runs a step (calib.workers.settle_blas), so what ran before in the process does not share
-    the cores with the steps it times."""
+    runs a step (calib.workers.settle_blas), so what ran before in the process (the cores'
+    hand-off sample among it) does not share the cores with the steps it times; the hand-off
+    is sampled again after the steps and both samples are in the load record."""
     import calib.measure as measure_module
+    import calib.workers
 
     events = []
-    monkeypatch.setattr(measure_module, "settle_blas", lambda: events.append("settle"))
+    samples = iter([2e-5, 4e-5])
+    monkeypatch.setattr(calib.workers, "settle_blas", lambda: events.append("settle"))
+    monkeypatch.setattr(measure_module, "handoff_seconds", lambda: (events.append("handoff"), next(samples))[1])
     step = ReferenceCNN.step
     monkeypatch.setattr(ReferenceCNN, "step", lambda self, *a, **k: (events.append("step"), step(self, *a, **k))[1])
-    measure(example(EXAMPLES[0], batch=2), steps=2, warmup=1, impl="strided", threads=2)
-    assert events == ["settle", "step", "step", "step"]
+    result = measure(example(EXAMPLES[0], batch=2), steps=2, warmup=1, impl="strided", threads=2)
+    assert events == ["handoff", "settle", "step", "step", "step", "handoff"]
+    assert result["load"]["handoff_seconds"] == [2e-5, 4e-5]
+    assert any("hand-off changed" in note for note in result["load"]["notes"])
 
 
 def test_measure_limits_threads():

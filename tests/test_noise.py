@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from calib.calibrate import Plan
 from calib.design import SweepLimits
-from calib.noise import CpuTicks, LoadMonitor, read_cpu_ticks, relative_spread, weighted_median, worst_of
+from calib.noise import CpuTicks, Load, LoadMonitor, read_cpu_ticks, relative_spread, weighted_median, worst_of
 from cli import app
 from costmodel.machine.profile import load_profile
 from costmodel.present.profile_text import render_profile
@@ -130,6 +130,32 @@ def test_a_short_step_is_visited_after_enough_warm_steps_to_last_the_warm_visit(
     assert warm_steps(WARM_VISIT_SECONDS / 2) == 2
     assert warm_steps(WARM_VISIT_SECONDS / 3 * 1.01) == 3  # 3 steps last >= WARM_VISIT_SECONDS
     assert warm_steps(0.0) == warm_steps(1e-9) == MAX_WARM_STEPS
+
+
+def test_a_run_in_two_core_placements_is_noted_not_refused():
+    from calib.noise import HANDOFF_CHANGE_LIMIT, handoff_note, worst_of
+
+    assert handoff_note([2e-5, 2e-5 * HANDOFF_CHANGE_LIMIT]) is None
+    assert handoff_note([2e-5, None]) is None and handoff_note([]) is None
+    assert "20-42 us" in handoff_note([2e-5, 4.2e-5])
+    samples = iter([2e-5, 4.2e-5])
+    with fake_monitor([CpuTicks(0, 0, 0), CpuTicks(0, 0, 0)], handoff=lambda: next(samples)) as monitor:
+        pass
+    load = monitor.load
+    assert not load.disturbed and load.handoff_seconds == [2e-5, 4.2e-5]
+    assert [n for n in load.notes if "hand-off changed" in n]
+    # a calibration judges its sweeps' samples together: each sweep steady, the two apart
+    steady = [Load(1.0, 2, 0.0, 0.0, None, False, handoff_seconds=[h, h]) for h in (2e-5, 4.2e-5)]
+    whole = worst_of(Load(3.0, 2, 0.0, 0.0, None, False), {"float32/index": steady[0], "float64/index": steady[1]})
+    assert not whole.disturbed and len(whole.handoff_seconds) == 4
+    assert [n for n in whole.notes if "hand-off changed" in n]
+
+
+def test_the_handoff_is_a_time_or_none_on_one_core():
+    from calib.noise import handoff_seconds
+
+    sample = handoff_seconds(reps=4)
+    assert sample is None if len(os.sched_getaffinity(0)) < 2 else sample > 0
 
 # -- a real busy machine ---------------------------------------------------------------------------
 

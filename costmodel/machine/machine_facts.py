@@ -105,7 +105,9 @@ class LoadRecord(StrictModel):
     disturbed: bool
     reasons: list[str] = []
     notes: list[str] = Field([], description="what varied without proving other load (a spread above "
-                             "its limit)")
+                             "its limit, the cores' hand-off)")
+    handoff_seconds: list[PositiveFloat] = Field([], description="the cores' hand-off sampled during the run "
+                                                 "(calib.noise.handoff_seconds), in seconds")
 
 
 class ProductRate(StrictModel):
