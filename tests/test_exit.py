@@ -54,6 +54,18 @@ def test_a_reader_that_closes_the_pipe_ends_it_quietly():
     assert b"Traceback" not in err and b"BrokenPipe" not in err
 
 
+
+def test_a_reader_that_closes_the_pipe_on_the_help_ends_it_as_on_a_command():
+    """rich writes the help; on a closed pipe it exits 1 (Console.on_broken_pipe): 141 here, as
+    for a command's output."""
+    proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "--help"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, bufsize=0)
+    proc.stdout.read(1)
+    proc.stdout.close()  # `| head -c 1`
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode in (0, 141)
+    assert b"Traceback" not in err and b"BrokenPipe" not in err
+
 def test_atexit_handlers_and_threads_run_before_the_process_ends():
     code = ("import atexit, runpy, sys, threading, time\n"
             "sys.argv = ['costmodel', 'examples']\n"

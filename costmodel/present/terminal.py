@@ -156,6 +156,16 @@ def exit_process(status: int) -> None:
     os._exit(status)
 
 
+def _stdout_is_devnull() -> bool:
+    """Whether file descriptor 1 is /dev/null."""
+    import os
+
+    try:
+        return os.path.samestat(os.fstat(1), os.stat(os.devnull))
+    except (OSError, ValueError):
+        return False
+
+
 def _quiet_stdout() -> None:
     """After a reader closed stdout: point it at /dev/null, so the interpreter's final flush
     does not report the broken pipe."""
@@ -187,8 +197,15 @@ def run_app(app) -> int:
     every other bad input; SIGTERM and ^C are one line and their statuses."""
     from typer._click.exceptions import ClickException, NoArgsIsHelpError
 
+    stdout_was_devnull = _stdout_is_devnull()
     try:
         status = app(standalone_mode=False)
+    except SystemExit as exc:
+        # rich, writing the help (`--help | head`), meets a closed pipe: it points stdout at
+        # /dev/null and exits 1 (rich.console.Console.on_broken_pipe); a closed pipe is 141 here
+        if not (exc.code == 1 and not stdout_was_devnull and _stdout_is_devnull()):
+            raise
+        status = 141
     except NoArgsIsHelpError as exc:
         exc.show()
         status = exc.exit_code
