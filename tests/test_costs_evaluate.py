@@ -165,3 +165,22 @@ def test_symbolic_report_in_the_course_notation(impl):
     assert report["symbols"]["a^m_conv"] == r"a^{m}_{\mathrm{conv}}"
     assert [(op["layer"], op["op"], op["phase"]) for op in report["ops"]] == \
         [(k.layer, k.op, k.phase) for k in op_keys(load_arch(MNIST))]
+
+
+def test_the_symbolic_legend_names_the_symbols_the_expressions_use():
+    """An op lists the symbols of its expressions; `costs --symbolic` names only those: an MLP's
+    legend has no convolution symbol."""
+    from costmodel.present.tables import symbolic_output
+
+    def legend(path) -> set[str]:
+        text = symbolic_output(symbolic_report(load_arch(path)), "text")
+        line = next(line for line in text.splitlines() if line.startswith("symbols: "))
+        return set(line.removeprefix("symbols: ").split(", "))
+
+    mlp = legend(ROOT / "examples" / "mnist-mlp.yaml")
+    assert {"I", "n^m", "n^{m+1}", "w_dtype"} <= mlp and not mlp & {"a^m_conv", "h^m", "d^m", "p^m"}
+    conv = legend(MNIST)
+    assert {"a^m_conv", "h^m", "d^m"} <= conv
+    report = symbolic_report(load_arch(MNIST))
+    matmul = next(op for op in report["ops"] if op["op"] == "conv_matmul")
+    assert {"I", "h^m", "d^m", "d^{m+1}", "a^m_conv", "b^m_conv"} <= set(matmul["symbols"])

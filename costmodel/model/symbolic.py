@@ -31,22 +31,26 @@ def expression(rec: OpRecord, spec: OpSpec, quantity: str):
 
 
 @lru_cache(maxsize=None)
-def _printed(rec: OpRecord, spec: OpSpec) -> dict[str, dict[str, str]]:
+def _printed(rec: OpRecord, spec: OpSpec) -> dict:
     from costmodel.model.symbols import leading_term, order_latex, order_text, to_latex, to_text
 
     out = {}
+    used = set()
     for name in QUANTITIES:
         expr = expression(rec, spec, name)
+        used |= {str(symbol) for symbol in expr.free_symbols}
         lead = leading_term(expr)
         out[name] = {"text": to_text(expr), "latex": to_latex(expr),
                      "leading_text": to_text(lead), "leading_latex": to_latex(lead),
                      "order_text": order_text(expr), "order_latex": order_latex(expr)}
+    out["symbols"] = sorted(used)
     return out
 
 
 def symbolic_report(arch: Architecture, impl: str = "index") -> dict:
     """Per op of the step, its notation in LaTeX, its exact FLOP, byte and memory expressions in
-    the course's notation, their leading terms and orders, as plain text and as LaTeX."""
+    the course's notation, their leading terms and orders, as plain text and as LaTeX, and the
+    symbols they use ("symbols"); at the top, every symbol's LaTeX name ("symbols")."""
     from costmodel.model.costs import check_impl
     from costmodel.model.symbols import LATEX_NAMES
     from costmodel.model.step import conventions

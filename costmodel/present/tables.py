@@ -82,7 +82,8 @@ def symbolic_output(report: dict, fmt: str) -> str:
     cols = [("m", "layers", str), ("type", "layer_type", str), ("op", "op", str), ("phase", "phase", str),
             ("FLOPs", "flops", str), ("leading order", "flops_order", str), ("bytes", "bytes", str),
             ("leading order ", "bytes_order", str)]
-    legend = "symbols: " + ", ".join(report["symbols"])
+    used = {name for op in report["ops"] for name in op["symbols"]}
+    legend = "symbols: " + ", ".join(name for name in report["symbols"] if name in used)
     return render_table(f"Symbolic costs: {report['arch']} ({report['dtype']}, impl={report['impl']})",
                         cols, rows, [legend, report["flop_convention"], report["byte_convention"]])
 
