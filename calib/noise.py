@@ -281,7 +281,7 @@ def worst_of(whole: Load, parts: dict[str, Load]) -> Load:
     57 s averaged 7 % of other load (2026-12-01)."""
     reasons = list(whole.reasons) + [f"{name}: {reason}" for name, part in parts.items() for reason in part.reasons]
     handoffs = list(whole.handoff_seconds) + [h for part in parts.values() for h in part.handoff_seconds]
-    notes = [note for note in whole.notes if not note.startswith("the cores' hand-off")]
+    notes = [note for note in whole.notes if note != handoff_note(whole.handoff_seconds)]
     if (note := handoff_note(handoffs)) is not None:
         notes.append(note)
     return Load(wall_seconds=whole.wall_seconds, cores_available=whole.cores_available, other_cpu=whole.other_cpu,
