@@ -1,9 +1,9 @@
 """The cores' placement over time on this machine: how often a VM's two vCPUs share a cache,
 and what it does to a step.
 
-Every ~0.3 s for --seconds it samples the cores' hand-off (calib.noise.handoff_seconds: a
-two-thread 128^3 float32 product) and times --steps steps of --arch (index) at two threads and
-at one. It prints the runs of consecutive samples in one placement, then per placement
+Every ~0.7 s for --seconds it measures --steps steps of --arch (calib.measure, index) at two
+threads, with the cores' hand-off before and after (calib.noise.handoff_seconds: a two-thread
+128^3 float32 product), and at one thread. It prints the runs of consecutive samples in one placement, then per placement
 ("near": hand-off within calib.noise.HANDOFF_CHANGE_LIMIT of the least sample, "far": beyond)
 the share of samples and the median steps. On a 2-vCPU AMD EPYC VM (2026-12-01) mnist-mlp took
 0.88 ms (near) or 1.11 ms (far) at two threads and 1.37-1.42 ms at one thread in both.
@@ -22,32 +22,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-from threadpoolctl import threadpool_limits  # noqa: E402
-
-from calib.allocator import warm_heap  # noqa: E402
-from calib.cnn import ReferenceCNN  # noqa: E402
-from calib.measure import synthetic_batch  # noqa: E402
+from calib.measure import measure  # noqa: E402
 from calib.noise import HANDOFF_CHANGE_LIMIT, handoff_seconds  # noqa: E402
 from costmodel.model.arch import load_arch  # noqa: E402
-
-
-def median_step(arch, threads: int, steps: int) -> float:
-    """Median seconds of `steps` SG steps of the index implementation at `threads` threads,
-    each from the same weights."""
-    with threadpool_limits(limits=threads):
-        cnn = ReferenceCNN(arch, impl="index", seed=0, threads=threads)
-        X, Y = synthetic_batch(arch, 0)
-        params = cnn.W + cnn.b + cnn.vW + cnn.vb
-        start = [a.copy() for a in params]
-        times = []
-        for _ in range(steps + 2):
-            for a, a0 in zip(params, start):
-                np.copyto(a, a0)
-            t0 = time.perf_counter()
-            cnn.step(X, Y)
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times[2:])
 
 
 def main() -> int:
@@ -59,13 +36,14 @@ def main() -> int:
     if handoff_seconds(reps=4) is None:
         print("one core available: no placement to see")
         return 0
-    warm_heap()
     arch = load_arch(args.arch)
     samples = []  # (seconds since start, hand-off, two-thread step, one-thread step)
     t_start = time.perf_counter()
     while time.perf_counter() - t_start < args.seconds:
-        samples.append((time.perf_counter() - t_start, handoff_seconds(),
-                        median_step(arch, 2, args.steps), median_step(arch, 1, args.steps)))
+        two = measure(arch, steps=args.steps, threads=2)  # its load holds the hand-off before and after
+        one = measure(arch, steps=args.steps, threads=1)
+        samples.append((time.perf_counter() - t_start, statistics.median(two["load"]["handoff_seconds"]),
+                        two["step_seconds"], one["step_seconds"]))
     near_limit = HANDOFF_CHANGE_LIMIT * min(h for _, h, _, _ in samples)
     label = ["near" if h <= near_limit else "far" for _, h, _, _ in samples]
     print(f"{arch.name}: {len(samples)} samples over {samples[-1][0]:.0f} s; near: hand-off <= {1e6 * near_limit:.0f} us")
