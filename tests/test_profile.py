@@ -298,6 +298,7 @@ def test_fact():
     assert prof.fact("bytes_beyond_L3", 1 / 20e9) == "20 GB/s beyond L3"
     assert prof.fact("bytes_beyond_L2", 0.0) == "no cost per byte beyond L2"
     assert prof.fact("calls", 2e-3) == "2.000 ms per call"
+    assert prof.fact("gemm_calls", 5e-7) == "0.5 us per image and group"
     assert prof.fact("elements", 1e-9) == "elements: 1e-09 s each"
 
 

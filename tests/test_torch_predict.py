@@ -19,7 +19,8 @@ from costmodel.machine.profile import Entry, load_profile
 from costmodel.model.ops import op_keys, op_list
 from costmodel.model.step import step_costs
 
-from tests.conftest import EXAMPLES
+from costmodel.model.arch import load_arch
+from tests.conftest import EXAMPLES, ROOT
 from tests.test_cnn import example, random_arch
 from tests.test_cnn_vocab import VOCAB_ARCHS, vocab_arch, vocab_architectures
 
@@ -67,10 +68,13 @@ def test_group_flops_are_their_ops_and_fused_bytes_skip_phi(path):
             assert row.extra["scope_flops"] == row.basis["flops"] == flops
         else:
             assert row.flops == flops
-        if g.fused:
+        if g.fused and not row.basis["gemm_calls"]:
             assert row.bytes < nbytes  # no phi, no padded copy
-        elif g.ops:
+        elif g.ops:  # a single op, or a grouped convolution run as im2col and products (grouped_gemm)
             assert row.bytes == nbytes
+        if row.basis["gemm_calls"]:
+            assert g.sizes.g > 1 and row.basis["gemm_calls"] == arch.batch * g.sizes.g
+            assert row.model.variant in (("grouped",), ("depthwise",))
 
 
 def test_float64_convolutions_are_costed_as_im2col():
@@ -127,6 +131,25 @@ def test_conv_models_use_the_lane_feature():
     be = TorchBackend()
     assert be.features(ModelKey(("phi", "conv_matmul", "bias"))) == LANE_FEATURES
     assert "flops_lane_waste" not in be.features(ModelKey(("pool",)))
+    for variant in ("grouped", "depthwise"):
+        assert be.features(ModelKey(("phi", "conv_matmul", "bias"), (variant,))) == LANE_FEATURES + ("gemm_calls",)
+
+
+def test_depthwise_and_grouped_convolutions_have_models_of_their_own():
+    """jit_dw, oneDNN's depthwise kernel, and its gemm convolution: two models; a depthwise
+    layer of a profile made before the split is priced by its grouped model."""
+    arch = load_arch(ROOT / "benchmarks" / "archs" / "depthwise-separable.yaml")
+    rows = {(r.layer, r.phase): r for r in rows_of(arch, lanes=16) if "conv_matmul" in r.ops or "conv_grad_W" in r.ops}
+    assert rows[(2, "forward")].model.variant == ("grouped",)  # 2 filters per input channel: gemm
+    assert rows[(2, "forward")].basis["gemm_calls"] == arch.batch * 24
+    assert rows[(2, "forward")].basis["flops_lane_waste"] == 0
+    assert rows[(4, "forward")].model.variant == ("depthwise",)
+    assert rows[(4, "forward")].basis["gemm_calls"] == 0
+    assert rows[(3, "forward")].model.variant == ()  # a 1x1 convolution
+    be = TorchBackend()
+    depthwise_key = rows[(4, "forward")].model
+    assert be.legacy_key(depthwise_key) == ModelKey(depthwise_key.ops, ("grouped",))
+    assert be.legacy_key(rows[(3, "forward")].model) is None
 
 
 def _model():
@@ -212,7 +235,8 @@ def test_torch_calibration_predicts_an_unseen_network(torch_profile):
     entry = profile.entry("float32", "torch", 1, "torch")
     assert entry.versions == {"torch": torch.__version__}
     conv = [k for k in entry.ops if "conv_matmul" in k or "conv_grad_W" in k]
-    assert conv and all(entry.ops[k].features == list(LANE_FEATURES) for k in conv)
+    assert conv and all(entry.ops[k].features == list(TorchBackend().features(ModelKey.parse(k))) for k in conv)
+    assert all(entry.ops[k].features[:len(LANE_FEATURES)] == list(LANE_FEATURES) for k in conv)
     assert entry.ops["pool"].features == list(LANE_FEATURES[:-1])
     arch = example(next(p for p in EXAMPLES if p.stem == "digits-small"), batch=8)
     result = predict(arch, profile, threads=1, backend="torch")

@@ -59,6 +59,8 @@ def synthetic_profile(probe=None) -> Profile:
     strided = {"conv_matmul:serial": model(), "conv_matmul:threaded": model(), "bias": model()}
     torch_ops = {"phi+conv_matmul+bias": model(FEATURES + ["bytes_fresh", "flops_lane_waste"],
                                                COEF + [1 / 10e9, 1 / 50e9]),
+                 "phi+conv_matmul+bias:depthwise": model(FEATURES + ["bytes_fresh", "flops_lane_waste", "gemm_calls"],
+                                                         COEF + [1 / 10e9, 1 / 50e9, 5e-7]),
                  "other:forward": model(), "activation": model()}
     data = {"schema_version": 1, "created": "2025-01-02T03:04:05Z", "fingerprint": copy.deepcopy(FINGERPRINT),
             "ceilings": {**copy.deepcopy(CEILINGS),
@@ -133,6 +135,9 @@ def test_torch_models_use_torchs_ratios_and_other_its_call_time(moved):
     assert coef(moved, "torch", "activation")["calls"] == pytest.approx(COEF[0] * 1.5)
     entry = next(e for e in moved.entries if e.backend == "torch")
     assert entry.transfer_factors["product:conv:torch:float32:2"] == pytest.approx(2)
+    dw = coef(moved, "torch", "phi+conv_matmul+bias:depthwise")
+    assert dw["gemm_calls"] == pytest.approx(5e-7 * 3)  # one small product per image and group: 3x
+    assert dw["flops"] == pytest.approx(COEF[1] * 2)
 
 
 def test_torch_models_fall_back_to_numpys_ratios_without_torch_here():

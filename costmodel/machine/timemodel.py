@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 #: the features every backend's models use
 FEATURES = ("calls", "flops", "bytes", "bytes_beyond_L2", "bytes_beyond_L3")
 #: features a backend adds from its rows' `basis` (0 where a row has none)
-ROW_FEATURES = ("bytes_fresh", "flops_lane_waste")
+ROW_FEATURES = ("bytes_fresh", "flops_lane_waste", "gemm_calls")
 ALL_FEATURES = FEATURES + ROW_FEATURES
 
 #: features whose coefficient (seconds per unit) reads as a rate: feature -> (rate, unit);
@@ -97,6 +97,8 @@ def fact(feature: str, coef: float) -> str:
     ('bytes_beyond_L3', 5e-11) -> '20 GB/s beyond L3', ('calls', 1.2e-5) -> '12.0 us per call'."""
     if feature == CALL_FEATURE:
         return f"{fmt_seconds(coef)} per call"
+    if feature == "gemm_calls":
+        return f"{fmt_seconds(coef)} per image and group"
     quantity, _, qualifier = feature.partition("_")
     if quantity in RATE_FEATURES:
         rate, unit = RATE_FEATURES[quantity]

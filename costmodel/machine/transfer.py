@@ -10,7 +10,7 @@ machine's), measured on the same shape:
 | --- | --- |
 | `flops` of a matrix product (conv_*) | product rate, shape class ``conv`` (tall-skinny), same dtype and threads |
 | `flops` of a matrix product (full_*) | product rate, shape class ``square`` |
-| `calls` of a matrix product | product rate, shape class ``small`` (a small product is mostly its call) |
+| `calls` of a matrix product, `gemm_calls` (torch) | product rate, shape class ``small`` (a small product is mostly its call) |
 | `flops` of any other op | bandwidth in L1 (np.add in L1 is an elementwise kernel's throughput) |
 | `calls` of any other op | time of one call of a tiny op (np.add; torch.add for the torch backend) |
 | `bytes`, `bytes_beyond_L2`, `bytes_beyond_L3` | bandwidth of each level, applied to the effective cost per byte of the level (below) |
@@ -138,7 +138,7 @@ def product_shape(key: str, feature: str) -> str | None:
         return None
     if feature in ("flops", "flops_lane_waste"):
         return "conv" if any(op.startswith("conv_") for op in products) else "square"
-    return "small" if feature == "calls" else None
+    return "small" if feature in ("calls", "gemm_calls") else None
 
 
 def time_factor(ratios: _Ratios, entry: Entry, key: str, feature: str) -> tuple[str, float]:

@@ -81,6 +81,8 @@ OTHER_NOTATION = ("other (framework)", r"\mathrm{other}")
 PARAMETER_OPS = frozenset({"pad", "pad_grad"})
 LANE_FEATURES = FEATURES + ("bytes_fresh", "flops_lane_waste")
 TORCH_FEATURES = FEATURES + ("bytes_fresh",)
+#: a grouped convolution's model also prices its products per image and group (grouped_gemm)
+GROUPED_FEATURES = LANE_FEATURES + ("gemm_calls",)
 
 
 class TorchRow:
@@ -156,7 +158,7 @@ def torch_variant(ops: tuple[str, ...], spec: "OpSpec", sizes: LayerSizes | None
     if ops in (("activation",), ("activation_grad",)) and spec.activation in ("tanh", "sigmoid"):
         return (spec.activation,)
     if spec.grouped and ("conv_matmul" in ops or "conv_grad_W" in ops):
-        return ("grouped",)
+        return ("depthwise",) if sizes is not None and depthwise(sizes) else ("grouped",)
     if sizes is not None and sizes.kind == "conv" and sizes.s > 1 and ("conv_matmul" in ops or "conv_grad_input" in ops):
         return ("stride",)
     return ()
@@ -196,15 +198,66 @@ def fused_elements(sz: LayerSizes, ops: tuple[str, ...], phase: str, I: int) -> 
 def lane_waste_flops(sz: LayerSizes, layer: int, flops: int, lanes: int) -> int:
     """FLOPs a fused convolution spends on SIMD lanes past its channel counts: its FLOPs times
     (d' rounded up to `lanes`)/d' x (d rounded up)/d, minus its FLOPs. Layer 1's input
-    channels (1 or 3, read in their plain layout) are not blocked."""
+    channels (1 or 3, read in their plain layout) are not blocked. A depthwise convolution
+    (oneDNN's jit_dw) blocks its g = d channels once: (g rounded up)/g. Another grouped one
+    runs blocked only with whole blocks of channels per group (grouped_gemm): no waste."""
     if sz.kind != "conv" or lanes <= 1:
         return 0
 
     def padded(n: int) -> float:
         return -(-n // lanes) * lanes / n
 
-    factor = padded(sz.d_next) * (padded(sz.d) if layer > 1 else 1.0)
+    if depthwise(sz):
+        factor = padded(sz.g)
+    elif sz.g > 1:
+        return 0
+    else:
+        factor = padded(sz.d_next) * (padded(sz.d) if layer > 1 else 1.0)
     return int(round(flops * (factor - 1.0)))
+
+
+def depthwise(sz: LayerSizes) -> bool:
+    """A depthwise convolution: one input and one output channel per group (g = d = d')."""
+    return sz.kind == "conv" and sz.g > 1 and sz.d == sz.g and sz.d_next == sz.g
+
+
+def group_block(phase: str, lanes: int) -> int:
+    """The fewest channels per group oneDNN's blocked (jit) kernels of a grouped convolution
+    take, in float32: 4 forward and 8 backward (its weight gradient) with 16 lanes (AVX-512),
+    else the lanes (8 with AVX2). Read from ONEDNN_VERBOSE with torch 2.13, oneDNN 3.x, on
+    AVX-512 and ONEDNN_MAX_CPU_ISA=AVX2, over g = 2, 8, 32 and 1-32 channels per group."""
+    if lanes >= 16:
+        return 4 if phase == "forward" else 8
+    return lanes
+
+
+def grouped_gemm(sz: LayerSizes | None, phase: str, lanes: int, im2col: bool) -> bool:
+    """Whether PyTorch runs this grouped convolution's phase as one im2col and one matrix
+    product per image and group: oneDNN's gemm convolution (x64:gemm:jit) when a group's d/g
+    or d'/g is not a multiple of group_block (a depthwise multiplier of 2 is: 1 and 2), and
+    the im2col path of IM2COL_DTYPES for every grouped convolution. Measured on the float32
+    sweep: these ran at 0.6-5 GFLOP/s, 0.5-0.7 us per image and group (2026-12-01)."""
+    if sz is None or sz.kind != "conv" or sz.g <= 1:
+        return False
+    if im2col:
+        return True
+    if depthwise(sz):
+        return phase == "backward" and not depthwise_weight_grad_direct(sz)
+    block = group_block(phase, lanes)
+    return bool((sz.d // sz.g) % block or (sz.d_next // sz.g) % block)
+
+
+def depthwise_weight_grad_direct(sz: LayerSizes) -> bool:
+    """Whether oneDNN's depthwise kernel (jit_dw) computes this depthwise convolution's weight
+    gradient: only a 1x1 kernel of stride 1, or a 3x3 kernel on an input of at least 3 (of an
+    even size with stride 2); otherwise its gemm convolution does, one product per image and
+    group (read from ONEDNN_VERBOSE, torch 2.13, kernels 1-7, inputs 2-16, strides 1 and 2;
+    mobilenet-cifar10's last 3x3 depthwise layer, on a 2x2 input, took 14 ms backward against
+    1.1 ms for the one before it on a 4x4 input)."""
+    a = min(sz.a, sz.b)
+    if sz.h == 1:
+        return sz.s == 1
+    return sz.h == 3 and a >= 3 and (sz.s == 1 or a % 2 == 0)
 
 
 def simd_lanes(cpu_flags, itemsize: int) -> int:
@@ -232,7 +285,8 @@ class TorchBackend:
             spec = costs.specs[idx[0]] if g.ops else None
             flops = int(costs.flops[idx].sum())
             read, written = int(costs.bytes_read[idx].sum()), int(costs.bytes_written[idx].sum())
-            direct = g.fused and not im2col  # one oneDNN kernel, no phi in memory
+            gemm = g.fused and grouped_gemm(g.sizes, g.phase, lanes, im2col)
+            direct = g.fused and not im2col and not gemm  # one oneDNN kernel, no phi in memory
             if direct:
                 r, w = fused_elements(g.sizes, g.ops, g.phase, arch.batch)
                 read, written = r * width, w * width
@@ -243,8 +297,10 @@ class TorchBackend:
             else:
                 fresh = 0
             waste = lane_waste_flops(g.sizes, g.layer, flops, lanes) if direct else 0
-            basis = {"flops": flops, "bytes": read + written, "bytes_fresh": fresh, "flops_lane_waste": waste}
-            extra = {"flops_lane_waste": waste, "bytes_fresh": fresh}
+            calls = arch.batch * g.sizes.g if gemm else 0
+            basis = {"flops": flops, "bytes": read + written, "bytes_fresh": fresh, "flops_lane_waste": waste,
+                     "gemm_calls": calls}
+            extra = {"flops_lane_waste": waste, "bytes_fresh": fresh, "gemm_calls": calls}
             kept = int(costs.memory_kept[idx].sum())
             if not g.ops:
                 extra = {"scope_flops": flops, "scope_bytes": read + written, **extra}
@@ -260,9 +316,18 @@ class TorchBackend:
         return self.rows_of(step_costs(arch, BYTES_IMPL), simd_lanes(machine.cpu_flags, arch.itemsize))
 
     def features(self, model: ModelKey) -> tuple[str, ...]:
+        if "grouped" in model.variant or "depthwise" in model.variant:
+            return GROUPED_FEATURES
         if "conv_matmul" in model.ops or "conv_grad_W" in model.ops:
             return LANE_FEATURES
         return TORCH_FEATURES
+
+    def legacy_key(self, model: ModelKey) -> ModelKey | None:
+        """The key a profile made before the depthwise model has for `model`: its grouped
+        model priced depthwise convolutions too."""
+        if model.variant == ("depthwise",):
+            return ModelKey(model.ops, ("grouped",))
+        return None
 
     def calibration_hint(self, dtype: str, impl: str, threads: int) -> str:
         return f"costmodel calibrate --dtype {dtype} --threads {threads} --backend torch"
