@@ -52,3 +52,44 @@ def test_every_command_with_every_entry(tmp_path, entry):
             assert "\\begin{longtable}" in _run("latex", arch, "--impl", impl, "--threads", str(threads))
     shown = runner.invoke(app, ["profile", "show", str(PROFILE)])
     assert shown.exit_code == 0 and f"{dtype}, impl {impl}, {threads} threads" in shown.stdout
+
+
+def _splice_module():
+    import importlib.util
+
+    from tests.conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("splice", ROOT / "benchmarks" / "profiles" / "splice.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_splice_takes_one_backend_and_keeps_the_other():
+    """benchmarks/profiles/splice.py, which made the shipped profile's torch part: the torch
+    entries, peaks and probe products from the new profile; the rest from the base."""
+    from costmodel.errors import UsageError
+
+    splice = _splice_module().splice
+    base = load_profile(embedded_profile_path())
+    torch_entries = [e for e in base.entries if e.backend == "torch"]
+    assert torch_entries, "the shipped profile has PyTorch entries"
+    slower = {k: m.model_copy(update={"coef": [2 * c for c in m.coef]}) for k, m in torch_entries[0].ops.items()}
+    new_entry = torch_entries[0].model_copy(update={"ops": slower})
+    new_probe = base.probe.model_copy(update={
+        "products": [p.model_copy(update={"flops_per_second": p.flops_per_second / 2}) for p in base.probe.products],
+        "call_seconds": {k: 2 * v for k, v in base.probe.call_seconds.items()}})
+    new = base.model_copy(update={"entries": [new_entry], "probe": new_probe})
+    out = splice(base, new, "torch")
+    assert [e for e in out.entries if e.backend == "numpy"] == [e for e in base.entries if e.backend == "numpy"]
+    assert [e for e in out.entries if e.backend == "torch"] == [new_entry]
+    for p in out.probe.products:
+        same = next(q for q in base.probe.products if (q.backend, q.dtype, q.threads, q.shape) ==
+                    (p.backend, p.dtype, p.threads, p.shape))
+        assert p.flops_per_second == pytest.approx(same.flops_per_second / (2 if p.backend == "torch" else 1))
+    assert out.probe.call_seconds["torch"] == 2 * base.probe.call_seconds["torch"]
+    assert out.probe.call_seconds["numpy"] == base.probe.call_seconds["numpy"]
+    assert out.probe.bandwidth == base.probe.bandwidth
+    other = base.model_copy(update={"fingerprint": base.fingerprint.model_copy(update={"cpu_model": "Other"})})
+    with pytest.raises(UsageError, match="different machines"):
+        splice(base, other, "torch")
