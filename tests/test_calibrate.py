@@ -156,3 +156,21 @@ def test_the_step_interval_of_a_calibration_is_the_predictions_interval(tiny_pro
     assert (pred.total_seconds_low, pred.total_seconds_high) == pytest.approx((lo * pred.total_seconds,
                                                                                 hi * pred.total_seconds))
     assert pred.interval == f"90 % of the cross-validated steps of {plan.points} calibration networks"
+
+
+def test_predict_takes_the_interval_of_the_steps_size_class(tiny_profile):
+    """With step intervals by size, predict's bounds are its size class's factors, named."""
+    from costmodel.machine.profile import SizeInterval
+
+    profile = load_profile(tiny_profile[0])
+    arch = load_arch(ROOT / "examples" / "digits-small.yaml")
+    total = predict(arch, profile, impl="index", threads=1).total_seconds
+    for split, factors, which in ((2 * total, (0.6, 1.4), "below"), (total / 2, (0.9, 1.1), "from")):
+        classes = [SizeInterval(below_seconds=split, interval=(0.6, 1.4), networks=20),
+                   SizeInterval(interval=(0.9, 1.1), networks=20)]
+        entries = [e.model_copy(update={"step_intervals_by_size": classes}) for e in profile.entries]
+        pred = predict(arch, profile.model_copy(update={"entries": entries}), impl="index", threads=1)
+        assert (pred.total_seconds_low, pred.total_seconds_high) == pytest.approx(
+            (factors[0] * pred.total_seconds, factors[1] * pred.total_seconds))
+        assert pred.interval.startswith("90 % of the cross-validated steps of 20 calibration networks predicted "
+                                        f"{which} ")

@@ -230,3 +230,26 @@ def test_without_a_peak_a_pinned_fit_is_the_bounded_fit():
 ])
 def test_the_flop_term_is_pinned_for_products_at_a_known_peak(key, backend, pinned):
     assert flops_at_peak(key, backend) is pinned
+
+
+def test_the_step_interval_by_size_splits_the_networks_at_the_median_predicted_step():
+    """Small networks that miss by more than large ones: each half of the networks, split at
+    their median predicted step, gets its own interval; too few networks for two halves of
+    MIN_SIZE_CLASS_NETWORKS: none."""
+    from calib.fit import MIN_SIZE_CLASS_NETWORKS, step_interval
+
+    rng = np.random.default_rng(1)
+    n = 200
+    step = np.exp(rng.uniform(np.log(1e-4), np.log(1e-1), n))  # the predicted step of each network
+    spread = np.where(step < np.median(step), 0.3, 0.05)
+    factors = np.exp(rng.normal(0, spread))
+    got = step_interval(step * factors, step, np.arange(n))
+    small, large = got["step_intervals_by_size"]
+    assert small["below_seconds"] == pytest.approx(np.median(step)) and large["below_seconds"] is None
+    assert small["networks"] + large["networks"] == n
+    below = step < small["below_seconds"]
+    assert small["interval"] == pytest.approx(list(np.quantile(factors[below], [0.05, 0.95])))
+    assert large["interval"] == pytest.approx(list(np.quantile(factors[~below], [0.05, 0.95])))
+    assert large["interval"][1] - large["interval"][0] < small["interval"][1] - small["interval"][0]
+    few = 2 * MIN_SIZE_CLASS_NETWORKS - 1
+    assert step_interval(step[:few], step[:few], np.arange(few))["step_intervals_by_size"] == []

@@ -363,3 +363,20 @@ def test_ceilings_are_positive_and_cover_every_working_set():
     assert len(values) == 2 + 2 + 3 and all(v > 0 and math.isfinite(v) for v in values)
     assert machine.WORKING_SETS[0] == 8 << 10 and machine.WORKING_SETS[-1] == 256 << 20
     assert len(machine.WORKING_SETS) == 10
+
+
+def test_a_step_is_given_the_interval_of_its_size_class():
+    from costmodel.machine.profile import Entry
+
+    model = {"model": "nnls-linear", "features": ["calls"], "coef": [1e-6], "interval": [0.9, 1.1], "n_samples": 3}
+    classes = [{"below_seconds": 4e-3, "interval": [0.6, 1.3], "networks": 48},
+               {"below_seconds": None, "interval": [0.9, 1.1], "networks": 48}]
+    entry = Entry(dtype="float32", impl="index", threads=2, ops={"bias": model}, step_interval=(0.7, 1.2),
+                  step_networks=96, step_intervals_by_size=classes)
+    assert entry.step_interval_for(1e-3) == ((0.6, 1.3), 48, "predicted below 4.000 ms")
+    assert entry.step_interval_for(4e-3) == ((0.9, 1.1), 48, "predicted from 4.000 ms")
+    plain = entry.model_copy(update={"step_intervals_by_size": []})
+    assert plain.step_interval_for(1e-3) == ((0.7, 1.2), 96, "")
+    assert plain.model_copy(update={"step_interval": None}).step_interval_for(1e-3) is None
+    with pytest.raises(ValueError, match="increasing below_seconds"):
+        Entry(dtype="float32", impl="index", threads=2, ops={"bias": model}, step_intervals_by_size=classes[::-1])

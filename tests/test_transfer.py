@@ -301,3 +301,16 @@ def test_a_disturbed_probe_is_an_error_not_a_profile_out_of_bounds():
     with pytest.raises(TransferError, match=r"probe of product:small.*disturbed"):
         transfer(synthetic_profile(made), Probe.model_validate(data), HERE)
     assert 3.5 * 10 < MAX_FACTOR  # the real CPUs seen differ by at most 3.5x per kernel: far inside
+
+
+def test_the_intervals_by_size_do_not_travel():
+    """Their split is a step time of the profile's machine: a transferred entry keeps its one
+    step interval of all networks."""
+    made, here = probes()
+    profile = synthetic_profile(made)
+    classes = [{"below_seconds": 4e-3, "interval": [0.6, 1.3], "networks": 48},
+               {"below_seconds": None, "interval": [0.9, 1.1], "networks": 48}]
+    entries = [e.model_copy(update={"step_interval": (0.7, 1.2), "step_networks": 96,
+                                    "step_intervals_by_size": classes}) for e in profile.entries]
+    moved = transfer(profile.model_copy(update={"entries": entries}), here, HERE)
+    assert all(e.step_intervals_by_size == [] and e.step_interval == (0.7, 1.2) for e in moved.entries)

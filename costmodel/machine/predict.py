@@ -158,9 +158,11 @@ def predict(arch: "Architecture", profile: "Profile", *, impl: str = "index", th
     total = sum(t[1] for t in timed)
     predicted = tuple(PredictedRow(row, s, s * lo, s * hi, cv, s / total if total > 0 else 0.0, parts)
                       for row, s, (lo, hi), parts, cv in timed)
-    if entry.step_interval is not None:  # a 90 % interval of the step (calib.fit.step_interval)
-        low, high = total * entry.step_interval[0], total * entry.step_interval[1]
-        how = f"90 % of the cross-validated steps of {entry.step_networks} calibration networks"
+    step = entry.step_interval_for(total)
+    if step is not None:  # a 90 % interval of the step (calib.fit.step_interval)
+        (lo, hi), networks, which = step
+        low, high = total * lo, total * hi
+        how = f"90 % of the cross-validated steps of {networks} calibration networks" + (f" {which}" if which else "")
     else:  # a profile made before step intervals: the ops' own quantiles, summed
         low, high = sum(r.seconds_low for r in predicted), sum(r.seconds_high for r in predicted)
         how = "5-95 % of cross-validated measured/predicted, summed over the ops"

@@ -32,7 +32,7 @@ from costmodel.files import MiB, atomic_write, read_regular
 from costmodel.machine.timemodel import fact, model_facts  # noqa: F401  (model_facts re-exported)
 from costmodel.model.arch import DTYPES
 from costmodel.model.messages import first_error, loc_to_place, short_repr
-from costmodel.units import INT64_MAX, threads_text as _threads
+from costmodel.units import INT64_MAX, fmt_seconds, threads_text as _threads
 from costmodel.machine.machine_facts import (  # noqa: F401  (the machine's parts, re-exported)
     BandwidthPoint,
     BlasInfo,
@@ -66,6 +66,15 @@ REFERENCE_NAME = "reference_profile.json"
 MAX_PROFILE_BYTES = 16 * MiB
 
 
+class SizeInterval(StrictModel):
+    """The step interval of the calibration networks whose predicted step is below
+    `below_seconds` (None: all the others), as Entry.step_interval (calib.fit.step_interval)."""
+
+    below_seconds: PositiveFloat | None = Field(None, description="predicted steps below this, in seconds")
+    interval: tuple[PositiveFloat, PositiveFloat]
+    networks: PositiveInt
+
+
 class Entry(StrictModel):
     """The op models calibrated for one (dtype, impl, threads, backend)."""
 
@@ -86,6 +95,29 @@ class Entry(StrictModel):
     step_cv_error: Annotated[float, Field(ge=0)] | None = Field(
         None, description="median |predicted/measured - 1| of those steps")
     step_networks: PositiveInt | None = Field(None, description="networks the step interval comes from")
+    step_intervals_by_size: list[SizeInterval] = Field(
+        [], description="the step interval of the smaller and of the larger half of those networks, by "
+                        "predicted step; empty: step_interval for all")
+
+    def step_interval_for(self, seconds: float) -> tuple[tuple[float, float], int, str] | None:
+        """(interval, networks it comes from, which ones) for a step predicted at `seconds`:
+        the size class of step_intervals_by_size it falls in ("predicted below 4.2 ms", "predicted
+        from 4.2 ms"), else step_interval (""); None for a profile made before step intervals."""
+        split = next((c.below_seconds for c in self.step_intervals_by_size if c.below_seconds is not None), None)
+        for c in self.step_intervals_by_size:
+            if c.below_seconds is None or seconds < c.below_seconds:
+                which = f"predicted {'below' if c.below_seconds is not None else 'from'} {fmt_seconds(split)}"
+                return c.interval, c.networks, which if split is not None else ""
+        if self.step_interval is None:
+            return None
+        return self.step_interval, self.step_networks or 0, ""
+
+    @model_validator(mode="after")
+    def _size_classes(self) -> "Entry":
+        edges = [c.below_seconds for c in self.step_intervals_by_size]
+        if edges and (edges[-1] is not None or None in edges[:-1] or edges[:-1] != sorted(edges[:-1])):
+            raise ValueError("step_intervals_by_size: classes by increasing below_seconds, the last one without")
+        return self
 
     @model_validator(mode="after")
     def _known_ops(self) -> "Entry":

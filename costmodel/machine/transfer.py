@@ -248,7 +248,9 @@ def transfer(profile: Profile, probe_here: Probe, here: Fingerprint | Mapping | 
     for entry in profile.entries:
         used: dict[str, float] = {}
         ops = {key: _transfer_model(ratios, entry, key, model, used) for key, model in entry.ops.items()}
-        entries.append(entry.model_copy(update={"ops": ops, "transfer_factors": {**entry.transfer_factors, **used}}))
+        # the intervals by size split at a step time of the profile's machine: here, one interval of all
+        entries.append(entry.model_copy(update={"ops": ops, "transfer_factors": {**entry.transfer_factors, **used},
+                                                "step_intervals_by_size": []}))
     moved = profile.model_copy(update={
         "fingerprint": here,
         "ceilings": Ceilings.model_validate(_transfer_ceilings(profile, ratios, probe_here)),
@@ -318,7 +320,7 @@ def fewer_threads(profile: Profile, threads: int) -> Profile:
                     flops /= factor(entry.dtype, product_shape(name, "flops"), entry.threads)
                 ceiling = ceiling.model_copy(update={"flops_per_second": flops, "threads": threads})
             ops[name] = model.model_copy(update={"coef": [coef[f] for f in model.features], "ceiling": ceiling})
-        added.append(entry.model_copy(update={"threads": threads, "ops": ops,
+        added.append(entry.model_copy(update={"threads": threads, "ops": ops, "step_intervals_by_size": [],
                                               "transfer_factors": {**entry.transfer_factors, **used}}))
     ceil = profile.ceilings
     if ceil.threads > threads:  # the ceilings at the thread count predicted: peaks by the square class
