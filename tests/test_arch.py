@@ -42,7 +42,8 @@ CASES = [
     (lambda d: d["layers"][3].pop("units"), "layers[3] (full): missing required key 'units'"),
     (lambda d: d["layers"][0].pop("type"), "layers[0]: missing required key 'type'"),
     (set_layer(0, kernel="3"), "layers[0] (conv): kernel: '3' has the wrong type"),
-    (set_layer(0, kernel=True), "layers[0] (conv): kernel: True has the wrong type"),
+    (set_layer(0, kernel=True), "layers[0] (conv): kernel: true has the wrong type"),
+    (set_layer(0, kernel=None), "layers[0] (conv): kernel: null has the wrong type"),  # `kernel:` left empty
     (set_layer(0, filters=2.5), "layers[0] (conv): filters: 2.5 has the wrong type"),
     (lambda d: d.update(batch=1.5), "batch: 1.5 has the wrong type"),
     (lambda d: d.update(name=5), "name: 5 has the wrong type"),
@@ -86,7 +87,7 @@ CASES = [
     (set_layer(2, pool=8, pool_stride=1), "layers[2] (conv): pooling window 8 is larger than the convolution output 7x7"),
     (set_layer(0, padding="full"), "layers[0] (conv): padding: 'full' is not allowed (expected a non-negative integer, 'same' or 'valid')"),
     (set_layer(0, padding=1.5), "layers[0] (conv): padding: 1.5 has the wrong type"),
-    (set_layer(0, padding=True), "layers[0] (conv): padding: True has the wrong type"),
+    (set_layer(0, padding=True), "layers[0] (conv): padding: true has the wrong type"),
     (set_layer(0, kernel=9, padding="valid", stride=4, pool=8),
      "layers[0] (conv): pooling window 8 is larger than the convolution output 5x5"),
     (set_layer(0, pool_type="min"), "layers[0] (conv): pool_type: 'min' is not allowed (expected 'max' or 'avg')"),

@@ -406,7 +406,7 @@ def test_kind6_the_issues_profile_values(tmp_path, value, fragment):
     (lambda d: d["entries"][0]["ops"][next(iter(d["entries"][0]["ops"]))].__setitem__("interval", [0.5, 1e999]),
      "is not a finite number"),
     (lambda d: d["ceilings"]["bandwidth"][0].__setitem__("bytes_per_second", 1e-300), "is not a measurement of a CPU"),
-    (lambda d: d["entries"][0].__setitem__("threads", True), "threads: True has the wrong type"),
+    (lambda d: d["entries"][0].__setitem__("threads", True), "threads: true has the wrong type"),
     (lambda d: d["entries"][0].__setitem__("threads", "2"), "threads: '2' has the wrong type"),
 ])
 def test_kind6_more_profile_values(tmp_path, change, fragment):

@@ -26,7 +26,8 @@ FOREIGN_NAMES = {
 
 class _ShortRepr(reprlib.Repr):
     """repr() of a user's value for a one-line message: strings, lists and mappings cut short,
-    an integer of thousands of digits described (its repr would fail beyond 4300 digits)."""
+    an integer of thousands of digits described (its repr would fail beyond 4300 digits),
+    true, false and null as YAML and JSON spell them."""
 
     def __init__(self):
         super().__init__()
@@ -39,8 +40,11 @@ class _ShortRepr(reprlib.Repr):
             return f"<an integer of about {int(x.bit_length() * 0.30103) + 1} digits>"
         return repr(x)
 
-    def repr_bool(self, x, level):
-        return repr(x)
+    def repr_bool(self, x, level):  # as the file (YAML or JSON) spells it, not Python's True
+        return "true" if x else "false"
+
+    def repr_NoneType(self, x, level):
+        return "null"
 
 
 _repr = _ShortRepr().repr
