@@ -207,7 +207,7 @@ def calibrate(
         typer.echo(calibrate_network_command(workers=workers, init=init, rank=rank, world_size=world_size,
                                              threads=threads, timeout=timeout, oversubscribe=oversubscribe, link=link,
                                              latency=latency, bandwidth=bandwidth, quick=quick, output=output,
-                                             fmt="table"), nl=False)
+                                             fmt="table", accept_noisy=accept_noisy), nl=False)
         return
     given = [name for name, value in network_options.items() if value is not None]
     if given:

@@ -105,8 +105,9 @@ class CpuTicks:
 
 def read_cpu_ticks(cpus: Iterable[int], stat_text: str | None = None,
                    self_text: str | None = None) -> CpuTicks | None:
-    """Busy and steal ticks summed over `cpus` and this process's utime + stime, or None when
-    /proc is not readable."""
+    """Busy and steal ticks summed over `cpus` and this process's utime + stime with those of its
+    children it has waited for (cutime + cstime: the workers of `calibrate --network`), or None
+    when /proc is not readable."""
     try:
         stat_text = PROC_STAT.read_text() if stat_text is None else stat_text
         self_text = PROC_SELF_STAT.read_text() if self_text is None else self_text
@@ -122,7 +123,7 @@ def read_cpu_ticks(cpus: Iterable[int], stat_text: str | None = None,
             steal += st
     # the command name may hold spaces and parentheses: the fields start after the last ')'
     fields = self_text.rpartition(")")[2].split()
-    own = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
+    own = sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime (fields 14-17 of proc(5))
     return CpuTicks(busy, steal, own)
 
 

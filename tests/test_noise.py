@@ -224,3 +224,32 @@ def test_threads_above_the_available_cores_are_refused(tmp_path):
                                  f"{int(too_many) - 1} core{'s' if int(too_many) > 2 else ''} available to "
                                  "this process (os.sched_getaffinity)\n")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_busy_cores_refuse_a_network_calibration_and_accept_noisy_marks_it(tmp_path):
+    """`calibrate --network` (local workers): its workers' time is this process's children's,
+    other processes' is load; a busy machine writes nothing, or with --accept-noisy a marked section."""
+    pytest.importorskip("torch")
+    out = tmp_path / "profile.json"
+    runner = CliRunner()
+    args = ["calibrate", "--network", "--workers", "2", "--quick", "--oversubscribe", "-o", str(out)]
+    with busy_cores():
+        refused = runner.invoke(app, args)
+        assert not out.exists()
+        accepted = runner.invoke(app, [*args, "--accept-noisy"])
+    assert refused.exit_code == 2, refused.output
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("costmodel: error:")]
+    assert len(errors) == 1 and "Traceback" not in refused.stderr
+    assert errors[0].startswith("costmodel: error: the machine was disturbed while the allreduce benchmark ran "
+                                "(other processes used")
+    assert "nothing written" in errors[0] and refused.stdout == ""
+    assert accepted.exit_code == 0, accepted.output
+    network = load_profile(out).network
+    assert network.accepted_noisy and network.load.disturbed and network.load.other_cpu > 0
+    assert "NOISY: benchmarked on a disturbed machine" in render_profile(load_profile(out))
+    assert "written with --accept-noisy" in render_profile(load_profile(out))
+
+
+def test_read_cpu_ticks_counts_waited_for_children_as_own():
+    children = SELF.replace(" 70 30 0 0 20 ", " 70 30 500 200 20 ")
+    assert read_cpu_ticks([0, 1], STAT, children).own == 70 + 30 + 500 + 200

@@ -184,9 +184,12 @@ def _oversubscribed(plan: GroupPlan, log) -> None:
 
 
 def calibrate_network_command(*, workers, init, rank, world_size, threads, timeout, oversubscribe, link, latency,
-                              bandwidth, quick, output, fmt, log=_log) -> str:
+                              bandwidth, quick, output, fmt, accept_noisy: bool = False, log=_log) -> str:
     """Measure (or take as given) alpha and beta of the ring allreduce and store them in the
-    profile's network section; the points and errors, and alpha/beta as machine facts."""
+    profile's network section; the points and errors, and alpha/beta as machine facts. The
+    load on this machine while the benchmark runs is recorded (calib.noise.LoadMonitor; the
+    workers' own time is this process's children's): other load refuses the section, nothing
+    written, unless `accept_noisy`, which writes it marked."""
     from costmodel.machine.profile import default_profile_path
 
     from calib.parallel.network import QUICK_REPEATS, REPEATS, combine, facts, given_network, measured_network
@@ -213,9 +216,25 @@ def calibrate_network_command(*, workers, init, rank, world_size, threads, timeo
         quiet_torch_logs()
         import_torch()
         repeats = QUICK_REPEATS if quick else REPEATS
-        per_worker = run_benchmark(plan, repeats, log)
+        from costmodel.machine.profile import Network
+
+        from calib.noise import LoadMonitor
+
+        with LoadMonitor() as monitor:
+            per_worker = run_benchmark(plan, repeats, log)
         network = measured_network(combine(per_worker), plan.world_size,
                                    "loopback" if plan.mode == "local" else "measured", repeats)
+        load = monitor.load
+        if load.disturbed:
+            reasons = "; ".join(load.reasons)
+            if not accept_noisy:
+                raise UsageError(f"the machine was disturbed while the allreduce benchmark ran ({reasons}): nothing "
+                                 "written; calibrate again on a quiet machine, or pass --accept-noisy to write it "
+                                 "marked noisy")
+            log(f"warning: the machine was disturbed while the allreduce benchmark ran ({reasons}): "
+                "the network section is written marked noisy (--accept-noisy)")
+        network = Network.model_validate({**network.model_dump(), "load": load.as_dict(),
+                                          "accepted_noisy": load.disturbed})
     _save_network(network, path, log)
     result = {"network": network.model_dump(mode="json"), "profile": str(path), "facts": facts(network)}
     if fmt == "json":

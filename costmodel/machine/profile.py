@@ -180,6 +180,8 @@ class Network(StrictModel):
     max_error: Annotated[float, Field(ge=0)] | None = None
     repeats: PositiveInt | None = None
     created: AwareDatetime | None = None
+    load: LoadRecord | None = Field(None, description="this machine's load while the benchmark ran (calib.noise)")
+    accepted_noisy: bool = Field(False, description="written although disturbed (--accept-noisy)")
 
 
 class Profile(StrictModel):

@@ -136,6 +136,13 @@ def _network_table(net) -> str:
     notes = ["ring allreduce t(n) = 2 (P-1) alpha + 2 (P-1)/P n beta"]
     if net.fit_error is not None:
         notes.append(f"fit error: median {100 * net.fit_error:.1f} %, largest {100 * net.max_error:.1f} %")
+    if net.load is not None and net.load.disturbed:
+        accepted = ": written with --accept-noisy" if net.accepted_noisy else ""
+        notes.append(f"NOISY: benchmarked on a disturbed machine ({'; '.join(net.load.reasons)}){accepted}")
+    elif net.load is not None:
+        notes.append(f"load while benchmarking: other processes {100 * net.load.other_cpu:.0f} % of "
+                     f"{net.load.cores_available} core{'s' if net.load.cores_available > 1 else ''}, "
+                     f"steal {100 * net.load.steal:.0f} %: quiet")
     rows = [{"n": p.message_bytes, "t": p.seconds, "p": p.predicted_seconds, "e": p.error,
              "fitted": "yes" if p.fitted else "no"} for p in net.points]
     return render_table(title, [("message", "n", lambda v: human(v, "B")), ("measured", "t", fmt_seconds),
