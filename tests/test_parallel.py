@@ -149,9 +149,12 @@ def test_calibrate_network_stores_a_fit_in_the_profile(tmp_path):
     from costmodel.machine.profile import load_profile
 
     path = tmp_path / "profile.json"
-    res = runner.invoke(app, ["calibrate", "--network", "--workers", "2", "--quick", "--oversubscribe", "-o", str(path)])
+    # --accept-noisy: this test checks the fit, not the machine (tests/test_noise.py checks the refusal)
+    res = runner.invoke(app, ["calibrate", "--network", "--workers", "2", "--quick", "--oversubscribe",
+                              "--accept-noisy", "-o", str(path)])
     assert res.exit_code == 0, res.output
     network = load_profile(path).network
+    assert network.load is not None and network.accepted_noisy == network.load.disturbed
     assert network.link == "loopback" and network.workers == 2 and network.backend == "gloo"
     sizes = [p.message_bytes for p in network.points]
     assert sizes[0] == 4 and sizes[-1] == 64 * 1024 * 1024 and len(sizes) == 13
