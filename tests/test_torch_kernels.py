@@ -14,25 +14,27 @@ from costmodel.model.arch import parse_arch
 
 torch = pytest.importorskip("torch")
 
-#: (input channels, filters, groups, kernel, input size, stride): depthwise layers over kernels,
-#: inputs and strides (the weight gradient's rule), and grouped ones over channels per group
-DEPTHWISE = [(8, 8, 8, h, a, s) for h, a, s in itertools.product((1, 3, 5), (2, 3, 4, 8), (1, 2))]
-GROUPED = [(g * ic, g * oc, g, 3, 6, 1) for g, (ic, oc) in itertools.product(
+#: (input channels, filters, groups, kernel, input size, stride, padding): depthwise layers over
+#: kernels, inputs, strides and paddings (the weight gradient's rule), and grouped ones over
+#: channels per group
+DEPTHWISE = [(8, 8, 8, h, a, s, p) for h, a, s in itertools.product((1, 3, 5), (2, 3, 4, 5, 7, 8), (1, 2))
+             for p in sorted({0, h // 2}) if a + 2 * p >= h]
+GROUPED = [(g * ic, g * oc, g, 3, 6, 1, 1) for g, (ic, oc) in itertools.product(
     (2, 8), ((1, 2), (2, 2), (2, 4), (3, 6), (4, 4), (8, 8), (8, 16), (16, 16)))]
 LAYERS = DEPTHWISE + GROUPED
 
 RUN = """
 import sys, torch
-for d, dn, g, h, a, s in eval(sys.argv[1]):
-    conv = torch.nn.Conv2d(d, dn, h, stride=s, padding=h // 2, groups=g)
+for d, dn, g, h, a, s, p in eval(sys.argv[1]):
+    conv = torch.nn.Conv2d(d, dn, h, stride=s, padding=p, groups=g)
     x = torch.randn(2, d, a, a, requires_grad=True)
     conv(x).sum().backward()
 """
 
 
-def _arch(d, dn, g, h, a, s):
+def _arch(d, dn, g, h, a, s, p):
     return parse_arch({"name": "g", "input": {"height": a, "width": a, "channels": d}, "batch": 2, "loss": "mse",
-                       "layers": [{"type": "conv", "filters": dn, "kernel": h, "padding": h // 2, "stride": s,
+                       "layers": [{"type": "conv", "filters": dn, "kernel": h, "padding": p, "stride": s,
                                    "groups": g}, {"type": "full", "units": 2}]})
 
 
@@ -53,10 +55,9 @@ def _kernels(isa: str | None) -> dict[str, dict[str, str]]:
     return kernels
 
 
-def _descriptor(d, dn, g, h, a, s) -> str:
-    o = (a + 2 * (h // 2) - h) // s + 1
-    return (f"g{g}mb2_ic{d}oc{dn}_ih{a}oh{o}kh{h}sh{s}dh0ph{h // 2}"
-            f"_iw{a}ow{o}kw{h}sw{s}dw0pw{h // 2}")
+def _descriptor(d, dn, g, h, a, s, p) -> str:
+    o = (a + 2 * p - h) // s + 1
+    return f"g{g}mb2_ic{d}oc{dn}_ih{a}oh{o}kh{h}sh{s}dh0ph{p}_iw{a}ow{o}kw{h}sw{s}dw0pw{p}"
 
 
 @pytest.mark.parametrize("isa,lanes", [(None, None), ("AVX2", 8)], ids=["native", "AVX2"])
@@ -86,13 +87,15 @@ def test_grouped_gemm_names_the_kernels_onednn_runs(isa, lanes):
 
 def test_grouped_gemm_rules_by_hand():
     """One and two filters per input channel; channels per group by the SIMD block; float64."""
-    dw = _arch(8, 8, 8, 3, 8, 1).sizes()[0]
-    mult2 = _arch(8, 16, 8, 3, 8, 1).sizes()[0]
-    blocked = _arch(32, 64, 2, 3, 8, 1).sizes()[0]
-    plain = _arch(8, 16, 1, 3, 8, 1).sizes()[0]
+    dw = _arch(8, 8, 8, 3, 8, 1, 1).sizes()[0]
+    mult2 = _arch(8, 16, 8, 3, 8, 1, 1).sizes()[0]
+    blocked = _arch(32, 64, 2, 3, 8, 1, 1).sizes()[0]
+    plain = _arch(8, 16, 1, 3, 8, 1, 1).sizes()[0]
     assert depthwise(dw) and not depthwise(mult2) and not depthwise(plain)
     assert not grouped_gemm(dw, "forward", 16, False) and not grouped_gemm(dw, "backward", 16, False)
-    assert grouped_gemm(_arch(8, 8, 8, 3, 2, 1).sizes()[0], "backward", 16, False)  # a 3x3 kernel on a 2x2 input
+    assert grouped_gemm(_arch(8, 8, 8, 3, 2, 1, 1).sizes()[0], "backward", 16, False)  # a 3x3 kernel on a 2x2 input
+    assert not grouped_gemm(_arch(8, 8, 8, 3, 5, 2, 1).sizes()[0], "backward", 16, False)  # 5x5, stride 2
+    assert grouped_gemm(_arch(8, 8, 8, 5, 8, 1, 2).sizes()[0], "backward", 16, False)  # a 5x5 kernel
     assert grouped_gemm(mult2, "forward", 16, False) and grouped_gemm(mult2, "backward", 8, False)
     assert not grouped_gemm(blocked, "forward", 16, False) and not grouped_gemm(blocked, "backward", 8, False)
     assert not grouped_gemm(plain, "forward", 16, False)  # not grouped

@@ -249,15 +249,20 @@ def grouped_gemm(sz: LayerSizes | None, phase: str, lanes: int, im2col: bool) ->
 
 def depthwise_weight_grad_direct(sz: LayerSizes) -> bool:
     """Whether oneDNN's depthwise kernel (jit_dw) computes this depthwise convolution's weight
-    gradient: only a 1x1 kernel of stride 1, or a 3x3 kernel on an input of at least 3 (of an
-    even size with stride 2); otherwise its gemm convolution does, one product per image and
-    group (read from ONEDNN_VERBOSE, torch 2.13, kernels 1-7, inputs 2-16, strides 1 and 2;
-    mobilenet-cifar10's last 3x3 depthwise layer, on a 2x2 input, took 14 ms backward against
-    1.1 ms for the one before it on a 4x4 input)."""
-    a = min(sz.a, sz.b)
+    gradient: only for a 1x1 kernel of stride 1 and a 3x3 one, except a 3x3 one padded by 1 on
+    an input of 2 or less, or of 3 with stride 2; otherwise its gemm convolution does, one
+    product per image and group. Read from ONEDNN_VERBOSE (torch 2.13; kernels 1-7, inputs
+    2-25, strides 1 and 2, paddings 0 and h // 2, on AVX-512 and AVX2). mobilenet-cifar10's last
+    3x3 depthwise layer, on a 2x2 input, took 14 ms backward against 1.1 ms for the one before
+    it on a 4x4 input. A `same` padding that differs between borders runs on its own
+    (nn.ZeroPad2d): the convolution sees the padded input and no padding."""
     if sz.h == 1:
         return sz.s == 1
-    return sz.h == 3 and a >= 3 and (sz.s == 1 or a % 2 == 0)
+    if sz.h != 3:
+        return False
+    unpadded = sz.p is None or sz.p == 0
+    a = min(sz.a, sz.b)
+    return unpadded or not (a <= 2 or (a == 3 and sz.s == 2))
 
 
 def simd_lanes(cpu_flags, itemsize: int) -> int:
