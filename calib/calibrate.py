@@ -87,7 +87,8 @@ def fit_entry(archs, samples, impl: str, threads: int, machine: Machine, backend
     features (costmodel.machine.timemodel), each within its ceiling (calib.fit.ceiling_of) from
     the measured `ceilings` (calib.machine.ceilings; None: only non-negative); and the step's
     interval from the cross-validated predictions of every network's samples (calib.fit.step_interval).
-    Returns the entry's fields: {"ops": {key: model}, "step_interval", "step_cv_error", "step_networks"}."""
+    Returns the entry's fields: {"ops": {key: model}, "step_interval", "step_cv_error", "step_networks",
+    "step_intervals_by_size"}."""
     from .fit import ceiling_of, fit_op, flops_at_peak, step_interval
     from .machine import level_bandwidth
 

@@ -301,8 +301,6 @@ def _bounded_interval(ratio: np.ndarray) -> tuple[float, float]:
     return low, high
 
 
-#: the step interval's quantiles: a 90 % interval
-STEP_QUANTILES = (0.05, 0.95)
 #: the step intervals by size need at least this many calibration networks in each half
 MIN_SIZE_CLASS_NETWORKS = 20
 
@@ -335,9 +333,9 @@ def step_interval(seconds: np.ndarray, cv_predictions: np.ndarray, groups: np.nd
     split = float(np.median(predicted))
     small = predicted < split
     if min(small.sum(), (~small).sum()) >= MIN_SIZE_CLASS_NETWORKS:
-        by_size = [{"below_seconds": below, "interval": [float(np.quantile(ratio[sel], q)) for q in STEP_QUANTILES],
+        by_size = [{"below_seconds": below, "interval": list(_bounded_interval(ratio[sel])),
                     "networks": int(sel.sum())} for below, sel in ((split, small), (None, ~small))]
-    return {"step_interval": [float(np.quantile(ratio, q)) for q in STEP_QUANTILES],
+    return {"step_interval": list(_bounded_interval(ratio)),
             "step_cv_error": float(np.median(np.abs(1.0 / ratio - 1.0))), "step_networks": int(len(points)),
             "step_intervals_by_size": by_size}
 

@@ -44,6 +44,7 @@ CASES = [
     (set_layer(0, kernel="3"), "layers[0] (conv): kernel: '3' has the wrong type"),
     (set_layer(0, kernel=True), "layers[0] (conv): kernel: true has the wrong type"),
     (set_layer(0, kernel=None), "layers[0] (conv): kernel: null has the wrong type"),  # `kernel:` left empty
+    (lambda d: d["layers"].append(None), "layers[4]: expected a mapping, got null"),
     (set_layer(0, filters=2.5), "layers[0] (conv): filters: 2.5 has the wrong type"),
     (lambda d: d.update(batch=1.5), "batch: 1.5 has the wrong type"),
     (lambda d: d.update(name=5), "name: 5 has the wrong type"),

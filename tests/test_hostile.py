@@ -208,10 +208,11 @@ def test_kind3_600_brackets_are_refused(tmp_path):  # the issue's
 
 def test_kind3_an_integer_key_is_refused_naming_its_line(tmp_path):  # the issue's
     text = text_of()
-    refuse(tmp_path, text + "1: 2\n", f"line {text.count(chr(10)) + 1}", "the key '1' is read as int")
+    refuse(tmp_path, text + "1: 2\n", f"line {text.count(chr(10)) + 1}", "the key '1' is read as an integer")
 
 
-@pytest.mark.parametrize("key, kind", [("on", "bool"), ("~", "NoneType"), ("2001-01-01", "date"), ("1.5", "float")])
+@pytest.mark.parametrize("key, kind", [("on", "a boolean"), ("~", "null"), ("2001-01-01", "a date"),
+                                       ("1.5", "a number")])
 def test_kind3_keys_that_are_not_text(tmp_path, key, kind):
     refuse(tmp_path, text_of() + f"{key}: 2\n", f"is read as {kind}, not text")
 

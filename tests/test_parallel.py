@@ -293,6 +293,7 @@ def test_measure_bad_parallel_options_one_line_exit_2(args, message):
     (["--network", "--dtype", "float32"], "--dtype is for the op models"),
     (["--link", "10GbE"], "--link goes with --network"),
     (["--workers", "2"], "--workers goes with --network"),
+    (["--network", "--link", "10GbE", "--accept-noisy"], "--accept-noisy is for a measured network"),
 ])
 def test_calibrate_bad_network_options_one_line_exit_2(args, message, tmp_path):
     res = runner.invoke(app, ["calibrate", *args, "-o", str(tmp_path / "p.json")])
@@ -371,3 +372,15 @@ def test_profile_show_reads_the_network_section_as_machine_facts():
     text = render_profile(profile, "table")
     assert "Network (gloo allreduce, 2 workers, loopback): latency 45.0 us, 1.1 GB/s" in " ".join(text.split())
     assert "fit error: median 0.0 %" in text and "67.1 MB" in text
+
+
+@pytest.mark.parametrize("args", [["--link", "10GbE"], ["--workers", "2", "--quick"]])
+def test_calibrate_network_refuses_a_missing_folder_before_it_runs(args, tmp_path, monkeypatch):
+    """-o in a folder that does not exist: one line, nothing created, before any benchmark."""
+    import calib.parallel.commands as commands
+
+    monkeypatch.setattr(commands, "run_benchmark", lambda *a, **k: pytest.fail("benchmarked before checking -o"))
+    out = tmp_path / "missing" / "p.json"
+    res = runner.invoke(app, ["calibrate", "--network", *args, "--oversubscribe", "-o", str(out)])
+    assert res.exit_code == 2, res.output
+    assert "no folder" in _one_line_error(res.stderr) and not out.parent.exists()

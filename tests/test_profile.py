@@ -378,5 +378,26 @@ def test_a_step_is_given_the_interval_of_its_size_class():
     plain = entry.model_copy(update={"step_intervals_by_size": []})
     assert plain.step_interval_for(1e-3) == ((0.7, 1.2), 96, "")
     assert plain.model_copy(update={"step_interval": None}).step_interval_for(1e-3) is None
-    with pytest.raises(ValueError, match="increasing below_seconds"):
-        Entry(dtype="float32", impl="index", threads=2, ops={"bias": model}, step_intervals_by_size=classes[::-1])
+    for bad in (classes[::-1], classes + classes, classes[:1], [classes[0], classes[0]]):
+        with pytest.raises(ValueError, match="none, or two classes|at most 2"):
+            Entry(dtype="float32", impl="index", threads=2, ops={"bias": model}, step_intervals_by_size=bad)
+    for interval in ([1.3, 0.6], [1e-300, 1e300], [0, 1]):
+        with pytest.raises(ValueError):
+            Entry(dtype="float32", impl="index", threads=2, ops={"bias": model},
+                  step_intervals_by_size=[{**classes[0], "interval": interval}, classes[1]])
+        with pytest.raises(ValueError):
+            Entry(dtype="float32", impl="index", threads=2, ops={"bias": model}, step_interval=interval)
+
+
+def test_a_load_record_is_what_calib_noise_writes():
+    """Shares of the cores' time within 0..1, a verdict with its reasons, one bounded line each."""
+    from costmodel.machine.profile import LoadRecord
+
+    quiet = {"wall_seconds": 1.0, "cores_available": 2, "other_cpu": 0.0, "steal": 0.0, "disturbed": False}
+    LoadRecord(**quiet)
+    LoadRecord(**{**quiet, "disturbed": True, "reasons": ["other processes used 40 % of the 2 available cores' time"]})
+    for bad in ({"other_cpu": 1e300}, {"steal": 2.0}, {"disturbed": True}, {"reasons": ["x"]},
+                {"disturbed": True, "reasons": ["two\nlines"]}, {"disturbed": True, "reasons": ["x" * 501]},
+                {"disturbed": True, "reasons": ["x"] * 33}, {"handoff_seconds": [1e-5] * 1025}):
+        with pytest.raises(ValueError):
+            LoadRecord(**{**quiet, **bad})

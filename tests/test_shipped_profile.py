@@ -93,3 +93,17 @@ def test_splice_takes_one_backend_and_keeps_the_other():
     other = base.model_copy(update={"fingerprint": base.fingerprint.model_copy(update={"cpu_model": "Other"})})
     with pytest.raises(UsageError, match="different machines"):
         splice(base, other, "torch")
+
+
+def test_splice_refuses_an_output_it_must_not_write(tmp_path, monkeypatch, capsys):
+    """splice.py's -o: a missing folder or a directory is one line, exit 2, nothing written."""
+    main = _splice_module().main
+    ref = str(embedded_profile_path())
+    for out in (tmp_path / "missing" / "p.json", tmp_path):
+        monkeypatch.setattr("sys.argv", ["splice.py", ref, ref, "--backend", "torch", "-o", str(out)])
+        assert main() == 2
+        err = capsys.readouterr().err
+        assert err.startswith("splice: -o ") and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr("sys.argv", ["splice.py", ref, ref, "--backend", "torch", "-o", str(tmp_path / "p.json")])
+    assert main() == 0 and load_profile(tmp_path / "p.json").entries == load_profile(ref).entries

@@ -57,10 +57,13 @@ def main() -> int:
     parser.add_argument("--backend", required=True, choices=("numpy", "torch"))
     parser.add_argument("-o", "--output", required=True)
     args = parser.parse_args()
+    from calib.commands import check_profile_output
+
     try:
+        check_profile_output(Path(args.output))  # a profile or a new file, in a folder that exists
         base, new = load_profile(args.base), load_profile(args.new)
         out = splice(base, new, args.backend)
-        save_profile(out, args.output)
+        save_profile(out, args.output, make_parents=False)
     except CostModelError as exc:
         print(f"splice: {exc}", file=sys.stderr)
         return 2

@@ -194,13 +194,19 @@ def calibrate_network_command(*, workers, init, rank, world_size, threads, timeo
 
     from calib.parallel.network import QUICK_REPEATS, REPEATS, combine, facts, given_network, measured_network
 
+    from calib.commands import check_profile_output
+
     path = Path(output) if output else default_profile_path()
     if link is not None or latency is not None or bandwidth is not None:
         if init is not None or rank is not None or world_size is not None:
             raise UsageError("--link, --latency and --bandwidth describe a link you do not have: leave out --init")
+        if accept_noisy:
+            raise UsageError("--accept-noisy is for a measured network; a given link (--link, --latency, "
+                             "--bandwidth) measures nothing: leave it out")
         if workers is not None and workers < 1:
             raise UsageError(f"--workers: {workers} workers; give at least 1")
         network = given_network(link=link, latency=latency, bandwidth=bandwidth, workers=workers)
+        check_profile_output(path, make_parents=not output)
     else:
         plan = group_options(workers=2 if workers is None and init is None else workers, init=init, rank=rank,
                              world_size=world_size, threads=threads or 1, timeout=timeout, oversubscribe=oversubscribe)
@@ -211,6 +217,7 @@ def calibrate_network_command(*, workers, init, rank, world_size, threads, timeo
                              "give 2 or more")
         if plan.oversubscribed:
             _oversubscribed(plan, log)
+        check_profile_output(path, make_parents=not output)  # before the benchmark, not after it
         from calib.backends.torch import import_torch
 
         quiet_torch_logs()

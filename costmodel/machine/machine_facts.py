@@ -92,22 +92,34 @@ class Ceilings(StrictModel):
     peaks: list[PeakPoint] = Field([], description="peak FLOP/s by backend, dtype and threads (the fit's bounds)")
 
 
+#: a load record's reasons and notes: each one line (calib.noise writes them) of bounded length
+MAX_REASONS = 32
+Reason = Annotated[str, Field(max_length=500, pattern=r"^[^\n\r]*$")]
+
+
 class LoadRecord(StrictModel):
     """The load on the machine while a calibration (or measurement) ran (calib.noise)."""
 
     wall_seconds: Annotated[float, Field(ge=0)]
     cores_available: PositiveInt
-    other_cpu: Annotated[float, Field(ge=0)] = Field(description="other processes' CPU time over the "
-                                                     "available cores' time")
-    steal: Annotated[float, Field(ge=0)] = Field(description="steal time over the available cores' time")
+    other_cpu: Annotated[float, Field(ge=0, le=1)] = Field(description="other processes' CPU time over the "
+                                                           "available cores' time")
+    steal: Annotated[float, Field(ge=0, le=1)] = Field(description="steal time over the available cores' time")
     spread: Annotated[float, Field(ge=0)] | None = Field(None, description="median relative spread of "
                                                          "repeated samples, weighted by time")
     disturbed: bool
-    reasons: list[str] = []
-    notes: list[str] = Field([], description="what varied without proving other load (a spread above "
-                             "its limit, the cores' hand-off)")
-    handoff_seconds: list[PositiveFloat] = Field([], description="the cores' hand-off sampled during the run "
+    reasons: list[Reason] = Field([], max_length=MAX_REASONS)
+    notes: list[Reason] = Field([], max_length=MAX_REASONS, description="what varied without proving other "
+                                "load (a spread above its limit, the cores' hand-off)")
+    handoff_seconds: list[PositiveFloat] = Field([], max_length=1024, description="the cores' hand-off sampled "
+                                                 "during the run "
                                                  "(calib.noise.handoff_seconds), in seconds")
+
+    @model_validator(mode="after")
+    def _verdict_has_reasons(self) -> "LoadRecord":
+        if self.disturbed != bool(self.reasons):
+            raise ValueError("disturbed must be true exactly when reasons are given")
+        return self
 
 
 class ProductRate(StrictModel):

@@ -41,6 +41,7 @@ from costmodel.machine.machine_facts import (  # noqa: F401  (the machine's part
     Fingerprint,
     LevelRate,
     LoadRecord,
+    MAX_INTERVAL,
     OpCeiling,
     OpModel,
     PeakPoint,
@@ -66,13 +67,26 @@ REFERENCE_NAME = "reference_profile.json"
 MAX_PROFILE_BYTES = 16 * MiB
 
 
+#: a step interval: measured/predicted at 5 % and 95 %, each within 1/MAX_INTERVAL .. MAX_INTERVAL
+StepFactor = Annotated[float, Field(ge=1 / MAX_INTERVAL, le=MAX_INTERVAL)]
+
+
+def _increasing(interval):
+    if interval is not None and interval[0] > interval[1]:
+        raise ValueError(f"interval {list(interval)} is not increasing")
+    return interval
+
+
 class SizeInterval(StrictModel):
     """The step interval of the calibration networks whose predicted step is below
     `below_seconds` (None: all the others), as Entry.step_interval (calib.fit.step_interval)."""
 
-    below_seconds: PositiveFloat | None = Field(None, description="predicted steps below this, in seconds")
-    interval: tuple[PositiveFloat, PositiveFloat]
-    networks: PositiveInt
+    below_seconds: Annotated[float, Field(gt=0, le=1e6)] | None = Field(
+        None, description="predicted steps below this, in seconds")
+    interval: tuple[StepFactor, StepFactor]
+    networks: Annotated[int, Field(ge=1, le=10**6)]
+
+    _check_interval = field_validator("interval")(_increasing)
 
 
 class Entry(StrictModel):
@@ -89,25 +103,26 @@ class Entry(StrictModel):
     accepted_noisy: bool = Field(False, description="written although disturbed (--accept-noisy)")
     transfer_factors: dict[str, PositiveFloat] = Field(
         {}, description="transferred: the factor each term's coefficient was multiplied by")
-    step_interval: tuple[PositiveFloat, PositiveFloat] | None = Field(
+    step_interval: tuple[StepFactor, StepFactor] | None = Field(
         None, description="5 % and 95 % quantiles of measured/predicted whole steps of the calibration's networks, "
                           "each predicted by the folds that left it out (calib.fit.step_interval)")
     step_cv_error: Annotated[float, Field(ge=0)] | None = Field(
         None, description="median |predicted/measured - 1| of those steps")
     step_networks: PositiveInt | None = Field(None, description="networks the step interval comes from")
     step_intervals_by_size: list[SizeInterval] = Field(
-        [], description="the step interval of the smaller and of the larger half of those networks, by "
-                        "predicted step; empty: step_interval for all")
+        [], max_length=2, description="the step interval of the smaller and of the larger half of those "
+                                      "networks, by predicted step; empty: step_interval for all")
+
+    _check_step_interval = field_validator("step_interval")(_increasing)
 
     def step_interval_for(self, seconds: float) -> tuple[tuple[float, float], int, str] | None:
         """(interval, networks it comes from, which ones) for a step predicted at `seconds`:
         the size class of step_intervals_by_size it falls in ("predicted below 4.2 ms", "predicted
         from 4.2 ms"), else step_interval (""); None for a profile made before step intervals."""
-        split = next((c.below_seconds for c in self.step_intervals_by_size if c.below_seconds is not None), None)
-        for c in self.step_intervals_by_size:
-            if c.below_seconds is None or seconds < c.below_seconds:
-                which = f"predicted {'below' if c.below_seconds is not None else 'from'} {fmt_seconds(split)}"
-                return c.interval, c.networks, which if split is not None else ""
+        if self.step_intervals_by_size:
+            small, large = self.step_intervals_by_size
+            c, word = (small, "below") if seconds < small.below_seconds else (large, "from")
+            return c.interval, c.networks, f"predicted {word} {fmt_seconds(small.below_seconds)}"
         if self.step_interval is None:
             return None
         return self.step_interval, self.step_networks or 0, ""
@@ -115,8 +130,9 @@ class Entry(StrictModel):
     @model_validator(mode="after")
     def _size_classes(self) -> "Entry":
         edges = [c.below_seconds for c in self.step_intervals_by_size]
-        if edges and (edges[-1] is not None or None in edges[:-1] or edges[:-1] != sorted(edges[:-1])):
-            raise ValueError("step_intervals_by_size: classes by increasing below_seconds, the last one without")
+        if edges and (len(edges) != 2 or edges[0] is None or edges[1] is not None):
+            raise ValueError("step_intervals_by_size: none, or two classes: the smaller half (with below_seconds) "
+                             "and the larger (without)")
         return self
 
     @model_validator(mode="after")

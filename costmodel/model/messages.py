@@ -4,6 +4,7 @@ first with a "did you mean", what a field allows, a user's value cut short (repr
 
 from __future__ import annotations
 
+import datetime
 import reprlib
 import types
 from dataclasses import dataclass
@@ -48,6 +49,17 @@ class _ShortRepr(reprlib.Repr):
 
 
 _repr = _ShortRepr().repr
+
+
+#: what a value read from YAML or JSON is, in the file's words (not Python's type names)
+_KINDS = {type(None): "null", bool: "a boolean", int: "an integer", float: "a number", str: "text",
+          list: "a list", tuple: "a list", dict: "a mapping", datetime.date: "a date", datetime.datetime: "a time"}
+
+
+def kind_of(value) -> str:
+    """'null', 'a boolean', 'an integer', 'a number', 'text', 'a list', 'a mapping', 'a date'
+    (else the Python type's name): what a user's value is, in the file's words."""
+    return _KINDS.get(type(value), type(value).__name__)
 
 
 def short_repr(value, n: int = 80) -> str:
@@ -271,7 +283,8 @@ def _message(err: dict, model=None, group: list[dict] = ()) -> str:
     if kind == "finite_number":
         return f"{where}{short_repr(inp)} is not a finite number"
     if kind in ("model_type", "dict_type", "model_attributes_type"):
-        return f"{where}expected a mapping, got {type(inp).__name__} {short_repr(inp)}"
+        shown = "" if inp is None else f" {short_repr(inp)}"
+        return f"{where}expected a mapping, got {kind_of(inp)}{shown}"
     if kind.endswith("_type") or kind.endswith("_parsing") or kind == "int_from_float":
         return f"{where}{short_repr(inp)} has the wrong type ({expected})"
     if kind == "too_short":

@@ -111,8 +111,10 @@ class _Bounds(Composer, SafeConstructor):
                                          "'kernel')", key_node.start_mark)
                 key = self.construct_object(key_node)
                 if self.string_keys and not isinstance(key, str):
+                    from costmodel.model.messages import kind_of
+
                     raise YAMLLimitError(None, None, f"the key {key_node.value[:40]!r} is read as "
-                                         f"{type(key).__name__}, not text (keys are names such as "
+                                         f"{kind_of(key)}, not text (keys are names such as "
                                          "'kernel'; quote it to mean the text)", key_node.start_mark)
                 try:
                     first = seen.get(key)

@@ -141,8 +141,9 @@ def torch_groups(refs: list[OpRef]) -> list[TorchRow]:
 
 def torch_variant(ops: tuple[str, ...], spec: "OpSpec", sizes: LayerSizes | None = None) -> tuple[str, ...]:
     """The variant of a group whose PyTorch kernel depends on its layer: average pooling
-    (avg_pool2d and its backward, "avg"), tanh and sigmoid, a grouped convolution ("grouped":
-    oneDNN's grouped and depthwise kernels), an ungrouped convolution with a stride s > 1
+    (avg_pool2d and its backward, "avg"), tanh and sigmoid, a depthwise convolution
+    ("depthwise": oneDNN's jit_dw), another grouped one ("grouped": its grouped jit or gemm
+    kernels, grouped_gemm), an ungrouped convolution with a stride s > 1
     ("stride": its forward, and its backward with an input gradient, which scatters dZ over
     the strided windows). Max pooling (overlapping or not), ReLU and ungrouped convolutions of
     stride 1 have none, so a file of the course's vocabulary keeps its keys.
