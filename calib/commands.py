@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from costmodel.machine.profile import check_profile_output  # noqa: F401  (calibrate's -o check; tests import it here)
 from costmodel.model.arch import load_arch
 from costmodel.present.report import fmt_fraction, fmt_seconds, human, render, to_csv, to_json, render_table
 
@@ -205,34 +206,6 @@ def calibrate_command(*, quick, threads, dtypes, impls, output, progress=None, b
         save_profile(profile, path)
     print(f"profile written to {path} ({result['calibration_seconds']:.1f} s)", file=sys.stderr)
     return render_profile(profile, "table")
-
-
-def check_profile_output(path: Path, *, make_parents: bool = False) -> None:
-    """Refuse, in one line and before anything runs, a place a profile cannot be written to or
-    must not be: an existing file that is not a costmodel profile (it would be overwritten), a
-    directory or any other non-regular file, a path under a regular file, a folder where no file
-    can be created (read-only, /proc, no permission). A damaged profile (JSON with a
-    schema_version that no longer validates) may be replaced. Nothing is left on disk."""
-    from costmodel.errors import UsageError
-    from costmodel.files import MiB, check_writable
-    from costmodel.machine.profile import load_profile
-
-    label = f"-o {path}"
-    check_writable(path, label=label, make_parents=make_parents)
-    if path.exists():
-        try:
-            load_profile(path)
-        except UsageError as exc:
-            head = b""
-            try:
-                with open(path, "rb") as fh:
-                    head = fh.read(1 * MiB)
-            except OSError:
-                pass
-            if not (head.lstrip().startswith(b"{") and b'"schema_version"' in head):
-                raise UsageError(f"{label}: the file exists and is not a costmodel profile "
-                                 f"({str(exc).removeprefix(f'{path}: ')[:80]}): refusing to replace it; "
-                                 "remove it or choose another file") from None
 
 
 class _progress_bar:

@@ -57,7 +57,7 @@ def main() -> int:
     parser.add_argument("--backend", required=True, choices=("numpy", "torch"))
     parser.add_argument("-o", "--output", required=True)
     args = parser.parse_args()
-    from calib.commands import check_profile_output
+    from costmodel.machine.profile import check_profile_output
 
     try:
         check_profile_output(Path(args.output))  # a profile or a new file, in a folder that exists

@@ -194,7 +194,7 @@ def calibrate_network_command(*, workers, init, rank, world_size, threads, timeo
 
     from calib.parallel.network import QUICK_REPEATS, REPEATS, combine, facts, given_network, measured_network
 
-    from calib.commands import check_profile_output
+    from costmodel.machine.profile import check_profile_output
 
     path = Path(output) if output else default_profile_path()
     if link is not None or latency is not None or bandwidth is not None:

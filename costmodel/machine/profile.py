@@ -283,10 +283,36 @@ def embedded_profile_path() -> Path:
     return Path(str(resources.files("costmodel") / "data" / REFERENCE_NAME))
 
 
+def check_profile_output(path: Path, *, make_parents: bool = False) -> None:
+    """Refuse, in one line and before anything runs, a place a profile cannot be written to or
+    must not be: an existing file that is not a costmodel profile (it would be overwritten), a
+    directory or any other non-regular file, a path under a regular file, a folder where no file
+    can be created (read-only, /proc, no permission). A damaged profile (JSON with a
+    schema_version that no longer validates) may be replaced. Nothing is left on disk."""
+    from costmodel.files import check_writable
+
+    label = f"-o {path}"
+    check_writable(path, label=label, make_parents=make_parents)
+    if path.exists():
+        try:
+            load_profile(path)
+        except UsageError as exc:
+            head = b""
+            try:
+                with open(path, "rb") as fh:
+                    head = fh.read(1 * MiB)
+            except OSError:
+                pass
+            if not (head.lstrip().startswith(b"{") and b'"schema_version"' in head):
+                raise UsageError(f"{label}: the file exists and is not a costmodel profile "
+                                 f"({str(exc).removeprefix(f'{path}: ')[:80]}): refusing to replace it; "
+                                 "remove it or choose another file") from None
+
+
 def save_profile(profile: Profile, path: str | Path, *, make_parents: bool = True) -> None:
     """Write the profile atomically: a reader sees the old file or the new one, never a part.
     `make_parents`: create the missing folders (the CLI refuses a -o path in a missing folder
-    before it calibrates, calib.commands.check_profile_output)."""
+    before it calibrates, check_profile_output)."""
     try:
         atomic_write(path, profile.model_dump_json(indent=2) + "\n", make_parents=make_parents)
     except OSError as exc:
