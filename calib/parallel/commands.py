@@ -190,13 +190,12 @@ def calibrate_network_command(*, workers, init, rank, world_size, threads, timeo
     load on this machine while the benchmark runs is recorded (calib.noise.LoadMonitor; the
     workers' own time is this process's children's): other load refuses the section, nothing
     written, unless `accept_noisy`, which writes it marked."""
-    from costmodel.machine.profile import default_profile_path
+    from costmodel.machine.profile import Network, check_profile_output, default_profile_path
 
     from calib.parallel.network import QUICK_REPEATS, REPEATS, combine, facts, given_network, measured_network
 
-    from costmodel.machine.profile import check_profile_output
-
     path = Path(output) if output else default_profile_path()
+    check_profile_output(path, make_parents=not output)  # before any benchmark, not after it
     if link is not None or latency is not None or bandwidth is not None:
         if init is not None or rank is not None or world_size is not None:
             raise UsageError("--link, --latency and --bandwidth describe a link you do not have: leave out --init")
@@ -206,7 +205,6 @@ def calibrate_network_command(*, workers, init, rank, world_size, threads, timeo
         if workers is not None and workers < 1:
             raise UsageError(f"--workers: {workers} workers; give at least 1")
         network = given_network(link=link, latency=latency, bandwidth=bandwidth, workers=workers)
-        check_profile_output(path, make_parents=not output)
     else:
         plan = group_options(workers=2 if workers is None and init is None else workers, init=init, rank=rank,
                              world_size=world_size, threads=threads or 1, timeout=timeout, oversubscribe=oversubscribe)
@@ -217,14 +215,11 @@ def calibrate_network_command(*, workers, init, rank, world_size, threads, timeo
                              "give 2 or more")
         if plan.oversubscribed:
             _oversubscribed(plan, log)
-        check_profile_output(path, make_parents=not output)  # before the benchmark, not after it
         from calib.backends.torch import import_torch
 
         quiet_torch_logs()
         import_torch()
         repeats = QUICK_REPEATS if quick else REPEATS
-        from costmodel.machine.profile import Network
-
         from calib.noise import LoadMonitor
 
         with LoadMonitor() as monitor:

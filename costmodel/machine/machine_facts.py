@@ -92,6 +92,13 @@ class Ceilings(StrictModel):
     peaks: list[PeakPoint] = Field([], description="peak FLOP/s by backend, dtype and threads (the fit's bounds)")
 
 
+def increasing(interval):
+    """`interval` (low, high) when low <= high (or None), else a ValueError naming it."""
+    if interval is not None and interval[0] > interval[1]:
+        raise ValueError(f"interval {list(interval)} is not increasing")
+    return interval
+
+
 #: a load record's reasons and notes: each one line (calib.noise writes them) of bounded length
 MAX_REASONS = 32
 Reason = Annotated[str, Field(max_length=500, pattern=r"^[^\n\r]*$")]
@@ -190,6 +197,5 @@ class OpModel(StrictModel):
             raise ValueError(f"{len(self.features)} features but {len(self.coef)} coefficients")
         if len(set(self.features)) != len(self.features):
             raise ValueError(f"a feature is listed twice in {self.features}")
-        if self.interval[0] > self.interval[1]:
-            raise ValueError(f"interval {list(self.interval)} is not increasing")
+        increasing(self.interval)
         return self

@@ -108,16 +108,16 @@ class Prediction:
                 for name, (n, s, lo, hi, f, b) in groups.items()]
 
 
-def predict_rows(rows: list[Row], entry, machine: Machine, missing, legacy=None) -> list[tuple]:
+def predict_rows(rows: list[Row], entry, machine: Machine, missing, legacy) -> list[tuple]:
     """Per row: (row, seconds, interval factors, terms, CV error) from the entry's models;
     a row without a model is priced by the model of `legacy(row.model)` when the backend
-    names one (a key of a profile made before the model was split), else raises
-    CostModelError(missing(row))."""
+    names one (Backend.legacy_key: a key of a profile made before the model was split), else
+    raises CostModelError(missing(row))."""
     out = []
     for row in rows:
         model = entry.model(row.model)
-        if model is None and legacy is not None and legacy(row.model) is not None:
-            model = entry.model(legacy(row.model))
+        if model is None and (older := legacy(row.model)) is not None:
+            model = entry.model(older)
         if model is None:
             raise CostModelError(missing(row))
         unknown = [f for f in model.features if f not in ALL_FEATURES]
@@ -154,7 +154,7 @@ def predict(arch: "Architecture", profile: "Profile", *, impl: str = "index", th
         return (f"the profile's {entry.describe()} calibration has no model for {what} {str(row.model)!r}: "
                 f"run `{be.calibration_hint(arch.dtype, impl, threads)}` again")
 
-    timed = predict_rows(rows, entry, machine, missing, getattr(be, "legacy_key", None))
+    timed = predict_rows(rows, entry, machine, missing, be.legacy_key)
     total = sum(t[1] for t in timed)
     predicted = tuple(PredictedRow(row, s, s * lo, s * hi, cv, s / total if total > 0 else 0.0, parts)
                       for row, s, (lo, hi), parts, cv in timed)

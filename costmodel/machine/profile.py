@@ -42,6 +42,7 @@ from costmodel.machine.machine_facts import (  # noqa: F401  (the machine's part
     LevelRate,
     LoadRecord,
     MAX_INTERVAL,
+    increasing,
     OpCeiling,
     OpModel,
     PeakPoint,
@@ -71,12 +72,6 @@ MAX_PROFILE_BYTES = 16 * MiB
 StepFactor = Annotated[float, Field(ge=1 / MAX_INTERVAL, le=MAX_INTERVAL)]
 
 
-def _increasing(interval):
-    if interval is not None and interval[0] > interval[1]:
-        raise ValueError(f"interval {list(interval)} is not increasing")
-    return interval
-
-
 class SizeInterval(StrictModel):
     """The step interval of the calibration networks whose predicted step is below
     `below_seconds` (None: all the others), as Entry.step_interval (calib.fit.step_interval)."""
@@ -86,7 +81,7 @@ class SizeInterval(StrictModel):
     interval: tuple[StepFactor, StepFactor]
     networks: Annotated[int, Field(ge=1, le=10**6)]
 
-    _check_interval = field_validator("interval")(_increasing)
+    _check_interval = field_validator("interval")(increasing)
 
 
 class Entry(StrictModel):
@@ -113,7 +108,7 @@ class Entry(StrictModel):
         [], max_length=2, description="the step interval of the smaller and of the larger half of those "
                                       "networks, by predicted step; empty: step_interval for all")
 
-    _check_step_interval = field_validator("step_interval")(_increasing)
+    _check_step_interval = field_validator("step_interval")(increasing)
 
     def step_interval_for(self, seconds: float) -> tuple[tuple[float, float], int, str] | None:
         """(interval, networks it comes from, which ones) for a step predicted at `seconds`:

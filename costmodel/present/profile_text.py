@@ -136,18 +136,27 @@ def _network_table(net) -> str:
     notes = ["ring allreduce t(n) = 2 (P-1) alpha + 2 (P-1)/P n beta"]
     if net.fit_error is not None:
         notes.append(f"fit error: median {100 * net.fit_error:.1f} %, largest {100 * net.max_error:.1f} %")
-    if net.load is not None and net.load.disturbed:
-        accepted = ": written with --accept-noisy" if net.accepted_noisy else ""
-        notes.append(f"NOISY: benchmarked on a disturbed machine ({'; '.join(net.load.reasons)}){accepted}")
-    elif net.load is not None:
-        notes.append(f"load while benchmarking: other processes {100 * net.load.other_cpu:.0f} % of "
-                     f"{net.load.cores_available} core{'s' if net.load.cores_available > 1 else ''}, "
-                     f"steal {100 * net.load.steal:.0f} %: quiet")
+    if net.load is not None:
+        notes.append(_load_note(net.load, net.accepted_noisy, "benchmarked", "benchmarking"))
     rows = [{"n": p.message_bytes, "t": p.seconds, "p": p.predicted_seconds, "e": p.error,
              "fitted": "yes" if p.fitted else "no"} for p in net.points]
     return render_table(title, [("message", "n", lambda v: human(v, "B")), ("measured", "t", fmt_seconds),
                                 ("predicted", "p", fmt_seconds), ("error", "e", lambda v: f"{100 * v:+.1f} %"),
                                 ("fitted", "fitted", str)], rows, notes)
+
+
+def _load_note(load, accepted_noisy: bool, done: str, doing: str) -> str:
+    """The load while a part of the profile was made (`done` "calibrated", `doing`
+    "calibrating"): NOISY with its reasons, or what was measured and whether it was quiet."""
+    if load.disturbed:
+        accepted = ": written with --accept-noisy" if accepted_noisy else ""
+        return f"NOISY: {done} on a disturbed machine ({'; '.join(load.reasons)}){accepted}"
+    spread = "" if load.spread is None else f", spread of repeated samples {100 * load.spread:.0f} %"
+    measured = (f"other processes {100 * load.other_cpu:.0f} % of {load.cores_available} "
+                f"core{'s' if load.cores_available > 1 else ''}, steal {100 * load.steal:.0f} %{spread}")
+    if load.notes:
+        return f"load while {doing}: {measured}: no other load, but {'; '.join(load.notes)}"
+    return f"load while {doing}: {measured}: quiet"
 
 
 def _entry_notes(entry: Entry) -> list[str]:
@@ -171,18 +180,8 @@ def _entry_notes(entry: Entry) -> list[str]:
                 f"{level} {human(limits[level], 'B/s')}" for level in ("L2", "L3", "memory") if level in limits]
             notes.append(f"fit ceilings, {threads} thread{'s' if threads > 1 else ''} (the largest an op was bounded "
                          f"by): {', '.join(parts)}")
-    load = entry.load
-    if load is not None:
-        spread = "" if load.spread is None else f", spread of repeated samples {100 * load.spread:.0f} %"
-        measured = (f"other processes {100 * load.other_cpu:.0f} % of {load.cores_available} "
-                    f"core{'s' if load.cores_available > 1 else ''}, steal {100 * load.steal:.0f} %{spread}")
-        if load.disturbed:
-            accepted = ": written with --accept-noisy" if entry.accepted_noisy else ""
-            notes.append(f"NOISY: calibrated on a disturbed machine ({'; '.join(load.reasons)}){accepted}")
-        elif load.notes:
-            notes.append(f"load while calibrating: {measured}: no other load, but {'; '.join(load.notes)}")
-        else:
-            notes.append(f"load while calibrating: {measured}: quiet")
+    if entry.load is not None:
+        notes.append(_load_note(entry.load, entry.accepted_noisy, "calibrated", "calibrating"))
     if entry.transfer_factors:
         factors = ", ".join(f"{name} x{factor:.2f}" for name, factor in sorted(entry.transfer_factors.items()))
         notes.append(f"transferred: time factors {factors}")

@@ -111,6 +111,9 @@ class NumpyBackend:
     def features(self, model: ModelKey) -> tuple[str, ...]:
         return FEATURES
 
+    def legacy_key(self, model: ModelKey) -> ModelKey | None:
+        return None
+
     def calibration_hint(self, dtype: str, impl: str, threads: int) -> str:
         return f"costmodel calibrate --dtype {dtype} --impl {impl} --threads {threads}"
 
