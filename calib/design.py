@@ -15,6 +15,12 @@ network instead (`_residual_point`: a conv layer, a ResNet basic block with an i
 projection shortcut, global average pooling, the output layer). The shapes are drawn as for the
 other points, so the ops of the course's vocabulary keep their coverage.
 
+The NumPy backend's sweep ends with pooling points (`_pool_points`, calib.calibrate.Plan.sweep):
+networks whose pooling moves more than SPLIT_BYTES, in turns overlapping max, average and
+plain max pooling, so that the strided implementation's threaded poolings are fitted on more
+than the few drawn points that reach it. They come from a generator of their own and take the
+sweep's last places, so the points before them are those of a sweep without them.
+
 The shapes are drawn log-uniformly over the ranges real layers span (channels 1-512, kernels
 1-11, strides 1 and 2, spatial sizes 4-128, batches 1-512, full layers up to 4096 units), two
 thirds of the channel counts rounded to a multiple of 8 as real layers' are (`_channels`), and
@@ -159,6 +165,55 @@ def _decorate(data: dict, k: int, rng: np.random.Generator) -> dict:
     return {**data, "layers": layers}
 
 
+#: the poolings of the pooling points, in turns: (window, stride, type, ceil mode)
+POOL_POINT_POOLINGS = ((3, 2, "max", True), (2, 2, "avg", False), (2, 2, "max", False), (3, 2, "avg", True))
+
+
+def _pool_point(rng: np.random.Generator, dtype: str, loss: str, name: str, k: int) -> dict:
+    """A network whose pooling moves more than SPLIT_BYTES, so that the strided
+    implementation shares it among its threads: a 1x1 convolution to d channels, a 3x3 one
+    to d' channels with the k-th pooling of POOL_POINT_POOLINGS, a hidden and an output full
+    layer. design() sizes its batch by S^m."""
+    window, stride, kind, ceil = POOL_POINT_POOLINGS[k % len(POOL_POINT_POOLINGS)]
+    a = _log_uniform_int(rng, 8, 64)
+    return {
+        "name": name, "dtype": dtype, "loss": loss,
+        "input": {"height": a, "width": a, "channels": int(rng.choice((1, 3)))},
+        "batch": 1,
+        "layers": [
+            {"type": "conv", "filters": _channels(rng, 4, 64), "kernel": 1},
+            {"type": "conv", "filters": _channels(rng, 16, 256), "kernel": 3, "padding": 1,
+             "pool": window, "pool_stride": stride, "pool_type": kind, "pool_ceil": ceil},
+            {"type": "full", "units": _log_uniform_int(rng, 8, 256)},
+            {"type": "full", "units": 10},
+        ],
+    }
+
+
+def _pool_points(n: int, dtype: str, seed: int, limits: SweepLimits, start: int) -> list[Architecture]:
+    """`n` pooling points (_pool_point) named from sweep-`start`, drawn from a generator of
+    their own so that the other points stay as drawn; each one's S^m (what its pooling moves)
+    log-uniform between 1.2 SPLIT_BYTES and the limit on arrays, redrawn when the network
+    breaks `limits`. None when the limits allow no array of 1.5 SPLIT_BYTES, fewer when 50
+    draws per point do not find them."""
+    rng = np.random.default_rng((seed, 1))
+    itemsize = np.dtype(dtype).itemsize
+    high = limits.max_elements * itemsize
+    points: list[Architecture] = []
+    if high < 1.5 * SPLIT_BYTES:  # no array that large: the pooling would not be shared
+        return points
+    for _ in range(50 * n):
+        if len(points) == n:
+            break
+        i = start + len(points)
+        arch = parse_arch(_pool_point(rng, dtype, ("mse", "softmax_ce")[i % 2], f"sweep-{i}", len(points)))
+        target = math.exp(rng.uniform(math.log(1.2 * SPLIT_BYTES), math.log(high)))
+        arch = arch.with_batch(int(min(512, max(1, math.ceil(target / _s_bytes(arch))))))
+        if _within(arch, limits) and _s_bytes(arch) >= SPLIT_BYTES:
+            points.append(arch)
+    return points
+
+
 def _residual_point(rng: np.random.Generator, dtype: str, loss: str, name: str, k: int) -> dict:
     """A conv layer, a ResNet basic block (two 3x3 convs with batch norm; identity shortcut, or a
     projection with stride 2 and twice the filters), global average pooling and the output
@@ -212,8 +267,10 @@ def _phi_bytes(arch: Architecture) -> int:
 
 
 def design(n: int, *, dtype: str, seed: int = 0, limits: SweepLimits = SweepLimits(),
-           first_kernel: bool = False) -> list[Architecture]:
-    """`n` sweep architectures in `dtype`, reproducible from `seed`, all within `limits`.
+           first_kernel: bool = False, pool_points: int = 0) -> list[Architecture]:
+    """`n` sweep architectures in `dtype`, reproducible from `seed`, all within `limits`; the
+    last `pool_points` of them are pooling points (_pool_points), fewer if the limits leave
+    none (those are drawn as the others).
 
     With `first_kernel` the first conv layer's kernel is drawn as the second's (with "same"
     padding), else it is 1x1. The torch backend needs it: PyTorch runs layer 1's convolution
@@ -228,8 +285,9 @@ def design(n: int, *, dtype: str, seed: int = 0, limits: SweepLimits = SweepLimi
     rng = np.random.default_rng(seed)
     itemsize = np.dtype(dtype).itemsize
     large_fits = limits.max_elements * itemsize >= 2 * LARGE_PHI_BYTES
+    pooling = _pool_points(pool_points, dtype, seed, limits, n - pool_points) if pool_points else []
     points: list[Architecture] = []
-    while len(points) < n:
+    while len(points) < n - len(pooling):
         i = len(points)
         loss = ("mse", "softmax_ce")[i % 2]
         make = _mlp_point if i % 5 == 4 else _conv_point
@@ -262,4 +320,4 @@ def design(n: int, *, dtype: str, seed: int = 0, limits: SweepLimits = SweepLimi
             arch = arch.with_batch(2)
         if _within(arch, limits) and (not large or size(arch) >= threshold):
             points.append(arch)
-    return points
+    return points + pooling

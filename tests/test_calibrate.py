@@ -33,6 +33,33 @@ def test_sweep_design_is_reproducible_and_within_limits():
     assert any(a.n_conv == 0 for a in first) and any(a.n_conv == 2 for a in first)
 
 
+def test_pooling_points_leave_the_drawn_points_as_they_were():
+    """The pooling points take the last places of the sweep from a generator of their own:
+    the points before them are those of a sweep without them, and each one's pooling moves
+    at least SPLIT_BYTES, so the strided implementation shares it among its threads."""
+    plain = design(30, dtype="float32", seed=1)
+    pooled = design(30, dtype="float32", seed=1, pool_points=4)
+    assert [a.model_dump() for a in pooled[:26]] == [a.model_dump() for a in plain[:26]]
+    for arch in pooled[26:]:
+        rows = backend("numpy").rows(arch, "strided", 2, Machine())
+        assert {str(r.model).partition(":")[2].split("+")[-1] for r in rows if r.ops[0] in ("pool", "pool_grad")} \
+            == {"threaded"}, arch.name
+    assert len(design(12, dtype="float32", seed=1, limits=TINY, pool_points=3)) == 12  # too small to pool: drawn
+
+
+def test_the_strided_threaded_poolings_have_samples_for_their_coefficients():
+    """Every threaded pooling variant of the strided implementation is fitted on at least
+    six sweep networks of the full NumPy plan, in both dtypes (3-5 without the pooling points
+    gave a five-coefficient fit nothing to tell its terms apart with)."""
+    plan = Plan.make(quick=False, dtypes=None, impls=None)
+    for dtype in plan.dtypes:
+        sampled = model_keys(plan.sweep(dtype), "numpy", "strided", 2)
+        pools = {k: len(v) for k, v in sampled.items() if k.startswith("pool") and "threaded" in k}
+        assert set(pools) == {"pool:threaded", "pool:avg+threaded", "pool_grad:threaded", "pool_grad:avg+threaded",
+                              "pool_grad:overlap+threaded"}, pools
+        assert min(pools.values()) >= 6, (dtype, pools)
+
+
 def model_keys(archs, backend_name: str, impl: str, threads: int) -> dict[str, set[int]]:
     """{model key: the indices of the networks whose rows use it}."""
     be = backend(backend_name)
@@ -54,8 +81,7 @@ def test_the_sweep_samples_every_model_key_the_examples_need(quick):
     for backend_name, impl in settings:
         plan = Plan.make(quick=quick, dtypes=None, impls=None, backend=backend_name)
         for dtype in plan.dtypes:
-            archs = design(plan.points, dtype=dtype, seed=plan.seed, limits=plan.limits,
-                           first_kernel=backend_name == "torch")
+            archs = plan.sweep(dtype)
             for threads in (1, 2) if impl == "strided" else (2,):  # only the strided regimes depend on threads
                 sampled = model_keys(archs, backend_name, impl, threads)
                 for path in EXAMPLES:
@@ -67,7 +93,7 @@ def test_the_sweep_samples_every_model_key_the_examples_need(quick):
 def test_tiny_calibration_fits_every_op_kind_of_the_sweep(tiny_profile):
     path, plan = tiny_profile
     profile = load_profile(path)
-    archs = design(plan.points, dtype="float32", seed=plan.seed, limits=plan.limits)
+    archs = plan.sweep("float32")
     for impl in plan.impls:
         kinds = set(model_keys(archs, "numpy", impl, 1))
         entry = profile.entry("float32", impl, 1)

@@ -9,7 +9,7 @@ from costmodel.errors import UsageError
 from costmodel.machine.profile import BlasInfo, Entry, Fingerprint, Profile
 from costmodel.machine.timemodel import model_facts
 from costmodel.present.report import FORMATS, render_table, to_csv, to_json
-from costmodel.units import human, iec as _iec, threads_text as _threads
+from costmodel.units import fmt_seconds, human, iec as _iec, threads_text as _threads
 
 
 #: CPU flags shown in the fingerprint summary when present (x86 and Arm vector units)
@@ -159,6 +159,23 @@ def _load_note(load, accepted_noisy: bool, done: str, doing: str) -> str:
     return f"load while {doing}: {measured}: quiet"
 
 
+def _step_interval_note(entry: Entry) -> str:
+    """The 90 % interval of a whole step (measured/predicted) predict quotes with this entry:
+    one for every step, or one per size class; '' for a profile made before step intervals."""
+    def factors(interval) -> str:
+        return f"x{interval[0]:.2f} to x{interval[1]:.2f}"
+
+    if entry.step_intervals_by_size:
+        small, large = entry.step_intervals_by_size
+        edge = fmt_seconds(small.below_seconds)
+        return (f"step interval (90 %, measured/predicted): {factors(small.interval)} for steps predicted below {edge} "
+                f"({small.networks} calibration networks), {factors(large.interval)} from it ({large.networks})")
+    if entry.step_interval is None:
+        return ""
+    networks = f" ({entry.step_networks} calibration networks)" if entry.step_networks else ""
+    return f"step interval (90 %, measured/predicted): {factors(entry.step_interval)}{networks}"
+
+
 def _entry_notes(entry: Entry) -> list[str]:
     """The entry's load while it was calibrated and, for a transfer, the factors applied."""
     notes = []
@@ -180,6 +197,9 @@ def _entry_notes(entry: Entry) -> list[str]:
                 f"{level} {human(limits[level], 'B/s')}" for level in ("L2", "L3", "memory") if level in limits]
             notes.append(f"fit ceilings, {threads} thread{'s' if threads > 1 else ''} (the largest an op was bounded "
                          f"by): {', '.join(parts)}")
+    step = _step_interval_note(entry)
+    if step:
+        notes.append(step)
     if entry.load is not None:
         notes.append(_load_note(entry.load, entry.accepted_noisy, "calibrated", "calibrating"))
     if entry.transfer_factors:
