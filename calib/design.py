@@ -15,9 +15,9 @@ network instead (`_residual_point`: a conv layer, a ResNet basic block with an i
 projection shortcut, global average pooling, the output layer). The shapes are drawn as for the
 other points, so the ops of the course's vocabulary keep their coverage.
 
-The NumPy backend's sweep ends with pooling points (`_pool_points`, calib.calibrate.Plan.sweep):
-networks whose pooling moves more than SPLIT_BYTES, in turns overlapping max, average and
-plain max pooling, so that the strided implementation's threaded poolings are fitted on more
+The sweep of a calibration of the strided implementation ends with pooling points
+(`_pool_points`, calib.calibrate.Plan.sweep): networks whose pooling moves at least SPLIT_BYTES,
+taking the four poolings of POOL_POINT_POOLINGS in turns, so that the strided implementation's threaded poolings are fitted on more
 than the few drawn points that reach it. They come from a generator of their own and take the
 sweep's last places, so the points before them are those of a sweep without them.
 
@@ -170,10 +170,9 @@ POOL_POINT_POOLINGS = ((3, 2, "max", True), (2, 2, "avg", False), (2, 2, "max", 
 
 
 def _pool_point(rng: np.random.Generator, dtype: str, loss: str, name: str, k: int) -> dict:
-    """A network whose pooling moves more than SPLIT_BYTES, so that the strided
-    implementation shares it among its threads: a 1x1 convolution to d channels, a 3x3 one
+    """The data of a network for a pooling point: a 1x1 convolution to d channels, a 3x3 one
     to d' channels with the k-th pooling of POOL_POINT_POOLINGS, a hidden and an output full
-    layer. design() sizes its batch by S^m."""
+    layer, at batch 1 (_pool_points sizes its batch by S^m)."""
     window, stride, kind, ceil = POOL_POINT_POOLINGS[k % len(POOL_POINT_POOLINGS)]
     a = _log_uniform_int(rng, 8, 64)
     return {
@@ -190,27 +189,32 @@ def _pool_point(rng: np.random.Generator, dtype: str, loss: str, name: str, k: i
     }
 
 
-def _pool_points(n: int, dtype: str, seed: int, limits: SweepLimits, start: int) -> list[Architecture]:
-    """`n` pooling points (_pool_point) named from sweep-`start`, drawn from a generator of
-    their own so that the other points stay as drawn; each one's S^m (what its pooling moves)
-    log-uniform between 1.2 SPLIT_BYTES and the limit on arrays, redrawn when the network
-    breaks `limits`. None when the limits allow no array of 1.5 SPLIT_BYTES, fewer when 50
-    draws per point do not find them."""
+#: draws of a pooling point before it is given up (the quick limits reject most draws: S^m of
+#: 1.2 SPLIT_BYTES within their FLOPs needs few input channels)
+POOL_POINT_DRAWS = 200
+
+
+def _pool_points(n: int, dtype: str, seed: int, limits: SweepLimits) -> list[dict]:
+    """The data of up to `n` pooling points (_pool_point, named by design()), drawn from a
+    generator of their own so that the other points stay as drawn; each one's S^m (what its
+    pooling moves) log-uniform between 1.2 SPLIT_BYTES and the limit on arrays, its batch
+    chosen for it, redrawn when the network breaks `limits`. None when the limits allow no
+    array of 1.5 SPLIT_BYTES; fewer when POOL_POINT_DRAWS draws do not find one."""
     rng = np.random.default_rng((seed, 1))
     itemsize = np.dtype(dtype).itemsize
     high = limits.max_elements * itemsize
-    points: list[Architecture] = []
+    points: list[dict] = []
     if high < 1.5 * SPLIT_BYTES:  # no array that large: the pooling would not be shared
         return points
-    for _ in range(50 * n):
+    for _ in range(POOL_POINT_DRAWS * n):
         if len(points) == n:
             break
-        i = start + len(points)
-        arch = parse_arch(_pool_point(rng, dtype, ("mse", "softmax_ce")[i % 2], f"sweep-{i}", len(points)))
+        data = _pool_point(rng, dtype, "mse", "pool", len(points))
+        arch = parse_arch(data)
         target = math.exp(rng.uniform(math.log(1.2 * SPLIT_BYTES), math.log(high)))
         arch = arch.with_batch(int(min(512, max(1, math.ceil(target / _s_bytes(arch))))))
         if _within(arch, limits) and _s_bytes(arch) >= SPLIT_BYTES:
-            points.append(arch)
+            points.append({**data, "batch": arch.batch})
     return points
 
 
@@ -268,9 +272,9 @@ def _phi_bytes(arch: Architecture) -> int:
 
 def design(n: int, *, dtype: str, seed: int = 0, limits: SweepLimits = SweepLimits(),
            first_kernel: bool = False, pool_points: int = 0) -> list[Architecture]:
-    """`n` sweep architectures in `dtype`, reproducible from `seed`, all within `limits`; the
-    last `pool_points` of them are pooling points (_pool_points), fewer if the limits leave
-    none (those are drawn as the others).
+    """`n` sweep architectures in `dtype`, reproducible from `seed`, all within `limits`,
+    named sweep-0 ... sweep-(n-1); the last `pool_points` (0 .. n) of them are pooling points
+    (_pool_points), fewer when the limits leave none (the others are drawn as without them).
 
     With `first_kernel` the first conv layer's kernel is drawn as the second's (with "same"
     padding), else it is 1x1. The torch backend needs it: PyTorch runs layer 1's convolution
@@ -285,7 +289,9 @@ def design(n: int, *, dtype: str, seed: int = 0, limits: SweepLimits = SweepLimi
     rng = np.random.default_rng(seed)
     itemsize = np.dtype(dtype).itemsize
     large_fits = limits.max_elements * itemsize >= 2 * LARGE_PHI_BYTES
-    pooling = _pool_points(pool_points, dtype, seed, limits, n - pool_points) if pool_points else []
+    if not 0 <= pool_points <= n:
+        raise ValueError(f"pool_points {pool_points} is not within 0 .. n = {n}")
+    pooling = _pool_points(pool_points, dtype, seed, limits) if pool_points else []
     points: list[Architecture] = []
     while len(points) < n - len(pooling):
         i = len(points)
@@ -320,4 +326,7 @@ def design(n: int, *, dtype: str, seed: int = 0, limits: SweepLimits = SweepLimi
             arch = arch.with_batch(2)
         if _within(arch, limits) and (not large or size(arch) >= threshold):
             points.append(arch)
-    return points + pooling
+    for data in pooling:
+        i = len(points)
+        points.append(parse_arch({**data, "name": f"sweep-{i}", "loss": ("mse", "softmax_ce")[i % 2]}))
+    return points

@@ -45,6 +45,11 @@ def test_pooling_points_leave_the_drawn_points_as_they_were():
         assert {str(r.model).partition(":")[2].split("+")[-1] for r in rows if r.ops[0] in ("pool", "pool_grad")} \
             == {"threaded"}, arch.name
     assert len(design(12, dtype="float32", seed=1, limits=TINY, pool_points=3)) == 12  # too small to pool: drawn
+    names = [a.name for a in pooled]
+    assert names == [f"sweep-{i}" for i in range(30)]
+    for bad in (-1, 31):
+        with pytest.raises(ValueError, match="pool_points"):
+            design(30, dtype="float32", seed=1, pool_points=bad)
 
 
 def test_the_strided_threaded_poolings_have_samples_for_their_coefficients():

@@ -80,12 +80,12 @@ def test_profile_show_prints_the_step_interval_predict_quotes():
     data = profile_data()
     data["entries"][0].update(step_interval=[0.7, 1.2], step_networks=96)
     plain = render_profile(Profile.model_validate(data))
-    assert "step interval (90 %, measured/predicted): x0.70 to x1.20 (96 calibration networks)" in plain
+    assert "step interval (90 %, measured/predicted): x0.7 to x1.2 (96 calibration networks)" in plain
     data["entries"][0]["step_intervals_by_size"] = [
         {"below_seconds": 4e-3, "interval": [0.6, 1.3], "networks": 48},
         {"below_seconds": None, "interval": [0.9, 1.1], "networks": 48}]
     by_size = render_profile(Profile.model_validate(data))
-    assert ("step interval (90 %, measured/predicted): x0.60 to x1.30 for steps predicted below 4.000 ms "
-            "(48 calibration networks), x0.90 to x1.10 from it (48)") in by_size
+    assert ("step interval (90 %, measured/predicted): x0.6 to x1.3 for steps predicted below 4.000 ms "
+            "(48 calibration networks), x0.9 to x1.1 from it (48)") in by_size
     data["entries"][0].update(step_interval=None, step_networks=None, step_intervals_by_size=[])
     assert "step interval" not in render_profile(Profile.model_validate(data))

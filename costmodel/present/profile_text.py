@@ -163,17 +163,20 @@ def _step_interval_note(entry: Entry) -> str:
     """The 90 % interval of a whole step (measured/predicted) predict quotes with this entry:
     one for every step, or one per size class; '' for a profile made before step intervals."""
     def factors(interval) -> str:
-        return f"x{interval[0]:.2f} to x{interval[1]:.2f}"
+        return f"x{interval[0]:.3g} to x{interval[1]:.3g}"
+
+    def networks(n: int) -> str:
+        return f"{n} calibration network{'s' if n != 1 else ''}"
 
     if entry.step_intervals_by_size:
         small, large = entry.step_intervals_by_size
         edge = fmt_seconds(small.below_seconds)
         return (f"step interval (90 %, measured/predicted): {factors(small.interval)} for steps predicted below {edge} "
-                f"({small.networks} calibration networks), {factors(large.interval)} from it ({large.networks})")
+                f"({networks(small.networks)}), {factors(large.interval)} from it ({large.networks})")
     if entry.step_interval is None:
         return ""
-    networks = f" ({entry.step_networks} calibration networks)" if entry.step_networks else ""
-    return f"step interval (90 %, measured/predicted): {factors(entry.step_interval)}{networks}"
+    count = f" ({networks(entry.step_networks)})" if entry.step_networks else ""
+    return f"step interval (90 %, measured/predicted): {factors(entry.step_interval)}{count}"
 
 
 def _entry_notes(entry: Entry) -> list[str]:
