@@ -117,7 +117,7 @@ def fit_entry(archs, samples, impl: str, threads: int, machine: Machine, backend
     cv = np.empty(len(t))
     for key in sorted(by_key):
         sel = np.array(by_key[key])
-        features = be.features(key)
+        features = be.features(key, impl)
         X = design_matrix([rows[i] for i in sel], machine, features)
         ceiling = None if ceilings is None else ceiling_of(str(key), backend=backend, impl=impl, threads=threads,
                                                            peaks=peaks, dtype=archs[0].dtype, levels=levels)

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from costmodel.model.sizes import window_count
+
 
 # -- index arrays (index implementation) --------------------------------------------------
 
@@ -80,12 +82,6 @@ def pool_inverse_count(a_conv: int, b_conv: int, P: int, t: int, a_next: int, b_
     cover fewer)."""
     rows, cols = pool_valid(a_conv, P, t, a_next), pool_valid(b_conv, P, t, b_next)
     return (1.0 / (rows.sum(axis=0)[:, np.newaxis] * cols.sum(axis=0)[np.newaxis, :])).astype(dtype)
-
-
-def window_count(size: int, start: int, t: int, n: int) -> int:
-    """How many of the n windows (starting at 0, t, 2t, ...) have their offset `start` inside
-    `size` elements."""
-    return max(0, min(n, (size - start - 1) // t + 1))
 
 
 # -- index implementation ------------------------------------------------------------------

@@ -89,3 +89,11 @@ def test_profile_show_prints_the_step_interval_predict_quotes():
             "(48 calibration networks), x0.9 to x1.1 from it (48)") in by_size
     data["entries"][0].update(step_interval=None, step_networks=None, step_intervals_by_size=[])
     assert "step interval" not in render_profile(Profile.model_validate(data))
+
+
+def test_the_window_kernels_terms_read_as_facts():
+    from costmodel.machine.backends.numpy import WINDOW_FEATURES
+
+    facts = model_facts(OpModel.model_validate({**op_model(), "features": list(WINDOW_FEATURES),
+                                                "coef": [12e-6, 1 / 20e9, 0.0, 0.0, 8e-9, 2e-10]}))
+    assert facts[-2:] == ["8 ns per inner loop", "5 G elements/s"]

@@ -10,6 +10,8 @@ import pytest
 from costmodel.machine.profile import Probe, Profile, load_profile, save_profile
 from costmodel.machine.transfer import RULE, TransferError, probe_needs, transfer
 
+from costmodel.machine.backends.numpy import WINDOW_FEATURES
+
 from tests.test_profile import CEILINGS, FINGERPRINT
 
 FEATURES = ["calls", "flops", "bytes", "bytes_beyond_L2", "bytes_beyond_L3"]
@@ -56,7 +58,8 @@ def synthetic_profile(probe=None) -> Profile:
     ops = {"conv_matmul": model(ceiling={"threads": 2, "flops_per_second": 100e9,
                                          "bytes_per_second": {"L2": 120e9, "L3": 80e9, "memory": 40e9}}),
            "full_matmul": model(), "bias": model(), "phi": model()}
-    strided = {"conv_matmul:serial": model(), "conv_matmul:threaded": model(), "bias": model()}
+    strided = {"conv_matmul:serial": model(), "conv_matmul:threaded": model(), "bias": model(),
+               "pool_grad:overlap+threaded": model(WINDOW_FEATURES, [10e-6, 1 / 20e9, 1 / 40e9, 1 / 40e9, 8e-9, 1e-10])}
     torch_ops = {"phi+conv_matmul+bias": model(FEATURES + ["bytes_fresh", "flops_lane_waste"],
                                                COEF + [1 / 10e9, 1 / 50e9]),
                  "phi+conv_matmul+bias:depthwise": model(FEATURES + ["bytes_fresh", "flops_lane_waste", "gemm_calls"],
@@ -97,6 +100,13 @@ def test_other_ops_by_call_time_and_l1_throughput(moved):
     c = coef(moved, "index", "bias")
     assert c["calls"] == pytest.approx(COEF[0] * 2)  # np.add of one element: 2x
     assert c["flops"] == pytest.approx(COEF[1] * 2)  # bandwidth in L1: 2x
+
+
+def test_window_kernels_inner_loops_by_call_time_and_elements_by_l1_throughput(moved):
+    c = coef(moved, "strided", "pool_grad:overlap+threaded")
+    assert c["inner_loops"] == pytest.approx(8e-9 * 2)  # a ufunc's start of an inner loop: as a call, 2x
+    assert c["elements"] == pytest.approx(1e-10 * 2)  # elementwise throughput: L1, 2x
+    assert c["calls"] == pytest.approx(10e-6 * 2)
 
 
 def test_byte_terms_through_the_effective_cost_of_each_level(moved):

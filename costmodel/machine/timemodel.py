@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 #: the features every backend's models use
 FEATURES = ("calls", "flops", "bytes", "bytes_beyond_L2", "bytes_beyond_L3")
 #: features a backend adds from its rows' `basis` (0 where a row has none)
-ROW_FEATURES = ("bytes_fresh", "flops_lane_waste", "gemm_calls")
+ROW_FEATURES = ("bytes_fresh", "flops_lane_waste", "gemm_calls", "inner_loops", "elements")
 ALL_FEATURES = FEATURES + ROW_FEATURES
 
 #: features whose coefficient (seconds per unit) reads as a rate: feature -> (rate, unit);
@@ -99,6 +99,10 @@ def fact(feature: str, coef: float) -> str:
         return f"{fmt_seconds(coef)} per call"
     if feature == "gemm_calls":
         return f"{fmt_seconds(coef)} per image and group"
+    if feature == "inner_loops":
+        return f"{coef * 1e9:.3g} ns per inner loop"
+    if feature == "elements":
+        return f"{human(1 / coef)} elements/s" if coef > 0 else "no cost per element"
     quantity, _, qualifier = feature.partition("_")
     if quantity in RATE_FEATURES:
         rate, unit = RATE_FEATURES[quantity]

@@ -11,8 +11,8 @@ machine's), measured on the same shape:
 | `flops` of a matrix product (conv_*) | product rate, shape class ``conv`` (tall-skinny), same dtype and threads |
 | `flops` of a matrix product (full_*) | product rate, shape class ``square`` |
 | `calls` of a matrix product, `gemm_calls` (torch) | product rate, shape class ``small`` (a small product is mostly its call) |
-| `flops` of any other op | bandwidth in L1 (np.add in L1 is an elementwise kernel's throughput) |
-| `calls` of any other op | time of one call of a tiny op (np.add; torch.add for the torch backend) |
+| `flops` of any other op, `elements` (the strided poolings' window kernels) | bandwidth in L1 (np.add in L1 is an elementwise kernel's throughput) |
+| `calls` of any other op, `inner_loops` (the strided poolings' window kernels) | time of one call of a tiny op (np.add; torch.add for the torch backend): an inner loop's start is a ufunc's per-row overhead |
 | `bytes`, `bytes_beyond_L2`, `bytes_beyond_L3` | bandwidth of each level, applied to the effective cost per byte of the level (below) |
 | `bytes_fresh` (torch) | bandwidth of memory (fresh pages are zeroed at memory speed) |
 | every term of PyTorch's "other" | torch's call time (framework overhead) |
@@ -150,9 +150,9 @@ def time_factor(ratios: _Ratios, entry: Entry, key: str, feature: str) -> tuple[
     shape = product_shape(key, feature)
     if shape is not None:
         return ratios.product(backend, entry.dtype, 1 if _serial(key) else entry.threads, shape)
-    if feature in ("flops", "flops_lane_waste"):
+    if feature in ("flops", "flops_lane_waste", "elements"):
         return ratios.level("L1")
-    if feature == "calls":
+    if feature in ("calls", "inner_loops"):
         return ratios.call(backend)
     if feature == "bytes_fresh":
         return ratios.level("memory")

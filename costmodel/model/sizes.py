@@ -122,6 +122,12 @@ def _pooled(size: int, pool: int, stride: int, ceil: bool) -> int:
     return out - 1 if (out - 1) * stride >= size else out
 
 
+def window_count(size: int, start: int, t: int, n: int) -> int:
+    """How many of the n pooling windows (starting at 0, t, 2t, ...) have their offset `start`
+    inside `size` elements (ceil mode's last windows hang over the border)."""
+    return max(0, min(n, (size - start - 1) // t + 1))
+
+
 def _conv_sizes(layer: ConvLayer, m: int, a: int, b: int, d: int, inputs: tuple[int, ...],
                 where: str) -> LayerSizes:
     h, s, g, pool = layer.kernel, layer.stride, layer.groups, layer.pool

@@ -79,7 +79,9 @@ class Backend(Protocol):
 
     def rows(self, arch: "Architecture", impl: str, threads: int, machine: "Machine") -> list[Row]: ...
 
-    def features(self, model: ModelKey) -> tuple[str, ...]: ...
+    def features(self, model: ModelKey, impl: str = "") -> tuple[str, ...]:
+        """The features of `model`'s fit in implementation `impl` (timemodel.ALL_FEATURES)."""
+        ...
 
     def legacy_key(self, model: ModelKey) -> ModelKey | None:
         """The key an older profile has for `model`, when the model was split off one, else None."""

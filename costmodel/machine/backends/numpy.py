@@ -15,11 +15,13 @@ from typing import TYPE_CHECKING
 from costmodel.machine.backends.base import ModelKey, Row, register
 from costmodel.machine.timemodel import FEATURES
 from costmodel.model.ops import MATMUL
+from costmodel.model.sizes import window_count
 
 if TYPE_CHECKING:
     from costmodel.machine.timemodel import Machine
     from costmodel.model.arch import Architecture
     from costmodel.model.costs import OpSpec
+    from costmodel.model.sizes import LayerSizes
     from costmodel.model.step import StepCosts
 
 #: in a threaded step, an op moving at least SPLIT_BYTES, or a product of at least SPLIT_FLOPS,
@@ -78,6 +80,75 @@ def kernel_variant(op: str, spec: "OpSpec") -> tuple[str, ...]:
     return ()
 
 
+#: the ops whose strided kernels loop over the window offsets (calib.windows)
+WINDOW_OPS = ("pool", "pool_grad")
+#: the features of the strided implementation's pooling models in its threaded regime: the
+#: inner loops and the elements of its window kernels (window_loops) in place of FLOPs. In one
+#: calibration (2026-12-01) they took the cross-validated errors of the threaded pooling
+#: gradients from 0.19-0.46 to 0.12-0.19 and AlexNet's first pooling gradient from 13.3 ms
+#: predicted to 19.7 ms (measured 22-24 ms), its first pooling from 12.7 to 16.5 ms (28 ms); in
+#: the calling thread (small poolings, where the call dominates) they did no better than
+#: FEATURES: 0.23-0.59 either way
+WINDOW_FEATURES = ("calls", "bytes", "bytes_beyond_L2", "bytes_beyond_L3", "inner_loops", "elements")
+
+
+def window_loops(op: str, sz: "LayerSizes", batch: int, avg: bool) -> tuple[int, int]:
+    """(inner loops, elements) of the strided implementation's kernel of a pooling (`op`
+    "pool") or its gradient ("pool_grad") of layer sizes `sz` and batch I: calib.windows's
+    pool_strided, pool_grad_strided, avg_pool_strided and avg_pool_grad_strided, one ufunc
+    call after another.
+
+    A ufunc call over an (d', I, r, c) operand runs one inner loop per row its iterator
+    cannot merge (NumPy coalesces dimensions whose strides line up): d' I r for a window
+    offset's strided view of A or dA (rows t b apart), d' I r for a slice [:r, :c] of a
+    (d', I, a', b') buffer with c < b', d' I with r < a' alone, 1 for a whole buffer. Each
+    call touches d' I r c elements. Per offset (u, v) of the P x P window, r and c are the
+    windows the offset lies in (costmodel.model.sizes.window_count). Max pooling: a copy of
+    offset (0, 0), then per other offset 2 calls on the view (greater, maximum) and 3 on
+    slices (the position's update). Its gradient: per offset 1 on a slice (equal) and 1 on
+    the view (multiply), with overlap 2 on slices and 1 on the view (an add), after zeroing dA.
+    Average pooling: a copy or an add on the view per offset, then a multiply; its gradient:
+    a multiply, then a copy or an add on the view per offset.
+
+    Measured (2026-12-01, 36 threaded poolings of 2-36 MB): 0.1-1.4 ns per contract byte;
+    a 3x3/2 max pooling of a 10 x 10 input at I = 512 cost 1.36 ns/B, of 53 x 53 at I = 15
+    0.23 ns/B. The loops tell them apart (about 7-10 ns each)."""
+    P, t = sz.pool, sz.pool_stride
+    a, b, a_next, b_next = sz.a_conv, sz.b_conv, sz.a_next, sz.b_next
+    outer = sz.d_next * batch
+    out = outer * a_next * b_next
+    overlap = t < P
+    loops = elements = 0
+
+    def calls(view: int, sliced: int, r: int, c: int) -> None:
+        nonlocal loops, elements
+        rows = outer * r if c < b_next else outer if r < a_next else 1
+        loops += view * outer * r + sliced * rows
+        elements += (view + sliced) * outer * r * c
+
+    # the calls on whole buffers: one loop each
+    if op == "pool":
+        calls(1, 0, a_next, b_next)  # offset (0, 0) copied into Z^{m+1}
+        whole = [out] if avg else [out, out]  # the multiply by 1/count; or the positions' zeroing and copy
+    else:
+        whole = [out] if avg else []  # dZ^{m+1} times 1/count
+        if overlap or t > P:
+            whole.append(outer * a * b)  # dA zeroed (else only the rows and columns the pooling crops)
+    loops, elements = loops + len(whole), elements + sum(whole)
+    for k in range(1 if op == "pool" else 0, P * P):
+        u, v = divmod(k, P)
+        r, c = window_count(a, u, t, a_next), window_count(b, v, t, b_next)
+        if not (r and c):
+            continue
+        if avg:
+            calls(1, 0, r, c)
+        elif op == "pool":
+            calls(2, 3, r, c)
+        else:
+            calls(1, 2 if overlap else 1, r, c)
+    return loops, elements
+
+
 def model_key(op: str, loss: str, how: str = "", variant: tuple[str, ...] = ()) -> ModelKey:
     """The op kind a model is fitted for: the op; for the loss ops also the loss (mse and
     softmax_ce run different kernels under the same op name); its kernel's variant
@@ -97,10 +168,14 @@ class NumpyBackend:
         for i, (ref, spec) in enumerate(zip(costs.ops, costs.specs)):
             flops, nbytes = int(costs.flops[i]), int(costs.bytes[i])
             how = regime(ref.kind, flops, nbytes, threaded, ref.op, spec.grouped)
+            basis = {}
+            if costs.impl == "strided" and ref.op in WINDOW_OPS:
+                loops, elements = window_loops(ref.op, ref.sizes, costs.arch.batch, spec.pool_type == "avg")
+                basis = {"inner_loops": loops, "elements": elements}
             rows.append(Row(ref.layer, ref.layer_type, (ref.op,), ref.phase, ref.kind, flops,
                             int(costs.bytes_read[i]), int(costs.bytes_written[i]), int(costs.memory_kept[i]),
                             model_key(ref.op, loss, how, kernel_variant(ref.op, spec)),
-                            ref.record.text, ref.record.mathtext, how=ref.record.how_for(spec)))
+                            ref.record.text, ref.record.mathtext, how=ref.record.how_for(spec), basis=basis))
         return rows
 
     def rows(self, arch: "Architecture", impl: str, threads: int, machine: "Machine") -> list[Row]:
@@ -108,8 +183,10 @@ class NumpyBackend:
 
         return self.rows_of(step_costs(arch, impl), threads)
 
-    def features(self, model: ModelKey) -> tuple[str, ...]:
-        return FEATURES
+    def features(self, model: ModelKey, impl: str = "") -> tuple[str, ...]:
+        """FEATURES; WINDOW_FEATURES for the strided implementation's threaded poolings."""
+        windowed = impl == "strided" and model.ops[0] in WINDOW_OPS and "threaded" in model.variant
+        return WINDOW_FEATURES if windowed else FEATURES
 
     def legacy_key(self, model: ModelKey) -> ModelKey | None:
         return None

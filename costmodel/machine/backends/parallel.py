@@ -224,8 +224,8 @@ class DataParallelBackend:
         worker = arch.with_batch(worker_batch(arch.batch, self.workers))
         return self.inner.rows(worker, impl, threads, machine) + self.communication_rows(arch)
 
-    def features(self, model: ModelKey) -> tuple[str, ...]:
-        return RING_FEATURES if model == ALLREDUCE_MODEL else self.inner.features(model)
+    def features(self, model: ModelKey, impl: str = "") -> tuple[str, ...]:
+        return RING_FEATURES if model == ALLREDUCE_MODEL else self.inner.features(model, impl)
 
     def calibration_hint(self, dtype: str, impl: str, threads: int) -> str:
         return self.inner.calibration_hint(dtype, impl, threads)

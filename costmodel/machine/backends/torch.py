@@ -321,7 +321,7 @@ class TorchBackend:
 
         return self.rows_of(step_costs(arch, BYTES_IMPL), simd_lanes(machine.cpu_flags, arch.itemsize))
 
-    def features(self, model: ModelKey) -> tuple[str, ...]:
+    def features(self, model: ModelKey, impl: str = "") -> tuple[str, ...]:
         if "grouped" in model.variant or "depthwise" in model.variant:
             return GROUPED_FEATURES
         if "conv_matmul" in model.ops or "conv_grad_W" in model.ops:
