@@ -283,3 +283,18 @@ def test_explain_command_without_the_threads_in_the_profile_is_one_line(tmp_path
     assert result.exit_code == 2  # a profile error: exit 2 (issue 12)
     errors = [line for line in result.stderr.splitlines() if not line.startswith("costmodel: warning:")]
     assert len(errors) == 1 and "no entry for float32, impl index, 3 threads" in errors[0]
+
+
+def test_an_op_whose_time_is_its_inner_loops_says_so():
+    """A strided pooling whose model puts most of its time in starting inner loops (the
+    threaded window kernels' term) is implementation-bound by them."""
+    from costmodel.present.explain_text import _op_sentence
+
+    op = {"layer": 1, "layer_type": "conv", "op": "pool_grad", "phase": "backward", "kind": "index manipulation",
+          "seconds": 0.02, "fraction": 0.15, "flops": 0, "bytes": 3.4e7, "name": "(P_pool^1)^T dZ^2",
+          "intensity": 0.0, "machine_balance": 10.0, "roof": "memory", "bound": "implementation", "peak": 2e11,
+          "bandwidth": 3e10, "ceiling_working_set_bytes": 64 << 20, "flop_rate": 0.0, "byte_rate": 1.7e9,
+          "compute_share": 0.0, "memory_share": 0.057, "roof_seconds": 1.1e-3, "call_share": 0.01, "loop_share": 0.7}
+    sentence = _op_sentence(op)
+    assert "implementation-bound: starting its inner loops is 70.0 % of its time" in sentence
+    assert "per-call overhead" not in _op_sentence({**op, "loop_share": 0.2, "how": "a masked product"})
