@@ -223,7 +223,7 @@ def pool_strided(A: np.ndarray, Znext: np.ndarray, pos: np.ndarray, gt: np.ndarr
     a_next, b_next = Znext.shape[2:]
     gt_int = gt.view(np.uint8)
     np.copyto(Znext, _offset(A, 0, 0, t, a_next, b_next))
-    pos_small.fill(0)
+    np.copyto(pos_small, 0)
     for k in range(1, P * P):
         u, v = divmod(k, P)
         ra, cb = window_count(a_conv, u, t, a_next), window_count(b_conv, v, t, b_next)
@@ -248,10 +248,10 @@ def _grad_offsets(dA: np.ndarray, dZnext: np.ndarray, P: int, t: int,
     a_conv, b_conv = dA.shape[2:]
     a_next, b_next = dZnext.shape[2:]
     if zero_all or t > P:
-        dA.fill(0)
+        np.copyto(dA, 0)
     else:  # t == P: zero what the windows do not cover
-        dA[:, :, min(a_conv, a_next * P):, :] = 0
-        dA[:, :, :, min(b_conv, b_next * P):] = 0
+        np.copyto(dA[:, :, min(a_conv, a_next * P):, :], 0)
+        np.copyto(dA[:, :, :, min(b_conv, b_next * P):], 0)
     offsets = []
     for k in range(P * P):
         u, v = divmod(k, P)

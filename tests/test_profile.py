@@ -300,6 +300,7 @@ def test_fact():
     assert prof.fact("calls", 2e-3) == "2.000 ms per call"
     assert prof.fact("gemm_calls", 5e-7) == "0.5 us per image and group"
     assert prof.fact("elements", 2e-10) == "5 G elements/s"
+    assert prof.fact("elements", 1.57e-23) == "no cost per element"  # not 6.4e+10 T elements/s
     assert prof.fact("inner_loops", 8e-9) == "8 ns per inner loop"
     assert prof.fact("messages", 1e-9) == "messages: 1e-09 s each"
 

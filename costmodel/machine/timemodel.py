@@ -102,7 +102,8 @@ def fact(feature: str, coef: float) -> str:
     if feature == "inner_loops":
         return f"{coef * 1e9:.3g} ns per inner loop"
     if feature == "elements":
-        return f"{human(1 / coef)} elements/s" if coef > 0 else "no cost per element"
+        # a fit that leaves the term near 0 reads as none, not as a rate no core has
+        return f"{human(1 / coef)} elements/s" if coef > 1e-15 else "no cost per element"
     quantity, _, qualifier = feature.partition("_")
     if quantity in RATE_FEATURES:
         rate, unit = RATE_FEATURES[quantity]

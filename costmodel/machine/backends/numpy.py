@@ -92,60 +92,105 @@ WINDOW_OPS = ("pool", "pool_grad")
 WINDOW_FEATURES = ("calls", "bytes", "bytes_beyond_L2", "bytes_beyond_L3", "inner_loops", "elements")
 
 
-def window_loops(op: str, sz: "LayerSizes", batch: int, avg: bool) -> tuple[int, int]:
+def inner_loops(shape: tuple[int, ...], *strides: tuple[int, ...]) -> int:
+    """The inner loops of one ufunc call over operands of `shape` (C order) with these
+    `strides` (in elements; 0 where an operand is broadcast), as NumPy's iterator runs them
+    unbuffered: size-1 dimensions dropped, each dimension merged with the next where every
+    operand's strides line up, one loop per element of the dimensions left outside the
+    innermost. 0 for an empty call."""
+    if 0 in shape:
+        return 0
+    dims = [(n, [s[i] for s in strides]) for i, n in enumerate(shape) if n > 1]
+    merged: list[tuple[int, list[int]]] = []
+    for n, st in dims:
+        if merged and all(outer == n * inner for outer, inner in zip(merged[-1][1], st)):
+            merged[-1] = (merged[-1][0] * n, st)
+        else:
+            merged.append((n, st))
+    loops = 1
+    for n, _ in merged[:-1]:
+        loops *= n
+    return loops
+
+
+def window_loops(op: str, sz: "LayerSizes", batch: int, avg: bool, partial: bool = False) -> tuple[int, int]:
     """(inner loops, elements) of the strided implementation's kernel of a pooling (`op`
     "pool") or its gradient ("pool_grad") of layer sizes `sz` and batch I: calib.windows's
-    pool_strided, pool_grad_strided, avg_pool_strided and avg_pool_grad_strided, one ufunc
-    call after another.
+    pool_strided, pool_grad_strided, avg_pool_strided and avg_pool_grad_strided, one NumPy
+    call after another, each call's inner loops as NumPy's iterator runs them (inner_loops);
+    `partial`: an average pooling in ceil mode whose last windows cover fewer elements
+    multiplies by a (a', b') array of 1/count, broadcast over d' and I.
 
-    A ufunc call over an (d', I, r, c) operand runs one inner loop per row its iterator
-    cannot merge (NumPy coalesces dimensions whose strides line up): d' I r for a window
-    offset's strided view of A or dA (rows t b apart), d' I r for a slice [:r, :c] of a
-    (d', I, a', b') buffer with c < b', d' I with r < a' alone, 1 for a whole buffer. Each
-    call touches d' I r c elements. Per offset (u, v) of the P x P window, r and c are the
-    windows the offset lies in (costmodel.model.sizes.window_count). Max pooling: a copy of
-    offset (0, 0), then per other offset 2 calls on the view (greater, maximum) and 3 on
-    slices (the position's update). Its gradient: per offset 1 on a slice (equal) and 1 on
-    the view (multiply), with overlap 2 on slices and 1 on the view (an add), after zeroing dA.
-    Average pooling: a copy or an add on the view per offset, then a multiply; its gradient:
-    a multiply, then a copy or an add on the view per offset.
+    The arrays are (d', I, a, b) for A and dA and (d', I, a', b') for Z^{m+1}, dZ^{m+1} and the
+    positions. Per offset (u, v) of the P x P window, r x c windows contain it
+    (costmodel.model.sizes.window_count): the kernels read or write A or dA through a strided
+    view of the offset (rows t b apart, columns t apart) and the other arrays through their
+    [:r, :c] slice. Max pooling: offset (0, 0) copied, the positions zeroed, then per other
+    offset greater and maximum (view and slices) and the positions' update (three calls on
+    slices), then the positions copied. Its gradient: dA zeroed (only the rows and columns the
+    windows crop when t == P without overlap), then per offset an equal on the slices and a
+    multiply into the view, or with overlap a multiply into a slice and an add into the view.
+    Average pooling: a copy, then an add per offset on the view, then a multiply by 1/count;
+    its gradient: the multiply first, then dA zeroed as above, then a copy or (overlap) an add
+    per offset into the view.
 
-    Measured (2026-12-01, 36 threaded poolings of 2-36 MB): 0.1-1.4 ns per contract byte;
-    a 3x3/2 max pooling of a 10 x 10 input at I = 512 cost 1.36 ns/B, of 53 x 53 at I = 15
-    0.23 ns/B. The loops tell them apart (about 7-10 ns each)."""
+    A proxy where a call is buffered (a bool mask times floats): NumPy's buffered iterator
+    runs fewer, longer loops there. Measured (2026-12-01, 36 threaded poolings of 2-36 MB):
+    0.1-1.4 ns per contract byte; a 3x3/2 max pooling of a 10 x 10 input at I = 512 cost
+    1.36 ns/B, of 53 x 53 at I = 15 0.23 ns/B. The loops tell them apart (about 7-10 ns each)."""
     P, t = sz.pool, sz.pool_stride
-    a, b, a_next, b_next = sz.a_conv, sz.b_conv, sz.a_next, sz.b_next
-    outer = sz.d_next * batch
-    out = outer * a_next * b_next
+    a, b, an, bn, d = sz.a_conv, sz.b_conv, sz.a_next, sz.b_next, sz.d_next
     overlap = t < P
+    full_a = (d, batch, a, b), (batch * a * b, a * b, b, 1)  # A or dA, whole
+    full_n = (batch * an * bn, an * bn, bn, 1)  # strides of a (d', I, a', b') buffer
+    offset = (batch * a * b, a * b, t * b, t)  # strides of an offset's view of A or dA
     loops = elements = 0
 
-    def calls(view: int, sliced: int, r: int, c: int) -> None:
+    def call(shape: tuple[int, ...], *strides: tuple[int, ...]) -> None:
         nonlocal loops, elements
-        rows = outer * r if c < b_next else outer if r < a_next else 1
-        loops += view * outer * r + sliced * rows
-        elements += (view + sliced) * outer * r * c
+        loops += inner_loops(shape, *strides)
+        elements += shape[0] * shape[1] * shape[2] * shape[3]
 
-    # the calls on whole buffers: one loop each
+    scale = (0, 0, bn, 1) if partial else (0, 0, 0, 0)  # 1/count: an (a', b') array or a number
+    whole_n = (d, batch, an, bn)
     if op == "pool":
-        calls(1, 0, a_next, b_next)  # offset (0, 0) copied into Z^{m+1}
-        whole = [out] if avg else [out, out]  # the multiply by 1/count; or the positions' zeroing and copy
+        call(whole_n, full_n, offset)  # offset (0, 0) copied into Z^{m+1}
+        if not avg:
+            call(whole_n, full_n)  # the positions zeroed
     else:
-        whole = [out] if avg else []  # dZ^{m+1} times 1/count
+        if avg:
+            call(whole_n, full_n, full_n, scale)  # dZ^{m+1} times 1/count
         if overlap or t > P:
-            whole.append(outer * a * b)  # dA zeroed (else only the rows and columns the pooling crops)
-    loops, elements = loops + len(whole), elements + sum(whole)
+            call(*full_a)  # dA zeroed
+        else:  # only the rows and columns the windows crop
+            call((d, batch, max(a - an * P, 0), b), full_a[1])
+            call((d, batch, a, max(b - bn * P, 0)), full_a[1])
     for k in range(1 if op == "pool" else 0, P * P):
         u, v = divmod(k, P)
-        r, c = window_count(a, u, t, a_next), window_count(b, v, t, b_next)
+        r, c = window_count(a, u, t, an), window_count(b, v, t, bn)
         if not (r and c):
             continue
-        if avg:
-            calls(1, 0, r, c)
+        shape = (d, batch, r, c)
+        if op == "pool" and avg:
+            call(shape, full_n, full_n, offset)  # add
         elif op == "pool":
-            calls(2, 3, r, c)
+            call(shape, offset, full_n, full_n)  # greater
+            call(shape, full_n, offset, full_n)  # maximum
+            for _ in range(3):  # subtract, multiply, add on the positions
+                call(shape, full_n, full_n, full_n)
+        elif avg:
+            call(shape, offset, full_n, *((offset,) if overlap else ()))  # add, or copy
         else:
-            calls(1, 2 if overlap else 1, r, c)
+            call(shape, full_n, full_n)  # equal
+            if overlap:
+                call(shape, full_n, full_n, full_n)  # multiply into the share
+                call(shape, offset, full_n, offset)  # add into dA
+            else:
+                call(shape, full_n, full_n, offset)  # multiply into dA
+    if op == "pool" and avg:
+        call(whole_n, full_n, scale, full_n)  # Z^{m+1} times 1/count
+    elif op == "pool":
+        call(whole_n, full_n, full_n)  # the positions copied
     return loops, elements
 
 
@@ -170,7 +215,8 @@ class NumpyBackend:
             how = regime(ref.kind, flops, nbytes, threaded, ref.op, spec.grouped)
             basis = {}
             if costs.impl == "strided" and ref.op in WINDOW_OPS:
-                loops, elements = window_loops(ref.op, ref.sizes, costs.arch.batch, spec.pool_type == "avg")
+                loops, elements = window_loops(ref.op, ref.sizes, costs.arch.batch, spec.pool_type == "avg",
+                                               spec.pool_partial)
                 basis = {"inner_loops": loops, "elements": elements}
             rows.append(Row(ref.layer, ref.layer_type, (ref.op,), ref.phase, ref.kind, flops,
                             int(costs.bytes_read[i]), int(costs.bytes_written[i]), int(costs.memory_kept[i]),
