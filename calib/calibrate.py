@@ -48,14 +48,14 @@ class Plan:
 
     def sweep(self, dtype: str) -> list[Architecture]:
         """The sweep's networks in `dtype` (calib.design.design). With the strided
-        implementation, points // 8 of them are pooling points (12 of 96): it shares a pooling
+        implementation, points // 6 of them are pooling points (16 of 96): it shares a pooling
         among its threads only from SPLIT_BYTES on, which the drawn points reached 3-8 times per
         pooling variant in a 96-network sweep; the threaded overlapping pooling's gradient,
         fitted on 3 samples, predicted AlexNet's first one (34 MB) at 3.2 ms against 21 ms
         measured (2026-12-01). The index implementation and PyTorch have no such regime."""
         return design(self.points, dtype=dtype, seed=self.seed, limits=self.limits,
                       first_kernel=self.backend == "torch",
-                      pool_points=self.points // 8 if "strided" in self.impls else 0)
+                      pool_points=self.points // 6 if "strided" in self.impls else 0)
 
     @classmethod
     def make(cls, *, quick: bool, dtypes: Iterable[str] | None, impls: Iterable[str] | None,

@@ -16,8 +16,8 @@ projection shortcut, global average pooling, the output layer). The shapes are d
 other points, so the ops of the course's vocabulary keep their coverage.
 
 The sweep of a calibration of the strided implementation ends with pooling points
-(`_pool_points`, calib.calibrate.Plan.sweep): networks whose pooling moves at least SPLIT_BYTES,
-taking the four poolings of POOL_POINT_POOLINGS in turns, so that the strided implementation's threaded poolings are fitted on more
+(`_pool_points`, calib.calibrate.Plan.sweep): networks whose pooling moves at least SPLIT_BYTES (every third, less,
+in the calling thread), taking the four poolings of POOL_POINT_POOLINGS in turns, so that the strided implementation's threaded poolings are fitted on more
 than the few drawn points that reach it. They come from a generator of their own and take the
 sweep's last places, so the points before them are those of a sweep without them.
 
@@ -194,12 +194,20 @@ def _pool_point(rng: np.random.Generator, dtype: str, loss: str, name: str, k: i
 POOL_POINT_DRAWS = 200
 
 
+#: every third pooling point pools in the calling thread, S^m between these bytes (past a 256
+#: KiB L2, below SPLIT_BYTES with the positions and Z^{m+1}): LeNet-5's first pooling gradient
+#: (3 MB) was predicted at 2.0 ms against 0.48 ms measured by a model fitted on 5 samples, none
+#: of them between L2 and SPLIT_BYTES (2026-12-01)
+CALLING_THREAD_S = (384 << 10, SPLIT_BYTES // 5 * 2)
+
+
 def _pool_points(n: int, dtype: str, seed: int, limits: SweepLimits) -> list[dict]:
     """The data of up to `n` pooling points (_pool_point, named by design()), drawn from a
-    generator of their own so that the other points stay as drawn; each one's S^m (what its
-    pooling moves) log-uniform between 1.2 SPLIT_BYTES and the limit on arrays, its batch
-    chosen for it, redrawn when the network breaks `limits`. None when the limits allow no
-    array of 1.5 SPLIT_BYTES; fewer when POOL_POINT_DRAWS draws do not find one."""
+    generator of their own so that the other points stay as drawn; the batch of each makes its
+    S^m (what its pooling moves) log-uniform between 1.2 SPLIT_BYTES and the limit on arrays,
+    so that the strided implementation shares the pooling among its threads, or for every third
+    point within CALLING_THREAD_S; a draw that breaks `limits` is redrawn. None when the limits
+    allow no array of 1.5 SPLIT_BYTES; fewer when POOL_POINT_DRAWS draws do not find them."""
     rng = np.random.default_rng((seed, 1))
     itemsize = np.dtype(dtype).itemsize
     high = limits.max_elements * itemsize
@@ -211,9 +219,10 @@ def _pool_points(n: int, dtype: str, seed: int, limits: SweepLimits) -> list[dic
             break
         data = _pool_point(rng, dtype, "mse", "pool", len(points))
         arch = parse_arch(data)
-        target = math.exp(rng.uniform(math.log(1.2 * SPLIT_BYTES), math.log(high)))
+        low, top = CALLING_THREAD_S if len(points) % 3 == 2 else (1.2 * SPLIT_BYTES, high)
+        target = math.exp(rng.uniform(math.log(low), math.log(top)))
         arch = arch.with_batch(int(min(512, max(1, math.ceil(target / _s_bytes(arch))))))
-        if _within(arch, limits) and _s_bytes(arch) >= SPLIT_BYTES:
+        if _within(arch, limits) and low / 1.2 <= _s_bytes(arch) <= top:
             points.append({**data, "batch": arch.batch})
     return points
 

@@ -35,15 +35,16 @@ def test_sweep_design_is_reproducible_and_within_limits():
 
 def test_pooling_points_leave_the_drawn_points_as_they_were():
     """The pooling points take the last places of the sweep from a generator of their own:
-    the points before them are those of a sweep without them, and each one's pooling moves
-    at least SPLIT_BYTES, so the strided implementation shares it among its threads."""
+    the points before them are those of a sweep without them, and the strided implementation
+    shares each one's pooling among its threads, but every third one's, which runs in the
+    calling thread."""
     plain = design(30, dtype="float32", seed=1)
-    pooled = design(30, dtype="float32", seed=1, pool_points=4)
-    assert [a.model_dump() for a in pooled[:26]] == [a.model_dump() for a in plain[:26]]
-    for arch in pooled[26:]:
+    pooled = design(30, dtype="float32", seed=1, pool_points=6)
+    assert [a.model_dump() for a in pooled[:24]] == [a.model_dump() for a in plain[:24]]
+    for k, arch in enumerate(pooled[24:]):
         rows = backend("numpy").rows(arch, "strided", 2, Machine())
-        assert {str(r.model).partition(":")[2].split("+")[-1] for r in rows if r.ops[0] in ("pool", "pool_grad")} \
-            == {"threaded"}, arch.name
+        regimes = {str(r.model).partition(":")[2].split("+")[-1] for r in rows if r.ops[0] in ("pool", "pool_grad")}
+        assert regimes <= ({"", "avg", "overlap"} if k % 3 == 2 else {"threaded"}), (arch.name, regimes)
     assert len(design(12, dtype="float32", seed=1, limits=TINY, pool_points=3)) == 12  # too small to pool: drawn
     names = [a.name for a in pooled]
     assert names == [f"sweep-{i}" for i in range(30)]
