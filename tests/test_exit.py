@@ -77,7 +77,9 @@ def test_atexit_handlers_and_threads_run_before_the_process_ends():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert lines[-2:] == ["THREAD", "ATEXIT"]
+    # the thread joins before the atexit handlers run; whether it prints before the command's
+    # last line depends on how fast the machine prints it (a loaded one took over 0.2 s)
+    assert lines[-1] == "ATEXIT" and "THREAD" in lines[:-1], lines[-3:]
     assert "NOT REACHED" not in out.stdout
 
 
