@@ -16,10 +16,11 @@ projection shortcut, global average pooling, the output layer). The shapes are d
 other points, so the ops of the course's vocabulary keep their coverage.
 
 The sweep of a calibration of the strided implementation ends with pooling points
-(`_pool_points`, calib.calibrate.Plan.sweep): networks whose pooling moves at least SPLIT_BYTES (every third, less,
-in the calling thread), taking the four poolings of POOL_POINT_POOLINGS in turns, so that the strided implementation's threaded poolings are fitted on more
-than the few drawn points that reach it. They come from a generator of their own and take the
-sweep's last places, so the points before them are those of a sweep without them.
+(`_pool_points`, calib.calibrate.Plan.sweep): networks whose pooling moves at least
+SPLIT_BYTES (every third less, in the calling thread), taking the four poolings of
+POOL_POINT_POOLINGS in turns, so that the strided implementation's threaded poolings are fitted
+on more than the few drawn points that reach it. They come from a generator of their own and
+take the sweep's last places, so the points before them are those of a sweep without them.
 
 The shapes are drawn log-uniformly over the ranges real layers span (channels 1-512, kernels
 1-11, strides 1 and 2, spatial sizes 4-128, batches 1-512, full layers up to 4096 units), two
@@ -165,18 +166,26 @@ def _decorate(data: dict, k: int, rng: np.random.Generator) -> dict:
     return {**data, "layers": layers}
 
 
+def _batch_for(arch: Architecture, size, target: float) -> Architecture:
+    """`arch` at the batch (1-512) whose `size(arch)` (bytes, proportional to the batch) is
+    closest above `target`."""
+    per_instance = size(arch) / arch.batch
+    return arch.with_batch(int(min(512, max(1, math.ceil(target / per_instance)))))
+
+
 #: the poolings of the pooling points, in turns: (window, stride, type, ceil mode)
 POOL_POINT_POOLINGS = ((3, 2, "max", True), (2, 2, "avg", False), (2, 2, "max", False), (3, 2, "avg", True))
 
 
-def _pool_point(rng: np.random.Generator, dtype: str, loss: str, name: str, k: int) -> dict:
+def _pool_point(rng: np.random.Generator, dtype: str, k: int) -> dict:
     """The data of a network for a pooling point: a 1x1 convolution to d channels, a 3x3 one
     to d' channels with the k-th pooling of POOL_POINT_POOLINGS, a hidden and an output full
-    layer, at batch 1 (_pool_points sizes its batch by S^m)."""
+    layer, at batch 1 (_pool_points sizes its batch by S^m; design() names it and gives its
+    loss by its place, as the drawn points')."""
     window, stride, kind, ceil = POOL_POINT_POOLINGS[k % len(POOL_POINT_POOLINGS)]
     a = _log_uniform_int(rng, 8, 64)
     return {
-        "name": name, "dtype": dtype, "loss": loss,
+        "name": "pool", "dtype": dtype, "loss": "mse",
         "input": {"height": a, "width": a, "channels": int(rng.choice((1, 3)))},
         "batch": 1,
         "layers": [
@@ -217,11 +226,10 @@ def _pool_points(n: int, dtype: str, seed: int, limits: SweepLimits) -> list[dic
     for _ in range(POOL_POINT_DRAWS * n):
         if len(points) == n:
             break
-        data = _pool_point(rng, dtype, "mse", "pool", len(points))
-        arch = parse_arch(data)
+        data = _pool_point(rng, dtype, len(points))
         low, top = CALLING_THREAD_S if len(points) % 3 == 2 else (1.2 * SPLIT_BYTES, high)
         target = math.exp(rng.uniform(math.log(low), math.log(top)))
-        arch = arch.with_batch(int(min(512, max(1, math.ceil(target / _s_bytes(arch))))))
+        arch = _batch_for(parse_arch(data), _s_bytes, target)
         if _within(arch, limits) and low / 1.2 <= _s_bytes(arch) <= top:
             points.append({**data, "batch": arch.batch})
     return points
@@ -327,8 +335,7 @@ def design(n: int, *, dtype: str, seed: int = 0, limits: SweepLimits = SweepLimi
         if large and arch.n_conv:
             # choose I so that phi(pad(Z)) (or S) lands between the threshold and the limit
             target = math.exp(rng.uniform(math.log(threshold), math.log(limits.max_elements * itemsize)))
-            per_instance = size(arch) / arch.batch
-            arch = arch.with_batch(int(min(512, max(1, math.ceil(target / per_instance)))))
+            arch = _batch_for(arch, size, target)
         if arch.batch == 1 and any(sz.batch_norm for sz in arch.sizes()):
             # batch norm of a full layer over one instance normalizes a single value, which
             # PyTorch refuses in training mode

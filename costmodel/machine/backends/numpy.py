@@ -83,12 +83,12 @@ def kernel_variant(op: str, spec: "OpSpec") -> tuple[str, ...]:
 #: the ops whose strided kernels loop over the window offsets (calib.windows)
 WINDOW_OPS = ("pool", "pool_grad")
 #: the features of the strided implementation's pooling models in its threaded regime: the
-#: inner loops and the elements of its window kernels (window_loops) in place of FLOPs. In one
-#: calibration (2026-12-01) they took the cross-validated errors of the threaded pooling
-#: gradients from 0.19-0.46 to 0.12-0.19 and AlexNet's first pooling gradient from 13.3 ms
-#: predicted to 19.7 ms (measured 22-24 ms), its first pooling from 12.7 to 16.5 ms (28 ms); in
-#: the calling thread (small poolings, where the call dominates) they did no better than
-#: FEATURES: 0.23-0.59 either way
+#: inner loops and the elements of its window kernels (window_loops) in place of FLOPs. Over
+#: three calibrations (2026-12-01) they took the cross-validated errors of the threaded pooling
+#: gradients from 0.13-0.46 (median 0.23) to 0.06-0.38 (median 0.17) and AlexNet's first pooling
+#: gradient from 13.3 ms predicted to 19.7-21.9 ms (measured 21-26 ms), its first pooling from
+#: 12.7 to 16.5-19.2 ms (28 ms); in the calling thread (small poolings, where the call
+#: dominates) they did no better than FEATURES: 0.23-0.62 either way
 WINDOW_FEATURES = ("calls", "bytes", "bytes_beyond_L2", "bytes_beyond_L3", "inner_loops", "elements")
 
 
