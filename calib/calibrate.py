@@ -45,6 +45,7 @@ class Plan:
     ceilings_seconds: float = 4.0
     backend: str = "numpy"
     probe_seconds: float = 2.5  # calib.probe, stored in the profile for transfers (0: no probe)
+    coverage_points: int = 0  # the last of the points (calib.design._coverage_points): quick plans' own
 
     def sweep(self, dtype: str) -> list[Architecture]:
         """The sweep's networks in `dtype` (calib.design.design). With the strided
@@ -52,10 +53,13 @@ class Plan:
         among its threads only from SPLIT_BYTES on, which the drawn points reached 3-8 times per
         pooling variant in a 96-network sweep; the threaded overlapping pooling's gradient,
         fitted on 3 samples, predicted AlexNet's first one (34 MB) at 3.2 ms against 21 ms
-        measured (2026-12-01). The index implementation and PyTorch have no such regime."""
+        measured (2026-12-01). The index implementation and PyTorch have no such regime. The
+        last `coverage_points` are coverage points (a quick plan's, beside its points // 6 pooling
+        points: (points - coverage_points) // 6)."""
         return design(self.points, dtype=dtype, seed=self.seed, limits=self.limits,
                       first_kernel=self.backend == "torch",
-                      pool_points=self.points // 6 if "strided" in self.impls else 0)
+                      pool_points=(self.points - self.coverage_points) // 6 if "strided" in self.impls else 0,
+                      coverage_points=self.coverage_points)
 
     @classmethod
     def make(cls, *, quick: bool, dtypes: Iterable[str] | None, impls: Iterable[str] | None,
@@ -68,8 +72,12 @@ class Plan:
             # sweep is three times quicker per network
             impls, full_points = ("torch",), 192
         if quick:
-            return cls(tuple(dtypes or ("float32",)), tuple(impls or ("index",)),
-                       points or 36, rounds=3, limits=QUICK_LIMITS, backend=backend)
+            impls = tuple(impls or ("index",))
+            # the strided implementation's threaded regime and PyTorch's rarer kernels need
+            # points larger than the quick limits draw: 6 coverage points, beside 36 drawn
+            coverage = 6 if backend == "torch" or "strided" in impls else 0
+            return cls(tuple(dtypes or ("float32",)), impls, points or 36 + coverage, rounds=3,
+                       limits=QUICK_LIMITS, backend=backend, coverage_points=coverage)
         # the peaks at one and at N threads bound the fit: a longer budget reaches the larger,
         # faster products
         return cls(tuple(dtypes or DTYPES), tuple(impls or IMPLS), points or full_points, backend=backend,

@@ -235,6 +235,69 @@ def _pool_points(n: int, dtype: str, seed: int, limits: SweepLimits) -> list[dic
     return points
 
 
+def _coverage_point(rng: np.random.Generator, dtype: str, k: int) -> dict:
+    """The data of the k-th coverage point, at batch 1 (_coverage_points sizes it by the S^1 of
+    its first layer, a 1x1 convolution from 1-3 channels to d), in turns:
+
+    0. tanh, batch norm and a 2x2/2 max pooling on the first layer, then a depthwise 3x3
+       convolution: the threaded tanh, batch norm, max pooling and grouped products;
+    1. sigmoid on the first layer, then a 3x3 convolution in 2 groups with stride 2 and `same`
+       padding (asymmetric on an even input: pad(Z) of the first layer's S^1): the threaded sigmoid, pad and
+       grouped products, and PyTorch's explicit padding;
+    2. a residual network of 1x1 convolutions with batch norm (identity shortcut), global
+       average pooling: the threaded residual addition, its gradient and global average pooling.
+    """
+    a = _log_uniform_int(rng, 16, 64)
+    d = _channels(rng, 8, 64)
+    data = {"name": "coverage", "dtype": dtype, "loss": "mse", "batch": 1,
+            "input": {"height": a, "width": a, "channels": int(rng.choice((1, 3)))}}
+    head = [{"type": "full", "units": _log_uniform_int(rng, 8, 256)}, {"type": "full", "units": 10}]
+    if k % 3 == 0:
+        layers = [{"type": "conv", "filters": d, "kernel": 1, "activation": "tanh", "batch_norm": True,
+                   "pool": 2},
+                  {"type": "conv", "filters": d, "kernel": 3, "padding": 1, "groups": d}, *head]
+    elif k % 3 == 1:
+        d += d % 2
+        data["input"].update(height=a + a % 2, width=a + a % 2)  # even: `same` pads one side more
+        layers = [{"type": "conv", "filters": d, "kernel": 1, "activation": "sigmoid"},
+                  {"type": "conv", "filters": _channels(rng, 2, 32) * 2, "kernel": 3, "stride": 2,
+                   "padding": "same", "groups": 2}, *head]
+    else:
+        block = {"type": "residual", "layers": [
+            {"type": "conv", "filters": d, "kernel": 1, "batch_norm": True},
+            {"type": "conv", "filters": d, "kernel": 1, "batch_norm": True, "activation": "none"}]}
+        layers = [{"type": "conv", "filters": d, "kernel": 1, "batch_norm": True}, block,
+                  {"type": "global_avg_pool"}, {"type": "full", "units": 10}]
+    return {**data, "layers": layers}
+
+
+#: the limits of a coverage point: the full plan's, since a quick plan's (3e6 elements) leave
+#: no room for an S^1 of 1.2 SPLIT_BYTES followed by a 3x3 layer (phi: 2.25 S^1)
+COVERAGE_LIMITS = SweepLimits()
+
+
+def _coverage_points(n: int, dtype: str, seed: int) -> list[dict]:
+    """The data of `n` coverage points (_coverage_point, named by design()), drawn from a
+    generator of their own; the batch of each makes the S^1 of its first layer log-uniform
+    between 1.2 and 2 SPLIT_BYTES, so that its elementwise ops, the pad of its second layer and
+    its grouped products are shared among the strided implementation's threads, within
+    COVERAGE_LIMITS. A quick plan's drawn points are too small for that regime: a quick
+    strided calibration had no model for the threaded max pooling gradient, tanh, sigmoid,
+    grouped products or residual addition, and could not predict 12 of the 13 examples; a quick
+    PyTorch one had no sample of an explicit padding (2026-12-01)."""
+    rng = np.random.default_rng((seed, 2))
+    points: list[dict] = []
+    for _ in range(POOL_POINT_DRAWS * n):
+        if len(points) == n:
+            break
+        data = _coverage_point(rng, dtype, len(points))
+        target = math.exp(rng.uniform(math.log(1.2 * SPLIT_BYTES), math.log(2 * SPLIT_BYTES)))
+        arch = _batch_for(parse_arch(data), _first_s_bytes, target)
+        if arch.batch >= 2 and _within(arch, COVERAGE_LIMITS) and _first_s_bytes(arch) >= SPLIT_BYTES:
+            points.append({**data, "batch": arch.batch})
+    return points
+
+
 def _residual_point(rng: np.random.Generator, dtype: str, loss: str, name: str, k: int) -> dict:
     """A conv layer, a ResNet basic block (two 3x3 convs with batch norm; identity shortcut, or a
     projection with stride 2 and twice the filters), global average pooling and the output
@@ -282,16 +345,24 @@ def _s_bytes(arch: Architecture) -> int:
     return arch.itemsize * conv[-1].d_next * arch.batch * conv[-1].a_conv * conv[-1].b_conv if conv else 0
 
 
+def _first_s_bytes(arch: Architecture) -> int:
+    """Bytes of S^1 (d' x I a_conv b_conv) of the first layer, a conv layer."""
+    first = arch.sizes()[0]
+    return arch.itemsize * first.d_next * arch.batch * first.a_conv * first.b_conv
+
+
 def _phi_bytes(arch: Architecture) -> int:
     return arch.itemsize * max((sz.h * sz.h * sz.d * arch.batch * sz.a_conv * sz.b_conv
                                 for sz in arch.sizes() if sz.kind == "conv"), default=0)
 
 
 def design(n: int, *, dtype: str, seed: int = 0, limits: SweepLimits = SweepLimits(),
-           first_kernel: bool = False, pool_points: int = 0) -> list[Architecture]:
+           first_kernel: bool = False, pool_points: int = 0, coverage_points: int = 0) -> list[Architecture]:
     """`n` sweep architectures in `dtype`, reproducible from `seed`, all within `limits`,
-    named sweep-0 ... sweep-(n-1); the last `pool_points` (0 .. n) of them are pooling points
-    (_pool_points), fewer when the limits leave none (the others are drawn as without them).
+    named sweep-0 ... sweep-(n-1); the last `coverage_points` of them are coverage points
+    (_coverage_points, within COVERAGE_LIMITS), and the `pool_points` before them pooling
+    points (_pool_points), fewer when the limits leave none; the others are drawn as without
+    them. Raises ValueError unless 0 <= pool_points + coverage_points <= n.
 
     With `first_kernel` the first conv layer's kernel is drawn as the second's (with "same"
     padding), else it is 1x1. The torch backend needs it: PyTorch runs layer 1's convolution
@@ -306,9 +377,11 @@ def design(n: int, *, dtype: str, seed: int = 0, limits: SweepLimits = SweepLimi
     rng = np.random.default_rng(seed)
     itemsize = np.dtype(dtype).itemsize
     large_fits = limits.max_elements * itemsize >= 2 * LARGE_PHI_BYTES
-    if not 0 <= pool_points <= n:
-        raise ValueError(f"pool_points {pool_points} is not within 0 .. n = {n}")
+    if not (0 <= pool_points and 0 <= coverage_points and pool_points + coverage_points <= n):
+        raise ValueError(f"pool_points {pool_points} and coverage_points {coverage_points} are not "
+                         f"within 0 .. n = {n} together")
     pooling = _pool_points(pool_points, dtype, seed, limits) if pool_points else []
+    pooling += _coverage_points(coverage_points, dtype, seed) if coverage_points else []
     points: list[Architecture] = []
     while len(points) < n - len(pooling):
         i = len(points)

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from calib.calibrate import Plan
-from calib.design import design
+from calib.calibrate import DTYPES, Plan
+from calib.design import QUICK_LIMITS, design
 import json
 
 from costmodel.machine.backends import backend
@@ -51,6 +51,22 @@ def test_pooling_points_leave_the_drawn_points_as_they_were():
     for bad in (-1, 31):
         with pytest.raises(ValueError, match="pool_points"):
             design(30, dtype="float32", seed=1, pool_points=bad)
+    with pytest.raises(ValueError, match="coverage_points"):
+        design(30, dtype="float32", seed=1, pool_points=20, coverage_points=11)
+
+
+def test_coverage_points_come_last_and_run_threaded():
+    """A quick plan's coverage points take the sweep's last places, after the pooling points,
+    leave the points before them as drawn, and each shares the ops of its first layer among
+    the strided implementation's threads (their reason to be)."""
+    plain = design(30, dtype="float32", seed=1, limits=QUICK_LIMITS, pool_points=5)
+    covered = design(36, dtype="float32", seed=1, limits=QUICK_LIMITS, pool_points=5, coverage_points=6)
+    assert [a.model_dump() for a in covered[:25]] == [a.model_dump() for a in plain[:25]]
+    assert [a.name for a in covered] == [f"sweep-{i}" for i in range(36)]
+    for arch in covered[30:]:
+        rows = backend("numpy").rows(arch, "strided", 2, Machine())
+        first = {str(r.model) for r in rows if r.layer == 1 and r.ops[0] in ("activation", "batch_norm")}
+        assert first and all(k.endswith("threaded") for k in first), (arch.name, first)
 
 
 def test_the_strided_threaded_poolings_have_samples_for_their_coefficients():
@@ -78,19 +94,20 @@ def model_keys(archs, backend_name: str, impl: str, threads: int) -> dict[str, s
 
 @pytest.mark.parametrize("quick", [False, True], ids=["full", "quick"])
 def test_the_sweep_samples_every_model_key_the_examples_need(quick):
-    """Every model key of every example (the extended vocabulary's variants and the strided
-    regimes included) is fitted on at least two sweep networks, in the plans `calibrate` runs
-    (the quick one for its setting only: float32, index): predict works on every example with
-    a profile made by `calibrate`. Pure: no network is timed."""
-    settings = ([("numpy", "index"), ("numpy", "strided"), ("torch", "torch")] if not quick
-                else [("numpy", "index")])
-    for backend_name, impl in settings:
-        plan = Plan.make(quick=quick, dtypes=None, impls=None, backend=backend_name)
+    """Every model key of every example and benchmark network (the extended vocabulary's
+    variants and the strided regimes included) is fitted on at least two sweep networks, in
+    every plan `calibrate` runs, `--quick` with `--impl strided` or `--backend torch` and
+    `--dtype float64` too: predict works on every one of them with a profile made by
+    `calibrate`. Pure: no network is timed."""
+    archs_of = [*EXAMPLES, *sorted((ROOT / "benchmarks" / "archs").glob("*.yaml"))]
+    for backend_name, impl in [("numpy", "index"), ("numpy", "strided"), ("torch", "torch")]:
+        plan = Plan.make(quick=quick, dtypes=DTYPES, impls=[impl] if quick and backend_name == "numpy" else None,
+                         backend=backend_name)
         for dtype in plan.dtypes:
             archs = plan.sweep(dtype)
             for threads in (1, 2) if impl == "strided" else (2,):  # only the strided regimes depend on threads
                 sampled = model_keys(archs, backend_name, impl, threads)
-                for path in EXAMPLES:
+                for path in archs_of:
                     arch = load_arch(path).with_dtype(dtype)
                     for key in model_keys([arch], backend_name, impl, threads):
                         assert len(sampled.get(key, ())) >= 2, (path.stem, backend_name, impl, dtype, threads, key)

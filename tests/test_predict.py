@@ -46,3 +46,24 @@ def test_missing_setting_names_the_calibrate_command(tmp_path, monkeypatch):
     assert result.exit_code == 2  # a profile error names the file, exit 2 (issue 12)
     assert "run `costmodel calibrate --dtype float32 --impl index --threads 7`" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_profile_without_an_ops_model_is_refused_in_one_line(tmp_path, monkeypatch):
+    """A profile (hand-edited, or of an older costmodel) that has no model for one of the
+    network's ops, or whose model uses a feature this costmodel does not know, is input that
+    cannot be used: one line naming the op and the command that calibrates it, exit 2."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    data = json.loads(embedded_profile_path().read_text())
+    entry = next(e for e in data["entries"] if (e["dtype"], e["impl"]) == ("float32", "index"))
+    missing, unknown = tmp_path / "missing.json", tmp_path / "unknown.json"
+    key = next(k for k in entry["ops"] if k.startswith("conv_matmul"))
+    model = entry["ops"].pop(key)
+    missing.write_text(json.dumps(data))
+    entry["ops"][key] = {**model, "features": ["page_faults", *model["features"][1:]]}
+    unknown.write_text(json.dumps(data))
+    for path, words in ((missing, f"has no model for op {key!r}: run `costmodel calibrate --dtype float32 --impl index"),
+                        (unknown, f"model of {key!r} uses feature 'page_faults'")):
+        result = CliRunner().invoke(app, ["predict", str(EXAMPLES[0]), "--profile", str(path), "--threads",
+                                          str(entry["threads"])])
+        assert result.exit_code == 2, result.stderr
+        assert words in result.stderr and result.stderr.count("\n") == 1, result.stderr

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Mapping
 
-from costmodel.errors import CostModelError
+from costmodel.errors import UsageError
 from costmodel.machine.backends import Row, backend as get_backend
 from costmodel.machine.timemodel import ALL_FEATURES, Machine, feature_values, terms
 
@@ -92,7 +92,7 @@ class Prediction:
     def by(self, by: str) -> list[GroupTotal]:
         """The rows summed by "layer", "phase" or "kind", in order of first appearance."""
         if by not in BY or by == "op":
-            raise CostModelError(f"--by: {by!r} is not one of layer, phase, kind (or op)")
+            raise UsageError(f"--by: {by!r} is not one of layer, phase, kind (or op)")
         groups: dict = {}
         for r in self.rows:
             name = getattr(r.row, by)
@@ -112,17 +112,17 @@ def predict_rows(rows: list[Row], entry, machine: Machine, missing, legacy) -> l
     """Per row: (row, seconds, interval factors, terms, CV error) from the entry's models;
     a row without a model is priced by the model of `legacy(row.model)` when the backend
     names one (Backend.legacy_key: a key of a profile made before the model was split), else
-    raises CostModelError(missing(row))."""
+    raises UsageError(missing(row)), exit status 2."""
     out = []
     for row in rows:
         model = entry.model(row.model)
         if model is None and (older := legacy(row.model)) is not None:
             model = entry.model(older)
         if model is None:
-            raise CostModelError(missing(row))
+            raise UsageError(missing(row))
         unknown = [f for f in model.features if f not in ALL_FEATURES]
         if unknown:
-            raise CostModelError(f"the profile's {entry.describe()} model of {str(row.model)!r} uses feature "
+            raise UsageError(f"the profile's {entry.describe()} model of {str(row.model)!r} uses feature "
                                  f"{unknown[0]!r}, which this costmodel does not know: upgrade costmodel "
                                  "or calibrate again")
         parts = terms(model, feature_values(row, machine))

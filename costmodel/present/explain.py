@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from costmodel.errors import CostModelError
+from costmodel.errors import UsageError
 from costmodel.machine.predict import Prediction, PredictedRow, predict
 from costmodel.machine.sweep import sweep
 from costmodel.model.costs import IMPLS, OpSpec
@@ -251,7 +251,7 @@ def explain(arch: "Architecture", profile: "Profile", *, impl: str = "index", th
     pred = predict(arch, profile, impl=impl, threads=threads, provenance=provenance)
     ceilings = profile.ceilings
     if arch.dtype not in ceilings.machine_balance or arch.dtype not in ceilings.matmul_flops_per_second:
-        raise CostModelError(f"the profile's ceilings have no {arch.dtype} peak: run "
+        raise UsageError(f"the profile's ceilings have no {arch.dtype} peak: run "
                              f"`costmodel calibrate --dtype {arch.dtype}` again")
     facts = {
         "arch": arch.name, "batch": arch.batch, "dtype": arch.dtype, "impl": impl, "threads": pred.threads,

@@ -19,7 +19,7 @@ its rows are the wrapped backend's rows at I/P plus the allreduce rows (phase
 
 from __future__ import annotations
 
-from costmodel.errors import CostModelError
+from costmodel.errors import UsageError
 from costmodel.machine.backends import numpy, torch  # noqa: F401  (register themselves)
 from costmodel.machine.backends.base import BACKENDS, OTHER, Backend, ModelKey, Row, register  # noqa: F401
 
@@ -29,4 +29,4 @@ def backend(name: str) -> Backend:
     try:
         return BACKENDS[name]
     except KeyError:
-        raise CostModelError(f"--backend: {name!r} is not one of {', '.join(BACKENDS)}") from None
+        raise UsageError(f"--backend: {name!r} is not one of {', '.join(BACKENDS)}") from None
