@@ -28,6 +28,12 @@ if TYPE_CHECKING:
 
 IMPLS = ("index", "strided")
 DTYPES = ("float32", "float64")
+#: coverage points (calib.design._coverage_points) of a full plan and of a quick one of the
+#: strided implementation or PyTorch. In a quick plan they are what its threaded and rarer
+#: kernels are fitted on at all; in a full one the threaded tanh, sigmoid, grouped products,
+#: residual addition and global average pooling had 3-6 samples for 5 coefficients, and 6
+#: points give them 5-10 (2026-12-01)
+COVERAGE_POINTS = 6
 
 
 @dataclass(frozen=True)
@@ -45,7 +51,7 @@ class Plan:
     ceilings_seconds: float = 4.0
     backend: str = "numpy"
     probe_seconds: float = 2.5  # calib.probe, stored in the profile for transfers (0: no probe)
-    coverage_points: int = 0  # the last of the points (calib.design._coverage_points): quick plans' own
+    coverage_points: int = 0  # the last of the points (calib.design._coverage_points)
 
     def sweep(self, dtype: str) -> list[Architecture]:
         """The sweep's networks in `dtype` (calib.design.design). With the strided
@@ -54,8 +60,8 @@ class Plan:
         pooling variant in a 96-network sweep; the threaded overlapping pooling's gradient,
         fitted on 3 samples, predicted AlexNet's first one (34 MB) at 3.2 ms against 21 ms
         measured (2026-12-01). The index implementation and PyTorch have no such regime. The
-        last `coverage_points` are coverage points (a quick plan's, beside its points // 6 pooling
-        points: (points - coverage_points) // 6)."""
+        last `coverage_points` are coverage points (COVERAGE_POINTS), and the pooling points are
+        (points - coverage_points) // 6 of the others."""
         return design(self.points, dtype=dtype, seed=self.seed, limits=self.limits,
                       first_kernel=self.backend == "torch",
                       pool_points=(self.points - self.coverage_points) // 6 if "strided" in self.impls else 0,
@@ -74,14 +80,14 @@ class Plan:
         if quick:
             impls = tuple(impls or ("index",))
             # the strided implementation's threaded regime and PyTorch's rarer kernels need
-            # points larger than the quick limits draw: 6 coverage points, beside 36 drawn
-            coverage = 6 if backend == "torch" or "strided" in impls else 0
+            # points larger than the quick limits draw: COVERAGE_POINTS, beside 36 drawn
+            coverage = COVERAGE_POINTS if backend == "torch" or "strided" in impls else 0
             return cls(tuple(dtypes or ("float32",)), impls, points or 36 + coverage, rounds=3,
                        limits=QUICK_LIMITS, backend=backend, coverage_points=coverage)
         # the peaks at one and at N threads bound the fit: a longer budget reaches the larger,
-        # faster products
-        return cls(tuple(dtypes or DTYPES), tuple(impls or IMPLS), points or full_points, backend=backend,
-                   ceilings_seconds=6.0)
+        # faster products. The coverage points come after the drawn and pooling points
+        return cls(tuple(dtypes or DTYPES), tuple(impls or IMPLS), points or full_points + COVERAGE_POINTS,
+                   backend=backend, ceilings_seconds=6.0, coverage_points=COVERAGE_POINTS)
 
 
 def sample_rows(archs: list[Architecture], samples: list[dict], impl: str, threads: int, machine: Machine,

@@ -21,6 +21,11 @@ SPLIT_BYTES (every third less, in the calling thread), taking the four poolings 
 POOL_POINT_POOLINGS in turns, so that the strided implementation's threaded poolings are fitted
 on more than the few drawn points that reach it. They come from a generator of their own and
 take the sweep's last places, so the points before them are those of a sweep without them.
+After them come coverage points (`_coverage_points`, calib.calibrate.COVERAGE_POINTS): a 1x1
+first layer whose S^1 is shared among the threads, then a depthwise, a 2-group strided
+same-padded or a residual block of 1x1 convolutions, so that the threaded variants of the
+extended vocabulary, which the drawn points reach a few times (and a quick plan's never), are
+fitted on more samples.
 
 The shapes are drawn log-uniformly over the ranges real layers span (channels 1-512, kernels
 1-11, strides 1 and 2, spatial sizes 4-128, batches 1-512, full layers up to 4096 units), two
@@ -274,12 +279,15 @@ def _coverage_point(rng: np.random.Generator, dtype: str, k: int) -> dict:
 #: the limits of a coverage point: the full plan's, since a quick plan's (3e6 elements) leave
 #: no room for an S^1 of 1.2 SPLIT_BYTES followed by a 3x3 layer (phi: 2.25 S^1)
 COVERAGE_LIMITS = SweepLimits()
+#: the largest S^1 of a coverage point: the second layer's phi (2.25 S^1) and products then
+#: reach past a 32 MiB L3, as held-out depthwise layers do (depthwise-separable's: 39 MB)
+COVERAGE_S_MAX = 4 * SPLIT_BYTES
 
 
 def _coverage_points(n: int, dtype: str, seed: int) -> list[dict]:
     """The data of `n` coverage points (_coverage_point, named by design()), drawn from a
     generator of their own; the batch of each makes the S^1 of its first layer log-uniform
-    between 1.2 and 2 SPLIT_BYTES, so that its elementwise ops, the pad of its second layer and
+    between 1.2 SPLIT_BYTES and COVERAGE_S_MAX, so that its elementwise ops, the pad of its second layer and
     its grouped products are shared among the strided implementation's threads, within
     COVERAGE_LIMITS. A quick plan's drawn points are too small for that regime: a quick
     strided calibration had no model for the threaded max pooling gradient, tanh, sigmoid,
@@ -291,7 +299,7 @@ def _coverage_points(n: int, dtype: str, seed: int) -> list[dict]:
         if len(points) == n:
             break
         data = _coverage_point(rng, dtype, len(points))
-        target = math.exp(rng.uniform(math.log(1.2 * SPLIT_BYTES), math.log(2 * SPLIT_BYTES)))
+        target = math.exp(rng.uniform(math.log(1.2 * SPLIT_BYTES), math.log(COVERAGE_S_MAX)))
         arch = _batch_for(parse_arch(data), _first_s_bytes, target)
         if arch.batch >= 2 and _within(arch, COVERAGE_LIMITS) and _first_s_bytes(arch) >= SPLIT_BYTES:
             points.append({**data, "batch": arch.batch})

@@ -9,8 +9,9 @@ import time
 
 import pytest
 
-from calib.calibrate import DTYPES, Plan
+from calib.calibrate import COVERAGE_POINTS, DTYPES, Plan
 from calib.design import QUICK_LIMITS, design
+from costmodel.machine.backends.numpy import SPLIT_BYTES
 import json
 
 from costmodel.machine.backends import backend
@@ -80,6 +81,22 @@ def test_the_strided_threaded_poolings_have_samples_for_their_coefficients():
         assert set(pools) == {"pool:threaded", "pool:avg+threaded", "pool_grad:threaded", "pool_grad:avg+threaded",
                               "pool_grad:overlap+threaded"}, pools
         assert min(pools.values()) >= 6, (dtype, pools)
+
+
+def test_every_threaded_model_of_the_full_plan_has_five_networks():
+    """With its coverage points, the full NumPy plan fits every threaded model of the strided
+    implementation on at least five sweep networks in both dtypes (the residual addition,
+    global average pooling and tanh had 3 without them), and the coverage points are its last."""
+    plan = Plan.make(quick=False, dtypes=None, impls=None)
+    assert plan.coverage_points == COVERAGE_POINTS > 0
+    for dtype in plan.dtypes:
+        archs = plan.sweep(dtype)
+        sampled = model_keys(archs, "numpy", "strided", 2)
+        threaded = {k: len(v) for k, v in sampled.items() if "threaded" in k}
+        assert min(threaded.values()) >= 5, (dtype, sorted(threaded.items(), key=lambda kv: kv[1])[:3])
+        first = [a.sizes()[0] for a in archs[-COVERAGE_POINTS:]]
+        assert all(a.itemsize * sz.d_next * a.batch * sz.a_conv * sz.b_conv >= SPLIT_BYTES
+                   for a, sz in zip(archs[-COVERAGE_POINTS:], first))
 
 
 def model_keys(archs, backend_name: str, impl: str, threads: int) -> dict[str, set[int]]:
