@@ -298,3 +298,23 @@ def test_an_op_whose_time_is_its_inner_loops_says_so():
     sentence = _op_sentence(op)
     assert "implementation-bound: starting its inner loops is 70.0 % of its time" in sentence
     assert "per-call overhead" not in _op_sentence({**op, "loop_share": 0.2, "how": "a masked product"})
+
+
+def test_an_outer_product_far_below_both_roofs_says_what_it_is():
+    """A depthwise convolution's input gradient is an outer product per group (d'/g = 1):
+    explain names it as such when it is implementation-bound, and not for the other products."""
+    from costmodel.model.arch import parse_arch
+
+    arch = parse_arch({"name": "dw", "batch": 32, "input": {"height": 32, "width": 32, "channels": 3},
+                       "layers": [{"type": "conv", "filters": 32, "kernel": 1},
+                                  {"type": "conv", "filters": 32, "kernel": 3, "padding": 1, "groups": 32},
+                                  {"type": "full", "units": 10}]})
+    f = explain(arch, synthetic_profile(rates={"matrix product": (5e-6, 1 / 0.5e9, 0.0)}), threads=2)
+    outer = {(o["layer"], o["op"]) for o in f["major_ops"] if o["outer_product"]}
+    assert outer == {(2, "conv_grad_input")}  # depthwise, d'/g = 1; its conv_matmul sums over h h = 9
+    assert any(o["op"] == "conv_matmul" and o["layer"] == 2 for o in f["major_ops"])
+    sentences = _sentences(f, "The major ops")
+    for o, sentence in zip(f["major_ops"], sentences):
+        if o["bound"] == "implementation" and o["call_share"] < 0.5:
+            assert ("is an outer product" in sentence) == o["outer_product"], sentence
+    assert sum("is an outer product" in sentence for sentence in sentences) == 1

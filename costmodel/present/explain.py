@@ -69,7 +69,9 @@ def roofline(row: PredictedRow, ceilings: "Ceilings", dtype: str, impl: str = ""
              "flop_rate": flop_rate, "byte_rate": byte_rate, "compute_share": shares["compute"],
              "memory_share": shares["memory"], "roof_seconds": max(flops / peak, nbytes / bandwidth),
              "call_share": row.terms.get("calls", 0.0) / secs if secs > 0 else 0.0,
-             "loop_share": row.terms.get("inner_loops", 0.0) / secs if secs > 0 else 0.0}
+             "loop_share": row.terms.get("inner_loops", 0.0) / secs if secs > 0 else 0.0,
+             # a product of inner dimension 1 (costmodel.machine.backends.numpy.product_variant)
+             "outer_product": "outer" in row.row.model.variant}
     if roof == "compute":
         facts.update(rate=flop_rate, unit="FLOP/s", ceiling=peak, ceiling_share=shares["compute"])
     else:
