@@ -92,17 +92,18 @@ def predicted(arch, profile, by: str = "op", **options) -> dict:
 def all_model_keys() -> list[tuple[str, str]]:
     """Every NumPy model key a profile can need, with its op kind: each op of the records, for
     the loss ops each loss, each kernel variant (average pooling, tanh, grouped products, ...)
-    and each regime of the strided implementation; the products also as outer products."""
+    and each regime of the strided implementation; and the outer products' one model per regime."""
     import itertools
 
-    from costmodel.machine.backends.numpy import PRODUCTS, kernel_variant, model_key
+    from costmodel.machine.backends.numpy import OUTER_PRODUCT, kernel_variant, model_key
     from costmodel.model.costs import OpSpec
     from costmodel.model.ops import records
 
     specs = [OpSpec("conv", activation=act, grouped=grouped, pool_type=pool, pool_overlap=overlap)
              for act, grouped, pool, overlap in itertools.product(("relu", "tanh", "sigmoid"), (False, True),
                                                                   ("max", "avg"), (False, True))]
-    return sorted({(str(model_key(rec.name, loss, regime, kernel_variant(rec.name, spec) + outer)), rec.kind)
-                   for rec in records().values() for loss in ("mse", "softmax_ce")
-                   for regime in ("", "threaded", "serial") for spec in specs
-                   for outer in (((), ("outer",)) if rec.name in PRODUCTS else ((),))})
+    keys = {(str(model_key(rec.name, loss, regime, kernel_variant(rec.name, spec))), rec.kind)
+            for rec in records().values() for loss in ("mse", "softmax_ce")
+            for regime in ("", "threaded", "serial") for spec in specs}
+    outer = {(OUTER_PRODUCT + (f":{regime}" if regime else ""), "matrix product") for regime in ("", "threaded", "serial")}
+    return sorted(keys | outer)

@@ -57,7 +57,7 @@ def probes(backends=("numpy", "torch"), threads=(1, 2), here_backends=None, made
 def synthetic_profile(probe=None) -> Profile:
     ops = {"conv_matmul": model(ceiling={"threads": 2, "flops_per_second": 100e9,
                                          "bytes_per_second": {"L2": 120e9, "L3": 80e9, "memory": 40e9}}),
-           "full_matmul": model(), "bias": model(), "phi": model(), "full_grad_W:outer": model()}
+           "full_matmul": model(), "bias": model(), "phi": model(), "outer_product": model()}
     strided = {"conv_matmul:serial": model(), "conv_matmul:threaded": model(), "bias": model(),
                "pool_grad:overlap+threaded": model(WINDOW_FEATURES, [10e-6, 1 / 20e9, 1 / 40e9, 1 / 40e9, 8e-9, 1e-10])}
     torch_ops = {"phi+conv_matmul+bias": model(FEATURES + ["bytes_fresh", "flops_lane_waste"],
@@ -105,7 +105,7 @@ def test_other_ops_by_call_time_and_l1_throughput(moved):
 def test_an_outer_product_is_rescaled_as_numpys_own_loop_not_as_blas(moved):
     """np.matmul runs a product of inner dimension 1 in its own loop: its FLOPs take the L1
     throughput's ratio and its calls a NumPy call's, as any other op's, not the products'."""
-    c = coef(moved, "index", "full_grad_W:outer")  # a BLAS full product: square, 1.5x
+    c = coef(moved, "index", "outer_product")  # not the square products' 1.5x, the conv ones' 2x, small 3x
     assert c["flops"] == pytest.approx(COEF[1] * 2) and c["calls"] == pytest.approx(COEF[0] * 2)
     assert coef(moved, "index", "conv_matmul")["calls"] == pytest.approx(COEF[0] * 3)  # a BLAS product's: small
 
@@ -279,7 +279,7 @@ def test_fewer_threads_rescales_only_the_products_by_the_profiles_own_probe():
                                                                                after.ops[key].coef))
         assert a["flops"] == pytest.approx(2 * b["flops"]) and a["calls"] == pytest.approx(3 * b["calls"])
         assert {f: a[f] for f in a if f not in ("flops", "calls")} == {f: b[f] for f in b if f not in ("flops", "calls")}
-    for key in ("bias", "phi", "full_grad_W:outer"):  # NumPy's own loops: one thread
+    for key in ("bias", "phi", "outer_product"):  # NumPy's own loops: one thread
         assert after.ops[key].coef == before.ops[key].coef
     assert after.ops["conv_matmul"].ceiling.flops_per_second == pytest.approx(50e9)
     assert after.ops["conv_matmul"].ceiling.threads == 1

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Mapping
 
 from costmodel.errors import UsageError
-from costmodel.machine.backends import Row, backend as get_backend
+from costmodel.machine.backends import ModelKey, Row, backend as get_backend
 from costmodel.machine.timemodel import ALL_FEATURES, Machine, feature_values, terms
 
 if TYPE_CHECKING:
@@ -109,15 +109,23 @@ class Prediction:
 
 
 def predict_rows(rows: list[Row], entry, machine: Machine, missing, legacy) -> list[tuple]:
-    """Per row: (row, seconds, interval factors, terms, CV error) from the entry's models;
-    a row without a model is priced by the model of `legacy(row.model)` when the backend
-    names one (Backend.legacy_key: a key of a profile made before the model was split), else
-    raises UsageError(missing(row)), exit status 2."""
+    """Per row: (row, seconds, interval factors, terms, CV error) from the entry's models.
+    A row without a model is priced by the model of the key a profile made before its model
+    was split off has for it: its Row.legacy_model, when the entry has no model of that
+    model's ops at all (a profile made before the split; one made after that lacks this key is
+    an error, not a fallback), else `legacy(row.model)` when the backend names one
+    (Backend.legacy_key); else raises UsageError(missing(row)), exit status 2."""
     out = []
     for row in rows:
         model = entry.model(row.model)
-        if model is None and (older := legacy(row.model)) is not None:
-            model = entry.model(older)
+        if model is None:
+            older = row.legacy_model
+            if older is not None and any(ModelKey.parse(k).ops == row.model.ops for k in entry.ops):
+                older = None  # made after the split: this key is missing, not yet to come
+            if older is None:
+                older = legacy(row.model)
+            if older is not None:
+                model = entry.model(older)
         if model is None:
             raise UsageError(missing(row))
         unknown = [f for f in model.features if f not in ALL_FEATURES]

@@ -134,9 +134,10 @@ class Entry(StrictModel):
     def _known_ops(self) -> "Entry":
         # a NumPy entry models the contract's ops; a torch entry PyTorch's op groups and "other"
         from costmodel.machine.backends import OTHER, ModelKey
+        from costmodel.machine.backends.numpy import OUTER_PRODUCT
         from costmodel.model.ops import op_names
 
-        names = op_names()
+        names = op_names() | {OUTER_PRODUCT}  # the one model of the NumPy products of inner dimension 1
 
         def known(key: str) -> bool:
             ops = ModelKey.parse(key).ops

@@ -11,7 +11,7 @@ machine's), measured on the same shape:
 | `flops` of a matrix product (conv_*) | product rate, shape class ``conv`` (tall-skinny), same dtype and threads |
 | `flops` of a matrix product (full_*) | product rate, shape class ``square`` |
 | `calls` of a matrix product, `gemm_calls` (torch) | product rate, shape class ``small`` (a small product is mostly its call) |
-| `flops` of any other op, of an outer product (variant ``outer``: NumPy's own loop, not BLAS), `elements` (the strided poolings' window kernels) | bandwidth in L1 (np.add in L1 is an elementwise kernel's throughput) |
+| `flops` of any other op, of the outer products (``outer_product``: NumPy's own loop, not BLAS), `elements` (the strided poolings' window kernels) | bandwidth in L1 (np.add in L1 is an elementwise kernel's throughput) |
 | `calls` of any other op, `inner_loops` (the strided poolings' window kernels) | time of one call of a tiny op (np.add; torch.add for the torch backend): an inner loop's start is a ufunc's per-row overhead |
 | `bytes`, `bytes_beyond_L2`, `bytes_beyond_L3` | bandwidth of each level, applied to the effective cost per byte of the level (below) |
 | `bytes_fresh` (torch) | bandwidth of memory (fresh pages are zeroed at memory speed) |
@@ -132,11 +132,11 @@ def _serial(key: str) -> bool:
 
 def product_shape(key: str, feature: str) -> str | None:
     """The probe's product class that rescales the term `feature` of the model `key`: "conv" or
-    "square" for a product's FLOPs, "small" for its calls; None for a term of no product, and
-    for an outer product's (variant "outer": NumPy's own single-threaded loop, not BLAS, whose
-    terms are rescaled as any other op's)."""
+    "square" for a product's FLOPs, "small" for its calls; None for a term of no product (the
+    outer products' model, costmodel.machine.backends.numpy.OUTER_PRODUCT, included: NumPy's own
+    single-threaded loop, not BLAS)."""
     products = [op for op in _ops_of(key) if op in product_ops()]
-    if not products or "outer" in key.partition(":")[2].split("+"):
+    if not products:
         return None
     if feature in ("flops", "flops_lane_waste"):
         return "conv" if any(op.startswith("conv_") for op in products) else "square"

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from costmodel.errors import UsageError
+from costmodel.machine.backends.numpy import OUTER_PRODUCT
 from costmodel.machine.predict import Prediction, PredictedRow, predict
 from costmodel.machine.sweep import sweep
 from costmodel.model.costs import IMPLS, OpSpec
@@ -70,8 +71,8 @@ def roofline(row: PredictedRow, ceilings: "Ceilings", dtype: str, impl: str = ""
              "memory_share": shares["memory"], "roof_seconds": max(flops / peak, nbytes / bandwidth),
              "call_share": row.terms.get("calls", 0.0) / secs if secs > 0 else 0.0,
              "loop_share": row.terms.get("inner_loops", 0.0) / secs if secs > 0 else 0.0,
-             # a product of inner dimension 1 (costmodel.machine.backends.numpy.product_variant)
-             "outer_product": "outer" in row.row.model.variant}
+             # a product of inner dimension 1 (costmodel.machine.backends.numpy.OUTER_PRODUCT)
+             "outer_product": row.row.model.ops == (OUTER_PRODUCT,)}
     if roof == "compute":
         facts.update(rate=flop_rate, unit="FLOP/s", ceiling=peak, ceiling_share=shares["compute"])
     else:

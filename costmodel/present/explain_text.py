@@ -65,7 +65,7 @@ def _op_sentence(op: dict) -> str:
                  "one loop per row of a window offset's strided view: fewer, longer rows would move it)"
                  if op["loop_share"] >= OVERHEAD_SHARE else
                  "it is an outer product (an inner dimension of 1), which np.matmul runs in NumPy's own loop "
-                 "instead of BLAS: a broadcast np.multiply would move it" if op.get("outer_product") else
+                 "instead of BLAS: np.multiply of its (M, 1) and (1, N) operands, broadcast, would move it" if op.get("outer_product") else
                  f"its kernel ({op['how']}) is the cost" if op.get("how") else "its kernel is the cost")
         at_roof = (f"; at the roofline it would take {fmt_seconds(op['roof_seconds'])}, "
                    f"{_num(op['seconds'] / op['roof_seconds'])} times less" if op["roof_seconds"] > 0 else "")

@@ -58,6 +58,9 @@ class Row:
     basis: Mapping[str, float] = field(default_factory=dict)
     extra: Mapping[str, float] = field(default_factory=dict)  # backend columns shown in outputs
     how: Mapping[str, str] = field(default_factory=dict)  # implementation -> how its kernel does it
+    #: the key a profile made before `model` was split off priced this row by (predict_rows),
+    #: None when the row's model is as old as profiles
+    legacy_model: ModelKey | None = None
 
     @property
     def name(self) -> str:

@@ -33,8 +33,6 @@ SPLIT_FLOPS = 1 << 24
 LOSS_OPS = ("loss", "loss_grad")
 #: the products that run one np.matmul on a stack of groups when g > 1 (calib.kernels.grouped_matmul)
 GROUPED_PRODUCTS = ("conv_matmul", "conv_grad_W", "conv_grad_input")
-#: every matrix product of the contract
-PRODUCTS = GROUPED_PRODUCTS + ("full_matmul", "full_grad_W", "full_grad_input")
 #: ops whose strided kernel runs in the calling thread in every step (dropout's draws use the
 #: network's one generator)
 CALLING_THREAD = ("dropout", "dropout_grad")
@@ -83,29 +81,36 @@ def kernel_variant(op: str, spec: "OpSpec") -> tuple[str, ...]:
 
 
 def inner_dimension(op: str, sz: "LayerSizes", batch: int) -> int | None:
-    """The dimension K that one of `op`'s products sums over (per group), None for an op that is
-    no product: h h d/g for conv_matmul (W^m phi(pad(Z^m))), d'/g for conv_grad_input
-    ((W^m)^T dS), I a_conv b_conv for conv_grad_W (dS phi^T), n_in for full_matmul, n_out for
-    full_grad_input and I for full_grad_W. With K = 1 the product is an outer product, which
-    np.matmul runs in NumPy's own loop instead of BLAS (the "outer" variant of product_variant)."""
-    if op not in PRODUCTS:
-        return None
-    if op.startswith("full"):
-        return {"full_matmul": sz.n_in, "full_grad_input": sz.n_out, "full_grad_W": batch}[op]
-    return {"conv_matmul": sz.h * sz.h * sz.d // sz.g, "conv_grad_input": sz.d_next // sz.g,
-            "conv_grad_W": batch * sz.a_conv * sz.b_conv}[op]
+    """The dimension K that a product of `op` sums over, per group and per np.matmul call (a
+    grouped product is one np.matmul on a stack of g products), for a layer of sizes `sz` at
+    mini-batch `batch`; None for an op that is no product. h h d/g for conv_matmul
+    (W^m phi(pad(Z^m))), d'/g for conv_grad_input ((W^m)^T dS), I a_conv b_conv for conv_grad_W
+    (dS phi^T), n_in for full_matmul, n_out for full_grad_input and I for full_grad_W.
+    tests/test_outer_products.py checks it against every np.matmul a real step calls."""
+    dims = {"conv_matmul": lambda: sz.h * sz.h * sz.d // sz.g, "conv_grad_input": lambda: sz.d_next // sz.g,
+            "conv_grad_W": lambda: batch * sz.a_conv * sz.b_conv, "full_matmul": lambda: sz.n_in,
+            "full_grad_input": lambda: sz.n_out, "full_grad_W": lambda: batch}
+    return dims[op]() if op in dims else None
 
 
-def product_variant(op: str, sz: "LayerSizes", batch: int) -> tuple[str, ...]:
-    """("outer",) for a product whose inner dimension (inner_dimension) is 1, else (): the
-    input gradient of a depthwise convolution (d'/g = 1), the forward product of a 1x1
-    convolution of a one-channel input, the weight gradient of a full layer at I = 1. np.matmul
-    runs those in its own loop at about 1.7 ns per output element, in one thread, in float32
-    and float64 alike, where BLAS (an inner dimension of 2) moves 10-30 GB/s: 2.4 GB/s against
-    16-33 GB/s for a (512, K) x (K, 4096) product, and MobileNet's depthwise input gradients ran
-    at 0.55x their prediction by the model of all grouped products, while depthwise-separable's
-    channel-multiplier-2 one ran at 2.7x (2026-12-01). Ops that are no product: ()."""
-    return ("outer",) if inner_dimension(op, sz, batch) == 1 else ()
+#: the model key (op part) of every outer product: a product whose inner dimension
+#: (inner_dimension) is 1, whatever its op: the input gradient of a depthwise convolution
+#: (d'/g = 1), the forward product of a 1x1 convolution of a one-channel input, the weight
+#: gradient of a full layer at I = 1. np.matmul runs those in its own loop, not BLAS, at about
+#: 1.7 ns per output element in one thread, float32 and float64 alike, where BLAS (an inner
+#: dimension of 2) moves 10-30 GB/s: 2.4 GB/s against 16-33 GB/s for a (512, K) x (K, 4096)
+#: product. One loop, one model for all of them (per regime): fitted per op, the 1x1
+#: convolutions' (40 sweep networks) and the full layers' weight gradients' (7) cost per byte
+#: came within 6 % of each other, while the other ops' outer products had 1-4 networks or none
+#: (2026-12-01). MobileNet's depthwise input gradients had run at 0.55x their prediction by the
+#: model of all grouped products, depthwise-separable's channel-multiplier-2 one at 2.7x.
+OUTER_PRODUCT = "outer_product"
+
+
+def is_outer_product(op: str, sz: "LayerSizes", batch: int) -> bool:
+    """Whether `op`, of a layer of sizes `sz` at mini-batch `batch`, is a product whose inner
+    dimension is 1 (OUTER_PRODUCT)."""
+    return inner_dimension(op, sz, batch) == 1
 
 
 #: the ops whose strided kernels loop over the window offsets (calib.windows)
@@ -246,11 +251,14 @@ class NumpyBackend:
                 loops, elements = window_loops(ref.op, ref.sizes, costs.arch.batch, spec.pool_type == "avg",
                                                spec.pool_partial)
                 basis = {"inner_loops": loops, "elements": elements}
+            key = model_key(ref.op, loss, how, kernel_variant(ref.op, spec))
+            legacy = None
+            if is_outer_product(ref.op, ref.sizes, costs.arch.batch):
+                key, legacy = ModelKey((OUTER_PRODUCT,), (how,) if how else ()), key
             rows.append(Row(ref.layer, ref.layer_type, (ref.op,), ref.phase, ref.kind, flops,
                             int(costs.bytes_read[i]), int(costs.bytes_written[i]), int(costs.memory_kept[i]),
-                            model_key(ref.op, loss, how, kernel_variant(ref.op, spec)
-                                      + product_variant(ref.op, ref.sizes, costs.arch.batch)),
-                            ref.record.text, ref.record.mathtext, how=ref.record.how_for(spec), basis=basis))
+                            key, ref.record.text, ref.record.mathtext, how=ref.record.how_for(spec), basis=basis,
+                            legacy_model=legacy))
         return rows
 
     def rows(self, arch: "Architecture", impl: str, threads: int, machine: "Machine") -> list[Row]:
@@ -264,10 +272,7 @@ class NumpyBackend:
         return WINDOW_FEATURES if windowed else FEATURES
 
     def legacy_key(self, model: ModelKey) -> ModelKey | None:
-        """The key a profile made before the "outer" variant (product_variant) has for
-        `model`: the same product's model without it, which priced outer products too."""
-        if "outer" in model.variant:
-            return ModelKey(model.ops, tuple(v for v in model.variant if v != "outer"))
+        """None: a NumPy row carries its own (Row.legacy_model)."""
         return None
 
     def calibration_hint(self, dtype: str, impl: str, threads: int) -> str:
