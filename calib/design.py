@@ -203,9 +203,9 @@ def _pool_point(rng: np.random.Generator, dtype: str, k: int) -> dict:
     }
 
 
-#: draws of a pooling point before it is given up (the quick limits reject most draws: S^m of
-#: 1.2 SPLIT_BYTES within their FLOPs needs few input channels)
-POOL_POINT_DRAWS = 200
+#: draws of a pooling or coverage point before it is given up (the quick limits reject most
+#: pooling draws: S^m of 1.2 SPLIT_BYTES within their FLOPs needs few input channels)
+POINT_DRAWS = 200
 
 
 #: every third pooling point pools in the calling thread, S^m between these bytes (past a 256
@@ -221,21 +221,21 @@ def _pool_points(n: int, dtype: str, seed: int, limits: SweepLimits) -> list[dic
     S^m (what its pooling moves) log-uniform between 1.2 SPLIT_BYTES and the limit on arrays,
     so that the strided implementation shares the pooling among its threads, or for every third
     point within CALLING_THREAD_S; a draw that breaks `limits` is redrawn. None when the limits
-    allow no array of 1.5 SPLIT_BYTES; fewer when POOL_POINT_DRAWS draws do not find them."""
+    allow no array of 1.5 SPLIT_BYTES; fewer when POINT_DRAWS draws do not find them."""
     rng = np.random.default_rng((seed, 1))
     itemsize = np.dtype(dtype).itemsize
     high = limits.max_elements * itemsize
     points: list[dict] = []
     if high < 1.5 * SPLIT_BYTES:  # no array that large: the pooling would not be shared
         return points
-    for _ in range(POOL_POINT_DRAWS * n):
+    for _ in range(POINT_DRAWS * n):
         if len(points) == n:
             break
         data = _pool_point(rng, dtype, len(points))
         low, top = CALLING_THREAD_S if len(points) % 3 == 2 else (1.2 * SPLIT_BYTES, high)
         target = math.exp(rng.uniform(math.log(low), math.log(top)))
-        arch = _batch_for(parse_arch(data), _s_bytes, target)
-        if _within(arch, limits) and low / 1.2 <= _s_bytes(arch) <= top:
+        arch = _batch_for(parse_arch(data), s_bytes, target)
+        if _within(arch, limits) and low / 1.2 <= s_bytes(arch) <= top:
             points.append({**data, "batch": arch.batch})
     return points
 
@@ -292,10 +292,12 @@ def _coverage_points(n: int, dtype: str, seed: int) -> list[dict]:
     COVERAGE_LIMITS. A quick plan's drawn points are too small for that regime: a quick
     strided calibration had no model for the threaded max pooling gradient, tanh, sigmoid,
     grouped products or residual addition, and could not predict 12 of the 13 examples; a quick
-    PyTorch one had no sample of an explicit padding (2026-12-01)."""
+    PyTorch one had no sample of an explicit padding (2026-12-01). Their first layer is 1x1 in
+    a PyTorch sweep too (design's `first_kernel` is for the drawn points): what they are for is
+    after it, and they are 6 of the 198 first layers PyTorch's layer-1 models are fitted on."""
     rng = np.random.default_rng((seed, 2))
     points: list[dict] = []
-    for _ in range(POOL_POINT_DRAWS * n):
+    for _ in range(POINT_DRAWS * n):
         if len(points) == n:
             break
         data = _coverage_point(rng, dtype, len(points))
@@ -346,17 +348,18 @@ def _within(arch: Architecture, limits: SweepLimits) -> bool:
     return largest <= limits.max_elements and flops <= limits.max_flops
 
 
-def _s_bytes(arch: Architecture) -> int:
-    """Bytes of S^m (d' x I a_conv b_conv) of the last conv layer (the layer under study of a
-    point of the extended vocabulary)."""
+def s_bytes(arch: Architecture, which: int = -1) -> int:
+    """Bytes of S^m (d' x I a_conv b_conv) of the `which`-th conv layer (-1: the last, the layer
+    under study of a point of the extended vocabulary; 0: the first, a coverage point's); 0
+    without conv layers."""
     conv = [sz for sz in arch.sizes() if sz.kind == "conv"]
-    return arch.itemsize * conv[-1].d_next * arch.batch * conv[-1].a_conv * conv[-1].b_conv if conv else 0
+    return arch.itemsize * conv[which].d_next * arch.batch * conv[which].a_conv * conv[which].b_conv if conv else 0
 
 
 def _first_s_bytes(arch: Architecture) -> int:
-    """Bytes of S^1 (d' x I a_conv b_conv) of the first layer, a conv layer."""
-    first = arch.sizes()[0]
-    return arch.itemsize * first.d_next * arch.batch * first.a_conv * first.b_conv
+    """s_bytes of the first conv layer."""
+    return s_bytes(arch, 0)
+
 
 
 def _phi_bytes(arch: Architecture) -> int:
@@ -412,7 +415,7 @@ def design(n: int, *, dtype: str, seed: int = 0, limits: SweepLimits = SweepLimi
         large = large_fits and i % 3 == 1 and make is _conv_point
         # a large point of the extended vocabulary is large by the S^m of its last conv layer, so that the
         # elementwise ops (tanh, batch norm, dropout, the residual addition) run threaded too
-        size, threshold = (_s_bytes, SPLIT_BYTES) if is_vocab(i) else (_phi_bytes, LARGE_PHI_BYTES)
+        size, threshold = (s_bytes, SPLIT_BYTES) if is_vocab(i) else (_phi_bytes, LARGE_PHI_BYTES)
         if large and arch.n_conv:
             # choose I so that phi(pad(Z)) (or S) lands between the threshold and the limit
             target = math.exp(rng.uniform(math.log(threshold), math.log(limits.max_elements * itemsize)))

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from calib.calibrate import COVERAGE_POINTS, DTYPES, Plan
-from calib.design import QUICK_LIMITS, design
+from calib.design import QUICK_LIMITS, design, s_bytes
 from costmodel.machine.backends.numpy import SPLIT_BYTES
 import json
 
@@ -98,9 +98,7 @@ def test_the_threaded_models_the_networks_need_have_five_networks():
                   if k.endswith("threaded")}
         counts = {k: len(sampled.get(k, ())) for k in needed}
         assert min(counts.values()) >= 5, (dtype, sorted(counts.items(), key=lambda kv: kv[1])[:3])
-        first = [a.sizes()[0] for a in archs[-COVERAGE_POINTS:]]
-        assert all(a.itemsize * sz.d_next * a.batch * sz.a_conv * sz.b_conv >= SPLIT_BYTES
-                   for a, sz in zip(archs[-COVERAGE_POINTS:], first))
+        assert all(s_bytes(a, 0) >= SPLIT_BYTES for a in archs[-COVERAGE_POINTS:])
 
 
 def model_keys(archs, backend_name: str, impl: str, threads: int) -> dict[str, set[int]]:

@@ -50,7 +50,8 @@ def test_missing_setting_names_the_calibrate_command(tmp_path, monkeypatch):
 
 def test_a_profile_without_an_ops_model_is_refused_in_one_line(tmp_path, monkeypatch):
     """A profile (hand-edited, or of an older costmodel) that has no model for one of the
-    network's ops, or whose model uses a feature this costmodel does not know, is input that
+    network's ops, whose model uses a feature this costmodel does not know, or whose model has
+    no positive coefficient (it would price the op at 0 s), is input that
     cannot be used: one line naming the op and the command that calibrates it, exit 2."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     data = json.loads(embedded_profile_path().read_text())
@@ -61,8 +62,12 @@ def test_a_profile_without_an_ops_model_is_refused_in_one_line(tmp_path, monkeyp
     missing.write_text(json.dumps(data))
     entry["ops"][key] = {**model, "features": ["page_faults", *model["features"][1:]]}
     unknown.write_text(json.dumps(data))
+    zero = tmp_path / "zero.json"
+    entry["ops"][key] = {**model, "coef": [0.0] * len(model["coef"])}
+    zero.write_text(json.dumps(data))
     for path, words in ((missing, f"has no model for op {key!r}: run `costmodel calibrate --dtype float32 --impl index"),
-                        (unknown, f"model of {key!r} uses feature 'page_faults'")):
+                        (unknown, f"model of {key!r} uses feature 'page_faults'"),
+                        (zero, f"model of {key!r} has no positive coefficient")):
         result = CliRunner().invoke(app, ["predict", str(EXAMPLES[0]), "--profile", str(path), "--threads",
                                           str(entry["threads"])])
         assert result.exit_code == 2, result.stderr

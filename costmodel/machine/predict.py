@@ -128,6 +128,9 @@ def predict_rows(rows: list[Row], entry, machine: Machine, missing, legacy) -> l
                 model = entry.model(older)
         if model is None:
             raise UsageError(missing(row))
+        if not any(c > 0 for c in model.coef):  # a hand-edited profile: never a silent 0 s
+            raise UsageError(f"the profile's {entry.describe()} model of {str(row.model)!r} has no positive "
+                             "coefficient: it would price the op at 0 s; calibrate again")
         unknown = [f for f in model.features if f not in ALL_FEATURES]
         if unknown:
             raise UsageError(f"the profile's {entry.describe()} model of {str(row.model)!r} uses feature "

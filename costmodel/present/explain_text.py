@@ -110,7 +110,9 @@ def _ratio_sentences(facts: dict) -> list[str]:
         den = course_name(op_text("conv", r["denominator_op"]), "m")
         values = ", ".join(f"{x['value']} at layer {x['layer']}" for x in r["layers"])
         times = ", ".join(f"{x['time_ratio']:.3g} at layer {x['layer']}" for x in r["layers"])
-        work = [x["value"] / x["time_ratio"] for x in r["layers"]]
+        work = [x["value"] / x["time_ratio"] for x in r["layers"] if x["time_ratio"] > 0]
+        if not work:
+            continue
         span = _num(min(work)) if _num(min(work)) == _num(max(work)) else f"{_num(min(work))} to {_num(max(work))}"
         grouped = r.get("grouped_layers")
         where = (f", {r['ratio']}/g^m at the grouped layers {', '.join(map(str, grouped))}" if grouped else "")
