@@ -72,3 +72,4 @@ def test_a_profile_without_an_ops_model_is_refused_in_one_line(tmp_path, monkeyp
                                           str(entry["threads"])])
         assert result.exit_code == 2, result.stderr
         assert words in result.stderr and result.stderr.count("\n") == 1, result.stderr
+        assert result.stderr.startswith(f"costmodel: error: {path}: "), result.stderr

@@ -165,7 +165,13 @@ def predict(arch: "Architecture", profile: "Profile", *, impl: str = "index", th
         return (f"the profile's {entry.describe()} calibration has no model for {what} {str(row.model)!r}: "
                 f"run `{be.calibration_hint(arch.dtype, impl, threads)}` again")
 
-    timed = predict_rows(rows, entry, machine, missing, be.legacy_key)
+    try:
+        timed = predict_rows(rows, entry, machine, missing, be.legacy_key)
+    except UsageError as exc:  # name the file, as the errors found while loading it do
+        from costmodel.machine.profile import source_of
+
+        source = source_of(profile)
+        raise (UsageError(f"{source}: {exc}") if source else exc) from None
     total = sum(t[1] for t in timed)
     predicted = tuple(PredictedRow(row, s, s * lo, s * hi, cv, s / total if total > 0 else 0.0, parts)
                       for row, s, (lo, hi), parts, cv in timed)

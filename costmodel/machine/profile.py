@@ -247,7 +247,7 @@ class Profile(StrictModel):
         from costmodel.machine.fingerprint import available_cores
 
         has = "; ".join(e.describe() for e in self.entries) or "nothing"
-        source = _SOURCES.get(id(self))
+        source = source_of(self)
         cores = available_cores()
         # calibrate refuses more threads than cores: such an entry is made on a machine that has them
         hint = (f"this machine has {cores} core{'s' if cores > 1 else ''}, so that entry must be calibrated on "
@@ -317,6 +317,11 @@ def save_profile(profile: Profile, path: str | Path, *, make_parents: bool = Tru
 
 #: id(profile) -> the file it was loaded from, for errors found after loading (Profile.entry)
 _SOURCES: dict[int, str] = {}
+
+
+def source_of(profile: Profile) -> str | None:
+    """The file `profile` was loaded from (load_profile), None for one made in memory."""
+    return _SOURCES.get(id(profile))
 
 
 class _Duplicates(dict):
