@@ -108,24 +108,28 @@ class Prediction:
                 for name, (n, s, lo, hi, f, b) in groups.items()]
 
 
-def predict_rows(rows: list[Row], entry, machine: Machine, missing, legacy) -> list[tuple]:
+#: the regimes a model key's variant may end with (costmodel.machine.backends.numpy.regime)
+REGIMES = ("threaded", "serial")
+
+
+def _kind(key: ModelKey) -> ModelKey:
+    """`key` without its regime: the model whatever the regime."""
+    return ModelKey(key.ops, tuple(v for v in key.variant if v not in REGIMES))
+
+
+def predict_rows(rows: list[Row], entry, machine: Machine, missing) -> list[tuple]:
     """Per row: (row, seconds, interval factors, terms, CV error) from the entry's models.
-    A row without a model is priced by the model of the key a profile made before its model
-    was split off has for it: its Row.legacy_model, when the entry has no model of that
-    model's ops at all (a profile made before the split; one made after that lacks this key is
-    an error, not a fallback), else `legacy(row.model)` when the backend names one
-    (Backend.legacy_key); else raises UsageError(missing(row)), exit status 2."""
+    A row without a model is priced by the model of its Row.legacy_model (the key a profile
+    made before its model was split off has for it) when the entry has no model of the row's
+    key in any regime: a profile made before the split. One made after it that lacks this key
+    is an error, not a fallback: raises UsageError(missing(row)), exit status 2."""
     out = []
     for row in rows:
         model = entry.model(row.model)
-        if model is None:
-            older = row.legacy_model
-            if older is not None and any(ModelKey.parse(k).ops == row.model.ops for k in entry.ops):
-                older = None  # made after the split: this key is missing, not yet to come
-            if older is None:
-                older = legacy(row.model)
-            if older is not None:
-                model = entry.model(older)
+        if model is None and row.legacy_model is not None:
+            kind = _kind(row.model)
+            if not any(_kind(ModelKey.parse(k)) == kind for k in entry.ops):
+                model = entry.model(row.legacy_model)
         if model is None:
             raise UsageError(missing(row))
         if not any(c > 0 for c in model.coef):  # a hand-edited profile: never a silent 0 s
@@ -166,7 +170,7 @@ def predict(arch: "Architecture", profile: "Profile", *, impl: str = "index", th
                 f"run `{be.calibration_hint(arch.dtype, impl, threads)}` again")
 
     try:
-        timed = predict_rows(rows, entry, machine, missing, be.legacy_key)
+        timed = predict_rows(rows, entry, machine, missing)
     except UsageError as exc:  # name the file, as the errors found while loading it do
         from costmodel.machine.profile import source_of
 

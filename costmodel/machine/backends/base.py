@@ -58,8 +58,9 @@ class Row:
     basis: Mapping[str, float] = field(default_factory=dict)
     extra: Mapping[str, float] = field(default_factory=dict)  # backend columns shown in outputs
     how: Mapping[str, str] = field(default_factory=dict)  # implementation -> how its kernel does it
-    #: the key a profile made before `model` was split off priced this row by (predict_rows),
-    #: None when the row's model is as old as profiles
+    #: the key a profile made before `model` was split off priced this row by (predict_rows:
+    #: NumPy's outer products, PyTorch's depthwise convolutions), None when the row's model is
+    #: as old as profiles
     legacy_model: ModelKey | None = None
 
     @property
@@ -84,10 +85,6 @@ class Backend(Protocol):
 
     def features(self, model: ModelKey, impl: str = "") -> tuple[str, ...]:
         """The features of `model`'s fit in implementation `impl` (timemodel.ALL_FEATURES)."""
-        ...
-
-    def legacy_key(self, model: ModelKey) -> ModelKey | None:
-        """The key an older profile has for `model`, when the model was split off one, else None."""
         ...
 
     def calibration_hint(self, dtype: str, impl: str, threads: int) -> str: ...

@@ -271,10 +271,6 @@ class NumpyBackend:
         windowed = impl == "strided" and model.ops[0] in WINDOW_OPS and "threaded" in model.variant
         return WINDOW_FEATURES if windowed else FEATURES
 
-    def legacy_key(self, model: ModelKey) -> ModelKey | None:
-        """None: a NumPy row carries its own (Row.legacy_model)."""
-        return None
-
     def calibration_hint(self, dtype: str, impl: str, threads: int) -> str:
         return f"costmodel calibrate --dtype {dtype} --impl {impl} --threads {threads}"
 

@@ -312,8 +312,11 @@ class TorchBackend:
                 extra = {"scope_flops": flops, "scope_bytes": read + written, **extra}
                 flops = read = written = kept = 0
             variant = torch_variant(g.ops, spec, g.sizes) if spec is not None else ()
+            key = group_model_key(g.ops, g.phase, arch.loss, variant)
+            # a profile made before the depthwise model priced depthwise convolutions by its grouped one
+            legacy = ModelKey(key.ops, ("grouped",)) if variant == ("depthwise",) else None
             rows.append(Row(g.layer, g.layer_type, g.ops, g.phase, g.kind, flops, read, written, kept,
-                            group_model_key(g.ops, g.phase, arch.loss, variant), *g.notation, basis, extra))
+                            key, *g.notation, basis, extra, legacy_model=legacy))
         return rows
 
     def rows(self, arch: "Architecture", impl: str, threads: int, machine: "Machine") -> list[Row]:
@@ -327,13 +330,6 @@ class TorchBackend:
         if "conv_matmul" in model.ops or "conv_grad_W" in model.ops:
             return LANE_FEATURES
         return TORCH_FEATURES
-
-    def legacy_key(self, model: ModelKey) -> ModelKey | None:
-        """The key a profile made before the depthwise model has for `model`: its grouped
-        model priced depthwise convolutions too."""
-        if model.variant == ("depthwise",):
-            return ModelKey(model.ops, ("grouped",))
-        return None
 
     def calibration_hint(self, dtype: str, impl: str, threads: int) -> str:
         return f"costmodel calibrate --dtype {dtype} --threads {threads} --backend torch"
